@@ -1,0 +1,286 @@
+"""Experiment configuration: YAML -> validated typed objects -> explicit arguments.
+
+Unknown keys, wrong types and invalid values are rejected with the field's dotted path, the value and a
+suggestion, before any work starts. A run writes its resolved config next to its results.
+
+Example:
+    >>> cfg = load_config("configs/demo.yaml", overrides={"train.epochs": 2})
+    >>> cfg.model.backbone
+    'efficientnet_lite0.in1k'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtl._options import look_up_option
+from medtl.errors import ConfigError
+
+STRATEGY_NAMES = ("feature_extraction", "fine_tuning", "partial_fine_tuning", "from_scratch")
+
+
+@dataclass
+class DataConfig:
+    path: str = "synthetic"  # dataset folder, CSV manifest, MedMNIST .npz, or "synthetic"
+    val: str | None = None  # validation data from another site (shift-aware validation)
+    test: str | None = None  # external test set; default: the dataset's own test split
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 0
+    min_per_class: int = 5
+    window: str = "header"  # DICOM windowing: header | full | percentile
+    max_train: int | None = None  # stratified subsample of the training split (learning curves)
+    synthetic_per_class: int = 60  # size of the built-in phantom when path == "synthetic"
+    synthetic_difficulty: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_lite0.in1k"
+    image_size: int | None = None  # None = the backbone's default input size
+    weights_path: str | None = None
+    allow_download: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    max_minutes: float | None = None
+
+
+@dataclass
+class MetricsConfig:
+    threshold_rule: str = "youden"  # youden | sensitivity | specificity | fixed
+    target: float | None = None  # target sensitivity/specificity, or the fixed threshold
+    prevalence: float | None = None  # deployment prevalence for PPV/NPV
+    ci_method: str = "delong"  # delong | bootstrap
+
+
+@dataclass
+class OutputConfig:
+    out: str = "runs/latest"
+    cache_dir: str | None = None  # None = ./.medtl_cache (shared by runs, advice and the app)
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole experiment, as validated from YAML or built in Python."""
+
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategies: list[str] = field(
+        default_factory=lambda: ["feature_extraction", "fine_tuning", "from_scratch"]
+    )
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-strategy overrides
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> ExperimentConfig:
+        """Check values that types alone cannot; raises ConfigError naming the field."""
+        if not self.strategies:
+            raise ConfigError(
+                f"The 'strategies' field is empty; name at least one of {list(STRATEGY_NAMES)}."
+            )
+        for s in self.strategies:
+            look_up_option("strategies", s, STRATEGY_NAMES)
+        for s in self.params:
+            look_up_option("params", s, STRATEGY_NAMES)
+        look_up_option("data.window", self.data.window, ["header", "full", "percentile"])
+        look_up_option(
+            "metrics.threshold_rule",
+            self.metrics.threshold_rule,
+            ["youden", "sensitivity", "specificity", "fixed"],
+        )
+        look_up_option("metrics.ci_method", self.metrics.ci_method, ["delong", "bootstrap"])
+        look_up_option("train.precision", self.train.precision, ["auto", "bf16", "fp16", "fp32"])
+        for nm, v, lo, hi in (
+            ("data.val_fraction", self.data.val_fraction, 0.0, 0.9),
+            ("data.test_fraction", self.data.test_fraction, 0.0, 0.9),
+            ("data.synthetic_difficulty", self.data.synthetic_difficulty, 0.0, 1.0),
+        ):
+            if not lo <= v <= hi:
+                raise ConfigError(f"The {nm!r} field must be in [{lo}, {hi}]. Got {v!r}.")
+        for nm, v in (
+            ("train.epochs", self.train.epochs),
+            ("train.batch_size", self.train.batch_size),
+        ):
+            if v < 1:
+                raise ConfigError(f"The {nm!r} field must be >= 1. Got {v!r}.")
+        if self.model.image_size is not None and not 16 <= self.model.image_size <= 1024:
+            raise ConfigError(
+                f"The 'model.image_size' field must be in [16, 1024]. Got {self.model.image_size}."
+            )
+        if self.metrics.prevalence is not None and not 0 < self.metrics.prevalence < 1:
+            raise ConfigError(
+                f"The 'metrics.prevalence' field must be in (0, 1). Got {self.metrics.prevalence!r}."
+            )
+        if (
+            self.metrics.threshold_rule in ("sensitivity", "specificity", "fixed")
+            and self.metrics.target is None
+        ):
+            raise ConfigError(
+                f"metrics.threshold_rule={self.metrics.threshold_rule!r} needs 'metrics.target' "
+                "(e.g. 0.9 for a target sensitivity of 90%)."
+            )
+        return self
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"The {where!r} field must be a mapping. Got {type(value).__name__} {value!r}."
+            )
+        return _from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"The {where!r} field must be a list. Got {value!r}.")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"The {where!r} field must be a mapping. Got {value!r}.")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"The {where!r} field must be true or false. Got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"The {where!r} field must be an integer. Got {value!r}.")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"The {where!r} field must be a number. Got {value!r}.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"The {where!r} field must be a string. Got {value!r}.")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"Unknown config field {path!r}.{hint} Valid fields here: {names}.")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Validate a plain dict (e.g. parsed YAML) into an :class:`ExperimentConfig`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"A config must be a YAML mapping at the top level. Got {type(data).__name__}."
+        )
+    return _from_dict(ExperimentConfig, data).validate()
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Read a YAML config (or start from defaults), apply dotted ``overrides``, validate.
+
+    Relative data paths in the file are resolved against the config file's folder when they exist there.
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(
+                f"Config file {str(p)!r} does not exist. Check the path (see configs/ for examples)."
+            )
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"Config file {str(p)!r} must hold a mapping at the top level.")
+        _resolve_relative_paths(data, p.parent)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            _set_dotted(data, k, v)
+    return config_from_dict(data)
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Data paths that do not exist from the working folder are tried relative to the config's folder."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    for key in ("path", "val", "test"):
+        v = section.get(key)
+        if (
+            isinstance(v, str)
+            and v != "synthetic"
+            and not Path(v).is_absolute()
+            and not Path(v).exists()
+        ):
+            for cand in (base / v, base.parent / v):
+                if cand.exists():
+                    section[key] = str(cand.resolve())
+                    break
+
+
+def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    import yaml
+
+    from medtl._fileio import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

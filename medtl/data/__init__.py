@@ -1,0 +1,35 @@
+"""Dataset sources, splits, the decoded-image cache, the synthetic phantom and data cards.
+
+Example:
+    >>> from medtl.data import load_dataset, prepare_images
+    >>> ds = load_dataset("chest_xray/")                   # folders, CSV manifest or MedMNIST .npz
+    >>> train = prepare_images(ds.split("train"), ds.classes, size=224, cache_dir="cache/")
+"""
+
+from __future__ import annotations
+
+from medtl.data._load import load_dataset
+from medtl.data._prepare import prepare_images
+from medtl.data._sources import register_source
+from medtl.data._splits import assign_splits, load_splits, save_splits
+from medtl.data._types import SPLITS, Dataset, PreparedImages, Sample, SkippedFile
+from medtl.data.card import data_card, summarise_dataset
+from medtl.data.synth import default_demo_dataset, make_phantom
+
+__all__ = [
+    "SPLITS",
+    "Dataset",
+    "PreparedImages",
+    "Sample",
+    "SkippedFile",
+    "assign_splits",
+    "data_card",
+    "default_demo_dataset",
+    "load_dataset",
+    "load_splits",
+    "make_phantom",
+    "prepare_images",
+    "register_source",
+    "save_splits",
+    "summarise_dataset",
+]

@@ -1,0 +1,189 @@
+"""``load_dataset``: scan a source, verify every file decodes, check class counts, complete the splits."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from medtl._options import check_range
+from medtl.data._sources import scan_source
+from medtl.data._splits import assign_splits
+from medtl.data._types import Dataset, Sample, SkippedFile
+from medtl.errors import ConfigError, DatasetError, ImageReadError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def read_with_options(path: str, read_options: dict[str, Any] | None) -> tuple[Any, dict]:
+    """Call ``medtl.io.read_image(path, **read_options)``; bad options become a ConfigError."""
+    from medtl.io import read_image
+
+    try:
+        return read_image(path, **(read_options or {}))
+    except TypeError as exc:
+        if read_options and "argument" in str(exc):
+            raise ConfigError(
+                f"'read_options' {read_options} are not all arguments of medtl.io.read_image "
+                f"({exc}). Use e.g. {{'window': 'header', 'percentiles': (0.5, 99.5)}}."
+            ) from exc
+        raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Short reason for a file that could not be read (never includes header contents)."""
+    if isinstance(exc, ImageReadError):
+        return exc.reason
+    return f"unexpected {type(exc).__name__} while reading: {exc}"
+
+
+def map_maybe_threaded(
+    fn: Callable[[T], R], items: Sequence[T], num_workers: int, desc: str, progress: bool
+) -> Iterator[R]:
+    """``map(fn, items)`` in order, on a thread pool when ``num_workers > 0``, with a tqdm bar."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="img", leave=False)
+    try:
+        if num_workers > 0:
+            with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                for r in pool.map(fn, items):
+                    bar.update(1)
+                    yield r
+        else:
+            for item in items:
+                r = fn(item)
+                bar.update(1)
+                yield r
+    finally:
+        bar.close()
+
+
+def _verify(
+    samples: list[Sample],
+    read_options: dict[str, Any] | None,
+    progress: bool,
+    num_workers: int,
+) -> tuple[list[Sample], list[SkippedFile]]:
+    def check(s: Sample) -> str | None:
+        try:
+            read_with_options(s.path, read_options)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            return failure_reason(exc)
+        return None
+
+    kept: list[Sample] = []
+    skipped: list[SkippedFile] = []
+    reasons = map_maybe_threaded(check, samples, num_workers, "verifying images", progress)
+    for s, reason in zip(samples, reasons):
+        if reason is None:
+            kept.append(s)
+        else:
+            logger.warning("Skipping %s: %s", s.path, reason)
+            skipped.append(SkippedFile(s.path, reason))
+    return kept, skipped
+
+
+def check_class_counts(classes: list[str], samples: Sequence[Sample], min_per_class: int) -> None:
+    """Raise DatasetError when there are fewer than 2 classes or a class has too few images."""
+    counts = Counter(s.label for s in samples)
+    if len(classes) < 2:
+        raise DatasetError(
+            f"Found {len(classes)} class(es): {classes}. Classification needs at least 2 classes: "
+            "add a folder (or manifest label) per class, e.g. normal/ and abnormal/."
+        )
+    low = [
+        (name, counts.get(i, 0))
+        for i, name in enumerate(classes)
+        if counts.get(i, 0) < min_per_class
+    ]
+    if low:
+        detail = ", ".join(f"class {name!r} has {n}" for name, n in low)
+        raise DatasetError(
+            f"Too few readable images: {detail} (at least min_per_class={min_per_class} needed per "
+            "class). Add images to these classes, merge or drop them, or lower min_per_class."
+        )
+
+
+def load_dataset(
+    path: str | Path,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    min_per_class: int = 5,
+    read_options: dict[str, Any] | None = None,
+    verify: bool = True,
+    progress: bool = True,
+    class_names: Sequence[str] | None = None,
+    num_workers: int = 0,
+) -> Dataset:
+    """Load a labelled image dataset and give every image a train/val/test split.
+
+    The layout is detected: a folder with ``train/`` (optional ``val/``/``valid/``, ``test/``), a
+    folder of class folders, a CSV manifest (``path,label[,patient_id][,split]``) or a MedMNIST
+    ``.npz``. Formats inside are detected by content (DICOM, PNG, JPEG, TIFF). Missing splits are
+    carved seeded, stratified by class and grouped by patient when the manifest gives patient ids.
+
+    Args:
+        path: dataset folder, ``.csv`` manifest or ``.npz`` file.
+        val_fraction: share carved for validation when there is no val split.
+        test_fraction: share carved for testing when there is no test split.
+        seed: random seed of the carving (same seed, same split).
+        min_per_class: fewest readable images a class may have.
+        read_options: keyword arguments for ``medtl.io.read_image`` used by the verification.
+        verify: decode every file once; files that fail are listed in ``Dataset.skipped``.
+        progress: show a progress bar while verifying.
+        class_names: names for a ``.npz``'s integer labels (default "0", "1", ...), or the full
+            label list (and order) of a CSV manifest.
+        num_workers: threads used to verify files (0: in this thread).
+
+    Returns:
+        The Dataset, with ``split`` set on every sample.
+
+    Raises:
+        DatasetError: unknown layout, fewer than 2 classes or a class under ``min_per_class``.
+
+    Example:
+        >>> ds = load_dataset("chest_xray/", seed=1)
+        >>> ds.counts()["train"]
+        {'NORMAL': 1140, 'PNEUMONIA': 3294}
+    """
+    check_range("val_fraction", val_fraction, 0.0, 0.9)
+    check_range("test_fraction", test_fraction, 0.0, 0.9)
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"val_fraction + test_fraction must be below 1. Got {val_fraction} + {test_fraction}."
+        )
+    check_range("min_per_class", min_per_class, 1)
+    scan = scan_source(path, class_names)
+    logger.info(
+        "Found %d image(s) in %d class(es) at %s (%s layout)",
+        len(scan.samples),
+        len(scan.classes),
+        scan.root,
+        scan.source,
+    )
+    samples, skipped = scan.samples, list(scan.skipped)
+    if verify and scan.source != "npz":
+        samples, bad = _verify(samples, read_options, progress, num_workers)
+        skipped.extend(bad)
+    if skipped:
+        logger.warning("%d file(s) skipped (see Dataset.skipped)", len(skipped))
+    check_class_counts(scan.classes, samples, min_per_class)
+    samples = assign_splits(
+        samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+    )
+    ds = Dataset(
+        root=scan.root, source=scan.source, classes=scan.classes, samples=samples, skipped=skipped
+    )
+    logger.info("Split counts: %s", ds.counts())
+    return ds

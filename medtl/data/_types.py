@@ -1,0 +1,99 @@
+"""Plain data types shared by dataset sources, the image cache and the strategies."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image of a dataset.
+
+    Attributes:
+        path: absolute path of the file (for a MedMNIST ``.npz``: the ``.npz`` file).
+        label: class index into ``Dataset.classes``.
+        uid: de-identified id, stable across runs (hash of the path relative to the dataset root).
+        split: ``"train"``, ``"val"``, ``"test"`` or None (not yet assigned).
+        patient_id: as given by the user's manifest (never taken from DICOM headers).
+        index: position inside a container file (``.npz``), else None.
+    """
+
+    path: str
+    label: int
+    uid: str
+    split: str | None = None
+    patient_id: str | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not used, and why (shown to the user and counted in reports)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Dataset:
+    """A scanned dataset: class names, samples (with splits once assigned) and skipped files."""
+
+    root: str
+    source: str  # "folder_splits" | "folder_classes" | "csv" | "npz" | "synthetic"
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Sample]:
+        """Samples assigned to split ``name`` (``train``/``val``/``test``)."""
+        return [s for s in self.samples if s.split == name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Counts per split and class name, e.g. ``{"train": {"NORMAL": 10, ...}, ...}``."""
+        out: dict[str, dict[str, int]] = {}
+        for sp in sorted({s.split or "unassigned" for s in self.samples}):
+            c = Counter(s.label for s in self.samples if (s.split or "unassigned") == sp)
+            out[sp] = {name: int(c.get(i, 0)) for i, name in enumerate(self.classes)}
+        return out
+
+
+@dataclass
+class PreparedImages:
+    """Decoded, resized images ready for a model.
+
+    Attributes:
+        pixels: uint8 array (N, C, S, S), C = 1 (grey) or 3 (colour); 0..255 maps the [0, 1] intensity
+            contract linearly.
+        labels: int64 array (N,) of class indices (-1 when unknown, e.g. for prediction).
+        uids: de-identified id per image.
+        keys: content key per image (hash of file bytes + read options + size), used by embedding caches.
+        classes: class names.
+        skipped: files that could not be decoded.
+    """
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    uids: list[str]
+    keys: list[str]
+    classes: list[str]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def subset(self, idx: np.ndarray | list[int]) -> PreparedImages:
+        """A new PreparedImages with only the rows in ``idx`` (no copy of skipped list semantics)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return PreparedImages(
+            pixels=self.pixels[idx],
+            labels=self.labels[idx],
+            uids=[self.uids[i] for i in idx],
+            keys=[self.keys[i] for i in idx],
+            classes=list(self.classes),
+            skipped=list(self.skipped),
+        )

@@ -1,0 +1,239 @@
+"""Data cards: the facts of a loaded dataset as a dict and as Markdown, with fields left for a person.
+
+Facts come from the Dataset (counts, splits, skipped files) and from reading a sample of its files with
+``medtl.io.read_image`` (sizes, formats, modalities, photometric interpretations), whose metadata carries
+no patient identifiers.
+
+Example:
+    >>> ds = medtl.load_dataset("chest_xray/")
+    >>> Path("data_card.md").write_text(data_card(ds, title="Paediatric CXR"))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtl.data._prepare import is_near_grey
+from medtl.data._types import Dataset, Sample
+
+__all__ = ["data_card", "summarise_dataset"]
+
+logger = logging.getLogger(__name__)
+
+PERSON_FIELDS = ("Source", "Licence", "Label definition", "Known biases", "Intended use")
+_MAX_SKIPPED_LISTED = 50
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else Path(rel).as_posix()
+
+
+def _stats(values: list[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
+
+
+def _sample_evenly(samples: list[Sample], k: int) -> list[Sample]:
+    if len(samples) <= k:
+        return samples
+    idx = np.linspace(0, len(samples) - 1, k).round().astype(int)
+    return [samples[i] for i in sorted(set(idx.tolist()))]
+
+
+def _image_facts(dataset: Dataset, max_files: int) -> dict[str, Any]:
+    heights: list[int] = []
+    widths: list[int] = []
+    formats: Counter[str] = Counter()
+    modalities: Counter[str] = Counter()
+    photometric: Counter[str] = Counter()
+    bits: Counter[str] = Counter()
+    colour = 0
+    unread = 0
+    chosen = _sample_evenly(list(dataset.samples), max_files)
+    if dataset.source == "npz":
+        from medtl.io import read_npz
+
+        by_file: dict[str, dict] = {}
+        for s in chosen:
+            arrays = by_file.setdefault(s.path, read_npz(s.path))
+            for images, _ in arrays.values():
+                if len(images):
+                    heights.append(int(images.shape[1]))
+                    widths.append(int(images.shape[2]))
+                    colour += int(images.ndim == 4 and not is_near_grey(images[0]))
+                    break
+            formats["npz"] += 1
+            bits["8"] += 1
+    else:
+        from medtl.io import read_image
+
+        for s in chosen:
+            try:
+                image, meta = read_image(s.path)
+            except Exception as exc:
+                logger.debug("data card: cannot read %s (%s)", s.path, exc)
+                unread += 1
+                continue
+            heights.append(int(meta.get("rows", image.shape[0])))
+            widths.append(int(meta.get("columns", image.shape[1])))
+            formats[str(meta.get("format", "unknown"))] += 1
+            if meta.get("modality"):
+                modalities[str(meta["modality"])] += 1
+            if meta.get("photometric_interpretation"):
+                photometric[str(meta["photometric_interpretation"])] += 1
+            b = meta.get("bits_stored") or meta.get("bits")
+            if b:
+                bits[str(b)] += 1
+            colour += int(image.ndim == 3 and not is_near_grey(image))
+    return {
+        "sampled_files": len(chosen),
+        "unreadable_in_sample": unread,
+        "height": _stats(heights),
+        "width": _stats(widths),
+        "colour_in_sample": colour,
+        "formats": dict(sorted(formats.items())),
+        "modalities": dict(sorted(modalities.items())),
+        "photometric_interpretations": dict(sorted(photometric.items())),
+        "bits_stored": dict(sorted(bits.items())),
+    }
+
+
+def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any]:
+    """The facts of a data card as a plain dict (JSON-ready; no patient identifiers).
+
+    Args:
+        dataset: a loaded dataset.
+        max_files: how many files (spread over the dataset) to read for sizes and formats.
+    """
+    totals = Counter(s.label for s in dataset.samples)
+    class_totals = {name: int(totals.get(i, 0)) for i, name in enumerate(dataset.classes)}
+    nonzero = [v for v in class_totals.values() if v > 0]
+    imbalance = (max(nonzero) / min(nonzero)) if nonzero else float("nan")
+    if len(nonzero) < len(class_totals):
+        imbalance = float("inf")
+    pids = {s.patient_id for s in dataset.samples if s.patient_id}
+    with_pid = sum(1 for s in dataset.samples if s.patient_id)
+    return {
+        "root": dataset.root,
+        "source": dataset.source,
+        "n_images": len(dataset.samples),
+        "n_classes": len(dataset.classes),
+        "classes": list(dataset.classes),
+        "class_totals": class_totals,
+        "counts": dataset.counts(),
+        "imbalance_ratio": float(imbalance),
+        "majority_class": max(class_totals, key=class_totals.get) if class_totals else None,
+        "minority_class": min(class_totals, key=class_totals.get) if class_totals else None,
+        "patient_ids": bool(pids),
+        "n_patients": len(pids) if pids else None,
+        "images_with_patient_id": with_pid,
+        "images": _image_facts(dataset, max_files),
+        "n_skipped": len(dataset.skipped),
+        "skipped": [
+            {"path": _rel(k.path, dataset.root), "reason": k.reason} for k in dataset.skipped
+        ],
+    }
+
+
+def _fmt_counter(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} ({v})" for k, v in d.items()) if d else "none found"
+
+
+def _fmt_stats(st: dict[str, float] | None) -> str:
+    if st is None:
+        return "unknown"
+    return f"{st['min']} / {st['median']:g} / {st['max']}"
+
+
+def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64) -> str:
+    """A Markdown data card: counts, image facts, skipped files and fields for a person to fill.
+
+    Args:
+        dataset: a loaded dataset.
+        title: card title (default: the dataset folder's name).
+        max_files: how many files to read for sizes and formats.
+    """
+    f = summarise_dataset(dataset, max_files=max_files)
+    im = f["images"]
+    title = title or f"Data card: {Path(dataset.root).name or dataset.root}"
+    splits = [sp for sp in ("train", "val", "test", "unassigned") if sp in f["counts"]]
+    lines = [
+        f"# {title}",
+        "",
+        "*Generated by medtl from the files; the last section must be completed by a person.*",
+        "",
+        "## Summary",
+        "",
+        "| fact | value |",
+        "|---|---|",
+        f"| location | `{f['root']}` |",
+        f"| layout | {f['source']} |",
+        f"| images used | {f['n_images']} |",
+        f"| classes | {', '.join(f['classes'])} |",
+        f"| imbalance ratio (largest / smallest class) | {f['imbalance_ratio']:.2f} |",
+        "| patient ids | "
+        + (
+            f"yes: {f['n_patients']} patients, {f['images_with_patient_id']} of {f['n_images']} "
+            "images (splits are patient-level)"
+            if f["patient_ids"]
+            else "no (splits are image-level; images of one patient may be in several splits)"
+        )
+        + " |",
+        f"| files skipped | {f['n_skipped']} |",
+        "",
+        "## Images per split and class",
+        "",
+        "| split | " + " | ".join(f["classes"]) + " | total |",
+        "|---|" + "---|" * (len(f["classes"]) + 1),
+    ]
+    for sp in splits:
+        row = f["counts"][sp]
+        lines.append(
+            f"| {sp} | "
+            + " | ".join(str(row[c]) for c in f["classes"])
+            + f" | {sum(row.values())} |"
+        )
+    lines.append(
+        "| all | "
+        + " | ".join(str(f["class_totals"][c]) for c in f["classes"])
+        + f" | {f['n_images']} |"
+    )
+    lines += [
+        "",
+        f"## Image properties (from {im['sampled_files']} sampled files)",
+        "",
+        f"- height min / median / max: {_fmt_stats(im['height'])} px",
+        f"- width min / median / max: {_fmt_stats(im['width'])} px",
+        f"- formats: {_fmt_counter(im['formats'])}",
+        f"- modalities (DICOM): {_fmt_counter(im['modalities'])}",
+        f"- photometric interpretations (DICOM): {_fmt_counter(im['photometric_interpretations'])}",
+        f"- bits stored: {_fmt_counter(im['bits_stored'])}",
+        f"- genuinely colour images in sample: {im['colour_in_sample']} (grey content stored as RGB "
+        "counts as grey)",
+        "",
+        "## Skipped files",
+        "",
+    ]
+    if f["skipped"]:
+        lines += ["| file | reason |", "|---|---|"]
+        for k in f["skipped"][:_MAX_SKIPPED_LISTED]:
+            reason = k["reason"].replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{k['path']}` | {reason} |")
+        if f["n_skipped"] > _MAX_SKIPPED_LISTED:
+            lines.append(f"| … | and {f['n_skipped'] - _MAX_SKIPPED_LISTED} more |")
+    else:
+        lines.append("None: every file listed was readable.")
+    lines += ["", "## To be completed by a person", ""]
+    lines += [f"- **{name}:** _to be completed_" for name in PERSON_FIELDS]
+    return "\n".join(lines) + "\n"

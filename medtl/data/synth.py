@@ -1,0 +1,308 @@
+"""Synthetic chest-radiograph phantom written as real DICOM files (the built-in demo and test dataset).
+
+Two classes, ``normal`` and ``opacity`` (1-3 round-ish opacities in the lung fields). ``difficulty``
+shrinks and fades the lesions. "Scanner profiles" store the same density image in different ways
+(MONOCHROME1 vs MONOCHROME2, 12 vs 16 bits stored, rescale slope/intercept, window tags) so every
+reader path runs, while ``medtl.io.read_image`` gives the same picture for all of them.
+
+The headers carry fake patient identifiers on purpose (``PatientName="Phantom^Patient^<n>"``,
+``PatientID="PHI-<6 digits>"``, a birth date) so tests can prove they never leak. ``manifest.csv``
+(``path,label,patient_id``) uses de-identified codes ``P0001``... with two images per patient.
+
+Example:
+    >>> from medtl.data.synth import make_phantom
+    >>> root = make_phantom("phantom/", n_per_class=40, difficulty=0.3)
+    >>> ds = medtl.load_dataset(root / "manifest.csv")  # patient-level splits
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl._options import check_range, look_up_option
+from medtl.data._phantom_image import draw_anatomy, render_chest
+from medtl.errors import ConfigError
+
+__all__ = ["PROFILES", "ScannerProfile", "default_demo_dataset", "make_phantom"]
+
+logger = logging.getLogger(__name__)
+
+PHANTOM_VERSION = 1
+CLASSES = ("normal", "opacity")  # sorted order makes the positive class index 1
+IMAGES_PER_PATIENT = 2
+_SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+
+
+@dataclass(frozen=True)
+class ScannerProfile:
+    """How a density image d in [0, 1] is stored.
+
+    The modality value is ``slope * stored + intercept``; the window (centre, width) spans the
+    modality values of d = 0 and d = 1; MONOCHROME1 stores ``1 - d`` (bright = low value).
+    """
+
+    photometric: str
+    bits_stored: int
+    slope: float = 1.0
+    intercept: float = 0.0
+    modality: str = "DX"
+
+    @property
+    def max_stored(self) -> int:
+        return (1 << self.bits_stored) - 1
+
+    def encode(self, density: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Return (uint16 stored values, window centre, window width) for a density image."""
+        d = 1.0 - density if self.photometric == "MONOCHROME1" else density
+        stored = np.rint(d * self.max_stored).astype(np.uint16)
+        lo = self.intercept
+        hi = self.slope * self.max_stored + self.intercept
+        # DICOM linear window: x = c - 0.5 - (w - 1) / 2 maps to 0, c - 0.5 + (w - 1) / 2 to 1
+        width = hi - lo + 1.0
+        centre = (lo + hi) / 2.0 + 0.5
+        return stored, centre, width
+
+
+PROFILES: dict[str, ScannerProfile] = {
+    "mono2_12bit": ScannerProfile("MONOCHROME2", 12),
+    "mono1_16bit": ScannerProfile("MONOCHROME1", 16, modality="CR"),
+    "mono2_rescale": ScannerProfile("MONOCHROME2", 12, slope=0.5, intercept=-1000.0),
+}
+
+
+def _lesion_params(difficulty: float) -> tuple[tuple[float, float], tuple[float, float], float]:
+    """(contrast range, radius range, noise multiplier) for a difficulty in [0, 1]."""
+    t = float(difficulty)
+    # geometric interpolation: conspicuous at 0, faint and small at 1
+    c_mid = 0.50 * (0.07 / 0.50) ** t
+    r_mid = 0.12 * (0.05 / 0.12) ** t
+    return (0.75 * c_mid, 1.25 * c_mid), (0.75 * r_mid, 1.25 * r_mid), 1.0 + 0.5 * t
+
+
+def _dicom_bytes(
+    stored: np.ndarray,
+    profile: ScannerProfile,
+    centre: float,
+    width: float,
+    *,
+    uid_seed: str,
+    patient_no: int,
+    fake_patient_id: str,
+    fake_birth_date: str,
+    pixel_mm: float,
+) -> bytes:
+    """Serialise one uncompressed DICOM file (deterministic: UIDs derive from ``uid_seed``)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    dx_for_presentation = "1.2.840.10008.5.1.4.1.1.1.1"
+    cr_image = "1.2.840.10008.5.1.4.1.1.1"
+    sop_class = cr_image if profile.modality == "CR" else dx_for_presentation
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[uid_seed, "sop"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[uid_seed, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, "series"])
+    ds.Modality = profile.modality
+    ds.Manufacturer = "medtl phantom"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.PatientName = f"Phantom^Patient^{patient_no}"
+    ds.PatientID = fake_patient_id
+    ds.PatientBirthDate = fake_birth_date
+    ds.PatientSex = "O"
+    ds.Rows, ds.Columns = (int(v) for v in stored.shape)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = profile.photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = profile.bits_stored
+    ds.HighBit = profile.bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.ImagerPixelSpacing = [round(pixel_mm, 4), round(pixel_mm, 4)]
+    if profile.slope != 1.0 or profile.intercept != 0.0:
+        ds.RescaleSlope = profile.slope
+        ds.RescaleIntercept = profile.intercept
+        ds.RescaleType = "US"
+    ds.WindowCenter = round(centre, 3)
+    ds.WindowWidth = round(width, 3)
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    return buf.getvalue()
+
+
+def make_phantom(
+    out_dir: str | Path,
+    *,
+    n_per_class: int = 40,
+    size: int = 256,
+    difficulty: float = 0.5,
+    seed: int = 0,
+    profiles: Sequence[str] = ("mono2_12bit", "mono1_16bit", "mono2_rescale"),
+    split: bool = False,
+) -> Path:
+    """Write a synthetic two-class chest-radiograph DICOM dataset and return its folder.
+
+    Layout: ``out_dir/<class>/img_NNNN.dcm`` (or ``out_dir/<split>/<class>/...`` with ``split=True``,
+    70/15/15 by patient), ``out_dir/manifest.csv`` (``path,label,patient_id`` [``,split``]) and
+    ``out_dir/phantom.json`` (the parameters). Deterministic: the same arguments give the same bytes.
+
+    Args:
+        out_dir: destination folder (created; existing phantom files are overwritten).
+        n_per_class: images per class (two per fake patient).
+        size: image side in pixels.
+        difficulty: 0 (large, high-contrast lesions) to 1 (small, faint lesions).
+        seed: random seed.
+        profiles: scanner profiles used in turn (names from ``PROFILES``).
+        split: write train/val/test folders instead of class folders at the top.
+
+    Returns:
+        ``Path(out_dir)``.
+    """
+    check_range("n_per_class", n_per_class, 1)
+    check_range("size", size, 32, 4096)
+    check_range("difficulty", difficulty, 0.0, 1.0)
+    profiles = list(profiles)
+    if not profiles:
+        raise ConfigError(
+            "The 'profiles' parameter must name at least one profile, e.g. ['mono2_12bit']."
+        )
+    for p in profiles:
+        look_up_option("profiles", p, list(PROFILES))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    contrast, radius, noise = _lesion_params(difficulty)
+    n_patients = -(-n_per_class // IMAGES_PER_PATIENT)
+    root_seq = np.random.SeedSequence(seed)
+    # one child stream per patient; identifiers come from a separate stream so they never change images
+    patient_seqs = root_seq.spawn(len(CLASSES) * n_patients + 1)
+    id_rng = np.random.default_rng(patient_seqs[-1])
+    fake_ids = id_rng.choice(900_000, size=len(CLASSES) * n_patients, replace=False) + 100_000
+    rows: list[dict[str, str]] = []
+    image_no = 0
+    for ci, cls in enumerate(CLASSES):
+        split_of = (
+            _patient_splits(n_patients, np.random.default_rng([seed, ci, 99])) if split else None
+        )
+        k = 0
+        for p in range(n_patients):
+            gp = ci * n_patients + p  # global patient number
+            rng = np.random.default_rng(patient_seqs[gp])
+            anatomy = draw_anatomy(rng)
+            birth = (
+                f"19{rng.integers(40, 99):02d}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+            )
+            for _ in range(IMAGES_PER_PATIENT):
+                if k >= n_per_class:
+                    break
+                n_les = int(rng.integers(1, 4)) if cls == "opacity" else 0
+                density = render_chest(
+                    anatomy,
+                    size,
+                    rng,
+                    n_lesions=n_les,
+                    lesion_contrast=contrast,
+                    lesion_radius=radius,
+                    noise=noise,
+                )
+                prof = PROFILES[profiles[image_no % len(profiles)]]
+                stored, centre, width = prof.encode(density)
+                data = _dicom_bytes(
+                    stored,
+                    prof,
+                    centre,
+                    width,
+                    uid_seed=f"medtl-phantom-{seed}-{cls}-{k}",
+                    patient_no=gp + 1,
+                    fake_patient_id=f"PHI-{int(fake_ids[gp]):06d}",
+                    fake_birth_date=birth,
+                    pixel_mm=430.0 / size,
+                )
+                sub = f"{split_of[p]}/{cls}" if split_of else cls
+                rel = f"{sub}/img_{k:04d}.dcm"
+                dest = out / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+                row = {"path": rel, "label": cls, "patient_id": f"P{gp + 1:04d}"}
+                if split_of:
+                    row["split"] = split_of[p]
+                rows.append(row)
+                k += 1
+                image_no += 1
+    _write_manifest(out / "manifest.csv", rows)
+    atomic_write_json(
+        out / "phantom.json",
+        {
+            "generator": "medtl.data.synth.make_phantom",
+            "version": PHANTOM_VERSION,
+            "classes": list(CLASSES),
+            "positive_class": "opacity",
+            "n_per_class": n_per_class,
+            "size": size,
+            "difficulty": difficulty,
+            "seed": seed,
+            "profiles": profiles,
+            "split": split,
+        },
+    )
+    logger.info("Wrote %d phantom DICOM file(s) to %s", len(rows), out)
+    return out
+
+
+def _patient_splits(n_patients: int, rng: np.random.Generator) -> list[str]:
+    """train/val/test per patient (70/15/15, at least one patient each when there are 3 or more)."""
+    n_test = max(1, round(n_patients * 0.15)) if n_patients >= 3 else 0
+    n_val = max(1, round(n_patients * 0.15)) if n_patients >= 3 else 0
+    labels = ["test"] * n_test + ["val"] * n_val + ["train"] * (n_patients - n_test - n_val)
+    return [labels[i] for i in rng.permutation(n_patients)]
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
+    fields = ["path", "label", "patient_id"] + (["split"] if rows and "split" in rows[0] else [])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def default_demo_dataset(cache_root: str | Path) -> Path:
+    """The built-in demo phantom under ``cache_root`` (made on first use, reused afterwards).
+
+    Example:
+        >>> root = default_demo_dataset(Path.home() / ".cache" / "medtl")
+    """
+    params = {"n_per_class": 40, "size": 256, "difficulty": 0.5, "seed": 0}
+    name = f"phantom_v{PHANTOM_VERSION}_n40_s256_d0.5_seed0"
+    dest = Path(cache_root).expanduser() / name
+    if (dest / "phantom.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest.parent))
+    try:
+        make_phantom(tmp, **params)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished first (dest exists and is not empty)
+            if not (dest / "phantom.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -1,0 +1,41 @@
+"""Exception classes used across medtl.
+
+Every error says what went wrong, which parameter/file/field it concerns, the value received and a fix.
+Catch :class:`MedtlError` to handle any of them.
+"""
+
+from __future__ import annotations
+
+
+class MedtlError(Exception):
+    """Base class of every error raised on purpose by medtl."""
+
+
+class ImageReadError(MedtlError):
+    """A file could not be read as an image (unreadable, truncated, not an image, unsupported).
+
+    Attributes:
+        path: the file that failed.
+        reason: a short human-readable reason (never contains patient identifiers).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DatasetError(MedtlError):
+    """A dataset cannot be used (too few classes or images, bad layout, bad manifest)."""
+
+
+class ConfigError(MedtlError, ValueError):
+    """An invalid option, argument or config field."""
+
+
+class WeightsNotFoundError(MedtlError, FileNotFoundError):
+    """Pretrained weights are not available offline."""
+
+
+class NotFittedError(MedtlError, AttributeError):
+    """A model was used before `fit` (or `load`)."""

@@ -1,0 +1,27 @@
+"""Image readers with one intensity contract: float32 in [0, 1] (H×W or H×W×3) plus metadata
+that carries no patient identifiers.
+
+Example:
+    >>> from medtl.io import read_image
+    >>> image, meta = read_image("chest.dcm")  # DICOM, PNG, JPEG, TIFF or BMP, by content
+"""
+
+from __future__ import annotations
+
+from medtl.io._detect import detect_format, is_dicom
+from medtl.io._intensity import to_grey
+from medtl.io._npz import NPZ_SPLITS, npz_image, read_npz
+from medtl.io._read import WINDOWS, read_image
+from medtl.io._testing import write_test_dicom
+
+__all__ = [
+    "NPZ_SPLITS",
+    "WINDOWS",
+    "detect_format",
+    "is_dicom",
+    "npz_image",
+    "read_image",
+    "read_npz",
+    "to_grey",
+    "write_test_dicom",
+]

@@ -1,0 +1,313 @@
+"""DICOM reader: pydicom's own pixel pipeline mapped onto medtl's intensity contract.
+
+Order (DICOM PS3.4 grayscale pipeline): decode (any transfer syntax pydicom has a decoder for) ->
+modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (VOI LUT Sequence or window
+centre/width, or full range / percentiles on request) -> scale to [0, 1] -> invert MONOCHROME1 so
+that bright = dense. Colour: PALETTE COLOR through the palette, YBR_* to RGB (pydicom's decoders
+already convert YBR to RGB when they can; we convert only what is still YBR afterwards).
+
+The metadata dict is built from an allow-list of technical tags; nothing else from the header is
+copied, so patient identifiers never leave this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from medtl.errors import ImageReadError
+from medtl.io._intensity import (
+    clip_to_unit,
+    linear_to_unit,
+    minmax_to_unit,
+    percentile_to_unit,
+)
+
+logger = logging.getLogger(__name__)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# A probe covering every possible stored value, used to ask pydicom for a VOI LUT's output range.
+_LUT_PROBE = np.arange(-(2**16), 2**17, dtype=np.int64)
+# Install hint per missing decoder dependency (as named by pydicom's Decoder.missing_dependencies).
+_PLUGIN_HINT = (
+    "install a decoder plugin: `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg "
+    "pylibjpeg-rle` (JPEG, JPEG-LS, JPEG 2000, RLE) or `pip install python-gdcm`"
+)
+
+
+def _plain(value: Any) -> Any:
+    """Turn a pydicom value into plain Python (str/int/float/tuple) so no pydicom objects leak."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return str(value)
+
+
+def _load(path: str) -> tuple[Any, bool]:
+    """Parse the file; also say whether pydicom hit the end of the file mid-element."""
+    import pydicom
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path, force=True)
+            _ = len(ds)  # make sure the header parses
+        except Exception as exc:
+            # The message of a header parse error may quote element values; keep only its type.
+            raise ImageReadError(
+                path, f"cannot parse the DICOM header ({type(exc).__name__}); the file is damaged"
+            ) from exc
+    if caught:
+        # Header warnings may quote element values (possible identifiers): count them only.
+        logger.debug("%s: %d warning(s) while parsing the DICOM header", path, len(caught))
+    hit_eof = any("end of file" in str(w.message).lower() for w in caught)
+    return ds, hit_eof
+
+
+def _transfer_syntax(ds: Any) -> Any:
+    from pydicom.uid import (
+        UID,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts:
+        return UID(ts)
+    # A bare data set without file meta: use the encoding pydicom detected while parsing it.
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit:
+        ts = ImplicitVRLittleEndian
+    else:
+        ts = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    ds.file_meta.TransferSyntaxUID = ts
+    return ts
+
+
+def _decode(path: str, ds: Any, ts: Any, frame: int) -> tuple[np.ndarray, dict[str, Any]]:
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise ImageReadError(
+            path,
+            f"unsupported transfer syntax {ts.name} ({ts}); no pixel decoder exists for it in "
+            "pydicom; convert the file to an uncompressed syntax (e.g. dcmtk `dcmdjpeg`)",
+        ) from exc
+    if not decoder.is_available:
+        missing = "; ".join(
+            f"{plugin}: {', '.join(deps)}" for plugin, deps in decoder.missing_dependencies.items()
+        )
+        raise ImageReadError(
+            path,
+            f"no decoder installed for transfer syntax {ts.name} ({ts}); missing: {missing}. "
+            f"Fix: {_PLUGIN_HINT}",
+        )
+    try:
+        arr, info = decoder.as_array(ds, index=frame)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        hint = ""
+        if "less than expected" in msg or "truncat" in msg.lower():
+            hint = " (the pixel data is truncated: the file was cut short, re-export or re-copy it)"
+        elif "plugin" in msg.lower() or "decoder" in msg.lower():
+            hint = f". Fix: {_PLUGIN_HINT}"
+        raise ImageReadError(
+            path, f"cannot decode the pixel data ({ts.name}): {msg}{hint}"
+        ) from exc
+    return arr, info
+
+
+def _header_voi(values: np.ndarray, ds: Any, meta: dict[str, Any]) -> np.ndarray | None:
+    """Apply the header's VOI LUT Sequence or window centre/width; None when it has neither."""
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+        try:
+            item = ds.VOILUTSequence[0]
+            out = apply_voi(values, ds, index=0)
+            # Output range of the LUT: 2**bits - 1 per its descriptor; many files declare 16
+            # bits but store 12-bit entries, so (like dcmtk) use the bits the entries need.
+            desc_bits = int(item.LUTDescriptor[2])
+            lut_max = float(np.max(apply_voi(_LUT_PROBE, ds, index=0)))
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            warnings.warn(
+                f"Ignoring a malformed VOI LUT Sequence in the DICOM header ({type(exc).__name__}); "
+                "using the window centre/width or the full range instead.",
+                stacklevel=4,
+            )
+            meta.setdefault("notes", []).append("malformed VOI LUT ignored")
+        else:
+            bits = min(desc_bits, max(1, int(lut_max).bit_length()))
+            meta["window_used"] = "voi_lut"
+            return linear_to_unit(out, 0.0, float(2**bits - 1), meta)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center = ds.WindowCenter
+        width = ds.WindowWidth
+        center = float(center[0] if type(center).__name__ == "MultiValue" else center)
+        width = float(width[0] if type(width).__name__ == "MultiValue" else width)
+        try:
+            out = apply_windowing(values, ds, index=0)
+            # pydicom maps the window onto the stored value range [y_min, y_max]; ask it for
+            # those limits by windowing two values far outside the window.
+            big = abs(width) * 100.0 + 1e6
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                y_min, y_max = apply_windowing(np.array([center - big, center + big]), ds, 0)
+        except ValueError as exc:
+            warnings.warn(
+                f"Ignoring an invalid window in the DICOM header (centre {center}, width {width}): "
+                f"{exc}. Using the full range instead.",
+                stacklevel=4,
+            )
+            meta.setdefault("notes", []).append("invalid header window ignored; used full range")
+            return None
+        meta["window_used"] = (center, width)
+        meta["voi_function"] = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        return linear_to_unit(out, float(y_min), float(y_max), meta)
+    return None
+
+
+def _grey(
+    arr: np.ndarray,
+    ds: Any,
+    meta: dict[str, Any],
+    window: str,
+    percentiles: tuple[float, float],
+) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    if "ModalityLUTSequence" in ds:
+        meta["modality_lut"] = "lut"
+    elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        meta["modality_lut"] = "rescale"
+        meta["rescale_slope"] = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        meta["rescale_intercept"] = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    else:
+        meta["modality_lut"] = "none"
+    values = apply_modality_lut(arr, ds)
+
+    image = None
+    if window == "header":
+        image = _header_voi(values, ds, meta)
+        if image is None:
+            meta.setdefault("notes", []).append("no window in the header; used the full range")
+            window = "full"
+    if window == "full":
+        image = minmax_to_unit(values, meta)
+        meta["window_used"] = "full"
+    elif window == "percentile":
+        image = percentile_to_unit(values, percentiles, meta)
+        meta["window_used"] = "percentile"
+    assert image is not None  # every branch above sets it
+
+    meta["inverted"] = meta["photometric_interpretation"] == "MONOCHROME1"
+    if meta["inverted"]:
+        image = 1.0 - image
+    return clip_to_unit(image)
+
+
+def _colour(arr: np.ndarray, ds: Any, info: dict[str, Any], meta: dict[str, Any]) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut, convert_color_space
+
+    decoded_pi = str(info.get("photometric_interpretation", meta["photometric_interpretation"]))
+    if decoded_pi == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        meta["palette_applied"] = True
+        return clip_to_unit(rgb.astype(np.float64) / np.iinfo(rgb.dtype).max)
+    if decoded_pi in ("YBR_FULL", "YBR_FULL_422"):
+        arr = convert_color_space(arr, decoded_pi, "RGB")
+        decoded_pi = "RGB"
+    elif decoded_pi != "RGB":
+        meta.setdefault("notes", []).append(f"colour space {decoded_pi} kept as decoded")
+    meta["decoded_photometric_interpretation"] = decoded_pi
+    bits = int(info.get("bits_stored", ds.get("BitsStored", 8)))
+    return linear_to_unit(arr, 0.0, float(2**bits - 1), meta)
+
+
+def read_dicom(
+    path: str | os.PathLike,
+    *,
+    window: str = "header",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    frame: int | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read one frame of a DICOM image into float32 [0, 1] plus de-identified metadata.
+
+    Options are validated by :func:`medtl.io.read_image`, which is the public entry point.
+    """
+    path = str(path)
+    ds, hit_eof = _load(path)
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        if hit_eof or len(ds) == 0 or ("Rows" in ds and "Columns" in ds):
+            raise ImageReadError(
+                path,
+                "the DICOM file is truncated: it ends before its pixel data is complete "
+                "(re-export or re-copy the file)",
+            )
+        raise ImageReadError(
+            path,
+            "the DICOM file has no pixel data (e.g. a report, structured document or "
+            "presentation state); only image objects can be read",
+        )
+    ts = _transfer_syntax(ds)
+    try:
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        n_frames = 1
+    if frame is None:
+        frame_used = n_frames // 2
+    elif -n_frames <= frame < n_frames:
+        frame_used = frame % n_frames
+    else:
+        raise ImageReadError(
+            path,
+            f"frame={frame} is out of range: the file has {n_frames} frame(s) (0..{n_frames - 1})",
+        )
+
+    arr, info = _decode(path, ds, ts, frame_used)
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    meta: dict[str, Any] = {
+        "format": "dicom",
+        "modality": _plain(ds.get("Modality")),
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        "samples_per_pixel": int(info.get("samples_per_pixel", 1)),
+        "bits_stored": int(info.get("bits_stored", 0)),
+        "bits_allocated": int(info.get("bits_allocated", 0)),
+        "pixel_representation": int(info.get("pixel_representation", 0)),
+        "rows": int(info.get("rows", arr.shape[0])),
+        "columns": int(info.get("columns", arr.shape[1])),
+        "n_frames": n_frames,
+        "frame_used": frame_used,
+        "transfer_syntax": str(ts.name),
+        "transfer_syntax_uid": str(ts),
+        "pixel_spacing": _plain(spacing) if spacing else None,
+        "view_position": _plain(ds.get("ViewPosition")) or None,
+        "original_dtype": str(arr.dtype.newbyteorder("=")),
+        "source_shape": tuple(int(s) for s in arr.shape),
+        "inverted": False,
+        "notes": [],
+    }
+    with warnings.catch_warnings():
+        # Integer-overflow warnings on degenerate LUTs are handled by the range guards.
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        if arr.ndim == 3 or meta["photometric_interpretation"] == "PALETTE COLOR":
+            if window != "header":
+                meta["notes"].append(f"window={window!r} ignored for a colour image")
+            meta["window_used"] = "none (colour)"
+            image = _colour(arr, ds, info, meta)
+        else:
+            image = _grey(arr, ds, meta, window, percentiles)
+    if meta["inverted"]:
+        logger.debug("%s: MONOCHROME1 inverted so that bright = dense", path)
+    return image, meta

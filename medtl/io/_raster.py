@@ -1,0 +1,189 @@
+"""PNG / JPEG / TIFF / BMP reader (Pillow, and tifffile for TIFF) onto the intensity contract.
+
+Scaling by bit depth, not by image content: 8-bit / 255, 16-bit / 65535, so that a dark image
+stays dark. Colour stays colour (RGBA drops alpha, palettes expand to RGB); the data layer decides
+about grey conversion (:func:`medtl.io.to_grey`). Text chunks and EXIF are never copied to the
+metadata (they may hold identifiers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from medtl.errors import ImageReadError
+from medtl.io._intensity import clip_to_unit, minmax_to_unit, percentile_to_unit
+
+logger = logging.getLogger(__name__)
+
+_TO_RGB_MODES = ("P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "La")
+
+
+def _pick_frame(path: str, n_frames: int, frame: int | None) -> int:
+    if frame is None:
+        return n_frames // 2
+    if -n_frames <= frame < n_frames:
+        return frame % n_frames
+    raise ImageReadError(
+        path, f"frame={frame} is out of range: the file has {n_frames} frame(s) (0..{n_frames - 1})"
+    )
+
+
+def scale_by_dtype(arr: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Scale an integer/float/bool array to [0, 1] by its bit depth (see module docstring).
+
+    uint8 / 255; uint16 / 65535; other integers that fit 0..65535 (Pillow's 32-bit "I" mode for
+    16-bit files) / 65535; anything else (negative or wider integers, floats outside [0, 1]) is
+    min-max scaled and ``meta["notes"]`` says so.
+    """
+    a = np.asarray(arr)
+    meta["original_dtype"] = str(a.dtype.newbyteorder("="))
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return clip_to_unit(a.astype(np.float32) / 255.0)
+    if a.dtype == np.uint16:
+        return clip_to_unit(a.astype(np.float32) / 65535.0)
+    if a.size and np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if lo >= 0 and hi <= 65535:
+            meta.setdefault("notes", []).append(f"{a.dtype} values read as 16-bit (/65535)")
+            return clip_to_unit(a.astype(np.float32) / 65535.0)
+    if a.size and np.issubdtype(a.dtype, np.floating):
+        finite = np.isfinite(a).all()
+        if finite and float(a.min()) >= 0.0 and float(a.max()) <= 1.0:
+            return clip_to_unit(a)
+    meta.setdefault("notes", []).append(f"{a.dtype} values outside a known range; min-max scaled")
+    return minmax_to_unit(a, meta)  # colour is scaled jointly so channels keep their balance
+
+
+def _png_is_16bit_colour(path: str) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    # IHDR: bit depth at byte 24, colour type at byte 25 (2 = RGB, 6 = RGBA).
+    return len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+
+
+def _read_pillow(path: str, fmt: str, frame: int | None, meta: dict[str, Any]) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            n_frames = int(getattr(im, "n_frames", 1) or 1)
+            frame_used = _pick_frame(path, n_frames, frame)
+            if frame_used:
+                im.seek(frame_used)
+            im.load()
+            meta.update(n_frames=n_frames, frame_used=frame_used, mode=im.mode)
+            orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff") else 1
+            if orientation not in (1, None):
+                im = ImageOps.exif_transpose(im)
+                meta["exif_orientation_applied"] = int(orientation)
+            mode = im.mode
+            if mode in _TO_RGB_MODES:
+                im = im.convert("RGB")
+            elif mode == "LA":
+                im = im.getchannel("L")
+            elif mode not in ("1", "L", "RGB", "I", "F") and not mode.startswith("I;16"):
+                im = im.convert("RGB")
+            arr = np.array(im)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"image too large to decode safely ({exc})") from exc
+    except Exception as exc:
+        raise ImageReadError(
+            path,
+            f"cannot decode the {fmt.upper()} data ({type(exc).__name__}: {exc}); "
+            "the file is corrupt or truncated",
+        ) from exc
+    meta["decoder"] = "pillow"
+    if fmt == "png" and arr.ndim == 3 and _png_is_16bit_colour(path):
+        msg = "16-bit colour PNG: Pillow decodes it at 8-bit precision"
+        warnings.warn(f"{path}: {msg}; save as 16-bit TIFF to keep full precision.", stacklevel=4)
+        meta.setdefault("notes", []).append(msg)
+    return arr
+
+
+def _read_tifffile(path: str, frame: int | None, meta: dict[str, Any]) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        n_frames = len(tf.pages)
+        frame_used = _pick_frame(path, n_frames, frame)
+        page = tf.pages[frame_used]
+        arr = page.asarray()
+        try:
+            photometric = tifffile.PHOTOMETRIC(int(page.photometric)).name
+        except (TypeError, ValueError):
+            photometric = "MINISBLACK"
+        separate = int(page.planarconfig or 1) == int(tifffile.PLANARCONFIG.SEPARATE)
+        colormap = page.colormap if photometric == "PALETTE" else None
+    if separate and arr.ndim == 3 and arr.shape[0] in (2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    meta.update(n_frames=n_frames, frame_used=frame_used, decoder="tifffile")
+    meta["tiff_photometric"] = photometric
+    if colormap is not None:
+        # colormap is (3, 2**bits) uint16: expand the palette to RGB.
+        arr = np.moveaxis(np.asarray(colormap)[:, arr], 0, -1).astype(np.uint16)
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # grey+alpha or RGBA: drop alpha
+        arr = arr[..., 0] if arr.shape[-1] == 2 else arr[..., :3]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if photometric == "MINISWHITE":
+        meta["tiff_min_is_white"] = True
+    return arr
+
+
+def read_raster(
+    path: str | os.PathLike,
+    fmt: str,
+    *,
+    window: str = "header",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    frame: int | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a PNG/JPEG/TIFF/BMP file; options are validated by :func:`medtl.io.read_image`.
+
+    ``window="header"`` scales by bit depth; ``"full"`` / ``"percentile"`` rescale grey images by
+    their own range (ignored for colour images, with a note).
+    """
+    path = str(path)
+    meta: dict[str, Any] = {"format": fmt, "inverted": False, "notes": []}
+    arr = None
+    if fmt == "tiff":
+        try:
+            arr = _read_tifffile(path, frame, meta)
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            logger.debug("%s: tifffile failed (%s); trying Pillow", path, exc)
+    if arr is None:
+        arr = _read_pillow(path, fmt, frame, meta)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3) or arr.size == 0:
+        raise ImageReadError(path, f"unsupported image layout: decoded array of shape {arr.shape}")
+    meta["source_shape"] = tuple(int(s) for s in arr.shape)
+    meta["rows"], meta["columns"] = int(arr.shape[0]), int(arr.shape[1])
+    meta["colour"] = arr.ndim == 3
+    meta["bits"] = int(arr.dtype.itemsize * 8) if arr.dtype != np.bool_ else 1
+
+    if arr.ndim == 2 and window in ("full", "percentile"):
+        meta["original_dtype"] = str(arr.dtype.newbyteorder("="))
+        if window == "full":
+            image = minmax_to_unit(arr, meta)
+        else:
+            image = percentile_to_unit(arr, percentiles, meta)
+        meta["window_used"] = window
+    else:
+        if window != "header":
+            meta["notes"].append(f"window={window!r} ignored for a colour image")
+        image = scale_by_dtype(arr, meta)
+        meta["window_used"] = "bit_depth"
+    if meta.pop("tiff_min_is_white", False):
+        image = 1.0 - image
+        meta["inverted"] = True
+    return clip_to_unit(image), meta

@@ -1,0 +1,98 @@
+"""``read_image``: detect the format by content and dispatch to the DICOM or raster reader."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from medtl._options import check_range, look_up_option
+from medtl.errors import ConfigError, ImageReadError, MedtlError
+from medtl.io._detect import detect_format
+
+__all__ = ["WINDOWS", "read_image"]
+
+WINDOWS = ("header", "full", "percentile")
+
+
+def _check_options(
+    window: str, percentiles: tuple[float, float], frame: int | None
+) -> tuple[float, float]:
+    look_up_option("window", window, WINDOWS)
+    try:
+        lo, hi = (float(p) for p in percentiles)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"The 'percentiles' parameter must be two numbers (low, high). Got {percentiles!r}."
+        ) from exc
+    check_range("percentiles[0]", lo, 0.0, 100.0)
+    check_range("percentiles[1]", hi, 0.0, 100.0)
+    if lo >= hi:
+        raise ConfigError(
+            f"The 'percentiles' parameter must have low < high. Got {percentiles!r}; e.g. (0.5, 99.5)."
+        )
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, (int, np.integer))):
+        raise ConfigError(f"The 'frame' parameter must be an int or None. Got {frame!r}.")
+    return lo, hi
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    window: str = "header",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    frame: int | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a DICOM, PNG, JPEG, TIFF or BMP file into float32 [0, 1] plus safe metadata.
+
+    The format is detected from the bytes, not the name. The image is H×W (grey) or H×W×3
+    (colour); for DICOM, MONOCHROME1 is inverted so that bright = dense (``meta["inverted"]``).
+
+    Args:
+        path: the image file.
+        window: ``"header"`` (DICOM VOI LUT or window centre/width, falling back to ``"full"``
+            with a note; for other formats: scale by bit depth), ``"full"`` (min..max of the
+            modality-LUT values) or ``"percentile"`` (clip at ``percentiles``).
+        percentiles: (low, high) in [0, 100] for ``window="percentile"``.
+        frame: frame of a multi-frame file (negative counts from the end); default the middle
+            one. ``meta["frame_used"]`` and ``meta["n_frames"]`` say which.
+
+    Returns:
+        ``(image, meta)``; ``meta`` holds only allow-listed technical fields (format, modality,
+        photometric_interpretation, bits_stored, rows, columns, n_frames, frame_used,
+        window_used, transfer_syntax, inverted, pixel_spacing, original_dtype, source_shape,
+        notes, ...), never patient identifiers.
+
+    Raises:
+        ImageReadError: any unreadable, truncated, unsupported or non-image file (path + reason).
+        ConfigError: an invalid option.
+
+    Example:
+        >>> image, meta = read_image("chest.dcm", window="percentile", percentiles=(1, 99))
+    """
+    lo_hi = _check_options(window, percentiles, frame)
+    frame = None if frame is None else int(frame)
+    fmt = detect_format(path)
+    try:
+        if fmt == "dicom":
+            from medtl.io._dicom import read_dicom
+
+            return read_dicom(path, window=window, percentiles=lo_hi, frame=frame)
+        if fmt == "npz":
+            raise ImageReadError(
+                str(path),
+                "is a NumPy .npz archive (MedMNIST format), not a single image; "
+                "read it with medtl.io.read_npz",
+            )
+        from medtl.io._raster import read_raster
+
+        return read_raster(path, fmt, window=window, percentiles=lo_hi, frame=frame)
+    except (MedtlError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        # For DICOM the message may quote header values, so only the exception type is kept.
+        detail = type(exc).__name__ if fmt == "dicom" else f"{type(exc).__name__}: {exc}"
+        raise ImageReadError(
+            str(path), f"unexpected error reading the {fmt} file ({detail})"
+        ) from exc

@@ -1,0 +1,239 @@
+"""load_dataset on every source kind, splits, skipped files, class checks, save/load of splits."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtl.data import load_dataset, load_splits, save_splits
+from medtl.errors import ConfigError, DatasetError
+from medtl.io import write_test_dicom
+
+RNG_SEED = 1234
+
+
+def _grey(rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    return rng.integers(0, 255, (size, size), dtype=np.uint8)
+
+
+def write_image(path: Path, rng: np.random.Generator, kind: str) -> Path:
+    """Write one tiny image as PNG, JPEG or DICOM."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "png":
+        Image.fromarray(_grey(rng)).save(path, format="PNG")
+    elif kind == "jpeg":
+        Image.fromarray(_grey(rng)).convert("RGB").save(path, format="JPEG")
+    else:
+        write_test_dicom(path, (_grey(rng).astype(np.uint16) * 16), bits_stored=12)
+    return path
+
+
+def make_class_folders(root: Path, counts: dict[str, int], seed: int = RNG_SEED) -> Path:
+    """root/<class>/ with a mix of PNG, JPEG and DICOM (DICOM named .dcm or without suffix)."""
+    rng = np.random.default_rng(seed)
+    kinds = ["png", "jpeg", "dicom"]
+    for cls, n in counts.items():
+        for i in range(n):
+            kind = kinds[i % 3]
+            suffix = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm" if i % 2 else ""}[kind]
+            write_image(root / cls / f"im{i:03d}{suffix}", rng, kind)
+    return root
+
+
+def test_folder_classes_mixed_formats_and_splits(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"normal": 20, "abnormal": 14})
+    (root / "normal" / ".DS_Store").write_bytes(b"\0\1junk")  # hidden: ignored silently
+    (root / "README.md").write_text("top-level files are not samples")
+    ds = load_dataset(root, progress=False)
+    assert ds.source == "folder_classes"
+    assert ds.classes == ["abnormal", "normal"]
+    assert len(ds.samples) == 34
+    assert ds.skipped == []
+    counts = ds.counts()
+    assert set(counts) == {"train", "val", "test"}
+    for sp in ("train", "val", "test"):
+        assert all(counts[sp][c] >= 1 for c in ds.classes), counts  # stratified
+    assert sum(counts["test"].values()) == pytest.approx(34 * 0.15, abs=1.01)
+    uids = [s.uid for s in ds.samples]
+    assert len(set(uids)) == len(uids) and all(len(u) == 16 for u in uids)
+
+
+@pytest.mark.parametrize("val_name", ["val", "valid"])
+def test_folder_splits_keeps_official_splits(tmp_path: Path, val_name: str) -> None:
+    root = tmp_path / "ds"
+    make_class_folders(root / "train", {"A": 10, "B": 10}, seed=1)
+    make_class_folders(root / val_name, {"A": 3, "B": 3}, seed=2)
+    make_class_folders(root / "test", {"A": 4, "B": 5}, seed=3)
+    ds = load_dataset(root, progress=False)
+    assert ds.source == "folder_splits"
+    c = ds.counts()
+    assert c == {"train": {"A": 10, "B": 10}, "val": {"A": 3, "B": 3}, "test": {"A": 4, "B": 5}}
+    assert all(f"/{val_name}/" in s.path for s in ds.split("val"))
+
+
+def test_folder_splits_carves_val_from_train_only(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    make_class_folders(root / "train", {"A": 20, "B": 20}, seed=1)
+    make_class_folders(root / "test", {"A": 4, "B": 4}, seed=3)
+    ds = load_dataset(root, val_fraction=0.2, progress=False)
+    c = ds.counts()
+    assert c["test"] == {"A": 4, "B": 4}  # official test untouched
+    assert all("/test/" in s.path for s in ds.split("test"))
+    assert all("/train/" in s.path for s in ds.split("val"))
+    assert sum(c["val"].values()) == 8 and c["val"]["A"] >= 1 and c["val"]["B"] >= 1
+    assert sum(c["train"].values()) == 32
+
+
+def write_manifest(tmp_path: Path, n_patients: int = 24, per_patient: int = 3) -> Path:
+    """A CSV with relative paths, patient ids and 2 classes (label fixed per patient)."""
+    rng = np.random.default_rng(RNG_SEED)
+    rows = ["path,label,patient_id"]
+    for p in range(n_patients):
+        label = "pos" if p % 3 == 0 else "neg"
+        for k in range(per_patient):
+            rel = f"imgs/p{p:02d}_{k}.png"
+            write_image(tmp_path / rel, rng, "png")
+            rows.append(f"{rel},{label},P{p:04d}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "manifest.csv"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_csv_patient_level_splits(tmp_path: Path, seed: int) -> None:
+    csv_path = write_manifest(tmp_path)
+    ds = load_dataset(csv_path, seed=seed, progress=False)
+    assert ds.source == "csv"
+    assert ds.classes == ["neg", "pos"]
+    assert Path(ds.samples[0].path).is_absolute() and Path(ds.samples[0].path).exists()
+    where: dict[str, set[str]] = defaultdict(set)
+    for s in ds.samples:
+        where[s.patient_id].add(s.split)
+    assert all(len(v) == 1 for v in where.values()), "a patient is in two splits"
+    c = ds.counts()
+    for sp in ("train", "val", "test"):
+        assert all(c[sp][cls] >= 1 for cls in ds.classes), c
+
+
+def test_csv_split_column_and_absolute_paths(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    for i in range(24):
+        f = write_image(tmp_path / "elsewhere" / f"{i}.png", rng, "png")
+        sp = "train" if i < 16 else ("valid" if i < 20 else "test")
+        rows.append(f"{f},{'ab'[i % 2]},{sp}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "sub" / "m.csv", min_per_class=2, progress=False)
+    c = ds.counts()
+    assert sum(c["train"].values()) == 16 and sum(c["val"].values()) == 4
+    assert sum(c["test"].values()) == 4
+
+
+def test_csv_bad_split_value_names_line(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.png", np.random.default_rng(0), "png")
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,x,training-set\n")
+    with pytest.raises(DatasetError, match=r"line 2.*training-set"):
+        load_dataset(tmp_path / "m.csv", progress=False)
+
+
+def test_csv_missing_column(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("file,label\na.png,x\n")
+    with pytest.raises(DatasetError, match="'path' column"):
+        load_dataset(tmp_path / "m.csv", progress=False)
+
+
+def test_npz_source(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for sp, n in (("train", 30), ("val", 6), ("test", 8)):
+        arrays[f"{sp}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{sp}_labels"] = (np.arange(n) % 2).reshape(-1, 1)
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    ds = load_dataset(tmp_path / "pneumoniamnist.npz", progress=False)
+    assert ds.source == "npz" and ds.classes == ["0", "1"]
+    assert ds.counts() == {
+        "train": {"0": 15, "1": 15},
+        "val": {"0": 3, "1": 3},
+        "test": {"0": 4, "1": 4},
+    }
+    assert ds.split("val")[2].uid == "val/2"
+    named = load_dataset(
+        tmp_path / "pneumoniamnist.npz", class_names=["normal", "pneumonia"], progress=False
+    )
+    assert named.classes == ["normal", "pneumonia"]
+
+
+def test_same_seed_same_split_other_seed_differs(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"a": 20, "b": 20})
+    s0 = [(s.uid, s.split) for s in load_dataset(root, seed=7, progress=False).samples]
+    s1 = [(s.uid, s.split) for s in load_dataset(root, seed=7, progress=False).samples]
+    s2 = [(s.uid, s.split) for s in load_dataset(root, seed=8, progress=False).samples]
+    assert s0 == s1
+    assert s0 != s2
+
+
+def test_skipped_files_are_reported_not_fatal(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"a": 6, "b": 6})
+    (root / "a" / "empty.png").write_bytes(b"")
+    (root / "a" / "random.jpg").write_bytes(np.random.default_rng(0).bytes(300))
+    (root / "b" / "notes.png").write_text("this is a text file named .png")
+    (root / "b" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    good = write_test_dicom(tmp_path / "full.dcm", np.full((64, 64), 1000, np.uint16))
+    data = good.read_bytes()
+    (root / "b" / "truncated.dcm").write_bytes(data[: len(data) - 64 * 64])  # half the pixel data
+    ds = load_dataset(root, progress=False)
+    skipped = {Path(k.path).name: k.reason for k in ds.skipped}
+    assert set(skipped) == {"empty.png", "random.jpg", "notes.png", "Thumbs.db", "truncated.dcm"}
+    assert all(isinstance(r, str) and r for r in skipped.values())
+    assert len(ds.samples) == 12
+
+
+def test_one_class_is_an_error_naming_it(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"onlyclass": 8})
+    with pytest.raises(DatasetError, match=r"1 class.*onlyclass"):
+        load_dataset(root, progress=False)
+
+
+def test_too_few_per_class_names_class_and_count(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"big": 10, "tiny": 3})
+    (root / "tiny" / "broken.png").write_bytes(b"")  # unreadable: does not count
+    with pytest.raises(DatasetError, match=r"'tiny' has 3.*min_per_class=5"):
+        load_dataset(root, progress=False)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "nope", progress=False)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "m.csv").write_text("path,label\n")
+    with pytest.raises(DatasetError, match="Did you mean the manifest"):
+        load_dataset(tmp_path / "flat", progress=False)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_dataset(tmp_path, val_fraction=1.5, progress=False)
+
+
+def test_save_and_load_splits_round_trip(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"a": 8, "b": 8})
+    (root / "a" / "bad.png").write_bytes(b"")
+    ds = load_dataset(root, seed=3, progress=False)
+    out = save_splits(ds, tmp_path / "run" / "splits.json")
+    obj = json.loads(out.read_text())
+    assert all(not Path(r["path"]).is_absolute() for r in obj["samples"])
+    again = load_splits(out, root)
+    assert again.classes == ds.classes
+    assert again.samples == ds.samples
+    assert again.skipped == ds.skipped
+    # the same files under another root (copied dataset) load too
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    relocated = load_splits(out, moved)
+    assert [(s.uid, s.split, s.label) for s in relocated.samples] == [
+        (s.uid, s.split, s.label) for s in ds.samples
+    ]
+    with pytest.raises(DatasetError, match="missing"):
+        load_splits(out, tmp_path / "empty")
