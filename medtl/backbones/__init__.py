@@ -1,0 +1,57 @@
+"""Registry of pretrained backbones, offline weight resolution and the preprocessing that goes with them.
+
+Every backbone is registered under an ``"arch.weights"`` name with one decorated factory and comes back
+as ``(model, cfg)``: a network with timm's small interface (``forward_features``, ``forward_head``,
+``reset_classifier``, ``get_classifier``) and the :class:`BackboneConfig` that travels with its weights.
+
+Example:
+    >>> from medtl.backbones import create_backbone, preprocess
+    >>> model, cfg = create_backbone("efficientnet_lite0.in1k")          # offline ImageNet weights
+    >>> feats = model(preprocess(pixels_uint8, cfg))                     # (N, cfg.feature_dim)
+"""
+
+from __future__ import annotations
+
+from medtl.backbones import _efficientnet_lite, _tiny, _torchvision  # noqa: F401  (registration)
+from medtl.backbones._adapter import FeatureNet
+from medtl.backbones._config import BackboneConfig, backbone_fingerprint, state_dict_sha256
+from medtl.backbones._efficientnet_lite import map_lite_state_dict
+from medtl.backbones._preprocess import imagenet_classes, preprocess
+from medtl.backbones._registry import (
+    backbone_config,
+    backbone_names,
+    create_backbone,
+    list_backbones,
+    register_backbone,
+)
+from medtl.backbones._stages import set_trainable_stages, stage_index
+from medtl.backbones._weights import (
+    WeightsIntegrityError,
+    load_state_dict_file,
+    sha256_file,
+    verify_sha256,
+)
+
+DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "BackboneConfig",
+    "FeatureNet",
+    "WeightsIntegrityError",
+    "backbone_config",
+    "backbone_fingerprint",
+    "backbone_names",
+    "create_backbone",
+    "imagenet_classes",
+    "list_backbones",
+    "load_state_dict_file",
+    "map_lite_state_dict",
+    "preprocess",
+    "register_backbone",
+    "set_trainable_stages",
+    "sha256_file",
+    "stage_index",
+    "state_dict_sha256",
+    "verify_sha256",
+]
