@@ -42,6 +42,9 @@ _LAZY = {
     "evaluate": "medtl.evaluate",
     "predict": "medtl.evaluate",
     "advise": "medtl.advisor",
+    "adapt_model": "medtl.adapt",
+    "adapt_batchnorm": "medtl.adapt",
+    "write_report": "medtl.report",
     "MedtlError": "medtl.errors",
 }
 

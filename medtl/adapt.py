@@ -1,0 +1,132 @@
+"""Test-time adaptation: re-estimate BatchNorm statistics on unlabelled target images (AdaBN).
+
+AdaBN (Li et al., 2016) is the cheapest domain adaptation there is: the learned weights stay as they are and
+only the BatchNorm running means and variances are recomputed from images of the target site, so that the
+normalisation matches the new scanner/population. No labels are needed.
+
+Example:
+    >>> from medtl.adapt import adapt_model
+    >>> adapt_model("runs/a/fine_tuning/model", "site_b_unlabelled/", "runs/a/fine_tuning_adabn")
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtl.data._types import PreparedImages, Sample
+from medtl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def adapt_batchnorm(
+    estimator: Any,
+    images: PreparedImages | np.ndarray,
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Any:
+    """A copy of ``estimator`` whose BatchNorm running statistics are re-estimated on ``images``.
+
+    Every other tensor (weights, biases, the head) is unchanged. Statistics are the exact average over all
+    target images (``momentum=None``); dropout and stochastic depth stay off while they are collected.
+    """
+    from tqdm.auto import tqdm
+
+    from medtl.training import to_model_input
+
+    estimator._check_fitted()
+    pixels = images.pixels if isinstance(images, PreparedImages) else np.asarray(images)
+    if len(pixels) < 2:
+        raise ConfigError(
+            f"AdaBN needs at least 2 target images to estimate statistics; got {len(pixels)}. "
+            "Point --data at a folder of unlabelled images from the target site."
+        )
+    estimator._pixels(pixels)  # checks dtype and size
+    new = copy.deepcopy(estimator)
+    model: nn.Module = new.model_
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ConfigError(
+            f"Backbone {new.backbone_config_.name!r} has no BatchNorm layers; AdaBN does not apply."
+        )
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every batch
+        m.train()
+    cfg = new.backbone_config_
+    with torch.no_grad():
+        for i in tqdm(range(0, len(pixels), batch_size), desc="AdaBN", disable=not progress):
+            xb = (
+                torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size]))
+                .float()
+                .div_(255.0)
+            )
+            if len(xb) < 2:
+                continue  # a batch of one gives no variance
+            model(to_model_input(xb, cfg.mean, cfg.std))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.eval()
+    new.adaptation_ = {"method": "adabn", "n_images": len(pixels), "batchnorm_layers": len(bns)}
+    return new
+
+
+def _gather_files(paths: list[str] | str) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, [paths] if isinstance(paths, str | Path) else paths):
+        if p.is_dir():
+            files.extend(
+                sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            )
+        elif p.exists():
+            files.append(p)
+        else:
+            raise ConfigError(f"Image path {str(p)!r} does not exist.")
+    return files
+
+
+def adapt_model(
+    model_dir: str | Path,
+    data: str | list[str],
+    out: str | Path,
+    *,
+    cache_dir: str | None = ".medtl_cache",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load a saved model, adapt its BatchNorm statistics to unlabelled target images, save to ``out``.
+
+    ``data`` is a folder (searched recursively; labels, if any, are ignored) or a list of files. Files that
+    cannot be read are skipped and reported. Returns {"out", "n_images", "skipped"}.
+    """
+    from medtl.data import prepare_images
+    from medtl.strategies import load_model
+
+    est = load_model(model_dir)
+    files = _gather_files(data)
+    samples = [
+        Sample(path=str(f.resolve()), label=-1, uid=hashlib.sha1(str(f).encode()).hexdigest()[:16])
+        for f in files
+        if f.suffix.lower() not in {".csv", ".json", ".txt", ".md", ".yaml", ".npz"}
+    ]
+    images = prepare_images(
+        samples,
+        est.classes_,
+        size=est.image_size_,
+        channels=1,
+        cache_dir=None if cache_dir is None else Path(cache_dir) / "images",
+        progress=progress,
+    )
+    new = adapt_batchnorm(est, images, progress=progress)
+    new.save(out)
+    return {"out": str(out), "n_images": len(images), "skipped": list(images.skipped)}

@@ -1,0 +1,257 @@
+"""The command implementations. Each is a thin wrapper over the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+DEMO_CONFIG: dict[str, Any] = {
+    # The embedded demo: synthetic phantom DICOMs, the offline default backbone, CPU-sized settings.
+    "name": "demo",
+    "data": {"path": "synthetic", "synthetic_per_class": 60, "synthetic_difficulty": 0.5},
+    "model": {"backbone": "efficientnet_lite0.in1k", "image_size": 128},
+    "strategies": ["feature_extraction", "fine_tuning", "from_scratch"],
+    "train": {"epochs": 6, "batch_size": 16},
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    mapping = {
+        "data": "data.path",
+        "val": "data.val",
+        "test": "data.test",
+        "out": "output.out",
+        "backbone": "model.backbone",
+        "weights_path": "model.weights_path",
+        "allow_download": "model.allow_download",
+        "image_size": "model.image_size",
+        "epochs": "train.epochs",
+        "batch_size": "train.batch_size",
+        "seed": "train.seed",
+        "max_train": "data.max_train",
+        "device": "train.device",
+        "threshold_rule": "metrics.threshold_rule",
+        "target": "metrics.target",
+        "prevalence": "metrics.prevalence",
+    }
+    out = {
+        dotted: getattr(args, k)
+        for k, dotted in mapping.items()
+        if getattr(args, k, None) is not None
+    }
+    if getattr(args, "strategies", None):
+        out["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    return out
+
+
+def _print_summary(summary: dict[str, Any], out: str) -> None:
+    rows = summary.get("strategies", {})
+    print()
+    print(
+        f"{'strategy':<22}{'test AUROC (95% CI)':<26}{'val AUROC':>10}{'epochs':>8}{'seconds':>9}{'img/s':>8}"
+    )
+    for name, r in rows.items():
+        if r.get("status") != "done":
+            print(f"{name:<22}{r.get('status', '?')}: {r.get('error')}")
+            continue
+        ci = r.get("test_auroc_ci") or [None, None]
+        auc = _fmt(r.get("test_auroc"))
+        ci_s = f"{auc} ({_fmt(ci[0])}-{_fmt(ci[1])})" if ci[0] is not None else auc
+        print(
+            f"{name:<22}{ci_s:<26}{_fmt(r.get('val_auroc')):>10}{r.get('epochs_run', 0):>8}"
+            f"{r.get('train_seconds', 0):>9.1f}{_fmt(r.get('images_per_s'), 1):>8}"
+        )
+    for p in summary.get("paired", []):
+        if p.get("summary"):
+            print(f"  {p['a']} vs {p['b']}: {p['summary']}")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
+    print(f"\nrun folder: {out}")
+    if summary.get("report"):
+        print(f"report:     {summary['report']}")
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{nd}f}"
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Synthesise the phantom, compare the three strategies, print a table, say where the report is."""
+    from medtl.config import config_from_dict
+    from medtl.experiment import compare
+
+    cfg_dict = json.loads(json.dumps(DEMO_CONFIG))
+    cfg_dict["output"] = {"out": args.out}
+    if args.quick:
+        cfg_dict["model"] = {"backbone": "tiny_test", "image_size": 64}
+        cfg_dict["data"]["synthetic_per_class"] = 30
+        cfg_dict["train"]["epochs"] = 3
+    if args.epochs:
+        cfg_dict["train"]["epochs"] = args.epochs
+    cfg = config_from_dict(cfg_dict)
+    print(
+        f"medtl demo: synthetic chest-radiograph phantom (DICOM), backbone {cfg.model.backbone}, "
+        f"{cfg.model.image_size}px, strategies {', '.join(cfg.strategies)}"
+    )
+    summary = compare(cfg, progress=not args.quiet)
+    _print_summary(summary, args.out)
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from medtl.config import load_config
+    from medtl.experiment import compare as run_compare
+
+    ov = _overrides(args)
+    cfg = load_config(args.config, ov)
+    if "output.out" not in ov and not args.config:
+        cfg.output.out = f"runs/{cfg.name}"
+    summary = run_compare(cfg, progress=not args.quiet, resume=args.resume)
+    _print_summary(summary, cfg.output.out)
+    return 0 if all(r.get("status") == "done" for r in summary["strategies"].values()) else 1
+
+
+def train(args: argparse.Namespace) -> int:
+    from medtl.config import load_config
+    from medtl.experiment import compare as run_compare
+
+    ov = _overrides(args)
+    if args.strategy:
+        ov["strategies"] = [args.strategy]
+    cfg = load_config(args.config, ov)
+    if len(cfg.strategies) > 1 and not args.strategy:
+        cfg.strategies = cfg.strategies[:1]
+    summary = run_compare(cfg, progress=not args.quiet, resume=args.resume)
+    _print_summary(summary, cfg.output.out)
+    return 0 if all(r.get("status") == "done" for r in summary["strategies"].values()) else 1
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from medtl.evaluate import evaluate as run_evaluate
+
+    table = run_evaluate(
+        models=args.models,
+        datasets=args.data,
+        batch_file=args.batch,
+        out=args.out,
+        split=args.split,
+        threshold=args.threshold,
+        prevalence=args.prevalence,
+        progress=not args.quiet,
+    )
+    print(table["markdown"])
+    print(f"\ntable: {table['csv']}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from medtl.evaluate import predict as run_predict
+
+    res = run_predict(args.model, args.images, out=args.out, progress=not args.quiet)
+    print(f"{res['n']} images predicted -> {res['out']}")
+    if res["skipped"]:
+        print(f"{len(res['skipped'])} files skipped:", file=sys.stderr)
+        for s in res["skipped"][:20]:
+            print(f"  {s.path}: {s.reason}", file=sys.stderr)
+    return 0
+
+
+def adapt(args: argparse.Namespace) -> int:
+    from medtl.adapt import adapt_model
+
+    res = adapt_model(args.model, args.data, args.out, progress=not args.quiet)
+    print(f"BatchNorm statistics re-estimated on {res['n_images']} target images -> {res['out']}")
+    for s in res["skipped"][:20]:
+        print(f"  skipped {s.path}: {s.reason}", file=sys.stderr)
+    return 0
+
+
+def advise(args: argparse.Namespace) -> int:
+    from medtl.advisor import advise as run_advise
+
+    kwargs: dict[str, Any] = {"progress": not args.quiet and not args.json}
+    if args.backbone:
+        kwargs["backbone"] = args.backbone
+    if args.image_size:
+        kwargs["image_size"] = args.image_size
+    if args.budget_minutes is not None:
+        kwargs["budget_minutes"] = args.budget_minutes
+    advice = run_advise(args.data, **kwargs)
+    if args.json:
+        print(json.dumps(advice.to_dict(), default=str))
+    else:
+        print(advice.explain())
+    return 0
+
+
+def backbones(args: argparse.Namespace) -> int:
+    from medtl.backbones import list_backbones
+
+    rows = list_backbones()
+    print(f"{'name':<28}{'features':>9}{'size':>6}  {'weights':<11}source")
+    for r in rows:
+        avail = "available" if r.get("weights_available") else "missing"
+        if not r.get("weights_available"):
+            r["weights_source"] = (
+                f"needs {r.get('weights_file')} (--weights FILE or --allow-download)"
+            )
+        print(
+            f"{r['name']:<28}{r.get('feature_dim', ''):>9}{r.get('input_size', ''):>6}  {avail:<11}"
+            f"{r.get('weights_source', '')}"
+        )
+    return 0
+
+
+def data_help(args: argparse.Namespace) -> int:
+    from medtl.cli._main import build_parser
+
+    build_parser().parse_args(["data", "--help"])
+    return 0
+
+
+def data_synth(args: argparse.Namespace) -> int:
+    from medtl.data.synth import make_phantom
+
+    out = make_phantom(
+        args.out,
+        n_per_class=args.n_per_class,
+        size=args.size,
+        difficulty=args.difficulty,
+        seed=args.seed,
+    )
+    n = sum(1 for _ in Path(out).rglob("*.dcm"))
+    print(f"wrote {n} synthetic DICOM files to {out}")
+    return 0
+
+
+def data_card(args: argparse.Namespace) -> int:
+    from medtl._fileio import atomic_write_text
+    from medtl.data import load_dataset
+    from medtl.data.card import data_card as make_card
+
+    ds = load_dataset(args.path, progress=not args.quiet, min_per_class=1)
+    text = make_card(ds)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"data card draft written to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def data_check(args: argparse.Namespace) -> int:
+    from medtl.data import load_dataset
+
+    ds = load_dataset(args.path, progress=not args.quiet, min_per_class=1)
+    for split, counts in ds.counts().items():
+        print(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    print(f"{len(ds.skipped)} file(s) cannot be used")
+    for s in ds.skipped:
+        print(f"  {s.path}: {s.reason}")
+    return 1 if ds.skipped else 0

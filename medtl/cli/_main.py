@@ -1,0 +1,289 @@
+"""Argument parsing and dispatch for ``medtl``. Heavy imports happen inside the command functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from medtl.cli import _commands as cmd
+
+DESCRIPTION = """\
+medtl: adapt ImageNet-pretrained networks to medical images.
+
+Compare full fine-tuning with frozen-backbone feature extraction (and a from-scratch control) on your
+labelled images, get a recommendation, and read the result in clinical terms (AUROC with CI, sensitivity,
+specificity, PPV/NPV, calibration). Everything runs offline.
+"""
+
+EPILOG = """\
+examples:
+  medtl demo                                   # synthetic data, offline backbone, ~5 min on 2 CPU cores
+  medtl data card ./my_xrays                   # what is in a dataset
+  medtl advise --data ./my_xrays               # which strategy, and why
+  medtl compare --data ./my_xrays --out runs/cmp --epochs 5
+  medtl train --config configs/kermany_feature_extraction.yaml
+  medtl evaluate runs/cmp/fine_tuning/model --data ./external_site --out eval/
+  medtl predict runs/cmp/fine_tuning/model scans/ --out preds.csv
+  medtl adapt runs/cmp/fine_tuning/model --data site_b/ --out runs/cmp/ft_adabn
+run `medtl <command> --help` for the options of each command.
+"""
+
+
+class _Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _sub(subs, name: str, help_: str, examples: str, func) -> argparse.ArgumentParser:
+    p = subs.add_parser(
+        name, help=help_, description=help_, epilog="examples:\n" + examples, formatter_class=_Fmt
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> None:
+    p.add_argument(
+        "--config", help="YAML experiment config (see configs/); options below override it"
+    )
+    p.add_argument(
+        "--data", required=data_required, help="dataset folder, CSV manifest, .npz, or 'synthetic'"
+    )
+    p.add_argument("--val", help="validation data from another site (shift-aware model selection)")
+    p.add_argument("--test", help="external test data (default: the dataset's own test split)")
+    p.add_argument("--out", help="run folder to write (default: runs/<name>)")
+    p.add_argument("--backbone", help="backbone name (see `medtl backbones`)")
+    p.add_argument("--weights", dest="weights_path", help="explicit backbone weights file")
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        default=None,
+        help="allow downloading missing pretrained weights (off by default)",
+    )
+    p.add_argument(
+        "--image-size", type=int, help="image side length in pixels (default: backbone's)"
+    )
+    p.add_argument("--epochs", type=int, help="maximum epochs for the trained strategies")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--seed", type=int, help="random seed (training and split)")
+    p.add_argument(
+        "--max-train", type=int, help="use at most this many training images (stratified)"
+    )
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument(
+        "--threshold-rule",
+        choices=["youden", "sensitivity", "specificity", "fixed"],
+        help="how the operating point is chosen on validation",
+    )
+    p.add_argument("--target", type=float, help="target sensitivity/specificity or fixed threshold")
+    p.add_argument("--prevalence", type=float, help="deployment prevalence for PPV/NPV")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``medtl`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="medtl",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"medtl {_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
+    subs = parser.add_subparsers(dest="command", metavar="<command>")
+
+    p = _sub(
+        subs,
+        "demo",
+        "Run the whole product on built-in synthetic DICOMs (offline, a few minutes).",
+        "  medtl demo\n  medtl demo --out runs/demo --epochs 2 --quick",
+        cmd.demo,
+    )
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="maximum epochs (default from configs/demo)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny test backbone, seconds instead of minutes"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = _sub(
+        subs,
+        "compare",
+        "Compare strategies on the same split and write a run folder with a report.",
+        "  medtl compare --data ./xrays --out runs/cmp\n"
+        "  medtl compare --data ./xrays --strategies feature_extraction,fine_tuning --epochs 5\n"
+        "  medtl compare --config configs/demo.yaml --out runs/demo2",
+        cmd.compare,
+    )
+    _add_experiment_args(p, data_required=False)
+    p.add_argument(
+        "--strategies",
+        help="comma-separated: feature_extraction,fine_tuning,partial_fine_tuning,from_scratch",
+    )
+
+    p = _sub(
+        subs,
+        "train",
+        "Train one strategy from a YAML config (or options) and write its run folder.",
+        "  medtl train --config configs/kermany_fine_tuning.yaml\n"
+        "  medtl train --data ./xrays --strategy feature_extraction --out runs/fe",
+        cmd.train,
+    )
+    _add_experiment_args(p, data_required=False)
+    p.add_argument("--strategy", help="strategy to train (default: the config's first)")
+
+    p = _sub(
+        subs,
+        "evaluate",
+        "Evaluate saved models on datasets (batch; resumable) into one table.",
+        "  medtl evaluate runs/a/fine_tuning/model runs/a/feature_extraction/model --data site_b/ --out eval/\n"
+        "  medtl evaluate --batch configs/batch_eval.yaml",
+        cmd.evaluate,
+    )
+    p.add_argument("models", nargs="*", help="model folders or run folders")
+    p.add_argument("--data", action="append", default=[], help="labelled dataset (repeatable)")
+    p.add_argument("--batch", help="YAML batch file: {models: [...], datasets: [...], out: ...}")
+    p.add_argument("--out", default="evaluation", help="output folder for the table")
+    p.add_argument(
+        "--split", default="all", help="which split of each dataset to use: all, test, val, train"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="operating threshold (default: the one chosen on validation when the model was trained)",
+    )
+    p.add_argument("--prevalence", type=float, help="deployment prevalence for PPV/NPV")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = _sub(
+        subs,
+        "predict",
+        "Predict with a saved model on image files or folders (DICOM/PNG/JPEG).",
+        "  medtl predict runs/cmp/fine_tuning/model scan1.dcm scan2.png --out preds.csv\n"
+        "  medtl predict runs/cmp/fine_tuning/model ./new_scans/",
+        cmd.predict,
+    )
+    p.add_argument("model", help="model folder")
+    p.add_argument("images", nargs="+", help="files or folders")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = _sub(
+        subs,
+        "adapt",
+        "Test-time adaptation: re-estimate BatchNorm statistics on unlabelled target images (AdaBN).",
+        "  medtl adapt runs/a/fine_tuning/model --data site_b_unlabelled/ --out runs/a/ft_adabn\n"
+        "  medtl evaluate runs/a/fine_tuning/model runs/a/ft_adabn --data site_b_labelled/",
+        cmd.adapt,
+    )
+    p.add_argument("model", help="saved model folder")
+    p.add_argument(
+        "--data", required=True, action="append", help="unlabelled target images (folder or files)"
+    )
+    p.add_argument("--out", required=True, help="folder for the adapted model")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = _sub(
+        subs,
+        "advise",
+        "Recommend feature extraction, partial or full fine-tuning for a dataset.",
+        "  medtl advise --data ./xrays\n  medtl advise --data ./xrays --budget-minutes 10 --json",
+        cmd.advise,
+    )
+    p.add_argument("--data", required=True, help="dataset folder, CSV manifest or .npz")
+    p.add_argument("--backbone", default=None, help="backbone name")
+    p.add_argument("--image-size", type=int, default=None, help="image side length")
+    p.add_argument("--budget-minutes", type=float, default=None, help="time you can spend training")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = _sub(
+        subs,
+        "backbones",
+        "List the registered backbones and whether their weights are available offline.",
+        "  medtl backbones",
+        cmd.backbones,
+    )
+
+    p = _sub(
+        subs,
+        "data",
+        "Dataset tools: synthesise the phantom, write a data card, check files.",
+        "  medtl data synth --out phantom/\n  medtl data card ./xrays --out card.md\n"
+        "  medtl data check ./xrays",
+        cmd.data_help,
+    )
+    dsubs = p.add_subparsers(dest="data_command", metavar="<data command>")
+    q = _sub(
+        dsubs,
+        "synth",
+        "Write the synthetic chest-radiograph phantom as DICOM files.",
+        "  medtl data synth --out phantom/ --n-per-class 100 --difficulty 0.7",
+        cmd.data_synth,
+    )
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--n-per-class", type=int, default=40)
+    q.add_argument("--size", type=int, default=256)
+    q.add_argument("--difficulty", type=float, default=0.5, help="0 = obvious lesions, 1 = subtle")
+    q.add_argument("--seed", type=int, default=0)
+    q = _sub(
+        dsubs,
+        "card",
+        "Scan a dataset and write a data card draft (Markdown).",
+        "  medtl data card ./xrays\n  medtl data card ./xrays --out data_cards/my_site.md",
+        cmd.data_card,
+    )
+    q.add_argument("path", help="dataset folder, CSV manifest or .npz")
+    q.add_argument("--out", help="Markdown file to write (default: print)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q = _sub(
+        dsubs,
+        "check",
+        "Read every file of a dataset and list what cannot be used, and why.",
+        "  medtl data check ./xrays",
+        cmd.data_check,
+    )
+    q.add_argument("path", help="dataset folder, CSV manifest or .npz")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _version() -> str:
+    from medtl import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medtl`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from medtl.errors import MedtlError
+
+    try:
+        return int(args.func(args) or 0)
+    except MedtlError as exc:
+        print(f"medtl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nmedtl: interrupted. Finished results are kept; rerun with --resume to continue.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,564 @@
+"""Run experiments: load data once, train each strategy on the same split, evaluate, write a run folder.
+
+``compare(cfg)`` is what ``medtl compare``, ``medtl train`` and ``medtl demo`` call. A run folder holds the
+resolved config, the split, the data card, per-strategy history/predictions/metrics/model, ``summary.json``
+and the HTML report. Finished strategies are not recomputed when the run is resumed; an interrupted
+fine-tuning continues from its last end-of-epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl.config import ExperimentConfig, load_config, save_config
+from medtl.data._types import Dataset, PreparedImages, Sample
+from medtl.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+NETWORK_STRATEGIES = {"fine_tuning", "partial_fine_tuning", "from_scratch"}
+
+
+@dataclass
+class PreparedData:
+    """A dataset with its three splits decoded at one size (what every strategy of a run shares)."""
+
+    dataset: Dataset
+    train: PreparedImages
+    val: PreparedImages
+    test: PreparedImages
+    image_size: int
+    notes: list[str]
+
+
+def default_cache_dir(cfg: ExperimentConfig) -> Path:
+    """Where decoded images and embeddings are cached (``output.cache_dir``, default ``./.medtl_cache``)."""
+    if cfg.output.cache_dir:
+        return Path(cfg.output.cache_dir).expanduser()
+    return Path(".medtl_cache")
+
+
+def _subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    """A stratified subsample of ``n`` samples (every class kept; proportions preserved)."""
+    if n >= len(samples):
+        return samples
+    from sklearn.model_selection import train_test_split
+
+    labels = [s.label for s in samples]
+    keep, _ = train_test_split(
+        np.arange(len(samples)), train_size=n, stratify=labels, random_state=seed
+    )
+    return [samples[i] for i in sorted(keep)]
+
+
+def resolve_image_size(cfg: ExperimentConfig) -> int:
+    """The configured image size, or the backbone's default input size."""
+    if cfg.model.image_size:
+        return int(cfg.model.image_size)
+    from medtl._options import look_up_option
+    from medtl.backbones import list_backbones
+
+    rows = {r["name"]: r for r in list_backbones()}
+    look_up_option("model.backbone", cfg.model.backbone, list(rows))
+    return int(rows[cfg.model.backbone]["input_size"])
+
+
+def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
+    """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
+    from medtl.data import load_dataset, prepare_images
+
+    notes: list[str] = []
+    read_options = {"window": cfg.data.window}
+    path = cfg.data.path
+    cache = default_cache_dir(cfg)
+    if path == "synthetic":
+        from medtl.data.synth import make_phantom
+
+        target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
+        if not (target / "phantom.json").exists():  # written last, so its presence means complete
+            make_phantom(
+                target,
+                n_per_class=cfg.data.synthetic_per_class,
+                difficulty=cfg.data.synthetic_difficulty,
+                seed=0,
+            )
+        path = str(target)
+        notes.append("Synthetic phantom data: results say nothing about clinical accuracy.")
+    ds = load_dataset(
+        path,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.split_seed,
+        min_per_class=cfg.data.min_per_class,
+        read_options=read_options,
+        progress=progress,
+    )
+    train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
+    if cfg.data.val:
+        ext = load_dataset(
+            cfg.data.val,
+            val_fraction=0,
+            test_fraction=0,
+            read_options=read_options,
+            min_per_class=1,
+            progress=progress,
+        )
+        _check_same_classes(ds, ext, "data.val")
+        train_s = train_s + val_s  # the own-site validation split goes back to training
+        val_s = [Sample(**{**s.__dict__, "split": "val", "uid": "v-" + s.uid}) for s in ext.samples]
+        ds.skipped.extend(ext.skipped)
+        notes.append(
+            f"Validation on another dataset ({cfg.data.val}): shift-aware model selection."
+        )
+    if cfg.data.test:
+        ext = load_dataset(
+            cfg.data.test,
+            val_fraction=0,
+            test_fraction=0,
+            read_options=read_options,
+            min_per_class=1,
+            progress=progress,
+        )
+        _check_same_classes(ds, ext, "data.test")
+        test_s = [
+            Sample(**{**s.__dict__, "split": "test", "uid": "t-" + s.uid}) for s in ext.samples
+        ]
+        ds.skipped.extend(ext.skipped)
+        notes.append(f"External test set: {cfg.data.test}.")
+    if cfg.data.max_train:
+        n_before = len(train_s)
+        train_s = _subsample(train_s, cfg.data.max_train, cfg.data.split_seed)
+        notes.append(
+            f"Training split subsampled to {len(train_s)} of {n_before} images (stratified)."
+        )
+    for nm, part in (("train", train_s), ("val", val_s), ("test", test_s)):
+        if not part:
+            raise DatasetError(
+                f"The {nm!r} split is empty. Give the dataset a {nm}/ folder, or raise "
+                f"data.{'val' if nm == 'val' else 'test'}_fraction above 0."
+            )
+    size = resolve_image_size(cfg)
+    prep = {}
+    for nm, part in (("train", train_s), ("val", val_s), ("test", test_s)):
+        prep[nm] = prepare_images(
+            part,
+            ds.classes,
+            size=size,
+            channels=1,
+            cache_dir=cache / "images",
+            read_options=read_options,
+            progress=progress,
+        )
+        ds.skipped.extend(s for s in prep[nm].skipped if s not in ds.skipped)
+    ds.samples = [*train_s, *val_s, *test_s]
+    return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes)
+
+
+def _check_same_classes(main: Dataset, other: Dataset, field: str) -> None:
+    if list(main.classes) != list(other.classes):
+        raise DatasetError(
+            f"The dataset in {field!r} has classes {other.classes} but the training data has "
+            f"{main.classes}. Use the same class folder names in both."
+        )
+
+
+def build_strategy(
+    name: str, cfg: ExperimentConfig, run_dir: Path, *, progress: bool, resume: bool
+):
+    """Instantiate strategy ``name`` with the run's common settings and its own overrides."""
+    from medtl.strategies import get_strategy
+
+    params: dict[str, Any] = {
+        "backbone": cfg.model.backbone,
+        "seed": cfg.train.seed,
+        "device": cfg.train.device,
+        "precision": cfg.train.precision,
+        "weights_path": cfg.model.weights_path,
+        "allow_download": cfg.model.allow_download,
+        "progress": progress,
+    }
+    if name in NETWORK_STRATEGIES:
+        params.update(
+            epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size,
+            max_minutes=cfg.train.max_minutes,
+            checkpoint_dir=str(run_dir / name),
+            resume=resume,
+        )
+    params["cache_dir"] = str(default_cache_dir(cfg))
+    if name == "from_scratch":
+        params.pop("weights_path")
+        params.pop("allow_download")
+    params.update(cfg.params.get(name, {}))
+    return get_strategy(name, **params)
+
+
+def _predictions_csv(
+    parts: list[tuple[str, PreparedImages, np.ndarray]], classes: list[str]
+) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["uid", "split", "label", *[f"p_{c}" for c in classes]])
+    for split, images, proba in parts:
+        for uid, lab, row in zip(images.uids, images.labels, proba):
+            w.writerow([uid, split, int(lab), *[f"{x:.6f}" for x in row]])
+    return buf.getvalue()
+
+
+def evaluate_probabilities(
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    cfg: ExperimentConfig,
+) -> dict[str, Any]:
+    """Clinical metrics on test (threshold chosen on validation) and on validation."""
+    from medtl.metrics import clinical_report, multiclass_auroc
+
+    m = cfg.metrics
+    if p_test.shape[1] == 2:
+        test = clinical_report(
+            y_test,
+            p_test[:, 1],
+            y_val=y_val,
+            p_val=p_val[:, 1],
+            rule=m.threshold_rule,
+            target=m.target,
+            prevalence=m.prevalence,
+            ci_method=m.ci_method,
+            seed=cfg.train.seed,
+        ).to_dict()
+        val = (
+            clinical_report(  # the validation split's own numbers, at the same validation threshold
+                y_val,
+                p_val[:, 1],
+                y_val=y_val,
+                p_val=p_val[:, 1],
+                rule=m.threshold_rule,
+                target=m.target,
+                prevalence=m.prevalence,
+                ci_method=m.ci_method,
+                seed=cfg.train.seed,
+            ).to_dict()
+        )
+        return {"test": test, "val": val, "threshold": test.get("threshold")}
+    return {
+        "test": {"multiclass_auroc": multiclass_auroc(y_test, p_test)},
+        "val": {"multiclass_auroc": multiclass_auroc(y_val, p_val)},
+        "threshold": None,
+    }
+
+
+def _auroc_of(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
+    part = metrics.get(split, {})
+    if "auroc" in part and isinstance(part["auroc"], dict):
+        a = part["auroc"]
+        return _num(a.get("auroc")), [_num(a.get("low")), _num(a.get("high"))]
+    if "multiclass_auroc" in part:
+        return _num(part["multiclass_auroc"].get("macro")), None
+    return float("nan"), None
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def run_strategy(
+    name: str,
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    on_epoch_end: Callable[[str, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Fit one strategy, evaluate it, and write ``<run>/<name>/``; returns its summary row."""
+    from medtl.metrics import learning_curve_summary
+    from medtl.strategies import load_model
+
+    sdir = run_dir / name
+    done_file = sdir / "summary.json"
+    if resume and done_file.exists():
+        log.info("%s already finished in %s; not recomputed", name, sdir)
+        return json.loads(done_file.read_text())
+    sdir.mkdir(parents=True, exist_ok=True)
+    est = build_strategy(name, cfg, run_dir, progress=progress, resume=resume)
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {}
+    if name in NETWORK_STRATEGIES:
+        kwargs["history_path"] = sdir / "history.json"
+        if on_epoch_end is not None:
+            kwargs["on_epoch_end"] = lambda row: on_epoch_end(name, row)
+    est.fit(data.train, data.val, **kwargs)
+    train_seconds = time.perf_counter() - t0
+    est.save(sdir / "model")
+    # the saved model is what users get: evaluate exactly that
+    est = load_model(sdir / "model")
+    p_val = est.predict_proba(data.val, progress=progress)
+    p_test = est.predict_proba(data.test, progress=progress)
+    atomic_write_json(sdir / "history.json", est.history_)
+    atomic_write_text(
+        sdir / "predictions.csv",
+        _predictions_csv(
+            [("val", data.val, p_val), ("test", data.test, p_test)], data.dataset.classes
+        ),
+    )
+    metrics = evaluate_probabilities(data.val.labels, p_val, data.test.labels, p_test, cfg)
+    atomic_write_json(sdir / "metrics.json", metrics)
+    test_auc, test_ci = _auroc_of(metrics, "test")
+    val_auc, _ = _auroc_of(metrics, "val")
+    hist = est.history_ or []
+    curve = (
+        learning_curve_summary(
+            [_num(r.get("val_auroc")) for r in hist], [_num(r.get("elapsed")) for r in hist]
+        )
+        if hist and name in NETWORK_STRATEGIES
+        else {"start": val_auc, "slope": 0.0, "asymptote": val_auc, "best_epoch": 1}
+    )
+    n_images = (
+        len(data.train) * max(1, len(hist))
+        if name in NETWORK_STRATEGIES
+        else len(data.train) + len(data.val)
+    )
+    work_seconds = (
+        sum(_num(r.get("train_seconds", r.get("seconds", 0))) for r in hist)
+        if name in NETWORK_STRATEGIES
+        else (getattr(est, "extract_seconds_", None) or train_seconds)
+    )
+    row = {
+        "status": "done",
+        "error": None,
+        "test_auroc": test_auc,
+        "test_auroc_ci": test_ci,
+        "val_auroc": val_auc,
+        "val_minus_test": val_auc - test_auc,
+        "train_seconds": float(est.fit_seconds_ or train_seconds),
+        "epochs_run": len(hist) if name in NETWORK_STRATEGIES else 0,
+        "best_epoch": est.best_epoch_,
+        "images_per_s": n_images / work_seconds if work_seconds else None,
+        "start": curve.get("start"),
+        "slope": curve.get("slope"),
+        "asymptote": curve.get("asymptote"),
+        "threshold": metrics.get("threshold"),
+        "params": est.get_params(),
+    }
+    atomic_write_json(done_file, row)
+    return row
+
+
+def compare(
+    cfg: ExperimentConfig | str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    on_epoch_end: Callable[[str, dict], None] | None = None,
+    on_strategy_start: Callable[[str], None] | None = None,
+    write_html: bool = True,
+) -> dict[str, Any]:
+    """Run every strategy of ``cfg`` on the same split and write the run folder ``cfg.output.out``.
+
+    Returns the summary dict (also written to ``<out>/summary.json``). A strategy that fails is recorded
+    with its error and the others still run.
+
+    Example:
+        >>> summary = medtl.compare("configs/demo.yaml", overrides={"output.out": "runs/demo"})
+        >>> summary["strategies"]["feature_extraction"]["test_auroc"]
+    """
+    from medtl.data import save_splits
+    from medtl.data.card import data_card, summarise_dataset
+
+    if not isinstance(cfg, ExperimentConfig):
+        cfg = load_config(cfg, overrides)
+    elif overrides:
+        cfg = load_config(None, {**_flatten(cfg.to_dict()), **overrides})
+    run_dir = Path(cfg.output.out).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    data = load_data(cfg, progress=progress)
+    save_splits(data.dataset, run_dir / "splits.json")
+    atomic_write_text(run_dir / "data_card.md", data_card(data.dataset, title=cfg.name))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "reason"])
+    for s in data.dataset.skipped:
+        w.writerow([s.path, s.reason])
+    atomic_write_text(run_dir / "skipped.csv", buf.getvalue())
+
+    from medtl.training import describe_precision, resolve_device
+
+    device = resolve_device(cfg.train.device)
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "backbone": cfg.model.backbone,
+        "image_size": data.image_size,
+        "device": str(device),
+        "precision": describe_precision(device, cfg.train.precision),
+        "dataset": {
+            **_dataset_summary(summarise_dataset(data.dataset)),
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "n_test": len(data.test),
+        },
+        "threshold_rule": cfg.metrics.threshold_rule,
+        "prevalence": cfg.metrics.prevalence,
+        "strategies": {},
+        "paired": [],
+        "notes": list(data.notes),
+        "environment": _environment(),
+    }
+    for name in cfg.strategies:
+        if on_strategy_start is not None:
+            on_strategy_start(name)
+        try:
+            summary["strategies"][name] = run_strategy(
+                name,
+                cfg,
+                data,
+                run_dir,
+                progress=progress,
+                resume=resume,
+                on_epoch_end=on_epoch_end,
+            )
+        except KeyboardInterrupt:
+            summary["strategies"][name] = {
+                "status": "interrupted",
+                "error": "interrupted by the user",
+            }
+            atomic_write_json(run_dir / "summary.json", summary)
+            raise
+        except Exception as exc:  # one failing strategy must not lose the others' results
+            log.error("strategy %s failed: %s", name, exc)
+            summary["strategies"][name] = {
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5),
+            }
+        atomic_write_json(run_dir / "summary.json", summary)
+    summary["paired"] = _paired(run_dir, cfg, summary)
+    _flag_gaps(summary)
+    atomic_write_json(run_dir / "summary.json", summary)
+    if write_html:
+        try:
+            from medtl.report import write_report
+
+            summary["report"] = str(write_report(run_dir))
+        except Exception as exc:  # the numbers are already saved; a report failure is not fatal
+            log.error("could not write the HTML report: %s", exc)
+            summary["notes"].append(f"HTML report failed: {exc}")
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "params":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _dataset_summary(s: dict[str, Any]) -> dict[str, Any]:
+    keep = ("root", "source", "classes", "counts", "n_skipped", "patient_ids", "imbalance_ratio")
+    out = {k: s[k] for k in keep if k in s}
+    out.setdefault("n_skipped", len(s.get("skipped", [])))
+    return out
+
+
+def _environment() -> dict[str, str]:
+    import torch
+
+    import medtl
+
+    return {
+        "medtl": medtl.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def _read_test_probs(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rows = list(csv.DictReader((run_dir / name / "predictions.csv").open()))
+    rows = [r for r in rows if r["split"] == "test"]
+    pcols = [c for c in rows[0] if c.startswith("p_")] if rows else []
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([[float(r[c]) for c in pcols] for r in rows])
+    return y, p, [r["uid"] for r in rows]
+
+
+def _paired(run_dir: Path, cfg: ExperimentConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired tests on the shared test images: every pair of finished binary strategies."""
+    from medtl.metrics import compare_paired
+
+    done = [n for n, r in summary["strategies"].items() if r.get("status") == "done"]
+    out = []
+    for i, a in enumerate(done):
+        for b in done[i + 1 :]:
+            ya, pa, ua = _read_test_probs(run_dir, a)
+            _yb, pb, ub = _read_test_probs(run_dir, b)
+            if ua != ub or pa.shape[1] != 2:
+                continue
+            res = compare_paired(
+                ya,
+                pa[:, 1],
+                pb[:, 1],
+                threshold_a=_num(summary["strategies"][a].get("threshold") or 0.5),
+                threshold_b=_num(summary["strategies"][b].get("threshold") or 0.5),
+                seed=cfg.train.seed,
+                name_a=a,
+                name_b=b,
+            )
+            out.append({"a": a, "b": b, **res})
+    return out
+
+
+def _flag_gaps(summary: dict[str, Any], tol: float = 0.03) -> None:
+    for name, r in summary["strategies"].items():
+        gap = r.get("val_minus_test")
+        if gap is not None and not math.isnan(gap) and gap > tol:
+            summary["notes"].append(
+                f"Validation overstates {name} by {gap:.2f} AUROC on the test data "
+                "(the test set may be shifted from the training site)."
+            )
+
+
+def train(
+    cfg: ExperimentConfig | str | Path,
+    *,
+    strategy: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train one strategy (``strategy`` or the config's first) and write its run folder."""
+    overrides = dict(overrides or {})
+    if strategy is not None:
+        overrides["strategies"] = [strategy]
+    if not isinstance(cfg, ExperimentConfig):
+        cfg = load_config(cfg, overrides)
+    else:
+        cfg = load_config(None, {**_flatten(cfg.to_dict()), **overrides})
+    if strategy is None and len(cfg.strategies) > 1:
+        cfg.strategies = cfg.strategies[:1]
+    return compare(cfg, progress=progress, resume=resume)

@@ -1,0 +1,48 @@
+"""Reports: a run folder -> figures, one self-contained HTML page and the same numbers as JSON.
+
+The plot functions return :class:`matplotlib.figure.Figure` objects (no ``pyplot`` state), so the
+Streamlit app can draw the same figures as the report.
+
+Example:
+    >>> from medtl.report import write_report
+    >>> write_report("runs/latest")          # writes plots/*.png, report.html, report.json
+    PosixPath('runs/latest/report.html')
+"""
+
+from __future__ import annotations
+
+from medtl.report._content import OVERSTATE_MARGIN, display_name
+from medtl.report._plots import (
+    figure_to_png,
+    history_summary,
+    plot_calibration,
+    plot_confusion,
+    plot_decision_curve,
+    plot_learning_curves,
+    plot_roc,
+    save_figure,
+)
+from medtl.report._render import SECTION_TITLES
+from medtl.report._run import Predictions, RunData, StrategyRun, load_run, read_predictions
+from medtl.report._write import build_report, write_report
+
+__all__ = [
+    "OVERSTATE_MARGIN",
+    "SECTION_TITLES",
+    "Predictions",
+    "RunData",
+    "StrategyRun",
+    "build_report",
+    "display_name",
+    "figure_to_png",
+    "history_summary",
+    "load_run",
+    "plot_calibration",
+    "plot_confusion",
+    "plot_decision_curve",
+    "plot_learning_curves",
+    "plot_roc",
+    "read_predictions",
+    "save_figure",
+    "write_report",
+]

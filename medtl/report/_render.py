@@ -1,0 +1,328 @@
+"""Render the report dict (see :mod:`medtl.report._write`) and its figures as one HTML page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medtl.report._content import display_name, fin, overstate_text
+from medtl.report._html import (
+    Raw,
+    fci,
+    fnum,
+    fseconds,
+    img,
+    join,
+    page,
+    paragraphs,
+    section,
+    table,
+    tag,
+)
+
+#: (anchor, title) of every section, in order.
+SECTIONS = (
+    ("summary", "Summary"),
+    ("results", "Results per strategy"),
+    ("learning", "Learning curves"),
+    ("roc", "ROC curves and operating points"),
+    ("calibration", "Calibration"),
+    ("decision", "Decision curve"),
+    ("confusion", "Confusion matrices"),
+    ("paired", "Paired comparison"),
+    ("data", "Data"),
+    ("model-card", "Model card"),
+    ("checklist", "Reporting checklist (TRIPOD+AI / CLAIM)"),
+)
+SECTION_TITLES = tuple(t for _, t in SECTIONS)
+_TITLE = dict(SECTIONS)
+
+Figures = dict[str, tuple[bytes, str]]  # key -> (png, caption)
+
+
+def _note(text: str) -> Raw:
+    return tag("p", text, cls="note")
+
+
+def _figure(figs: Figures, key: str, missing: str) -> Raw:
+    if key not in figs:
+        return _note(missing)
+    png, caption = figs[key]
+    return join([img(png, caption), tag("p", caption, cls="note")])
+
+
+def _summary(rep: dict[str, Any]) -> Raw:
+    parts: list[Any] = [tag("div", paragraphs(rep["headline"]), cls="headline")]
+    for s in rep["strategies"].values():
+        if s["val_overstates"]:
+            parts.append(tag("p", f"{s['display']}: {overstate_text(s)}.", cls="flag"))
+        if s["status"] == "failed":
+            parts.append(
+                tag("p", f"{s['display']} failed: {s['error'] or 'no error recorded'}", cls="error")
+            )
+        for w in s.get("report_warnings") or []:
+            parts.append(tag("p", f"{s['display']}: {w}", cls="flag"))
+    if rep["notes"]:
+        parts.append(tag("p", "Notes on the run folder:"))
+        parts.append(tag("ul", join(tag("li", n) for n in rep["notes"])))
+    return section("summary", _TITLE["summary"], *parts)
+
+
+def _results(rep: dict[str, Any]) -> Raw:
+    strat = rep["strategies"]
+    if not strat:
+        return section(
+            "results", _TITLE["results"], _note("No strategies found in the run folder.")
+        )
+    names = list(strat)
+    cols = [strat[n] for n in names]
+    header = ["Metric", *(s["display"] for s in cols)]
+
+    def row(label: str, fn: Any) -> list[Any]:
+        return [label, *(fn(s) for s in cols)]
+
+    def status(s: dict) -> Any:
+        if s["status"] == "failed":
+            return tag("span", f"failed: {s['error'] or 'no error recorded'}", cls="todo")
+        return s["status"]
+
+    def gap(s: dict) -> Any:
+        if not fin(s["val_minus_test"]):
+            return "n/a"
+        if s["val_overstates"]:
+            return tag("span", f"⚠ {overstate_text(s)}", cls="todo")
+        return f"{s['val_minus_test']:+.3f} (consistent)"
+
+    def thr(s: dict) -> str:
+        if not fin(s["threshold"]):
+            return "n/a"
+        return f"{s['threshold']:.3f} ({s['threshold_rule'] or '?'} rule, chosen on {s['threshold_source'] or 'validation'})"
+
+    dep = next((s["deployment_prevalence"] for s in cols if fin(s["deployment_prevalence"])), None)
+    tprev = next((s["test_prevalence"] for s in cols if fin(s["test_prevalence"])), None)
+    tp_txt = f" ({tprev:.1%})" if tprev is not None else ""
+    rows = [
+        row("Status", status),
+        row("Test AUROC (95% CI)", lambda s: fci(s["test_auroc"], s["test_auroc_low"], s["test_auroc_high"])),
+        row("Validation AUROC", lambda s: fnum(s["val_auroc"])),
+        row("Validation − test AUROC", gap),
+    ]  # fmt: skip
+    if rep["task"] == "binary":
+        rows += [
+            row("Operating threshold", thr),
+            row("Sensitivity (95% Wilson CI)", lambda s: fci(s["sensitivity"], s["sensitivity_low"], s["sensitivity_high"])),
+            row("Specificity (95% Wilson CI)", lambda s: fci(s["specificity"], s["specificity_low"], s["specificity_high"])),
+            row(f"PPV at test prevalence{tp_txt}", lambda s: fci(s["ppv"], s["ppv_low"], s["ppv_high"])),
+            row(f"NPV at test prevalence{tp_txt}", lambda s: fci(s["npv"], s["npv_low"], s["npv_high"])),
+        ]  # fmt: skip
+        if dep is not None:
+            rows += [
+                row(
+                    f"PPV at deployment prevalence ({dep:.1%})",
+                    lambda s: fnum(s["ppv_at_prevalence"]),
+                ),
+                row(
+                    f"NPV at deployment prevalence ({dep:.1%})",
+                    lambda s: fnum(s["npv_at_prevalence"]),
+                ),
+            ]
+        else:
+            rows.append(
+                [
+                    "PPV/NPV at deployment prevalence",
+                    *("not given (set metrics.prevalence)" for _ in cols),
+                ]
+            )
+        rows += [
+            row("LR+ / LR−", lambda s: f"{fnum(s['lr_pos'], 2)} / {fnum(s['lr_neg'], 2)}"),
+            row("F1", lambda s: fnum(s["f1"])),
+            row("AUPRC", lambda s: fnum(s["auprc"])),
+            row("Brier score (lower is better)", lambda s: fnum(s["brier"])),
+            row("ECE (lower is better)", lambda s: fnum(s["ece"])),
+        ]  # fmt: skip
+    rows += [
+        row("Training time", lambda s: fseconds(s["train_seconds"])),
+        row("Epochs run", lambda s: "n/a" if s["epochs_run"] is None else str(s["epochs_run"])),
+        row("Throughput (images/s)", lambda s: fnum(s["images_per_s"], 1)),
+    ]
+    parts: list[Any] = [table(header, rows, num_cols=range(1, len(header)))]
+    if rep["task"] == "binary":
+        parts.append(_note(
+            "The threshold is chosen on the validation split and applied unchanged to the test set. "
+            "CIs: DeLong for AUROC, Wilson for proportions. PPV/NPV depend on prevalence."
+        ))  # fmt: skip
+    else:
+        classes = rep["classes"]
+        pc_rows = [[c, *(fnum((s["per_class_auroc"] or {}).get(c)) for s in cols)] for c in classes]
+        parts += [
+            tag("h3", "Per-class AUROC (one-vs-rest, test set)"),
+            table(
+                ["Class", *(s["display"] for s in cols)], pc_rows, num_cols=range(1, len(cols) + 1)
+            ),
+            _note(f"Multi-class run ({len(classes)} classes): binary-only metrics are not shown."),
+        ]
+    return section("results", _TITLE["results"], *parts)
+
+
+def _learning(rep: dict[str, Any], figs: Figures) -> Raw:
+    strat = rep["strategies"]
+    rows = []
+    for s in strat.values():
+        lc = s["learning"]
+        slope = lc.get("slope")
+        rows.append([
+            s["display"], fnum(lc.get("start")),
+            "n/a (no epochs)" if not fin(slope) else f"{float(slope):+.3f} per epoch",
+            fnum(lc.get("asymptote")), "n/a" if lc.get("best_epoch") is None else str(lc["best_epoch"]),
+            "n/a" if s["epochs_run"] is None else str(s["epochs_run"]),
+        ])  # fmt: skip
+    return section(
+        "learning", _TITLE["learning"],
+        _figure(figs, "learning_epoch", "No training histories found; learning curves skipped."),
+        _figure(figs, "learning_time", "No timing recorded; the time axis is skipped."),
+        table(["Strategy", "Start (after epoch 1)", "Early slope", "Asymptote (best val AUROC)", "Best epoch", "Epochs run"], rows, num_cols=(1, 2, 3, 4, 5)),
+        _note("Transfer learning is expected to start higher, climb faster and end higher than training from scratch."),
+    )  # fmt: skip
+
+
+def _binary_fig(rep: dict[str, Any], figs: Figures, sid: str, key: str) -> Raw:
+    if rep["task"] != "binary":
+        return section(
+            sid, _TITLE[sid], _note("Binary-only section; skipped for this multi-class run.")
+        )
+    return section(
+        sid, _TITLE[sid], _figure(figs, key, "No test predictions found; section skipped.")
+    )
+
+
+def _diff(r: dict[str, Any]) -> str:
+    if not fin(r["diff"]):
+        return "n/a"
+    ci = (
+        f" ({r['delong_low']:+.3f} to {r['delong_high']:+.3f})"
+        if fin(r["delong_low"]) and fin(r["delong_high"])
+        else ""
+    )
+    return f"{r['diff']:+.3f}{ci}"
+
+
+def _paired(rep: dict[str, Any]) -> Raw:
+    rows = rep["paired"]
+    if not rows:
+        return section("paired", _TITLE["paired"], _note("No paired comparison available (needs two finished strategies scored on the same test images)."))  # fmt: skip
+    header = ["A", "B", "AUROC A", "AUROC B", "A − B (DeLong 95% CI)", "DeLong p", "Bootstrap 95% CI", "McNemar p"]  # fmt: skip
+    body = [
+        [
+            display_name(r["a"]), display_name(r["b"]), fnum(r["auc_a"]), fnum(r["auc_b"]),
+            _diff(r), fnum(r["delong_p"]),
+            "n/a" if not (fin(r["boot_low"]) and fin(r["boot_high"])) else f"{r['boot_low']:+.3f} to {r['boot_high']:+.3f}",
+            fnum(r["mcnemar_p"]),
+        ]
+        for r in rows
+    ]  # fmt: skip
+    return section(
+        "paired", _TITLE["paired"], table(header, body, num_cols=range(2, 8)),
+        tag("ul", join(tag("li", r["reading"]) for r in rows)),
+        _note("Both models are scored on the same test images, so paired tests are used: DeLong for correlated AUROCs, a paired class-stratified bootstrap, McNemar on the errors at each operating point."),
+    )  # fmt: skip
+
+
+def _data(rep: dict[str, Any], data_card: str | None) -> Raw:
+    d = rep["data"]
+    parts: list[Any] = []
+    facts = [
+        ["Source", d.get("source") or "n/a"],
+        ["Location", d.get("root") or "n/a"],
+        ["Classes", ", ".join(d["classes"]) or "n/a"],
+        ["Split", "patient-level (patient ids known)" if d.get("patient_ids") else "image-level (no patient ids)"],
+        ["Files not used", "n/a" if d.get("n_skipped") is None else str(d["n_skipped"])],
+    ]  # fmt: skip
+    parts.append(table(["Item", "Value"], facts))
+    counts = d.get("counts") or {}
+    if counts:
+        splits = list(counts)
+        classes = list(d["classes"]) or sorted({c for v in counts.values() for c in (v or {})})
+        body = []
+        for c in classes:
+            vals = [(counts[s] or {}).get(c, 0) for s in splits]
+            body.append([c, *map(str, vals), str(sum(int(v) for v in vals))])
+        totals = [sum(int(v) for v in (counts[s] or {}).values()) for s in splits]
+        body.append([tag("b", "Total"), *map(str, totals), str(sum(totals))])
+        parts += [tag("h3", "Images per class and split"), table(["Class", *splits, "Total"], body, num_cols=range(1, len(splits) + 2))]  # fmt: skip
+    else:
+        parts.append(_note("No per-split counts in summary.json."))
+    total = d.get("skipped_total")
+    if total is None:
+        parts.append(_note("skipped.csv missing: the list of unused files is not available."))
+    elif total == 0:
+        parts.append(tag("p", "No files were skipped."))
+    else:
+        shown = d["skipped_first"]
+        parts += [
+            tag("h3", f"Skipped files ({len(shown)} shown of {total})"),
+            table(["File", "Reason"], [[r["path"], r["reason"]] for r in shown]),
+        ]
+    if data_card:
+        parts.append(
+            tag(
+                "details",
+                join([tag("summary", "Data card draft (data_card.md)"), tag("pre", data_card)]),
+            )
+        )
+    return section("data", _TITLE["data"], *parts)
+
+
+def _model_card(rep: dict[str, Any]) -> Raw:
+    parts: list[Any] = []
+    for sec in rep["model_card"]:
+        rows = [
+            [f["name"], f["value"] if f["auto"] else tag("span", f["value"], cls="todo")]
+            for f in sec["fields"]
+        ]
+        parts += [tag("h3", sec["heading"]), table(["Field", "Value"], rows)]
+    parts.append(
+        _note("Auto-filled from the run folder; items marked TO COMPLETE need the authors.")
+    )
+    return section("model-card", _TITLE["model-card"], *parts)
+
+
+def _checklist(rep: dict[str, Any]) -> Raw:
+    rows = [
+        [c["item"], c["guideline"],
+         tag("span", c["status"], cls="ok" if c["status"].startswith("filled") else "todo"), c["content"]]
+        for c in rep["checklist"]
+    ]  # fmt: skip
+    n_auto = sum(c["status"].startswith("filled") for c in rep["checklist"])
+    return section(
+        "checklist", _TITLE["checklist"],
+        tag("p", f"{n_auto} of {len(rows)} items filled automatically from the run; the rest are to complete by the authors."),
+        table(["Item", "Guideline", "Status", "What medtl recorded"], rows),
+    )  # fmt: skip
+
+
+def render_html(rep: dict[str, Any], figs: Figures, data_card: str | None) -> str:
+    """The self-contained HTML page for a report dict and its figures."""
+    run = rep["run"]
+    meta = " · ".join(
+        f"{k} {v}" for k, v in (
+            ("run", run.get("name")), ("created", run.get("created")), ("backbone", run.get("backbone")),
+            ("image size", run.get("image_size")), ("device", run.get("device")),
+            ("precision", run.get("precision")),
+        ) if v not in (None, "")
+    )  # fmt: skip
+    nav = tag("nav", join(tag("a", t, href=f"#{sid}") for sid, t in SECTIONS))
+    body = join([
+        tag("h1", rep["title"]), tag("p", meta, cls="meta"), nav,
+        _summary(rep), _results(rep), _learning(rep, figs),
+        _binary_fig(rep, figs, "roc", "roc"), _binary_fig(rep, figs, "calibration", "calibration"),
+        _binary_fig(rep, figs, "decision", "decision_curve"),
+        section("confusion", _TITLE["confusion"], _figure(figs, "confusion", "No confusion matrices available.")),
+        _paired(rep), _data(rep, data_card), _model_card(rep), _checklist(rep),
+    ])  # fmt: skip
+    v = rep["versions"]
+    footer = join([
+        "Generated by medtl ", v.get("medtl", "?"), " (torch ", v.get("torch", "?"), ", scikit-learn ",
+        v.get("scikit-learn", "?"), ", Python ", v.get("python", "?"), ") on ",
+        tag("span", rep["rendered"], cls="rendered"), " from the run folder's files only. Run created ",
+        run.get("created") or "n/a", ". Research use only; not a medical device.",
+    ])  # fmt: skip
+    return page(rep["title"], body, footer)

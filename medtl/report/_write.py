@@ -1,0 +1,183 @@
+"""``write_report``: run folder -> plots/*.png, report.html and report.json (all written atomically)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from medtl._fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medtl.metrics import json_safe
+from medtl.report._cards import checklist, model_card, versions
+from medtl.report._content import (
+    data_numbers,
+    fin,
+    headline,
+    paired_numbers,
+    strategy_numbers,
+)
+from medtl.report._plots import (
+    figure_to_png,
+    plot_calibration,
+    plot_confusion,
+    plot_decision_curve,
+    plot_learning_curves,
+    plot_roc,
+)
+from medtl.report._render import render_html
+from medtl.report._run import RunData, load_run
+
+logger = logging.getLogger(__name__)
+
+
+def _curves(run: RunData, strat: dict[str, dict]) -> dict[str, Any]:
+    """Test (labels, P(positive)) per finished binary strategy, keyed by display name."""
+    out = {}
+    for name, st in run.strategies.items():
+        if st.predictions is None or strat[name]["status"] == "failed":
+            continue
+        y, p = st.predictions.subset("test")
+        if y.size and p.ndim == 1:
+            out[strat[name]["display"]] = (y, p)
+    return out
+
+
+def _figures(
+    run: RunData, strat: dict[str, dict], notes: list[str]
+) -> dict[str, tuple[bytes, str]]:
+    """Draw every figure the run supports; a figure that fails becomes a note, not a crash."""
+    jobs: dict[str, tuple[Any, str]] = {}
+    hist = {
+        strat[n]["display"]: st.history
+        for n, st in run.strategies.items()
+        if st.history and strat[n]["status"] != "failed"
+    }
+    if hist:
+        jobs["learning_epoch"] = (
+            lambda: plot_learning_curves(hist, "epoch"),
+            "Validation AUROC after each epoch; stars mark the best epoch (asymptote).",
+        )
+        jobs["learning_time"] = (
+            lambda: plot_learning_curves(hist, "elapsed"),
+            "The same curves against wall-clock training time: what each strategy costs.",
+        )
+    curves = _curves(run, strat) if run.binary else {}
+    if curves:
+        ops = {
+            s["display"]: (1 - s["specificity"], s["sensitivity"])
+            for s in strat.values()
+            if fin(s["specificity"]) and fin(s["sensitivity"])
+        }
+        cis = {
+            s["display"]: (s["test_auroc_low"], s["test_auroc_high"])
+            for s in strat.values()
+            if fin(s["test_auroc_low"]) and fin(s["test_auroc_high"])
+        }
+        jobs["roc"] = (
+            lambda: plot_roc(curves, ops, cis=cis),
+            "ROC curves on the test set; dots are the operating points chosen on validation.",
+        )
+        jobs["calibration"] = (
+            lambda: plot_calibration(curves),
+            "Reliability diagram: points on the diagonal mean a predicted 30% risk is right about "
+            "30% of the time. Below: how the predicted probabilities are spread.",
+        )
+        jobs["decision_curve"] = (
+            lambda: plot_decision_curve(curves),
+            "Net benefit across threshold probabilities; a model helps where its curve lies above "
+            "both 'treat all' and 'treat none'.",
+        )
+    mats = {
+        s["display"]: s["confusion"]
+        for s in strat.values()
+        if s["status"] != "failed" and s["confusion"]
+    }
+    if mats:
+        jobs["confusion"] = (
+            lambda: plot_confusion(mats, class_names=run.classes or None),
+            "Rows are the true class, columns the prediction at the operating threshold.",
+        )
+    figs: dict[str, tuple[bytes, str]] = {}
+    for key, (draw, caption) in jobs.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                figs[key] = (figure_to_png(draw()), caption)
+        except Exception as exc:  # a broken input must not sink the whole report
+            logger.warning("report: could not draw %s: %s", key, exc)
+            notes.append(f"The {key.replace('_', ' ')} figure could not be drawn ({exc}).")
+    return figs
+
+
+def build_report(run: RunData, *, title: str | None = None) -> dict[str, Any]:
+    """The report's numbers and texts as a JSON-safe dict (what report.json holds)."""
+    notes = list(run.notes)
+    strat = {n: strategy_numbers(run, st, notes) for n, st in run.strategies.items()}
+    paired = paired_numbers(run, strat, notes)
+    data = data_numbers(run)
+    ranked = sorted(
+        (n for n, s in strat.items() if s["status"] != "failed" and fin(s["test_auroc"])),
+        key=lambda n: -strat[n]["test_auroc"],
+    )
+    best = ranked[0] if ranked else None
+    s = run.summary
+    name = s.get("name") or run.run_dir.name
+    return {
+        "title": title or f"medtl report: {name}",
+        "run": {
+            k: s.get(k)
+            for k in ("name", "created", "backbone", "image_size", "device", "precision")
+        },
+        "task": "binary" if run.binary else "multiclass",
+        "classes": run.classes,
+        "threshold_rule": s.get("threshold_rule"),
+        "deployment_prevalence": s.get("prevalence"),
+        "best_strategy": best,
+        "headline": headline(run, strat, paired),
+        "strategies": strat,
+        "paired": paired,
+        "data": data,
+        "model_card": model_card(run, strat, best, data),
+        "checklist": checklist(run, strat, paired, data),
+        "run_notes": [str(n) for n in s.get("notes") or []],
+        "notes": notes,
+        "versions": versions(),
+    }
+
+
+def write_report(run_dir: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Render a run folder as ``plots/*.png``, ``report.html`` and ``report.json``.
+
+    Reads only the run folder's files (no DICOM headers, no network), so a report can be
+    re-rendered at any time. Missing files skip their section with a note; failed strategies show
+    their error; multi-class runs get per-class AUROCs instead of the binary-only sections.
+
+    Args:
+        run_dir: the run folder written by ``medtl compare`` / ``medtl train``.
+        title: page title (default "medtl report: <run name>").
+
+    Returns:
+        The path of ``report.html``.
+
+    Example:
+        >>> write_report("runs/latest")
+        PosixPath('runs/latest/report.html')
+    """
+    run = load_run(run_dir)
+    rep = build_report(run, title=title)
+    notes: list[str] = rep["notes"]
+    figs = _figures(run, rep["strategies"], notes)
+    notes.extend(f"Run note: {n}" for n in rep["run_notes"])
+    rep["plots"] = [f"plots/{k}.png" for k in figs]
+    rep["rendered"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for key, (png, _) in figs.items():
+        atomic_write_bytes(run.run_dir / "plots" / f"{key}.png", png)
+    # Render from the raw numbers (keeps inf, e.g. LR+ with no false positives); JSON gets nulls.
+    html_text = render_html(rep, figs, run.data_card)
+    atomic_write_json(run.run_dir / "report.json", json_safe(rep))
+    out = atomic_write_text(run.run_dir / "report.html", html_text)
+    logger.info("report written to %s (%d figures)", out, len(figs))
+    return out

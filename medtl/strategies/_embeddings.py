@@ -1,0 +1,79 @@
+"""Content-keyed on-disk cache of frozen-backbone embeddings.
+
+The key of one embedding is sha256(backbone fingerprint + the image's content key), where the content key
+already covers the file bytes, read options and image size (see ``medtl.data.prepare_images``). Each
+extraction appends one safetensors chunk per backbone, so a second run with another head costs seconds and
+concurrent writers never corrupt each other (each chunk is written atomically under a unique name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medtl._fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingCache:
+    """Cache of float32 embeddings for one backbone fingerprint under ``root``."""
+
+    def __init__(self, root: str | Path, fingerprint: str) -> None:
+        self.dir = Path(root) / "embeddings" / fingerprint[:32]
+        self.fingerprint = fingerprint
+        self._index: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._index is None:
+            from safetensors import safe_open
+            from safetensors.numpy import load_file
+
+            index: dict[str, np.ndarray] = {}
+            for chunk in sorted(self.dir.glob("chunk-*.safetensors")):
+                try:
+                    with safe_open(str(chunk), framework="numpy") as fh:
+                        keys = json.loads(fh.metadata()["keys"])
+                    emb = load_file(str(chunk))["emb"]
+                except Exception as exc:  # a damaged chunk is ignored, never fatal
+                    log.warning("ignoring unreadable embedding cache chunk %s (%s)", chunk, exc)
+                    continue
+                for k, row in zip(keys, emb):
+                    index[k] = row
+            self._index = index
+        return self._index
+
+    def get_or_compute(
+        self,
+        keys: Sequence[str],
+        compute: Callable[[np.ndarray], np.ndarray],
+    ) -> tuple[np.ndarray, int]:
+        """Embeddings for ``keys``; rows not cached are computed by ``compute(indices)`` and stored.
+
+        Returns:
+            (embeddings (N, D) float32, number of rows that had to be computed).
+        """
+        index = self._load()
+        ckeys = [hashlib.sha256(f"{self.fingerprint}|{k}".encode()).hexdigest()[:40] for k in keys]
+        missing = np.array([i for i, k in enumerate(ckeys) if k not in index], dtype=np.int64)
+        if len(missing):
+            new = np.asarray(compute(missing), dtype=np.float32)
+            self._append([ckeys[i] for i in missing], new)
+            for i, row in zip(missing, new):
+                index[ckeys[i]] = row
+        out = np.stack([index[k] for k in ckeys]) if ckeys else np.zeros((0, 0), np.float32)
+        return out.astype(np.float32, copy=False), len(missing)
+
+    def _append(self, keys: list[str], emb: np.ndarray) -> None:
+        from safetensors.numpy import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"chunk-{uuid.uuid4().hex}.safetensors"
+        data = {"emb": np.ascontiguousarray(emb, dtype=np.float32)}
+        atomic_write(path, lambda tmp: save_file(data, tmp, metadata={"keys": json.dumps(keys)}))

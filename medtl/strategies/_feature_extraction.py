@@ -1,0 +1,286 @@
+"""Feature extraction: a frozen ImageNet backbone (eval mode) and a new linear head on its embeddings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtl._options import look_up_option
+from medtl.data._types import PreparedImages
+from medtl.strategies._base import Strategy, _build_network, register_strategy
+from medtl.strategies._embeddings import EmbeddingCache
+from medtl.strategies._network import DEFAULT_BACKBONE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))
+
+
+def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def extract_embeddings(
+    model: nn.Module,
+    cfg: Any,
+    pixels: np.ndarray,
+    *,
+    batch_size: int = 64,
+    precision: str = "auto",
+    progress: bool = True,
+    desc: str = "extract",
+) -> np.ndarray:
+    """Pooled backbone features (N, D) for uint8 pixels (N, C, S, S), with the backbone in eval mode.
+
+    Uses channels-last memory and autocast where the hardware benefits; batches are formed from the
+    in-memory decoded-image array, so the forward pass is the only real cost.
+    """
+    from tqdm.auto import tqdm
+
+    from medtl.training import autocast_context, to_model_input
+
+    device = next(model.parameters()).device
+    model.eval()
+    # change the memory format outside inference mode: parameters must stay normal tensors
+    model.to(memory_format=torch.channels_last)
+    out = []
+    with torch.inference_mode():
+        for i in tqdm(
+            range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False
+        ):
+            xb = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device)
+            xb = to_model_input(xb.float().div_(255.0), cfg.mean, cfg.std)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, precision):
+                out.append(_features(model, xb).float().cpu())
+    model.to(memory_format=torch.contiguous_format)
+    return torch.cat(out).numpy() if out else np.zeros((0, cfg.feature_dim), np.float32)
+
+
+@register_strategy
+class FeatureExtraction(Strategy):
+    """Freeze the pretrained backbone; fit a regularised linear head on its cached embeddings.
+
+    Args:
+        backbone: registered backbone name.
+        head: ``"logreg"`` (scikit-learn logistic regression on standardised embeddings, C chosen on the
+            validation split by AUROC; the default) or ``"linear"`` (a linear layer trained with AdamW
+            and early stopping on validation AUROC).
+        Cs: inverse regularisation strengths tried by ``"logreg"``.
+        cache_dir: where embeddings are cached by content (None = no cache).
+
+    Example:
+        >>> fe = FeatureExtraction(backbone="efficientnet_lite0.in1k").fit(train, val)
+        >>> fe.predict_proba(test)[:, 1]
+    """
+
+    name = "feature_extraction"
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        image_size: int | None = None,
+        head: str = "logreg",
+        Cs: tuple[float, ...] | list[float] = DEFAULT_CS,
+        class_weighting: str = "balanced",
+        batch_size: int = 64,
+        precision: str = "auto",
+        device: str = "auto",
+        seed: int = 0,
+        cache_dir: str | None = None,
+        weights_path: str | None = None,
+        allow_download: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.image_size = image_size
+        self.head = head
+        self.Cs = Cs
+        self.class_weighting = class_weighting
+        self.batch_size = batch_size
+        self.precision = precision
+        self.device = device
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.weights_path = weights_path
+        self.allow_download = allow_download
+        self.progress = progress
+
+    def get_params(self) -> dict[str, Any]:
+        params = super().get_params()
+        params["Cs"] = [float(c) for c in params["Cs"]]
+        return params
+
+    # -- embeddings ------------------------------------------------------------------------------------
+    def embed(self, images: PreparedImages, model: nn.Module, cfg: Any, desc: str) -> np.ndarray:
+        """Embeddings of ``images``, from the content-keyed cache where possible."""
+
+        def compute(idx: np.ndarray) -> np.ndarray:
+            return extract_embeddings(
+                model,
+                cfg,
+                images.pixels[idx],
+                batch_size=self.batch_size,
+                precision=self.precision,
+                progress=self.progress,
+                desc=desc,
+            )
+
+        if self.cache_dir is None:
+            return compute(np.arange(len(images)))
+        from medtl.backbones import backbone_fingerprint
+
+        size = int(images.pixels.shape[-1])
+        fp = f"{backbone_fingerprint(cfg, model)}|{size}|{images.pixels.shape[1]}"
+        cache = EmbeddingCache(self.cache_dir, _sha(fp))
+        emb, n_new = cache.get_or_compute(images.keys, compute)
+        log.info(
+            "%s: %d embeddings, %d computed, %d from cache", desc, len(emb), n_new, len(emb) - n_new
+        )
+        self.cache_hits_ = getattr(self, "cache_hits_", 0) + len(emb) - n_new
+        return emb
+
+    # -- fitting ---------------------------------------------------------------------------------------
+    def fit(self, train: PreparedImages, val: PreparedImages, **_: Any) -> FeatureExtraction:
+        """Embed train and val once (cached), fit the head on train, choose regularisation on val."""
+        from medtl.training import val_auroc
+
+        look_up_option("head", self.head, ["logreg", "linear"])
+        self._check_fit_inputs(train, val)
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed)
+        n_classes = len(train.classes)
+        model, cfg = _build_network(
+            self.backbone,
+            n_classes,
+            pretrained=True,
+            weights_path=self.weights_path,
+            allow_download=self.allow_download,
+        )
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        self.cache_hits_ = 0
+        te = time.perf_counter()
+        f_tr = self.embed(train, model, cfg, "embed train")
+        f_va = self.embed(val, model, cfg, "embed val")
+        self.extract_seconds_ = time.perf_counter() - te
+        mu = f_tr.mean(0)
+        sd = f_tr.std(0) + 1e-6
+        z_tr, z_va = (f_tr - mu) / sd, (f_va - mu) / sd
+        if self.head == "logreg":
+            W, b, history = self._fit_logreg(z_tr, train.labels, z_va, val.labels, n_classes)
+        else:
+            W, b, history = self._fit_linear(z_tr, train.labels, z_va, val.labels, n_classes)
+        # fold the standardisation into the linear head: W (f - mu)/sd + b
+        W_f = W / sd[None, :]
+        b_f = b - (W_f * mu[None, :]).sum(1)
+        clf = model.get_classifier()
+        with torch.no_grad():
+            clf.weight.copy_(torch.from_numpy(W_f.astype(np.float32)))
+            clf.bias.copy_(torch.from_numpy(b_f.astype(np.float32)))
+        self.model_ = model
+        self.backbone_config_ = cfg
+        self.image_size_ = int(train.pixels.shape[-1])
+        self.classes_ = list(train.classes)
+        self.history_ = history
+        best = max(history, key=lambda r: np.nan_to_num(r["val_auroc"], nan=-1.0))
+        self.best_val_auroc_ = float(val_auroc(val.labels, _softmax(z_va @ W.T + b)))
+        self.best_epoch_ = int(best["epoch"])
+        self.epochs_run_ = len(history)
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _fit_logreg(self, z_tr, y_tr, z_va, y_va, n_classes):
+        from sklearn.linear_model import LogisticRegression
+
+        from medtl.training import val_auroc
+
+        cw = "balanced" if self.class_weighting == "balanced" else None
+        history, best = [], None
+        t0 = time.perf_counter()
+        for i, C in enumerate(sorted(float(c) for c in self.Cs)):
+            clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=self.seed)
+            clf.fit(z_tr, y_tr)
+            auc = val_auroc(y_va, clf.predict_proba(z_va))
+            history.append(
+                {"epoch": i + 1, "C": C, "val_auroc": auc, "elapsed": time.perf_counter() - t0}
+            )
+            if best is None or (np.nan_to_num(auc, nan=-1) > np.nan_to_num(best[0], nan=-1) + 1e-6):
+                best = (auc, clf, C)
+        _, clf, C = best
+        self.C_ = C
+        if n_classes == 2:
+            W = np.vstack([np.zeros_like(clf.coef_[0]), clf.coef_[0]])
+            b = np.array([0.0, clf.intercept_[0]])
+        else:
+            W, b = clf.coef_, clf.intercept_
+        return W.astype(np.float64), b.astype(np.float64), history
+
+    def _fit_linear(self, z_tr, y_tr, z_va, y_va, n_classes, epochs: int = 200, patience: int = 20):
+        from medtl.training import val_auroc
+
+        g = torch.Generator().manual_seed(self.seed)
+        lin = nn.Linear(z_tr.shape[1], n_classes)
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
+        opt = torch.optim.AdamW(lin.parameters(), lr=1e-2, weight_decay=1e-2)
+        counts = np.bincount(y_tr, minlength=n_classes).clip(1)
+        w = torch.tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
+        xt, yt = torch.from_numpy(z_tr).float(), torch.from_numpy(y_tr)
+        xv = torch.from_numpy(z_va).float()
+        history, best, bad = [], (-1.0, None), 0
+        t0 = time.perf_counter()
+        for ep in range(epochs):
+            perm = torch.randperm(len(xt), generator=g)
+            for i in range(0, len(xt), 64):
+                idx = perm[i : i + 64]
+                loss = nn.functional.cross_entropy(lin(xt[idx]), yt[idx], weight=w)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                auc = val_auroc(y_va, torch.softmax(lin(xv), 1).numpy())
+            history.append({"epoch": ep + 1, "val_auroc": auc, "elapsed": time.perf_counter() - t0})
+            if np.nan_to_num(auc, nan=-1) > best[0] + 1e-6:
+                best = (
+                    float(np.nan_to_num(auc, nan=-1)),
+                    {k: v.clone() for k, v in lin.state_dict().items()},
+                )
+                bad = 0
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        lin.load_state_dict(best[1])
+        return lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy(), history
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "C": getattr(self, "C_", None),
+            "extract_seconds": getattr(self, "extract_seconds_", None),
+        }
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        self.C_ = extra.get("C")
+        self.extract_seconds_ = extra.get("extract_seconds")
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+__all__ = ["FeatureExtraction", "extract_embeddings"]

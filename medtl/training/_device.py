@@ -1,0 +1,72 @@
+"""Hardware choices: device, threads, channels-last, autocast precision."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+
+import torch
+
+from medtl._options import look_up_option
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; ``"cpu"``/``"cuda"``/``"cuda:1"`` are taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from medtl.errors import ConfigError
+
+        raise ConfigError(
+            f"The 'device' parameter is {device!r} but no CUDA GPU is available. Use device='cpu' or 'auto'."
+        )
+    return torch.device(device)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX).
+
+    Without them, bf16 autocast on CPU is emulated and slower than fp32, so we fall back to fp32.
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_context(
+    device: torch.device, precision: str = "auto"
+) -> contextlib.AbstractContextManager:
+    """Mixed precision where the hardware supports it.
+
+    Args:
+        device: the model's device.
+        precision: ``"auto"`` (bf16 on CPUs with native bf16, fp16 on CUDA), ``"bf16"``, ``"fp16"`` or
+            ``"fp32"`` (no autocast).
+    """
+    precision = look_up_option("precision", precision, ["auto", "bf16", "fp16", "fp32"])
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def describe_precision(device: torch.device, precision: str = "auto") -> str:
+    """Human-readable name of the precision :func:`autocast_context` will use."""
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if precision == "bf16" else "fp16 (autocast)"
+    if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
+        return "bf16 (autocast)"
+    return "fp32 (CPU has no native bf16)"

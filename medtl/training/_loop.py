@@ -1,0 +1,400 @@
+"""The training loop shared by fine-tuning, partial fine-tuning and from-scratch training.
+
+Features: AdamW with per-group learning rates, one-cycle or warm-up + cosine schedule, class-balanced loss,
+radiograph augmentation, early stopping on validation AUROC with the best weights kept, channels-last memory
+and autocast where the hardware benefits, a tqdm progress bar with live loss/AUROC, per-epoch history written
+as it goes, and an end-of-epoch checkpoint from which an interrupted run resumes to the same result.
+
+Reproducibility: the shuffling order, augmentation parameters and dropout of epoch ``e`` are derived from
+``(seed, e)`` only, so a run resumed at an epoch boundary replays exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtl._fileio import atomic_write, atomic_write_json
+from medtl._options import look_up_option
+from medtl.data._types import PreparedImages
+from medtl.training._augment import AugmentSettings, BatchAugment
+from medtl.training._device import autocast_context, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopSettings:
+    """Settings of :func:`train_network` (validated on construction)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    weight_decay: float = 0.01
+    schedule: str = "onecycle"  # "onecycle" | "cosine" (linear warm-up then cosine) | "constant"
+    warmup_frac: float = 0.1
+    patience: int | None = 3  # epochs without val-AUROC improvement before stopping; None = never
+    class_weighting: str = "balanced"  # "balanced" | "none"
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 2.0
+    precision: str = "auto"
+    channels_last: bool = True
+    device: str = "auto"
+    seed: int = 0
+    max_minutes: float | None = None  # wall-clock budget; stops after the epoch that exceeds it
+
+    def __post_init__(self) -> None:
+        from medtl._options import check_range
+
+        check_range("epochs", self.epochs, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("warmup_frac", self.warmup_frac, 0.0, 0.9)
+        look_up_option("schedule", self.schedule, ["onecycle", "cosine", "constant"])
+        look_up_option("class_weighting", self.class_weighting, ["balanced", "none"])
+        look_up_option("precision", self.precision, ["auto", "bf16", "fp16", "fp32"])
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_network` returns: best weights (already loaded in the model) and history."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_auroc: float
+    seconds: float
+    stopped_early: bool
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def val_auroc(labels: np.ndarray, proba: np.ndarray) -> float:
+    """AUROC on validation (binary: positive = class 1; multi-class: macro one-vs-rest); NaN if undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(labels, proba[:, 1]))
+    try:
+        return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro"))
+    except ValueError:
+        return float("nan")
+
+
+def to_model_input(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Images in [0, 1], (N, 1 or 3, H, W) -> normalised float (N, 3, H, W); grey is replicated to RGB."""
+    if x01.shape[1] == 1:
+        x01 = x01.expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - m) / s
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    pixels: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+    precision: str = "auto",
+    channels_last: bool = True,
+    progress: bool = False,
+    desc: str = "predict",
+) -> np.ndarray:
+    """Batched inference of ``model`` on uint8 pixels (N, C, S, S); returns float32 logits (N, K)."""
+    from tqdm.auto import tqdm
+
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i in tqdm(
+            range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False
+        ):
+            xb = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device)
+            xb = to_model_input(xb.float().div_(255.0), mean, std)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, precision):
+                out.append(model(xb).float().cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+def _class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    counts[counts == 0] = 1.0
+    w = counts.sum() / (n_classes * counts)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, s: LoopSettings, steps_per_epoch: int):
+    total = max(1, s.epochs * steps_per_epoch)
+    if s.schedule == "onecycle" and total >= 4:  # OneCycleLR needs a few steps per phase
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=[g["lr"] for g in opt.param_groups],
+            total_steps=total,
+            pct_start=min(max(s.warmup_frac, 1.5 / total), 1 - 1.5 / total),
+            anneal_strategy="cos",
+            div_factor=10.0,
+            final_div_factor=100.0,
+        )
+    if s.schedule in ("cosine", "onecycle"):
+        warm = round(s.warmup_frac * total)
+
+        def f(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            prog = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, f)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
+    model.train()
+    for m in frozen:  # frozen parts keep BatchNorm statistics and dropout fixed
+        m.eval()
+
+
+def train_network(
+    model: nn.Module,
+    param_groups: list[dict[str, Any]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: PreparedImages,
+    val: PreparedImages,
+    settings: LoopSettings,
+    *,
+    augment: AugmentSettings | None = None,
+    frozen_modules: Sequence[nn.Module] = (),
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    history_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    on_batch_end: Callable[[int, int], None] | None = None,
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train``, early-stop on validation AUROC, and load the best weights back.
+
+    Args:
+        model: network mapping normalised (N, 3, S, S) inputs to logits (N, K).
+        param_groups: AdamW parameter groups with their peak learning rates (discriminative rates).
+        mean, std: normalisation of the backbone.
+        train, val: prepared images; validation must not overlap training.
+        settings: loop settings.
+        augment: augmentation settings (None = defaults; ``AugmentSettings(enabled=False)`` = none).
+        frozen_modules: modules kept in eval mode during training (partial fine-tuning).
+        checkpoint_path: end-of-epoch checkpoint file (written atomically); with ``resume=True`` and an
+            existing file, training continues from it.
+        history_path: JSON file rewritten after every epoch with the history so far.
+        on_epoch_end: called with each epoch's history row (e.g. a progress element in the app).
+        on_batch_end: called with (batch index, number of batches) (tests use it to simulate a crash).
+        regularizer: extra loss term computed from the model (e.g. L2-SP).
+    """
+    from tqdm.auto import tqdm
+
+    s = settings
+    device = resolve_device(s.device)
+    n_classes = len(train.classes)
+    model.to(device)
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size))
+    sched = _make_scheduler(opt, s, steps_per_epoch)
+    weights = _class_weights(train.labels, n_classes) if s.class_weighting == "balanced" else None
+    loss_fn = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), label_smoothing=s.label_smoothing
+    )
+    aug = BatchAugment(augment or AugmentSettings())
+
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, bad_epochs = -math.inf, 0, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    start_epoch = 0
+    elapsed_before = 0.0
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        best_state = state["best_state"]
+        meta = state["meta"]
+        history = list(meta["history"])
+        best_score, best_epoch, bad_epochs = (
+            meta["best_score"],
+            meta["best_epoch"],
+            meta["bad_epochs"],
+        )
+        start_epoch = int(meta["epoch"]) + 1
+        elapsed_before = float(meta["elapsed"])
+        log.info("resumed from %s at epoch %d", ckpt, start_epoch + 1)
+
+    t0 = time.perf_counter()
+    stopped_early = False
+    train_pixels, train_labels = train.pixels, train.labels
+    for epoch in range(start_epoch, s.epochs):
+        if s.patience is not None and bad_epochs >= s.patience:
+            stopped_early = True
+            break
+        te = time.perf_counter()
+        torch.manual_seed(s.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(s.seed * 7_919 + epoch)
+        order = np.random.default_rng([s.seed, epoch]).permutation(len(train))
+        _set_train_mode(model, frozen_modules)
+        total_loss, seen = 0.0, 0
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{desc} epoch {epoch + 1}/{s.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for b in bar:
+            idx = order[b * s.batch_size : (b + 1) * s.batch_size]
+            if len(idx) < 2 and len(train) >= 2:  # a batch of one breaks BatchNorm; fold it away
+                continue
+            xb = (
+                torch.from_numpy(np.ascontiguousarray(train_pixels[idx]))
+                .to(device)
+                .float()
+                .div_(255.0)
+            )
+            yb = torch.from_numpy(train_labels[idx]).to(device)
+            xb = to_model_input(aug(xb, gen), mean, std)
+            if s.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, s.precision):
+                logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
+            if regularizer is not None:
+                loss = loss + regularizer(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / max(1, seen):.4f}")
+            if on_batch_end is not None:
+                on_batch_end(b, steps_per_epoch)
+        bar.close()
+        train_seconds = time.perf_counter() - te
+        logits = predict_logits(
+            model,
+            val.pixels,
+            mean,
+            std,
+            batch_size=s.eval_batch_size,
+            device=device,
+            precision=s.precision,
+            channels_last=s.channels_last,
+        )
+        proba = torch.softmax(torch.from_numpy(logits), 1).numpy()
+        auc = val_auroc(val.labels, proba)
+        vloss = float(
+            nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels))
+        )
+        score = auc if not math.isnan(auc) else -vloss
+        improved = score > best_score + 1e-6
+        if improved:
+            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+            best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(1, seen),
+            "val_loss": vloss,
+            "val_auroc": auc,
+            "seconds": time.perf_counter() - te,
+            "train_seconds": train_seconds,
+            "elapsed": elapsed_before + time.perf_counter() - t0,
+            "lr": [g["lr"] for g in opt.param_groups],
+            "best": improved,
+        }
+        history.append(row)
+        log.info(
+            "%s epoch %d: train loss %.4f, val AUROC %.4f, %.1fs",
+            desc,
+            epoch + 1,
+            row["train_loss"],
+            auc,
+            row["seconds"],
+        )
+        if progress:
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}/{s.epochs}: train loss {row['train_loss']:.4f}  "
+                f"val AUROC {auc:.4f}  ({row['seconds']:.1f}s)"
+            )
+        if history_path is not None:
+            atomic_write_json(history_path, history)
+        if ckpt is not None:
+            payload = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "best_state": best_state,
+                "meta": {
+                    "epoch": epoch,
+                    "history": history,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "elapsed": row["elapsed"],
+                    "settings": asdict(s),
+                },
+            }
+            atomic_write(ckpt, lambda tmp, p=payload: torch.save(p, tmp))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+        if s.max_minutes is not None and row["elapsed"] > 60 * s.max_minutes:
+            log.info(
+                "%s: time budget of %.1f min reached after epoch %d", desc, s.max_minutes, epoch + 1
+            )
+            stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)
+    best_auc = max(
+        (r["val_auroc"] for r in history if not math.isnan(r["val_auroc"])), default=float("nan")
+    )
+    return TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_val_auroc=best_auc,
+        seconds=elapsed_before + time.perf_counter() - t0,
+        stopped_early=stopped_early,
+        resumed_from_epoch=start_epoch,
+    )
+
+
+def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a model's state dict."""
+    return {k: v.detach().clone().cpu() for k, v in copy.copy(model.state_dict()).items()}

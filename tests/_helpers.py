@@ -1,0 +1,28 @@
+"""Shared helpers for tests: tiny in-memory datasets that need no files."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medtl.data._types import PreparedImages
+
+
+def blob_images(
+    n: int = 40, size: int = 32, seed: int = 0, offset: int = 0, channels: int = 1
+) -> PreparedImages:
+    """Class 1 has a bright square in a random place, class 0 has none; noise on both. Balanced."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    px = rng.normal(90, 20, size=(n, channels, size, size))
+    for i in np.where(labels == 1)[0]:
+        r, c = rng.integers(2, size - 10, size=2)
+        px[i, :, r : r + 8, c : c + 8] += 110
+    px = np.clip(px, 0, 255).astype(np.uint8)
+    uids = [f"img{offset + i:05d}" for i in range(n)]
+    return PreparedImages(
+        pixels=px,
+        labels=labels.astype(np.int64),
+        uids=uids,
+        keys=[f"key-{seed}-{u}" for u in uids],
+        classes=["normal", "lesion"],
+    )

@@ -1,0 +1,147 @@
+"""The estimator contract, checked on every registered strategy with the tiny test backbone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medtl.errors import ConfigError, NotFittedError
+from medtl.strategies import get_strategy, list_strategies, load_model
+from tests._helpers import blob_images
+
+FAST = {
+    "feature_extraction": {"Cs": [0.01, 1.0]},
+    "fine_tuning": {"epochs": 3, "batch_size": 8, "lr": 3e-3},
+    "partial_fine_tuning": {"epochs": 3, "batch_size": 8, "lr": 3e-3, "trainable_stages": 1},
+    "from_scratch": {"epochs": 3, "batch_size": 8},
+}
+
+
+def make(name: str, **kw):
+    return get_strategy(name, backbone="tiny_test", progress=False, **{**FAST[name], **kw})
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return (
+        blob_images(48, seed=1),
+        blob_images(24, seed=2, offset=100),
+        blob_images(24, seed=3, offset=200),
+    )
+
+
+def test_every_strategy_is_covered():
+    assert set(list_strategies()) == set(FAST)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_contract(name, splits, tmp_path):
+    train, val, test = splits
+    est = make(name)
+    assert not hasattr(est, "model_")  # learned state only in fit
+    with pytest.raises(NotFittedError, match="not fitted"):
+        est.predict_proba(test)
+    assert est.fit(train, val) is est
+    proba = est.predict_proba(test)
+    assert proba.shape == (len(test), 2)
+    assert np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert est.history_, "history is recorded"
+    # save/load round trip gives identical predictions
+    est.save(tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert type(back) is type(est)
+    np.testing.assert_array_equal(back.predict_proba(test), proba)
+    assert back.get_params() == est.get_params()
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_reproducible(name, splits):
+    train, val, test = splits
+    a = make(name).fit(train, val).predict_proba(test)
+    b = make(name).fit(train, val).predict_proba(test)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_transfer_strategies_learn_the_easy_task(splits):
+    from sklearn.metrics import roc_auc_score
+
+    train, val, test = splits
+    est = make("fine_tuning", epochs=6).fit(train, val)
+    assert roc_auc_score(test.labels, est.predict_proba(test)[:, 1]) > 0.8
+
+
+def test_feature_extraction_keeps_backbone_frozen(splits, monkeypatch):
+    import medtl.strategies._feature_extraction as fe_mod
+
+    train, val, _ = splits
+    seen = {}
+    orig = fe_mod._build_network
+
+    def spy(*a, **k):
+        model, cfg = orig(*a, **k)
+        seen["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        seen["model"] = model
+        return model, cfg
+
+    monkeypatch.setattr(fe_mod, "_build_network", spy)
+    est = make("feature_extraction").fit(train, val)
+    after = est.model_.state_dict()
+    bn_keys = [k for k in after if "running_mean" in k or "running_var" in k]
+    assert bn_keys, "tiny backbone has BatchNorm layers"
+    for k in bn_keys:  # BatchNorm statistics did not move
+        torch.testing.assert_close(after[k], seen["before"][k], rtol=0, atol=0)
+    head = {k for k in after if k.startswith(est.backbone_config_.classifier)}
+    for k, v in after.items():
+        if k not in head:
+            torch.testing.assert_close(v, seen["before"][k], rtol=0, atol=0)
+
+
+def test_partial_fine_tuning_freezes_early_stages(splits):
+    from medtl.backbones import create_backbone
+
+    train, val, _ = splits
+    est = make("partial_fine_tuning", trainable_stages=1, seed=5)
+    est.fit(train, val)
+    torch.manual_seed(5)  # the strategy seeds torch the same way before building its network
+    ref, cfg = create_backbone("tiny_test", num_classes=2, pretrained=True)
+    first = cfg.stages[0]
+    last = cfg.stages[-1]
+    sd, rd = est.model_.state_dict(), ref.state_dict()
+    first_keys = [k for k in sd if k.startswith(first + ".")]
+    last_keys = [k for k in sd if k.startswith(last + ".") and k.endswith("weight")]
+    assert first_keys and last_keys
+    for k in first_keys:  # frozen: weights and BatchNorm statistics unchanged
+        torch.testing.assert_close(sd[k], rd[k], rtol=0, atol=0)
+    assert any(not torch.equal(sd[k], rd[k]) for k in last_keys)
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        get_strategy("fine_tuning", epoch=3)
+    with pytest.raises(ConfigError, match="Did you mean 'fine_tuning'"):
+        get_strategy("fine_tunning")
+
+
+def test_one_class_training_split_is_refused(splits):
+    train, val, _ = splits
+    one = train.subset(np.where(train.labels == 0)[0])
+    with pytest.raises(ConfigError, match="single class"):
+        make("feature_extraction").fit(one, val)
+
+
+def test_wrong_image_size_is_explained(splits):
+    train, val, _ = splits
+    est = make("feature_extraction").fit(train, val)
+    with pytest.raises(ConfigError, match="trained at 32x32"):
+        est.predict_proba(blob_images(4, size=48))
+
+
+def test_embedding_cache_reused(splits, tmp_path):
+    train, val, test = splits
+    a = make("feature_extraction", cache_dir=str(tmp_path)).fit(train, val)
+    assert a.cache_hits_ == 0
+    b = make("feature_extraction", cache_dir=str(tmp_path), Cs=[0.1]).fit(train, val)
+    assert b.cache_hits_ == len(train) + len(val)
+    c = make("feature_extraction", Cs=[0.1]).fit(train, val)  # no cache: same numbers
+    np.testing.assert_allclose(b.predict_proba(test), c.predict_proba(test), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,104 @@
+"""Training engine: history, early stopping, resume after interruption, augmentation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medtl.errors import ConfigError
+from medtl.strategies import get_strategy
+from medtl.training import AugmentSettings, BatchAugment, LoopSettings
+from tests._helpers import blob_images
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return (
+        blob_images(40, seed=11),
+        blob_images(20, seed=12, offset=100),
+        blob_images(20, seed=13, offset=200),
+    )
+
+
+def ft(**kw):
+    base = {
+        "backbone": "tiny_test",
+        "epochs": 4,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "progress": False,
+        "patience": None,
+    }
+    return get_strategy("fine_tuning", **{**base, **kw})
+
+
+def test_history_written_each_epoch(splits, tmp_path):
+    train, val, _ = splits
+    hist_file = tmp_path / "history.json"
+    rows = []
+    est = ft(epochs=3).fit(train, val, history_path=hist_file, on_epoch_end=rows.append)
+    saved = json.loads(hist_file.read_text())
+    assert [r["epoch"] for r in saved] == [1, 2, 3] == [r["epoch"] for r in rows]
+    for r in saved:
+        assert set(r) >= {"train_loss", "val_auroc", "seconds", "elapsed"}
+        assert r["seconds"] > 0
+    assert est.best_epoch_ == 1 + int(np.nanargmax([r["val_auroc"] for r in saved]))
+
+
+def test_interrupted_run_resumes_to_the_same_result(splits, tmp_path):
+    train, val, test = splits
+    full = ft(checkpoint_dir=str(tmp_path / "a")).fit(train, val)
+
+    calls = {"n": 0}
+
+    def crash(b, n_batches):
+        calls["n"] += 1
+        if calls["n"] == n_batches * 2 + 2:  # mid-way through the third epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ft(checkpoint_dir=str(tmp_path / "b")).fit(train, val, on_batch_end=crash)
+    assert (tmp_path / "b" / "checkpoint.pt").exists()
+    resumed = ft(checkpoint_dir=str(tmp_path / "b"), resume=True).fit(train, val)
+    assert resumed.history_[0]["epoch"] == 1 and len(resumed.history_) == 4
+    np.testing.assert_array_equal(resumed.predict_proba(test), full.predict_proba(test))
+    assert [r["val_auroc"] for r in resumed.history_] == [r["val_auroc"] for r in full.history_]
+
+
+def test_early_stopping_keeps_best_epoch(splits):
+    train, val, _ = splits
+    est = ft(epochs=12, patience=1, lr=1e-6).fit(
+        train, val
+    )  # lr too small to improve -> stops early
+    assert est.stopped_early_
+    assert len(est.history_) < 12
+
+
+def test_augmentation_is_seeded_and_bounded():
+    x = torch.rand(6, 1, 32, 32)
+    aug = BatchAugment(AugmentSettings())
+    a = aug(x, torch.Generator().manual_seed(0))
+    b = aug(x, torch.Generator().manual_seed(0))
+    c = aug(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
+    off = BatchAugment(AugmentSettings(enabled=False))
+    assert torch.equal(off(x, torch.Generator()), x)
+
+
+def test_no_vertical_flip_by_default():
+    # a top-bright image stays top-bright under the default augmentation (no vertical flips)
+    x = torch.zeros(16, 1, 32, 32)
+    x[:, :, :8] = 1.0
+    out = BatchAugment(AugmentSettings())(x, torch.Generator().manual_seed(3))
+    assert bool((out[:, :, :10].mean((1, 2, 3)) > out[:, :, -10:].mean((1, 2, 3))).all())
+
+
+def test_loop_settings_validated():
+    with pytest.raises(ConfigError, match="schedule"):
+        LoopSettings(schedule="linear")
+    with pytest.raises(ConfigError, match="epochs"):
+        LoopSettings(epochs=0)
