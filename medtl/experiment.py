@@ -80,6 +80,7 @@ def resolve_image_size(cfg: ExperimentConfig) -> int:
 def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
     from medtl.data import load_dataset, prepare_images
+    from medtl.data._load import check_class_counts
 
     notes: list[str] = []
     read_options = {"window": cfg.data.window}
@@ -106,6 +107,9 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         min_per_class=cfg.data.min_per_class,
         read_options=read_options,
         progress=progress,
+        # every file is decoded exactly once, by prepare_images below (which skips and reports bad
+        # files); the class counts are checked on what decoded, before any training
+        verify=False,
     )
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
     if cfg.data.val:
@@ -164,6 +168,11 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
             progress=progress,
         )
         ds.skipped.extend(s for s in prep[nm].skipped if s not in ds.skipped)
+    bad = {s.path for s in ds.skipped}
+    train_s, val_s, test_s = (
+        [s for s in part if s.path not in bad] for part in (train_s, val_s, test_s)
+    )
+    check_class_counts(ds.classes, train_s + val_s + test_s, cfg.data.min_per_class)
     ds.samples = [*train_s, *val_s, *test_s]
     return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes)
 

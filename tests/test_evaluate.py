@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -42,7 +43,7 @@ def test_evaluate_table_and_resume(models, monkeypatch):
     out = tmp / "table"
     res = evaluate([str(d) for d in dirs], [str(site)], out=str(out), progress=False)
     assert len(res["rows"]) == 2
-    rows = list(csv.DictReader(open(res["csv"])))
+    rows = list(csv.DictReader(Path(res["csv"]).read_text().splitlines()))
     assert {r["strategy"] for r in rows} == {"feature_extraction", "fine_tuning"}
     for r in rows:
         assert r["n"] == "24" and 0 <= float(r["auroc"]) <= 1
@@ -60,7 +61,7 @@ def test_evaluate_table_and_resume(models, monkeypatch):
 
 
 def test_evaluate_batch_file_and_run_folder(models, tmp_path):
-    tmp, dirs, site = models
+    tmp, _dirs, site = models
     batch = tmp_path / "batch.yaml"
     batch.write_text(f"models: [{tmp}]\ndatasets: [{site}]\nout: {tmp_path / 'o'}\n")
     res = evaluate(batch_file=str(batch), progress=False)
@@ -77,7 +78,7 @@ def test_predict_files_and_folders_skips_bad_files(models, tmp_path, capsys):
     try:
         res = predict(str(dirs[0]), [str(site)], out=str(tmp_path / "p.csv"), progress=False)
         assert res["n"] == 24 and len(res["skipped"]) == 1
-        rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+        rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
         assert len(rows) == 24 and {"path", "p_normal", "p_lesion", "predicted"} <= set(rows[0])
         assert (
             main(["predict", str(dirs[0]), str(site), "--out", str(tmp_path / "q.csv"), "--quiet"])

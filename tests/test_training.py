@@ -102,3 +102,36 @@ def test_loop_settings_validated():
         LoopSettings(schedule="linear")
     with pytest.raises(ConfigError, match="epochs"):
         LoopSettings(epochs=0)
+
+
+def test_batchnorm_folding_is_exact_and_checked():
+    from torch import nn
+
+    from medtl.backbones import create_backbone
+    from medtl.training._inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    model, _ = create_backbone("tiny_test", num_classes=2)
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 32, 32)
+    folded, n = fold_batchnorm(model, x)
+    assert n > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+
+    class Reordered(nn.Module):  # registration order conv, bn but forward applies bn first
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.bn.running_mean.fill_(2.0)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    odd = Reordered().eval()
+    same, k = fold_batchnorm(odd, x)
+    assert same is odd and k == 0  # the numerical check refused the wrong fold

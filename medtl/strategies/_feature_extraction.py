@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any
@@ -43,22 +44,42 @@ def extract_embeddings(
     from tqdm.auto import tqdm
 
     from medtl.training import autocast_context, to_model_input
+    from medtl.training._inference import fold_batchnorm
 
+    if len(pixels) == 0:
+        return np.zeros((0, cfg.feature_dim), np.float32)
     device = next(model.parameters()).device
     model.eval()
-    # change the memory format outside inference mode: parameters must stay normal tensors
-    model.to(memory_format=torch.channels_last)
+
+    def batch(i: int) -> torch.Tensor:
+        xb = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device)
+        xb = to_model_input(xb.float().div_(255.0), cfg.mean, cfg.std)
+        return xb.contiguous(memory_format=torch.channels_last)
+
+    # A frozen backbone: fold BatchNorm into the convolutions (checked numerically) and use
+    # channels-last memory; both on a copy, outside inference mode, so the model is untouched.
+    # Hooks on BatchNorm layers (e.g. the advisor's statistics recorder) must see the real layers:
+    # then run the model itself, only switching its memory format for the duration.
+    hooked = any(
+        m._forward_hooks or m._forward_pre_hooks
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    )
+    if hooked:
+        net = model
+    else:
+        net, _ = fold_batchnorm(model, batch(0)[:4])
+        net = net if net is not model else copy.deepcopy(model)
+    net.to(memory_format=torch.channels_last)
     out = []
     with torch.inference_mode():
         for i in tqdm(
             range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False
         ):
-            xb = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device)
-            xb = to_model_input(xb.float().div_(255.0), cfg.mean, cfg.std)
-            xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, precision):
-                out.append(_features(model, xb).float().cpu())
-    model.to(memory_format=torch.contiguous_format)
+                out.append(_features(net, batch(i)).float().cpu())
+    if hooked:
+        model.to(memory_format=torch.contiguous_format)
     return torch.cat(out).numpy() if out else np.zeros((0, cfg.feature_dim), np.float32)
 
 

@@ -1,0 +1,299 @@
+"""Cheap measurements behind the advice: BatchNorm divergence, ImageNet entropy, probes, timing.
+
+Each function is small and pure enough to test on its own; ``_profile.py`` runs them on one dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# -- domain gap: BatchNorm statistics ---------------------------------------------------------------
+
+
+@dataclass
+class _LayerAcc:
+    n: int = 0
+    images: int = 0
+    s: np.ndarray | None = None
+    ss: np.ndarray | None = None
+
+
+@dataclass
+class BNStatsRecorder:
+    """Forward hooks that accumulate per-channel mean/variance of every BatchNorm layer's *input*.
+
+    The pretrained network's running statistics describe ImageNet activations; comparing them with the
+    target images' activations measures the domain gap with no labels and no extra forward pass (the
+    hooks ride along with the embedding extraction).
+
+    Example:
+        >>> rec = BNStatsRecorder(model).attach()
+        >>> extract_embeddings(model, cfg, pixels)
+        >>> rec.detach(); rec.divergence()["kl"]
+    """
+
+    model: nn.Module
+    layers: dict[str, nn.modules.batchnorm._BatchNorm] = field(default_factory=dict)
+    _acc: dict[str, _LayerAcc] = field(default_factory=dict)
+    _handles: list[Any] = field(default_factory=list)
+
+    def attach(self) -> BNStatsRecorder:
+        for name, m in self.model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                self.layers[name] = m
+                self._acc[name] = _LayerAcc()
+                self._handles.append(m.register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name: str):
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+            x = inputs[0].detach().float()
+            dims = [0, *range(2, x.ndim)]
+            acc = self._acc[name]
+            s = x.sum(dim=dims).double().cpu().numpy()
+            ss = (x * x).sum(dim=dims).double().cpu().numpy()
+            acc.n += int(x.numel() // x.shape[1])
+            acc.images += int(x.shape[0])
+            acc.s = s if acc.s is None else acc.s + s
+            acc.ss = ss if acc.ss is None else acc.ss + ss
+
+        return hook
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @property
+    def images_seen(self) -> int:
+        """Images that went through the first BN layer while attached (0 when none has a BN layer)."""
+        return max((a.images for a in self._acc.values()), default=0)
+
+    def divergence(self) -> dict[str, float | int | None]:
+        """Mean over layers of the per-layer median channel KL(target || ImageNet) and mean shift.
+
+        Per channel (Gaussian approximation): ``KL = 0.5 * (log(v_s / v_t) + (v_t + (m_t - m_s)^2) / v_s
+        - 1)``; the standardised mean shift is ``|m_t - m_s| / sqrt(v_s)``. The median over channels
+        keeps a few dead channels (v_t near 0) from dominating.
+        """
+        kls, shifts = [], []
+        for name, m in self.layers.items():
+            acc = self._acc[name]
+            if acc.n == 0 or acc.s is None:
+                continue
+            mt = acc.s / acc.n
+            vt = np.maximum(acc.ss / acc.n - mt**2, 0.0)
+            ms = m.running_mean.detach().double().cpu().numpy()
+            vs = m.running_var.detach().double().cpu().numpy() + float(m.eps)
+            vt = np.maximum(vt, 1e-3 * vs)
+            kl = 0.5 * (np.log(vs / vt) + (vt + (mt - ms) ** 2) / vs - 1.0)
+            kls.append(float(np.median(kl)))
+            shifts.append(float(np.median(np.abs(mt - ms) / np.sqrt(vs))))
+        if not kls:
+            return {"kl": None, "mean_shift": None, "layers": 0}
+        return {"kl": float(np.mean(kls)), "mean_shift": float(np.mean(shifts)), "layers": len(kls)}
+
+
+def imagenet_entropy(model: nn.Module, embeddings: np.ndarray) -> float | None:
+    """Mean normalised entropy (0..1) of the 1000-way ImageNet classifier on pooled features.
+
+    High entropy: the images look like no ImageNet class (a sign of a large domain gap). None when the
+    model's classifier is not 1000-way.
+    """
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear) or head.out_features != 1000 or len(embeddings) == 0:
+        return None
+    with torch.no_grad():
+        logits = head(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)))
+        logp = torch.log_softmax(logits.double(), dim=1)
+        ent = -(logp.exp() * logp).sum(1) / math.log(1000)
+    return float(ent.mean())
+
+
+# -- transferability of frozen features --------------------------------------------------------------
+
+PROBE_CS = (0.01, 0.1, 1.0)
+CURVE_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def _auroc(y: np.ndarray, proba: np.ndarray) -> float:
+    from medtl.training import val_auroc
+
+    return val_auroc(y, proba)
+
+
+def _stratified_fraction(y: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a stratified subsample (at least 2 per class) of the rows of ``y``."""
+    if frac >= 1.0:
+        return np.arange(len(y))
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = max(2, round(frac * len(idx)))
+        keep.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def probe_transferability(
+    emb: np.ndarray, y: np.ndarray, *, seed: int = 0, n_splits: int = 5
+) -> dict[str, Any]:
+    """Cross-validated k-NN and logistic-regression AUROC on frozen embeddings, plus a learning curve.
+
+    Stratified ``n_splits``-fold CV (seeded; fewer folds when the smallest class is smaller). The
+    logistic probe's C is the best of ``PROBE_CS`` by mean CV AUROC (slightly optimistic, 3 options);
+    its learning curve refits at ``CURVE_FRACTIONS`` of each training fold; ``slope_per_doubling`` is
+    the least-squares slope of mean AUROC against log2(fraction).
+
+    Returns:
+        dict with ``knn_auroc``, ``knn_std``, ``probe_auroc``, ``probe_std``, ``probe_folds``,
+        ``probe_C``, ``curve`` ({fraction: auroc}), ``curve_n`` ({fraction: mean train size}),
+        ``slope_per_doubling``, ``n_splits``, ``head_seconds`` (one logistic fit on all rows, estimated).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(y)
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    k = int(min(n_splits, counts.min())) if len(counts) >= 2 else 0
+    if k < 2:
+        return {"n_splits": 0, "error": "fewer than 2 images in some class: no cross-validation"}
+    rng = np.random.default_rng(seed)
+    folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(emb, y))
+    knn_auc: list[float] = []
+    lr_auc: dict[float, list[float]] = {c: [] for c in PROBE_CS}
+    curve: dict[float, list[float]] = {f: [] for f in CURVE_FRACTIONS}
+    curve_n: dict[float, list[int]] = {f: [] for f in CURVE_FRACTIONS}
+    fit_seconds: list[tuple[int, float]] = []
+
+    def logreg(C: float) -> LogisticRegression:
+        return LogisticRegression(C=C, class_weight="balanced", max_iter=1000, random_state=seed)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on tiny folds
+        zs = []
+        for tr, te in folds:
+            sc = StandardScaler().fit(emb[tr])
+            ztr, zte = sc.transform(emb[tr]), sc.transform(emb[te])
+            zs.append((ztr, zte))
+            nn_k = int(max(1, min(15, round(math.sqrt(len(tr))))))
+            knn = KNeighborsClassifier(n_neighbors=nn_k, weights="distance", metric="cosine")
+            knn.fit(ztr, y[tr])
+            knn_auc.append(_auroc(y[te], knn.predict_proba(zte)))
+            for C in PROBE_CS:
+                t0 = time.perf_counter()
+                clf = logreg(C).fit(ztr, y[tr])
+                fit_seconds.append((len(tr), time.perf_counter() - t0))
+                lr_auc[C].append(_auroc(y[te], clf.predict_proba(zte)))
+        best_C = max(PROBE_CS, key=lambda c: np.nan_to_num(np.nanmean(lr_auc[c]), nan=-1.0))
+        for (tr, te), (ztr, zte) in zip(folds, zs):
+            for f in CURVE_FRACTIONS:
+                if f >= 1.0:
+                    curve[f].append(lr_auc[best_C][len(curve[f])])
+                    curve_n[f].append(len(tr))
+                    continue
+                sub = _stratified_fraction(y[tr], f, rng)
+                clf = logreg(best_C).fit(ztr[sub], y[tr][sub])
+                curve[f].append(_auroc(y[te], clf.predict_proba(zte)))
+                curve_n[f].append(len(sub))
+    means = {f: float(np.nanmean(v)) for f, v in curve.items()}
+    xs = np.log2(np.array(list(means)))
+    ys = np.array(list(means.values()))
+    ok = np.isfinite(ys)
+    slope = float(np.polyfit(xs[ok], ys[ok], 1)[0]) if ok.sum() >= 2 else float("nan")
+    n_all, sec = max(fit_seconds)  # the largest fold's fit, scaled to all rows
+    head_seconds = len(PROBE_CS) * 4 * sec * len(y) / max(n_all, 1)  # ~11 Cs in FeatureExtraction
+    folds_auc = [float(a) for a in lr_auc[best_C]]
+    return {
+        "n_splits": k,
+        "knn_auroc": float(np.nanmean(knn_auc)),
+        "knn_std": float(np.nanstd(knn_auc)),
+        "probe_auroc": float(np.nanmean(folds_auc)),
+        "probe_std": float(np.nanstd(folds_auc)),
+        "probe_folds": folds_auc,
+        "probe_C": float(best_C),
+        "curve": {str(f): v for f, v in means.items()},
+        "curve_n": {str(f): float(np.mean(v)) for f, v in curve_n.items()},
+        "slope_per_doubling": slope,
+        "head_seconds": float(head_seconds),
+    }
+
+
+# -- cost ----------------------------------------------------------------------------------------------
+
+
+def _timed(fn, warmup: int = 1, repeats: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def time_strategies(
+    model: nn.Module,
+    cfg: Any,
+    pixels: np.ndarray,
+    n_classes: int,
+    *,
+    trainable_stages: int = 2,
+    precision: str = "auto",
+) -> dict[str, float]:
+    """Seconds per image for extraction, a full fine-tuning step and a partial fine-tuning step.
+
+    Times 2 batches of ``pixels`` (after one warm-up batch) on a copy of ``model``, on the model's
+    device with the same memory format and autocast as training. The caller's model is not changed.
+    """
+    from medtl.backbones import set_trainable_stages
+    from medtl.training import autocast_context, to_model_input
+
+    net = copy.deepcopy(model)
+    net.reset_classifier(n_classes)
+    device = next(net.parameters()).device
+    net.to(memory_format=torch.channels_last)
+    bs = len(pixels)
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).float().div_(255.0)
+    x = to_model_input(x, cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(bs, device=device) % n_classes
+
+    def extract() -> None:
+        net.eval()
+        with torch.inference_mode(), autocast_context(device, precision):
+            net.forward_head(net.forward_features(x), pre_logits=True)
+
+    def make_step(frozen: list[nn.Module]):
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-6)
+
+        def step() -> None:
+            net.train()
+            for m in frozen:
+                m.eval()
+            with autocast_context(device, precision):
+                loss = nn.functional.cross_entropy(net(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    out = {"extract": _timed(extract) / bs}
+    for p in net.parameters():
+        p.requires_grad_(True)
+    out["fine_tuning"] = _timed(make_step([])) / bs
+    k = min(trainable_stages, len(cfg.stages))
+    frozen = set_trainable_stages(net, cfg, k)
+    out["partial_fine_tuning"] = _timed(make_step(frozen)) / bs
+    return out

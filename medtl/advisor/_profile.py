@@ -1,0 +1,245 @@
+"""Profile a dataset for the advisor: size, balance, domain gap, transferability and cost.
+
+One forward pass over (at most ``max_images``) training images gives the embeddings (stored in the same
+content-keyed cache as :class:`medtl.strategies.FeatureExtraction`, so a later feature-extraction run
+reuses them) and, through forward hooks, the BatchNorm statistics of the target images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtl.data._types import Dataset, PreparedImages, Sample
+
+log = logging.getLogger(__name__)
+
+BN_MIN_IMAGES = 256  # BN statistics need a forward pass over at least this many images (or all)
+TIMING_BATCH = 8
+
+
+@dataclass
+class Profile:
+    """The numbers the rules look at (all JSON-safe; None where a measurement was not possible).
+
+    Attributes:
+        n_images: training + validation images the user would train on (before any profiling cap).
+        n_train, n_val: split sizes.
+        class_counts: training + validation images per class name.
+        min_class: size of the smallest class; imbalance: largest / smallest class.
+        n_classes: number of classes.
+        native_size: median height of the files in pixels (from the data card's sample).
+        modalities: DICOM modalities seen (e.g. {"DX": 40}); formats: file formats seen.
+        profile_size: side length the images were resized to for the backbone.
+        n_profiled: images used for the measurements; subsampled: True when capped.
+        backbone: backbone name; pretrained: whether it has ImageNet weights.
+        bn_kl, bn_mean_shift, bn_layers: BatchNorm divergence to ImageNet (see ``BNStatsRecorder``).
+        imagenet_entropy: mean normalised entropy of the ImageNet classifier (0..1).
+        probe: cross-validated probe results (see ``probe_transferability``).
+        seconds_per_image: {"extract", "fine_tuning", "partial_fine_tuning"} measured on this machine.
+        epochs: epochs assumed for the fine-tuning estimates; device: where it was timed.
+        embed_cache_hits: profiled images whose embeddings came from the cache.
+        profile_seconds: wall time of profiling.
+    """
+
+    n_images: int
+    n_train: int
+    n_val: int
+    class_counts: dict[str, int]
+    min_class: int
+    imbalance: float
+    n_classes: int
+    native_size: float | None
+    modalities: dict[str, int]
+    formats: dict[str, int]
+    profile_size: int
+    n_profiled: int
+    subsampled: bool
+    backbone: str
+    pretrained: bool
+    bn_kl: float | None = None
+    bn_mean_shift: float | None = None
+    bn_layers: int = 0
+    imagenet_entropy: float | None = None
+    probe: dict[str, Any] = field(default_factory=dict)
+    seconds_per_image: dict[str, float] = field(default_factory=dict)
+    epochs: int = 8
+    device: str = "cpu"
+    embed_cache_hits: int = 0
+    profile_seconds: float = 0.0
+
+    @property
+    def probe_auroc(self) -> float | None:
+        v = self.probe.get("probe_auroc")
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    @property
+    def probe_std(self) -> float:
+        v = self.probe.get("probe_std")
+        return 0.05 if v is None or not np.isfinite(v) else float(v)
+
+    @property
+    def knn_auroc(self) -> float | None:
+        v = self.probe.get("knn_auroc")
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    @property
+    def probe_slope(self) -> float | None:
+        v = self.probe.get("slope_per_doubling")
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(dataclasses.asdict(self))
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def stratified_cap(samples: list[Sample], max_images: int, seed: int) -> list[Sample]:
+    """At most ``max_images`` samples, stratified by class (all of them when fewer)."""
+    if max_images <= 0 or len(samples) <= max_images:
+        return samples
+    from sklearn.model_selection import train_test_split
+
+    labels = [s.label for s in samples]
+    keep, _ = train_test_split(
+        np.arange(len(samples)), train_size=max_images, stratify=labels, random_state=seed
+    )
+    return [samples[i] for i in sorted(keep)]
+
+
+def advice_samples(dataset: Dataset) -> tuple[list[Sample], int, int]:
+    """The images advice is about: train + val (never test); all samples when no split is assigned."""
+    train, val = dataset.split("train"), dataset.split("val")
+    if not train:
+        return list(dataset.samples), len(dataset.samples), 0
+    return [*train, *val], len(train), len(val)
+
+
+def measure(
+    images: PreparedImages,
+    *,
+    backbone: str,
+    cache_dir: str | Path | None,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Embeddings + BN divergence + ImageNet entropy + probes + timing for prepared images."""
+    import torch
+
+    from medtl.advisor._measure import (
+        BNStatsRecorder,
+        imagenet_entropy,
+        probe_transferability,
+        time_strategies,
+    )
+    from medtl.backbones import create_backbone
+    from medtl.strategies import FeatureExtraction, extract_embeddings
+    from medtl.training import resolve_device
+
+    device = resolve_device("auto")
+    # same seed + build order as FeatureExtraction.fit, so random-init backbones share its cache key
+    torch.manual_seed(seed)
+    model, cfg = create_backbone(backbone, pretrained=True, num_classes=1000)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    fe = FeatureExtraction(
+        backbone=backbone,
+        seed=seed,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        progress=progress,
+    )
+    rec = BNStatsRecorder(model).attach()
+    try:
+        emb = fe.embed(images, model, cfg, "advisor: embed")
+        need = min(len(images), BN_MIN_IMAGES)
+        if rec.layers and rec.images_seen < need:
+            # embeddings came from the cache: one short forward pass just for the BN statistics
+            idx = np.linspace(0, len(images) - 1, need).round().astype(int)
+            extract_embeddings(model, cfg, images.pixels[idx], progress=False)
+    finally:
+        rec.detach()
+    div = rec.divergence()
+    probe = probe_transferability(emb, images.labels, seed=seed)
+    n_classes = len(images.classes)
+    pick = np.linspace(0, len(images) - 1, TIMING_BATCH).round().astype(int)
+    spi = time_strategies(model, cfg, images.pixels[pick], n_classes)
+    return {
+        "bn_kl": div["kl"],
+        "bn_mean_shift": div["mean_shift"],
+        "bn_layers": int(div["layers"] or 0),
+        "imagenet_entropy": imagenet_entropy(model, emb) if cfg.pretrained else None,
+        "probe": probe,
+        "seconds_per_image": spi,
+        "pretrained": bool(cfg.pretrained),
+        "embed_cache_hits": int(getattr(fe, "cache_hits_", 0)),
+        "device": str(device),
+        "embeddings": emb,
+    }
+
+
+def build_profile(
+    dataset: Dataset,
+    images: PreparedImages,
+    measured: dict[str, Any],
+    *,
+    n_train: int,
+    n_val: int,
+    n_images: int,
+    backbone: str,
+    epochs: int,
+    started: float,
+) -> Profile:
+    """Combine the data card's facts, the split sizes and the measurements into a :class:`Profile`."""
+    from medtl.data.card import summarise_dataset
+
+    card = summarise_dataset(dataset, max_files=32)
+    counts = {name: 0 for name in dataset.classes}
+    names = dataset.classes
+    for s in advice_samples(dataset)[0]:
+        counts[names[s.label]] += 1
+    nonzero = [v for v in counts.values() if v > 0]
+    height = (card.get("images") or {}).get("height") or {}
+    return Profile(
+        n_images=n_images,
+        n_train=n_train,
+        n_val=n_val,
+        class_counts=counts,
+        min_class=int(min(counts.values())) if counts else 0,
+        imbalance=float(max(nonzero) / min(nonzero)) if nonzero else float("nan"),
+        n_classes=len(dataset.classes),
+        native_size=height.get("median"),
+        modalities=dict(card["images"].get("modalities", {})),
+        formats=dict(card["images"].get("formats", {})),
+        profile_size=int(images.pixels.shape[-1]),
+        n_profiled=len(images),
+        subsampled=len(images) < n_images,
+        backbone=backbone,
+        pretrained=measured["pretrained"],
+        bn_kl=measured["bn_kl"],
+        bn_mean_shift=measured["bn_mean_shift"],
+        bn_layers=measured["bn_layers"],
+        imagenet_entropy=measured["imagenet_entropy"],
+        probe=measured["probe"],
+        seconds_per_image=measured["seconds_per_image"],
+        epochs=epochs,
+        device=measured["device"],
+        embed_cache_hits=measured["embed_cache_hits"],
+        profile_seconds=time.perf_counter() - started,
+    )

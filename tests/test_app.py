@@ -1,0 +1,168 @@
+"""The Streamlit app, driven headless with streamlit.testing.v1.AppTest (no browser, no network)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "apps" / "medtl_app.py")
+PHI = ("Fake^Patient", "PHI-123456", "19700101")
+
+
+def _texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "metric", "json"):
+        for el in getattr(at, kind):
+            parts.append(str(getattr(el, "value", "")) + " " + str(getattr(el, "label", "")))
+    for df in at.dataframe:
+        parts.append(df.value.to_string())
+    return "\n".join(parts)
+
+
+def _dicom_bytes(tmp: Path, bright: bool = True) -> bytes:
+    from medtl.io import write_test_dicom
+
+    arr = np.full((64, 64), 300, dtype=np.uint16)
+    if bright:
+        arr[20:40, 20:40] = 3000
+    path = tmp / "phi.dcm"
+    write_test_dicom(path, arr, PatientName=PHI[0], PatientID=PHI[1], PatientBirthDate=PHI[2])
+    return path.read_bytes()
+
+
+@pytest.fixture()
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDTL_APP_WORK", str(tmp_path / "work"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["demo_n_per_class"] = 16
+    at.session_state["demo_size"] = 64
+    at.session_state["batch_size"] = 4  # 22 training images -> 6 steps per epoch
+    return at.run()
+
+
+def _goto(at: AppTest, section: str) -> AppTest:
+    return at.sidebar.radio(key="section").set_value(section).run()
+
+
+def test_main_flow(app, tmp_path, monkeypatch):
+    at = app
+    assert not at.exception
+    assert at.title[0].value == "medtl — transfer learning for medical images"
+
+    # Data: the synthetic demo set and its data card
+    at.button(key="use_demo").click().run()
+    assert not at.exception
+    text = _texts(at)
+    assert "32 images" in text and "2 classes" in text
+    assert len(at.get("imgs")) >= 1 or "Example images" in text
+    assert str(tmp_path / "work") in at.session_state["data_path"]
+
+    # Advice: a fake advisor (the real one is written elsewhere)
+    fake = types.ModuleType("medtl.advisor")
+
+    _advice = types.SimpleNamespace(
+        strategy="feature_extraction",
+        confidence="moderate",
+        expected_auroc={"feature_extraction": [0.7, 0.8], "fine_tuning": [0.72, 0.85]},
+        estimated_minutes={"feature_extraction": 0.5, "fine_tuning": 4.0},
+        rationale=["Few images per class.", "Small domain gap."],
+    )
+
+    calls = {}
+
+    def advise(path, **kw):
+        calls.update(kw, path=path)
+        return _advice
+
+    fake.advise = advise
+    monkeypatch.setitem(sys.modules, "medtl.advisor", fake)
+    at = _goto(at, "Advice")
+    at.button(key="get_advice").click().run()
+    assert not at.exception
+    assert "Feature extraction" in at.success[0].value
+    text = _texts(at)
+    assert "Few images per class." in text and "0.70 – 0.80" in text and "4.0 min" in text
+    assert str(tmp_path / "work") in str(calls["cache_dir"])
+
+    # Compare: quick run on the tiny backbone
+    at = _goto(at, "Compare")
+    at.selectbox(key="backbone").set_value("tiny_test")
+    at.number_input(key="epochs").set_value(2)
+    at.number_input(key="image_size").set_value(48)
+    at.button(key="run_compare").click().run(timeout=180)
+    assert not at.exception, at.exception
+    run_dir = Path(at.session_state["run_dir"])
+    assert run_dir.is_relative_to(tmp_path / "work")
+    assert (run_dir / "fine_tuning" / "predictions.csv").exists()
+    text = _texts(at)
+    assert "Feature extraction" in text and "Fine-tuning" in text and "95% CI" in text
+    assert len(at.get("imgs")) >= 2 or len(at.main.children) > 5  # figures rendered
+
+    # Operating point: moving the threshold changes the numbers
+    at = _goto(at, "Operating point")
+    assert not at.exception
+    low = at.dataframe[0].value.to_string()
+    at.slider(key="thr").set_value(0.95).run()
+    high = at.dataframe[0].value.to_string()
+    assert low != high and "Sensitivity" in high
+    at.number_input(key="prev").set_value(50.0).run()
+    assert at.dataframe[0].value.to_string() != high
+    at.radio(key="op_mode").set_value("Target sensitivity").run()
+    assert not at.exception and "Sensitivity" in at.dataframe[0].value.to_string()
+
+    # Single image: a DICOM with fake PHI gets both predictions, and no PHI is shown
+    at = _goto(at, "Single image")
+    at.get("file_uploader")[0].set_value(("scan.dcm", _dicom_bytes(tmp_path), "application/dicom"))
+    at.run()
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert len(labels) == 2 and any("Feature extraction" in x for x in labels)
+    assert all(0.0 <= float(m.value.rstrip("%")) <= 100.0 for m in at.metric)
+    text = _texts(at)
+    for phi in PHI:
+        assert phi not in text
+    for f in (tmp_path / "work").rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".csv", ".md", ".yaml", ".html"):
+            body = f.read_text(errors="replace")
+            assert not any(phi in body for phi in PHI), f
+
+    # a non-image upload gives a clear message and the app keeps running
+    at.get("file_uploader")[0].set_value(("notes.txt", b"not an image at all", "text/plain"))
+    at.run()
+    assert not at.exception
+    assert at.error and "cannot be read as an image" in at.error[0].value
+
+
+def test_advisor_missing_and_bad_zip(app, tmp_path, monkeypatch):
+    at = app
+    monkeypatch.setitem(sys.modules, "medtl.advisor", None)  # import fails
+    at.button(key="use_demo").click().run()
+    at = _goto(at, "Advice")
+    at.button(key="get_advice").click().run()
+    assert not at.exception
+    assert "advisor is not available" in at.warning[0].value
+
+    at = _goto(at, "Data")
+    at.radio(key="data_source").set_value("Upload a zip").run()
+    buf = io.BytesIO()
+    import zipfile
+
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../evil.png", b"x")
+        zf.writestr("a/ok.png", b"x")
+    at.get("file_uploader")[0].set_value(("bad.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception
+    assert "outside the zip" in at.error[0].value
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "work" / "evil.png").exists()
+
+    at.get("file_uploader")[0].set_value(("x.zip", b"PK not really", "application/zip")).run()
+    assert not at.exception and "not a zip file" in at.error[0].value
