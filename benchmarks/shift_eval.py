@@ -96,10 +96,9 @@ def main(argv=None) -> int:
                 }
             )
             data = None
-            probs: dict[str, np.ndarray] = {}
             for v in args.variants.split(","):
                 key = f"{size}|{seed}|{v}"
-                if key in results:
+                if key in results and "test_p" in results[key]:
                     continue
                 if data is None:
                     data = load_data(cfg, progress=False)
@@ -136,7 +135,7 @@ def main(argv=None) -> int:
                     row["test_adabn"] = auroc_ci(
                         data.test.labels, ad.predict_proba(data.test)[:, 1]
                     )
-                probs[v] = p
+                row["test_p"] = [round(float(x), 6) for x in p]
                 results[key] = row
                 res_file.write_text(json.dumps(results, indent=1, default=float))
                 print(
@@ -145,16 +144,21 @@ def main(argv=None) -> int:
                     + f" ({secs:.0f}s)",
                     flush=True,
                 )
-            if "fe" in probs:
-                for v, p in probs.items():
-                    if v != "fe":
+            fe_row = results.get(f"{size}|{seed}|fe")
+            if (
+                data is not None and fe_row and "test_p" in fe_row
+            ):  # paired tests on the same images
+                for v in args.variants.split(","):
+                    row = results.get(f"{size}|{seed}|{v}")
+                    if v != "fe" and row and "test_p" in row:
                         cmp = compare_paired(
-                            data.test.labels, p, probs["fe"], name_a=v, name_b="fe"
+                            data.test.labels,
+                            np.array(row["test_p"]),
+                            np.array(fe_row["test_p"]),
+                            name_a=v,
+                            name_b="fe",
                         )
-                        results[f"{size}|{seed}|{v}"]["vs_fe"] = {
-                            "diff": cmp["diff"],
-                            "p_value": cmp["delong"]["p_value"],
-                        }
+                        row["vs_fe"] = {"diff": cmp["diff"], "p_value": cmp["delong"]["p_value"]}
                 res_file.write_text(json.dumps(results, indent=1, default=float))
     print_table(results, args.image_size)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,18 @@ def adapt_batchnorm(
             "Point --data at a folder of unlabelled images from the target site."
         )
     estimator._pixels(pixels)  # checks dtype and size
+    frozen_bn = getattr(estimator, "name", "") == "feature_extraction" or (
+        getattr(estimator, "_freeze_bn", lambda: False)()
+    )
+    if frozen_bn:
+        warnings.warn(
+            "AdaBN on a model whose BatchNorm statistics were never re-estimated in training (feature "
+            "extraction, or fine-tuning with frozen BatchNorm such as LP-FT): its head was fitted on "
+            "features computed with ImageNet statistics, and re-estimating them changes the features "
+            "under the head (on the Kermany shift benchmark: 0.91 -> 0.46 test AUROC). AdaBN suits "
+            "models fine-tuned with BatchNorm in training mode; evaluate before you deploy.",
+            stacklevel=2,
+        )
     new = copy.deepcopy(estimator)
     model: nn.Module = new.model_
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

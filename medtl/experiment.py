@@ -339,8 +339,8 @@ def run_strategy(
         if hist and name in NETWORK_STRATEGIES
         else {"start": val_auc, "slope": 0.0, "asymptote": val_auc, "best_epoch": 1}
     )
-    n_images = (
-        len(data.train) * max(1, len(hist))
+    n_images = (  # images pushed through a training step (or embedded, for feature extraction)
+        sum(int(r.get("images", len(data.train))) for r in hist)
         if name in NETWORK_STRATEGIES
         else len(data.train) + len(data.val)
     )

@@ -58,3 +58,13 @@ def test_console_script_entry_point_runs():
 
 def test_parser_builds_quickly():
     assert build_parser().prog == "medtl"
+
+
+def test_demo_quick_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the demo's cache goes to ./.medtl_cache
+    assert main(["demo", "--quick", "--out", "runs/demo", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for name in ("feature_extraction", "fine_tuning", "from_scratch"):
+        assert name in out
+    assert (tmp_path / "runs" / "demo" / "report.html").exists()
+    assert "report:" in out

@@ -166,3 +166,22 @@ def test_adapt_cli_round_trip(splits, tmp_path):
     )
     back = load_model(tmp_path / "m2")
     assert back.adaptation_["n_images"] == 6
+
+
+def test_lpft_keeps_batchnorm_statistics_frozen_by_default(splits):
+    train, val, _ = splits
+    probe = get_strategy("feature_extraction", backbone="tiny_test", seed=4, progress=False).fit(train, val)
+    before = {k: v for k, v in probe.model_.state_dict().items() if "running" in k}
+    lpft = ft(head_init="probe", seed=4).fit(train, val)
+    after = lpft.model_.state_dict()
+    for k, v in before.items():
+        torch.testing.assert_close(after[k], v, rtol=0, atol=0)
+    moving = ft(head_init="probe", seed=4, freeze_batchnorm=False).fit(train, val).model_.state_dict()
+    assert any(not torch.equal(moving[k], v) for k, v in before.items())
+
+
+def test_adabn_warns_for_frozen_batchnorm_models(splits):
+    train, val, _ = splits
+    fe = get_strategy("feature_extraction", backbone="tiny_test", progress=False).fit(train, val)
+    with pytest.warns(UserWarning, match="never re-estimated"):
+        adapt_batchnorm(fe, val)

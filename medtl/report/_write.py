@@ -170,7 +170,10 @@ def write_report(run_dir: str | os.PathLike, *, title: str | None = None) -> Pat
     rep = build_report(run, title=title)
     notes: list[str] = rep["notes"]
     figs = _figures(run, rep["strategies"], notes)
-    notes.extend(f"Run note: {n}" for n in rep["run_notes"])
+    # the validation-vs-test gap already has its own flag per strategy; do not repeat it as a note
+    notes.extend(
+        f"Run note: {n}" for n in rep["run_notes"] if not n.startswith("Validation overstates")
+    )
     rep["plots"] = [f"plots/{k}.png" for k in figs]
     rep["rendered"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for key, (png, _) in figs.items():

@@ -225,22 +225,27 @@ class FeatureExtraction(Strategy):
         cw = "balanced" if self.class_weighting == "balanced" else None
         history, best = [], None
         t0 = time.perf_counter()
+        # Walk the regularisation path from strong to weak with warm starts: each fit starts from the
+        # previous solution, so the whole path costs little more than one fit.
+        clf = LogisticRegression(
+            class_weight=cw, max_iter=2000, warm_start=True, random_state=self.seed
+        )
         for i, C in enumerate(sorted(float(c) for c in self.Cs)):
-            clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=self.seed)
+            clf.set_params(C=C)
             clf.fit(z_tr, y_tr)
             auc = val_auroc(y_va, clf.predict_proba(z_va))
             history.append(
                 {"epoch": i + 1, "C": C, "val_auroc": auc, "elapsed": time.perf_counter() - t0}
             )
             if best is None or (np.nan_to_num(auc, nan=-1) > np.nan_to_num(best[0], nan=-1) + 1e-6):
-                best = (auc, clf, C)
-        _, clf, C = best
+                best = (auc, (clf.coef_.copy(), clf.intercept_.copy()), C)
+        _, (coef, intercept), C = best
         self.C_ = C
         if n_classes == 2:
-            W = np.vstack([np.zeros_like(clf.coef_[0]), clf.coef_[0]])
-            b = np.array([0.0, clf.intercept_[0]])
+            W = np.vstack([np.zeros_like(coef[0]), coef[0]])
+            b = np.array([0.0, intercept[0]])
         else:
-            W, b = clf.coef_, clf.intercept_
+            W, b = coef, intercept
         return W.astype(np.float64), b.astype(np.float64), history
 
     def _fit_linear(self, z_tr, y_tr, z_va, y_va, n_classes, epochs: int = 200, patience: int = 20):

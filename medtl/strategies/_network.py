@@ -77,10 +77,12 @@ class _TrainedNetwork(Strategy):
         l2sp: float = 0.0,
         layer_decay: float | None = None,
         interpolate: bool = False,
+        freeze_batchnorm: bool | None = None,
         precision: str = "auto",
         device: str = "auto",
         seed: int = 0,
         max_minutes: float | None = None,
+        min_steps_per_epoch: int = 10,
         weights_path: str | None = None,
         allow_download: bool = False,
         cache_dir: str | None = None,
@@ -106,10 +108,12 @@ class _TrainedNetwork(Strategy):
         self.l2sp = l2sp
         self.layer_decay = layer_decay
         self.interpolate = interpolate
+        self.freeze_batchnorm = freeze_batchnorm
         self.precision = precision
         self.device = device
         self.seed = seed
         self.max_minutes = max_minutes
+        self.min_steps_per_epoch = min_steps_per_epoch
         self.weights_path = weights_path
         self.allow_download = allow_download
         self.cache_dir = cache_dir
@@ -140,6 +144,12 @@ class _TrainedNetwork(Strategy):
             groups.append({"params": by_stage[idx], "lr": base * scale, "name": f"stage{idx}"})
         groups.append({"params": list(head.parameters()), "lr": self.lr, "name": "head"})
         return groups, []
+
+    def _freeze_bn(self) -> bool:
+        """``freeze_batchnorm`` or, when None, True exactly for LP-FT (``head_init="probe"``)."""
+        if self.freeze_batchnorm is None:
+            return self.head_init == "probe"
+        return bool(self.freeze_batchnorm)
 
     def _check_params(self) -> None:
         from medtl.errors import ConfigError
@@ -231,6 +241,13 @@ class _TrainedNetwork(Strategy):
             )
         start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         groups, frozen = self._param_groups(model, cfg)
+        if self._freeze_bn():
+            # BatchNorm keeps its running statistics (eval mode) while its affine weights still learn:
+            # the features at step 0 are exactly those the probe head was fitted on.
+            frozen = [
+                *frozen,
+                *(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)),
+            ]
         regularizer = self._l2sp_regularizer(model, start_state) if self.l2sp > 0 else None
         settings = LoopSettings(
             epochs=self.epochs,
@@ -244,6 +261,7 @@ class _TrainedNetwork(Strategy):
             device=self.device,
             seed=self.seed,
             max_minutes=self.max_minutes,
+            min_steps_per_epoch=self.min_steps_per_epoch,
         )
         ckpt = Path(self.checkpoint_dir) / "checkpoint.pt" if self.checkpoint_dir else None
         result = train_network(

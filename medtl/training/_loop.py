@@ -53,6 +53,9 @@ class LoopSettings:
     device: str = "auto"
     seed: int = 0
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that exceeds it
+    # On tiny datasets an epoch repeats the (reshuffled) data until it has this many optimiser
+    # steps, so that the schedule, early stopping and "epochs" still mean something at 50 images.
+    min_steps_per_epoch: int = 10
 
     def __post_init__(self) -> None:
         from medtl._options import check_range
@@ -223,7 +226,7 @@ def train_network(
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size), s.min_steps_per_epoch)
     sched = _make_scheduler(opt, s, steps_per_epoch)
     weights = _class_weights(train.labels, n_classes) if s.class_weighting == "balanced" else None
     loss_fn = nn.CrossEntropyLoss(
@@ -264,7 +267,9 @@ def train_network(
         te = time.perf_counter()
         torch.manual_seed(s.seed * 100_003 + epoch)
         gen = torch.Generator().manual_seed(s.seed * 7_919 + epoch)
-        order = np.random.default_rng([s.seed, epoch]).permutation(len(train))
+        rng = np.random.default_rng([s.seed, epoch])
+        passes = math.ceil(steps_per_epoch * s.batch_size / max(1, len(train)))
+        order = np.concatenate([rng.permutation(len(train)) for _ in range(passes)])
         _set_train_mode(model, frozen_modules)
         total_loss, seen = 0.0, 0
         bar = tqdm(
@@ -334,6 +339,7 @@ def train_network(
             "val_auroc": auc,
             "seconds": time.perf_counter() - te,
             "train_seconds": train_seconds,
+            "images": seen,
             "elapsed": elapsed_before + time.perf_counter() - t0,
             "lr": [g["lr"] for g in opt.param_groups],
             "best": improved,
