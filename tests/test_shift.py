@@ -82,7 +82,7 @@ def test_interpolation_chosen_on_validation_and_saved(splits, tmp_path):
 def test_interpolation_needs_the_probe(splits):
     train, val, _ = splits
     with pytest.raises(ConfigError, match="head_init='probe'"):
-        ft(interpolate=True).fit(train, val)
+        ft(interpolate=True, head_init="random").fit(train, val)
 
 
 def test_l2sp_keeps_weights_near_the_start(splits):
@@ -122,7 +122,7 @@ def test_layer_decay_gives_geometric_rates():
 
 def test_adabn_changes_only_batchnorm_statistics(splits):
     train, val, _ = splits
-    est = ft().fit(train, val)
+    est = ft(head_init="random").fit(train, val)  # BatchNorm trained in training mode
     shifted = blob_images(16, seed=9)
     shifted.pixels = np.clip(shifted.pixels.astype(int) + 60, 0, 255).astype(
         np.uint8
@@ -143,7 +143,7 @@ def test_adapt_cli_round_trip(splits, tmp_path):
     from medtl.strategies import load_model
 
     train, val, _ = splits
-    est = ft(epochs=1).fit(train, val)
+    est = ft(epochs=1, head_init="random").fit(train, val)
     est.save(tmp_path / "m")
     target = tmp_path / "target"
     target.mkdir()
@@ -170,13 +170,17 @@ def test_adapt_cli_round_trip(splits, tmp_path):
 
 def test_lpft_keeps_batchnorm_statistics_frozen_by_default(splits):
     train, val, _ = splits
-    probe = get_strategy("feature_extraction", backbone="tiny_test", seed=4, progress=False).fit(train, val)
+    probe = get_strategy("feature_extraction", backbone="tiny_test", seed=4, progress=False).fit(
+        train, val
+    )
     before = {k: v for k, v in probe.model_.state_dict().items() if "running" in k}
     lpft = ft(head_init="probe", seed=4).fit(train, val)
     after = lpft.model_.state_dict()
     for k, v in before.items():
         torch.testing.assert_close(after[k], v, rtol=0, atol=0)
-    moving = ft(head_init="probe", seed=4, freeze_batchnorm=False).fit(train, val).model_.state_dict()
+    moving = (
+        ft(head_init="probe", seed=4, freeze_batchnorm=False).fit(train, val).model_.state_dict()
+    )
     assert any(not torch.equal(moving[k], v) for k, v in before.items())
 
 
@@ -185,3 +189,12 @@ def test_adabn_warns_for_frozen_batchnorm_models(splits):
     fe = get_strategy("feature_extraction", backbone="tiny_test", progress=False).fit(train, val)
     with pytest.warns(UserWarning, match="never re-estimated"):
         adapt_batchnorm(fe, val)
+
+
+def test_fine_tuning_defaults_to_lpft_recipe():
+    est = get_strategy("fine_tuning")
+    assert est.head_init == "probe" and est._freeze_bn() and est._rates() == (3e-4, 0.3)
+    plain = get_strategy("fine_tuning", head_init="random")
+    assert not plain._freeze_bn() and plain._rates() == (1e-3, 0.1)
+    scratch = get_strategy("from_scratch")
+    assert scratch.head_init == "random" and scratch._rates() == (3e-3, 1.0)
