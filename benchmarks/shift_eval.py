@@ -32,7 +32,7 @@ KERMANY = ROOT.parent / "shared" / "data" / "chest_xray_pneumonia_224"
 
 VARIANTS = {
     "fe": ("feature_extraction", {}),
-    "ft": ("fine_tuning", {}),
+    "ft": ("fine_tuning", {"head_init": "random"}),
     "lpft": ("fine_tuning", {"head_init": "probe", "lr": 3e-4, "backbone_lr_ratio": 0.3}),
     "lpft_l2sp": (
         "fine_tuning",
