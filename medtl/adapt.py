@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtl.data._types import PreparedImages, Sample
+from medtl.data._types import PreparedImages
 from medtl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -95,20 +94,6 @@ def adapt_batchnorm(
     return new
 
 
-def _gather_files(paths: list[str] | str) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, [paths] if isinstance(paths, str | Path) else paths):
-        if p.is_dir():
-            files.extend(
-                sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-            )
-        elif p.exists():
-            files.append(p)
-        else:
-            raise ConfigError(f"Image path {str(p)!r} does not exist.")
-    return files
-
-
 def adapt_model(
     model_dir: str | Path,
     data: str | list[str],
@@ -123,15 +108,11 @@ def adapt_model(
     cannot be read are skipped and reported. Returns {"out", "n_images", "skipped"}.
     """
     from medtl.data import prepare_images
+    from medtl.data._files import unlabelled_samples
     from medtl.strategies import load_model
 
     est = load_model(model_dir)
-    files = _gather_files(data)
-    samples = [
-        Sample(path=str(f.resolve()), label=-1, uid=hashlib.sha1(str(f).encode()).hexdigest()[:16])
-        for f in files
-        if f.suffix.lower() not in {".csv", ".json", ".txt", ".md", ".yaml", ".npz"}
-    ]
+    samples = unlabelled_samples(data)
     images = prepare_images(
         samples,
         est.classes_,

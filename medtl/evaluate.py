@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl.data._types import Sample, SkippedFile
+from medtl.data._types import SkippedFile
 from medtl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -286,23 +286,11 @@ def predict(
     Returns {"n", "out", "rows", "skipped"}; unreadable files are listed in ``skipped`` with a reason.
     """
     from medtl.data import prepare_images
+    from medtl.data._files import unlabelled_samples
     from medtl.strategies import load_model
 
     est = load_model(model_dir)
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(
-                sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-            )
-        elif p.exists():
-            files.append(p)
-        else:
-            raise ConfigError(f"Image path {str(p)!r} does not exist.")
-    samples = [
-        Sample(path=str(f.resolve()), label=-1, uid=hashlib.sha1(str(f).encode()).hexdigest()[:16])
-        for f in files
-    ]
+    samples = unlabelled_samples(paths)
     images = prepare_images(
         samples, est.classes_, size=est.image_size_, channels=1, progress=progress
     )

@@ -9,6 +9,7 @@ fine-tuning continues from its last end-of-epoch checkpoint.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -112,36 +113,24 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         verify=False,
     )
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
-    if cfg.data.val:
-        ext = load_dataset(
-            cfg.data.val,
-            val_fraction=0,
-            test_fraction=0,
-            read_options=read_options,
-            min_per_class=1,
-            progress=progress,
-        )
-        _check_same_classes(ds, ext, "data.val")
-        train_s = train_s + val_s  # the own-site validation split goes back to training
-        val_s = [Sample(**{**s.__dict__, "split": "val", "uid": "v-" + s.uid}) for s in ext.samples]
+
+    def external(path: str, field: str, split: str) -> list[Sample]:
+        """Every image of another dataset, as one split (another site's validation or test data)."""
+        ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
+                           min_per_class=1, progress=progress, verify=False)  # fmt: skip
+        _check_same_classes(ds, ext, field)
         ds.skipped.extend(ext.skipped)
+        prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
+        return [dataclasses.replace(s, split=split, uid=prefix + s.uid) for s in ext.samples]
+
+    if cfg.data.val:
+        train_s = train_s + val_s  # the own-site validation split goes back to training
+        val_s = external(cfg.data.val, "data.val", "val")
         notes.append(
             f"Validation on another dataset ({cfg.data.val}): shift-aware model selection."
         )
     if cfg.data.test:
-        ext = load_dataset(
-            cfg.data.test,
-            val_fraction=0,
-            test_fraction=0,
-            read_options=read_options,
-            min_per_class=1,
-            progress=progress,
-        )
-        _check_same_classes(ds, ext, "data.test")
-        test_s = [
-            Sample(**{**s.__dict__, "split": "test", "uid": "t-" + s.uid}) for s in ext.samples
-        ]
-        ds.skipped.extend(ext.skipped)
+        test_s = external(cfg.data.test, "data.test", "test")
         notes.append(f"External test set: {cfg.data.test}.")
     if cfg.data.max_train:
         n_before = len(train_s)

@@ -60,3 +60,12 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_demo_yaml_matches_the_embedded_demo():
+    from medtl.cli._commands import DEMO_CONFIG
+
+    shipped = load_config(ROOT / "configs" / "demo.yaml").to_dict()
+    embedded = config_from_dict(DEMO_CONFIG).to_dict()
+    shipped.pop("output"), embedded.pop("output")
+    assert shipped == embedded  # configs/demo.yaml documents exactly what `medtl demo` runs

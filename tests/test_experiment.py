@@ -106,3 +106,20 @@ def test_failed_strategy_does_not_lose_the_others(tmp_path):
     assert summary["strategies"]["feature_extraction"]["status"] == "done"
     bad = summary["strategies"]["partial_fine_tuning"]
     assert bad["status"] == "failed" and "trainable stages" in bad["error"]
+
+
+def test_validation_and_test_from_other_sites(tmp_path):
+    from medtl.data.synth import make_phantom
+
+    site_b = make_phantom(tmp_path / "site_b", n_per_class=6, size=64, seed=7, difficulty=0.0)
+    site_c = make_phantom(tmp_path / "site_c", n_per_class=5, size=64, seed=8, difficulty=0.0)
+    cfg = tiny_cfg(
+        tmp_path,
+        strategies=["feature_extraction"],
+        data={"val": str(site_b), "test": str(site_c)},
+    )
+    summary = compare(cfg, progress=False, write_html=False)
+    assert summary["dataset"]["n_val"] == 12 and summary["dataset"]["n_test"] == 10
+    assert any("Validation on another dataset" in n for n in summary["notes"])
+    row = summary["strategies"]["feature_extraction"]
+    assert row["status"] == "done" and row["val_auroc"] is not None
