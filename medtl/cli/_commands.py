@@ -12,7 +12,7 @@ from typing import Any
 DEMO_CONFIG: dict[str, Any] = {
     # The embedded demo: synthetic phantom DICOMs, the offline default backbone, CPU-sized settings.
     "name": "demo",
-    "data": {"path": "synthetic", "synthetic_per_class": 100, "synthetic_difficulty": 0.4},
+    "data": {"path": "synthetic", "synthetic_per_class": 100, "synthetic_difficulty": 0.6},
     "model": {"backbone": "efficientnet_lite0.in1k", "image_size": 128},
     "strategies": ["feature_extraction", "fine_tuning", "from_scratch"],
     "train": {"epochs": 6, "batch_size": 16},
