@@ -45,6 +45,7 @@ _LAZY = {
     "adapt_model": "medtl.adapt",
     "adapt_batchnorm": "medtl.adapt",
     "write_report": "medtl.report",
+    "grad_cam": "medtl.explain",
     "MedtlError": "medtl.errors",
 }
 
@@ -55,7 +56,17 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         return getattr(module, name)
-    if name in {"io", "data", "backbones", "strategies", "train", "metrics", "advisor", "report"}:
+    if name in {
+        "io",
+        "data",
+        "backbones",
+        "strategies",
+        "training",
+        "metrics",
+        "advisor",
+        "report",
+        "explain",
+    }:
         return importlib.import_module(f"medtl.{name}")
     raise AttributeError(f"module 'medtl' has no attribute {name!r}")
 
