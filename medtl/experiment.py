@@ -13,8 +13,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
-import platform
 import time
 import traceback
 from collections.abc import Callable
@@ -25,6 +23,16 @@ from typing import Any
 import numpy as np
 
 from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl._run_outputs import (
+    _auroc_of,
+    _dataset_summary,
+    _environment,
+    _flag_gaps,
+    _num,
+    _paired,
+    _predictions_csv,
+    evaluate_probabilities,
+)
 from medtl.config import ExperimentConfig, load_config, save_config
 from medtl.data._types import Dataset, PreparedImages, Sample
 from medtl.errors import DatasetError
@@ -203,76 +211,6 @@ def build_strategy(
         params.pop("allow_download")
     params.update(cfg.params.get(name, {}))
     return get_strategy(name, **params)
-
-
-def _predictions_csv(
-    parts: list[tuple[str, PreparedImages, np.ndarray]], classes: list[str]
-) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["uid", "split", "label", *[f"p_{c}" for c in classes]])
-    for split, images, proba in parts:
-        for uid, lab, row in zip(images.uids, images.labels, proba):
-            w.writerow([uid, split, int(lab), *[f"{x:.6f}" for x in row]])
-    return buf.getvalue()
-
-
-def evaluate_probabilities(
-    y_val: np.ndarray,
-    p_val: np.ndarray,
-    y_test: np.ndarray,
-    p_test: np.ndarray,
-    cfg: ExperimentConfig,
-) -> dict[str, Any]:
-    """Clinical metrics on test (threshold chosen on validation) and on validation."""
-    from medtl.metrics import clinical_report, multiclass_auroc
-
-    m = cfg.metrics
-    if p_test.shape[1] == 2:
-        test = clinical_report(
-            y_test,
-            p_test[:, 1],
-            y_val=y_val,
-            p_val=p_val[:, 1],
-            rule=m.threshold_rule,
-            target=m.target,
-            prevalence=m.prevalence,
-            ci_method=m.ci_method,
-            seed=cfg.train.seed,
-        ).to_dict()
-        val = (
-            clinical_report(  # the validation split's own numbers, at the same validation threshold
-                y_val,
-                p_val[:, 1],
-                y_val=y_val,
-                p_val=p_val[:, 1],
-                rule=m.threshold_rule,
-                target=m.target,
-                prevalence=m.prevalence,
-                ci_method=m.ci_method,
-                seed=cfg.train.seed,
-            ).to_dict()
-        )
-        return {"test": test, "val": val, "threshold": test.get("threshold")}
-    return {
-        "test": {"multiclass_auroc": multiclass_auroc(y_test, p_test)},
-        "val": {"multiclass_auroc": multiclass_auroc(y_val, p_val)},
-        "threshold": None,
-    }
-
-
-def _auroc_of(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
-    part = metrics.get(split, {})
-    if "auroc" in part and isinstance(part["auroc"], dict):
-        a = part["auroc"]
-        return _num(a.get("auroc")), [_num(a.get("low")), _num(a.get("high"))]
-    if "multiclass_auroc" in part:
-        return _num(part["multiclass_auroc"].get("macro")), None
-    return float("nan"), None
-
-
-def _num(x: Any) -> float:
-    return float("nan") if x is None else float(x)
 
 
 def run_strategy(
@@ -473,72 +411,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _dataset_summary(s: dict[str, Any]) -> dict[str, Any]:
-    keep = ("root", "source", "classes", "counts", "n_skipped", "patient_ids", "imbalance_ratio")
-    out = {k: s[k] for k in keep if k in s}
-    out.setdefault("n_skipped", len(s.get("skipped", [])))
-    return out
-
-
-def _environment() -> dict[str, str]:
-    import torch
-
-    import medtl
-
-    return {
-        "medtl": medtl.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": str(torch.get_num_threads()),
-    }
-
-
-def _read_test_probs(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    rows = list(csv.DictReader((run_dir / name / "predictions.csv").open()))
-    rows = [r for r in rows if r["split"] == "test"]
-    pcols = [c for c in rows[0] if c.startswith("p_")] if rows else []
-    y = np.array([int(r["label"]) for r in rows])
-    p = np.array([[float(r[c]) for c in pcols] for r in rows])
-    return y, p, [r["uid"] for r in rows]
-
-
-def _paired(run_dir: Path, cfg: ExperimentConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Paired tests on the shared test images: every pair of finished binary strategies."""
-    from medtl.metrics import compare_paired
-
-    done = [n for n, r in summary["strategies"].items() if r.get("status") == "done"]
-    out = []
-    for i, a in enumerate(done):
-        for b in done[i + 1 :]:
-            ya, pa, ua = _read_test_probs(run_dir, a)
-            _yb, pb, ub = _read_test_probs(run_dir, b)
-            if ua != ub or pa.shape[1] != 2:
-                continue
-            res = compare_paired(
-                ya,
-                pa[:, 1],
-                pb[:, 1],
-                threshold_a=_num(summary["strategies"][a].get("threshold") or 0.5),
-                threshold_b=_num(summary["strategies"][b].get("threshold") or 0.5),
-                seed=cfg.train.seed,
-                name_a=a,
-                name_b=b,
-            )
-            out.append({"a": a, "b": b, **res})
-    return out
-
-
-def _flag_gaps(summary: dict[str, Any], tol: float = 0.03) -> None:
-    for name, r in summary["strategies"].items():
-        gap = r.get("val_minus_test")
-        if gap is not None and not math.isnan(gap) and gap > tol:
-            summary["notes"].append(
-                f"Validation overstates {name} by {gap:.2f} AUROC on the test data "
-                "(the test set may be shifted from the training site)."
-            )
 
 
 def train(
