@@ -42,30 +42,16 @@ def evaluate_probabilities(
 
     m = cfg.metrics
     if p_test.shape[1] == 2:
-        test = clinical_report(
-            y_test,
-            p_test[:, 1],
-            y_val=y_val,
-            p_val=p_val[:, 1],
-            rule=m.threshold_rule,
-            target=m.target,
-            prevalence=m.prevalence,
-            ci_method=m.ci_method,
-            seed=cfg.train.seed,
-        ).to_dict()
-        val = (
-            clinical_report(  # the validation split's own numbers, at the same validation threshold
-                y_val,
-                p_val[:, 1],
-                y_val=y_val,
-                p_val=p_val[:, 1],
-                rule=m.threshold_rule,
-                target=m.target,
-                prevalence=m.prevalence,
-                ci_method=m.ci_method,
+
+        def report(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+            # the operating threshold is always chosen on validation, for both splits' numbers
+            return clinical_report(
+                y, p[:, 1], y_val=y_val, p_val=p_val[:, 1], rule=m.threshold_rule,
+                target=m.target, prevalence=m.prevalence, ci_method=m.ci_method,
                 seed=cfg.train.seed,
-            ).to_dict()
-        )
+            ).to_dict()  # fmt: skip
+
+        test, val = report(y_test, p_test), report(y_val, p_val)
         return {"test": test, "val": val, "threshold": test.get("threshold")}
     return {
         "test": {"multiclass_auroc": multiclass_auroc(y_test, p_test)},
