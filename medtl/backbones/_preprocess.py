@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,9 +15,9 @@ from medtl.errors import ConfigError
 def preprocess(pixels_uint8: torch.Tensor | np.ndarray, cfg: BackboneConfig) -> torch.Tensor:
     """uint8 pixels (N, C, S, S), C = 1 or 3 -> float32 (N, 3, S, S) normalised for the backbone.
 
-    ``out = (pixels / 255 - mean) / std`` per channel, computed as one fused multiply-add
-    (``torch.addcmul``) on the input's device. A grey image (C = 1) is replicated to three channels by
-    broadcasting (``cfg.grey_mode == "replicate"``), so the pretrained stem is used unchanged.
+    ``out = (pixels / 255 - mean) / std`` per channel, by :func:`to_model_input` (the one normalisation
+    that training, prediction and extraction use too). A grey image (C = 1) is replicated to three
+    channels (``cfg.grey_mode == "replicate"``), so the pretrained stem is used unchanged.
 
     Example:
         >>> x = preprocess(torch.zeros(2, 1, 224, 224, dtype=torch.uint8), cfg)  # (2, 3, 224, 224)
@@ -30,11 +31,7 @@ def preprocess(pixels_uint8: torch.Tensor | np.ndarray, cfg: BackboneConfig) -> 
         )
     if cfg.grey_mode != "replicate":
         raise ConfigError(f"Unsupported grey_mode {cfg.grey_mode!r} in config of {cfg.name!r}.")
-    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    scale = 1.0 / (255.0 * std)
-    shift = -mean / std
-    return torch.addcmul(shift, x.to(torch.float32), scale)
+    return to_model_input(x.to(torch.float32).div_(255.0), cfg.mean, cfg.std)
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,3 +45,15 @@ def _imagenet_classes() -> tuple[str, ...]:
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names, in the classifier's index order (offline)."""
     return list(_imagenet_classes())
+
+
+def to_model_input(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Images in [0, 1], (N, 1 or 3, H, W) -> normalised float (N, 3, H, W); grey is replicated to RGB.
+
+    Training applies it after augmentation (which works in [0, 1]); :func:`preprocess` after uint8 -> [0, 1].
+    """
+    if x01.shape[1] == 1:
+        x01 = x01.expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - m) / s

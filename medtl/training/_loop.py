@@ -27,6 +27,7 @@ from torch import nn
 
 from medtl._fileio import atomic_write, atomic_write_json
 from medtl._options import look_up_option
+from medtl.backbones._preprocess import to_model_input
 from medtl.data._types import PreparedImages
 from medtl.training._augment import AugmentSettings, BatchAugment
 from medtl.training._device import autocast_context, resolve_device
@@ -93,15 +94,6 @@ def val_auroc(labels: np.ndarray, proba: np.ndarray) -> float:
         return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro"))
     except ValueError:
         return float("nan")
-
-
-def to_model_input(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Images in [0, 1], (N, 1 or 3, H, W) -> normalised float (N, 3, H, W); grey is replicated to RGB."""
-    if x01.shape[1] == 1:
-        x01 = x01.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
-    return (x01 - m) / s
 
 
 @torch.inference_mode()
