@@ -135,3 +135,74 @@ def test_batchnorm_folding_is_exact_and_checked():
     odd = Reordered().eval()
     same, k = fold_batchnorm(odd, x)
     assert same is odd and k == 0  # the numerical check refused the wrong fold
+
+
+def _step_once(micro: int, weights: torch.Tensor | None, freeze_bn: bool):
+    from torch import nn
+
+    from medtl.backbones import create_backbone
+    from medtl.training import training_step
+
+    torch.manual_seed(0)
+    model, _ = create_backbone("tiny_test", num_classes=2)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and freeze_bn:
+            m.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, 32, 32, generator=g)
+    y = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1])
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.1, reduction="sum")
+    if freeze_bn:  # the returned loss is PyTorch's weighted mean over the whole batch
+        with torch.no_grad():
+            mean = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.1)(model(x), y)
+    loss = training_step(model, opt, loss_fn, x, y, micro_batch=micro, class_weights=weights)
+    if freeze_bn:
+        assert loss == pytest.approx(float(mean), rel=1e-5)
+    return loss, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("weights", [None, torch.tensor([2.0, 0.6])])
+def test_micro_batched_step_equals_whole_batch_step(weights):
+    loss_all, params_all = _step_once(12, weights, freeze_bn=True)
+    loss_micro, params_micro = _step_once(5, weights, freeze_bn=True)
+    assert loss_micro == pytest.approx(loss_all, rel=1e-5)
+    for a, b in zip(params_all, params_micro):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # with BatchNorm in training mode the passes are coupled: the same split gives another step
+    _, bn_all = _step_once(12, weights, freeze_bn=False)
+    _, bn_micro = _step_once(5, weights, freeze_bn=False)
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(bn_all, bn_micro))
+
+
+def test_micro_batch_only_when_batchnorm_is_frozen():
+    from medtl.backbones import create_backbone
+    from medtl.training._loop import _resolve_micro_batch
+
+    model, _ = create_backbone("tiny_test", num_classes=2)
+    cpu = torch.device("cpu")
+    s = LoopSettings(batch_size=32)
+    model.train()
+    assert _resolve_micro_batch(model, s, cpu, 224) == 32  # BatchNorm trains: whole batch
+    model.eval()
+    assert _resolve_micro_batch(model, s, cpu, 224) == 4
+    assert (
+        _resolve_micro_batch(model, LoopSettings(batch_size=32, micro_batch_size=0), cpu, 224) == 32
+    )
+    assert (
+        _resolve_micro_batch(model, LoopSettings(batch_size=8, micro_batch_size=3), cpu, 224) == 3
+    )
+
+
+def test_micro_batch_size_scales_with_image_area():
+    from medtl.training import micro_batch_size
+
+    cpu = torch.device("cpu")
+    assert micro_batch_size(cpu, 224) == 4
+    assert micro_batch_size(cpu, 112) == 16
+    assert micro_batch_size(cpu, 512) == 2  # never a batch of one (BatchNorm, stable kernels)
+    assert micro_batch_size(cpu, 64, batch_size=8) == 8  # never more than the logical batch
+    assert micro_batch_size(torch.device("cuda"), 224, batch_size=32) == 32
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        LoopSettings(micro_batch_size=-1)

@@ -155,7 +155,6 @@ class Strategy:
             px,
             self.backbone_config_.mean,
             self.backbone_config_.std,
-            batch_size=128,
             precision=getattr(self, "precision", "auto"),
             progress=progress,
         )

@@ -5,6 +5,7 @@ from medtl.training._device import (
     autocast_context,
     cpu_has_fast_bf16,
     describe_precision,
+    micro_batch_size,
     resolve_device,
 )
 from medtl.training._loop import (
@@ -13,6 +14,7 @@ from medtl.training._loop import (
     predict_logits,
     to_model_input,
     train_network,
+    training_step,
     val_auroc,
 )
 
@@ -24,9 +26,11 @@ __all__ = [
     "autocast_context",
     "cpu_has_fast_bf16",
     "describe_precision",
+    "micro_batch_size",
     "predict_logits",
     "resolve_device",
     "to_model_input",
     "train_network",
+    "training_step",
     "val_auroc",
 ]

@@ -70,3 +70,26 @@ def describe_precision(device: torch.device, precision: str = "auto") -> str:
     if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
         return "bf16 (autocast)"
     return "fp32 (CPU has no native bf16)"
+
+
+# Images per forward pass on a CPU, expressed as pixels so it scales with image size. Measured with
+# benchmarks/bench_speed.py on a 2-core AMD EPYC (EfficientNet-Lite0, channels-last, fp32): at 224 px a
+# batch of 4 runs inference 1.5x and a training step 1.6x faster than a batch of 32, because the
+# activations of the wide early layers then stay in the CPU cache; at 128 px batches of 8-64 are level.
+CPU_PIXELS_PER_PASS = 4 * 224 * 224
+
+
+def micro_batch_size(device: torch.device, image_size: int, batch_size: int | None = None) -> int:
+    """How many images to push through the network at once on ``device`` (cache-sized on a CPU).
+
+    Args:
+        device: where the model runs; on CUDA the answer is ``batch_size`` (or 128): GPUs want big
+            batches.
+        image_size: side of the (square) input in pixels.
+        batch_size: the logical batch (an optimiser step or a caller's request); the answer never exceeds
+            it.
+    """
+    if device.type != "cpu":
+        return int(batch_size or 128)
+    n = max(2, round(CPU_PIXELS_PER_PASS / max(1, int(image_size)) ** 2))
+    return int(min(n, batch_size)) if batch_size else int(n)

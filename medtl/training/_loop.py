@@ -30,7 +30,7 @@ from medtl._options import look_up_option
 from medtl.backbones._preprocess import to_model_input
 from medtl.data._types import PreparedImages
 from medtl.training._augment import AugmentSettings, BatchAugment
-from medtl.training._device import autocast_context, resolve_device
+from medtl.training._device import autocast_context, micro_batch_size, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class LoopSettings:
 
     epochs: int = 10
     batch_size: int = 32
-    eval_batch_size: int = 128
+    eval_batch_size: int | None = (
+        None  # None: cache-sized on a CPU (see micro_batch_size), 128 on CUDA
+    )
     weight_decay: float = 0.01
     schedule: str = "onecycle"  # "onecycle" | "cosine" (linear warm-up then cosine) | "constant"
     warmup_frac: float = 0.1
@@ -57,12 +59,19 @@ class LoopSettings:
     # On tiny datasets an epoch repeats the (reshuffled) data until it has this many optimiser
     # steps, so that the schedule, early stopping and "epochs" still mean something at 50 images.
     min_steps_per_epoch: int = 10
+    # Images per forward/backward pass inside one optimiser step. When no BatchNorm layer is in training
+    # mode (LP-FT freezes their statistics), the gradients of a step accumulated over micro-batches equal
+    # those of the whole batch, and cache-sized passes are much faster on a CPU. None = automatic
+    # (cache-sized on a CPU, the whole batch on CUDA or while BatchNorm trains); 0 = always whole batch.
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         from medtl._options import check_range
 
         check_range("epochs", self.epochs, 1)
         check_range("batch_size", self.batch_size, 1)
+        if self.micro_batch_size is not None:
+            check_range("micro_batch_size", self.micro_batch_size, 0)
         check_range("warmup_frac", self.warmup_frac, 0.0, 0.9)
         look_up_option("schedule", self.schedule, ["onecycle", "cosine", "constant"])
         look_up_option("class_weighting", self.class_weighting, ["balanced", "none"])
@@ -103,17 +112,22 @@ def predict_logits(
     mean: Sequence[float],
     std: Sequence[float],
     *,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     device: torch.device | None = None,
     precision: str = "auto",
     channels_last: bool = True,
     progress: bool = False,
     desc: str = "predict",
 ) -> np.ndarray:
-    """Batched inference of ``model`` on uint8 pixels (N, C, S, S); returns float32 logits (N, K)."""
+    """Batched inference of ``model`` on uint8 pixels (N, C, S, S); returns float32 logits (N, K).
+
+    ``batch_size=None`` picks a cache-sized batch on a CPU and 128 on CUDA (:func:`micro_batch_size`).
+    """
     from tqdm.auto import tqdm
 
     device = device or next(model.parameters()).device
+    if batch_size is None:
+        batch_size = micro_batch_size(device, int(pixels.shape[-1]) if pixels.ndim == 4 else 224)
     was_training = model.training
     model.eval()
     out = []
@@ -172,6 +186,68 @@ def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
         m.eval()
 
 
+def _resolve_micro_batch(
+    model: nn.Module, s: LoopSettings, device: torch.device, image_size: int
+) -> int:
+    """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch)."""
+    if s.micro_batch_size == 0:
+        return s.batch_size
+    if any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        return s.batch_size
+    if s.micro_batch_size is not None:
+        return min(s.micro_batch_size, s.batch_size)
+    return micro_batch_size(device, image_size, s.batch_size)
+
+
+def training_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    micro_batch: int | None = None,
+    class_weights: torch.Tensor | None = None,
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    grad_clip: float | None = None,
+    precision: str = "auto",
+    channels_last: bool = True,
+) -> float:
+    """One optimiser step on the batch ``(xb, yb)``, its gradients accumulated over micro-batches.
+
+    ``loss_fn`` must sum over samples (``reduction="sum"``); the sum is divided by the batch's total
+    class weight, which is exactly PyTorch's weighted mean over the whole batch, so the step does not
+    depend on ``micro_batch`` (up to floating-point rounding) as long as no layer couples the samples of
+    a pass (BatchNorm in training mode does; the loop then passes the whole batch).
+
+    Returns:
+        the batch's loss (including the regulariser).
+    """
+    device = xb.device
+    n = len(xb)
+    micro = n if not micro_batch else min(int(micro_batch), n)
+    denom = float(class_weights[yb].sum()) if class_weights is not None else float(n)
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for i in range(0, n, micro):
+        x = xb[i : i + micro]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), yb[i : i + micro]) / denom
+        loss.backward()
+        total += float(loss.detach())
+    if regularizer is not None:
+        reg = regularizer(model)
+        reg.backward()
+        total += float(reg.detach())
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return total
+
+
 def train_network(
     model: nn.Module,
     param_groups: list[dict[str, Any]],
@@ -221,8 +297,10 @@ def train_network(
     steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size), s.min_steps_per_epoch)
     sched = _make_scheduler(opt, s, steps_per_epoch)
     weights = _class_weights(train.labels, n_classes) if s.class_weighting == "balanced" else None
+    weights = None if weights is None else weights.to(device)
+    # summed per micro-batch, divided by the whole batch's weight in training_step (= PyTorch's mean)
     loss_fn = nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), label_smoothing=s.label_smoothing
+        weight=weights, label_smoothing=s.label_smoothing, reduction="sum"
     )
     aug = BatchAugment(augment or AugmentSettings())
 
@@ -263,6 +341,9 @@ def train_network(
         passes = math.ceil(steps_per_epoch * s.batch_size / max(1, len(train)))
         order = np.concatenate([rng.permutation(len(train)) for _ in range(passes)])
         _set_train_mode(model, frozen_modules)
+        micro = _resolve_micro_batch(model, s, device, int(train_pixels.shape[-1]))
+        if epoch == start_epoch and micro < s.batch_size:
+            log.info("%s: %d images per pass, %d per optimiser step", desc, micro, s.batch_size)
         total_loss, seen = 0.0, 0
         bar = tqdm(
             range(steps_per_epoch),
@@ -282,20 +363,21 @@ def train_network(
             )
             yb = torch.from_numpy(train_labels[idx]).to(device)
             xb = to_model_input(aug(xb, gen), mean, std)
-            if s.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, s.precision):
-                logits = model(xb)
-            loss = loss_fn(logits.float(), yb)
-            if regularizer is not None:
-                loss = loss + regularizer(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if s.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
+            loss_value = training_step(
+                model,
+                opt,
+                loss_fn,
+                xb,
+                yb,
+                micro_batch=micro,
+                class_weights=weights,
+                regularizer=regularizer,
+                grad_clip=s.grad_clip,
+                precision=s.precision,
+                channels_last=s.channels_last,
+            )
             sched.step()
-            total_loss += float(loss.detach()) * len(idx)
+            total_loss += loss_value * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / max(1, seen):.4f}")
             if on_batch_end is not None:
