@@ -34,6 +34,8 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 0
+    # regex on file names giving the patient id, so carved val/test splits never share a patient
+    patient_id_pattern: str | None = None
     min_per_class: int = 5
     window: str = "header"  # DICOM windowing: header | full | percentile
     max_train: int | None = None  # stratified subsample of the training split (learning curves)
@@ -102,6 +104,16 @@ class ExperimentConfig:
         for s in self.params:
             look_up_option("params", s, STRATEGY_NAMES)
         look_up_option("data.window", self.data.window, ["header", "full", "percentile"])
+        if self.data.patient_id_pattern:
+            import re
+
+            try:
+                re.compile(self.data.patient_id_pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"The 'data.patient_id_pattern' field is not a valid regular expression ({exc}). "
+                    f"Got {self.data.patient_id_pattern!r}. Quote it in YAML with single quotes."
+                ) from None
         look_up_option(
             "metrics.threshold_rule",
             self.metrics.threshold_rule,

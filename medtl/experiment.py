@@ -114,6 +114,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.split_seed,
         min_per_class=cfg.data.min_per_class,
+        patient_id_pattern=cfg.data.patient_id_pattern,
         read_options=read_options,
         progress=progress,
         # every file is decoded exactly once, by prepare_images below (which skips and reports bad

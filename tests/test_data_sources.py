@@ -237,3 +237,47 @@ def test_save_and_load_splits_round_trip(tmp_path: Path) -> None:
     ]
     with pytest.raises(DatasetError, match="missing"):
         load_splits(out, tmp_path / "empty")
+
+
+def test_patient_id_pattern_keeps_patients_in_one_split(tmp_path: Path) -> None:
+    # Kermany-style names: several images per patient, the patient only in the file name
+    rng = np.random.default_rng(5)
+    root = tmp_path / "ds"
+    for p in range(20):
+        for k in range(3):
+            write_image(
+                root / "train" / "PNEU" / f"person{p}_bacteria_{10 * p + k}.png", rng, "png"
+            )
+        write_image(root / "train" / "NORMAL" / f"IM-{p:04d}-0001.png", rng, "png")
+        write_image(root / "train" / "NORMAL" / f"IM-{p:04d}-0002.png", rng, "png")
+    write_image(root / "train" / "NORMAL" / "odd_name.png", rng, "png")
+    pattern = r"^(person\d+)_|^(IM-\d+)-"
+    for seed in range(3):
+        ds = load_dataset(
+            root, val_fraction=0.3, seed=seed, progress=False, patient_id_pattern=pattern
+        )
+        where = defaultdict(set)
+        for s in ds.samples:
+            if s.patient_id:
+                where[s.patient_id].add(s.split)
+        assert len(where) == 40  # 20 person ids + 20 IM ids; the odd name has none
+        assert all(len(v) == 1 for v in where.values())
+        assert {"train", "val", "test"} == {s.split for s in ds.samples}
+    # without the pattern, the random carve does split patients (what the option prevents)
+    ds = load_dataset(root, val_fraction=0.3, seed=0, progress=False)
+    split_of = defaultdict(set)
+    for s in ds.samples:
+        split_of[Path(s.path).name.split("_")[0]].add(s.split)
+    assert any(len(v) > 1 for k, v in split_of.items() if k.startswith("person"))
+
+
+def test_patient_id_pattern_errors_name_the_parameter(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"A": 6, "B": 6})
+    with pytest.raises(ConfigError, match="patient_id_pattern"):
+        load_dataset(root, progress=False, patient_id_pattern="person(")
+    from medtl.config import ExperimentConfig
+
+    cfg = ExperimentConfig()
+    cfg.data.patient_id_pattern = "(["
+    with pytest.raises(ConfigError, match=r"data\.patient_id_pattern"):
+        cfg.validate()

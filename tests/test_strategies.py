@@ -145,3 +145,28 @@ def test_embedding_cache_reused(splits, tmp_path):
     assert b.cache_hits_ == len(train) + len(val)
     c = make("feature_extraction", Cs=[0.1]).fit(train, val)  # no cache: same numbers
     np.testing.assert_allclose(b.predict_proba(test), c.predict_proba(test), rtol=1e-5, atol=1e-6)
+
+
+def test_regularisation_choice_rules():
+    from medtl.strategies._feature_extraction import _choose_regularisation
+
+    # path from strong to weak regularisation; AUROC saturates while the log-loss still moves
+    rows = [
+        {"C": 1e-3, "val_auroc": 0.990, "val_loss": 0.110, "val_loss_se": 0.01},
+        {"C": 1e-2, "val_auroc": 0.997, "val_loss": 0.075, "val_loss_se": 0.01},
+        {"C": 1e-1, "val_auroc": 0.998, "val_loss": 0.070, "val_loss_se": 0.01},
+        {"C": 1e0, "val_auroc": 0.998, "val_loss": 0.090, "val_loss_se": 0.01},
+    ]
+    assert _choose_regularisation(rows, "auroc") == 2  # first of the tied maxima
+    assert _choose_regularisation(rows, "log_loss") == 2
+    assert _choose_regularisation(rows, "log_loss_1se") == 1  # 0.075 <= 0.070 + 0.01
+
+
+def test_feature_extraction_records_the_chosen_regularisation(splits):
+    train, val, _ = splits
+    fe = get_strategy("feature_extraction", backbone="tiny_test", progress=False).fit(train, val)
+    chosen = [r for r in fe.history_ if r.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["C"] == fe.C_
+    assert all(r["val_loss"] > 0 and r["val_loss_se"] >= 0 for r in fe.history_)
+    with pytest.raises(ConfigError, match="select_by"):
+        get_strategy("feature_extraction", backbone="tiny_test", select_by="f1").fit(train, val)

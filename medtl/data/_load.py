@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -113,6 +114,45 @@ def check_class_counts(classes: list[str], samples: Sequence[Sample], min_per_cl
         )
 
 
+def patient_ids_from_names(samples: Sequence[Sample], pattern: str) -> list[Sample]:
+    """Set ``patient_id`` from each file name with the regular expression ``pattern``.
+
+    The first non-empty group of the match (or the whole match) becomes the id. Samples that already
+    have one (from a manifest) keep it. Names that do not match stay without an id and count as their
+    own patient; how many is logged (the names are not: they may carry identifiers).
+    """
+    import re
+
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(
+            f"The 'patient_id_pattern' parameter is not a valid regular expression ({exc}). "
+            f"Got {pattern!r}."
+        ) from None
+    out, unmatched = [], 0
+    for s in samples:
+        if s.patient_id:
+            out.append(s)
+            continue
+        m = rx.search(Path(s.path).name)
+        pid = None
+        if m:
+            pid = next((g for g in m.groups() if g), None) or m.group(0) or None
+        unmatched += pid is None
+        out.append(replace(s, patient_id=pid) if pid else s)
+    n_ids = len({s.patient_id for s in out if s.patient_id})
+    logger.info("patient_id_pattern: %d patient(s) found in %d file name(s)", n_ids, len(out))
+    if unmatched:
+        logger.warning(
+            "patient_id_pattern matched no patient id in %d of %d file name(s); those images count "
+            "as one patient each. Check the pattern against your file names.",
+            unmatched,
+            len(out),
+        )
+    return out
+
+
 def load_dataset(
     path: str | Path,
     *,
@@ -125,6 +165,7 @@ def load_dataset(
     progress: bool = True,
     class_names: Sequence[str] | None = None,
     num_workers: int = 0,
+    patient_id_pattern: str | None = None,
 ) -> Dataset:
     """Load a labelled image dataset and give every image a train/val/test split.
 
@@ -145,6 +186,11 @@ def load_dataset(
         class_names: names for a ``.npz``'s integer labels (default "0", "1", ...), or the full
             label list (and order) of a CSV manifest.
         num_workers: threads used to verify files (0: in this thread).
+        patient_id_pattern: regular expression searched in each file's name; its first non-empty
+            group (or the whole match) is the patient id, so carved splits keep a patient's images
+            together. Only for samples without a manifest ``patient_id``. Example for Kermany's
+            ``person23_bacteria_87.jpeg`` / ``IM-0115-0001.jpeg``:
+            ``^(person\\d+)_|^((?:NORMAL2-)?IM-\\d+)-`` (see configs/kermany_*.yaml).
 
     Returns:
         The Dataset, with ``split`` set on every sample.
@@ -173,6 +219,13 @@ def load_dataset(
         scan.source,
     )
     samples, skipped = scan.samples, list(scan.skipped)
+    if patient_id_pattern:
+        if scan.source == "npz":
+            raise ConfigError(
+                "The 'patient_id_pattern' parameter reads patient ids from file names, but a .npz "
+                "holds every image in one file. Remove patient_id_pattern for this dataset."
+            )
+        samples = patient_ids_from_names(samples, patient_id_pattern)
     if verify and scan.source != "npz":
         samples, bad = _verify(samples, read_options, progress, num_workers)
         skipped.extend(bad)
