@@ -36,6 +36,8 @@ class DataConfig:
     split_seed: int = 0
     # regex on file names giving the patient id, so carved val/test splits never share a patient
     patient_id_pattern: str | None = None
+    # two classes: the finding (index 1 for AUROC, sensitivity, PPV); None = second in sorted order
+    positive_class: str | None = None
     min_per_class: int = 5
     window: str = "header"  # DICOM windowing: header | full | percentile
     max_train: int | None = None  # stratified subsample of the training split (learning curves)

@@ -115,6 +115,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         seed=cfg.data.split_seed,
         min_per_class=cfg.data.min_per_class,
         patient_id_pattern=cfg.data.patient_id_pattern,
+        positive_class=cfg.data.positive_class,
         read_options=read_options,
         progress=progress,
         # every file is decoded exactly once, by prepare_images below (which skips and reports bad
@@ -126,7 +127,8 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     def external(path: str, field: str, split: str) -> list[Sample]:
         """Every image of another dataset, as one split (another site's validation or test data)."""
         ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
-                           min_per_class=1, progress=progress, verify=False)  # fmt: skip
+                           min_per_class=1, progress=progress, verify=False,
+                           positive_class=cfg.data.positive_class)  # fmt: skip
         _check_same_classes(ds, ext, field)
         ds.skipped.extend(ext.skipped)
         prefix = split[0] + "-"  # keeps uids distinct from the main dataset's

@@ -281,3 +281,23 @@ def test_patient_id_pattern_errors_name_the_parameter(tmp_path: Path) -> None:
     cfg.data.patient_id_pattern = "(["
     with pytest.raises(ConfigError, match=r"data\.patient_id_pattern"):
         cfg.validate()
+
+
+def test_positive_class_becomes_index_one(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "ds", {"malignant": 6, "normal": 9})
+    default = load_dataset(root, progress=False)
+    assert default.classes == ["malignant", "normal"]  # sorted: "normal" would be the finding
+    ds = load_dataset(root, progress=False, positive_class="malignant")
+    assert ds.classes == ["normal", "malignant"]
+    by_path = {s.path: s.label for s in default.samples}
+    for s in ds.samples:  # every label flipped, files and splits unchanged
+        assert s.label == 1 - by_path[s.path]
+        assert ("malignant" in s.path) == (s.label == 1)
+    assert [s.split for s in ds.samples] == [s.split for s in default.samples]
+    same = load_dataset(root, progress=False, positive_class="normal")
+    assert same.classes == default.classes
+    with pytest.raises(DatasetError, match=r"positive_class.*'benign'"):
+        load_dataset(root, progress=False, positive_class="benign")
+    three = make_class_folders(tmp_path / "three", {"a": 5, "b": 5, "c": 5})
+    with pytest.raises(ConfigError, match="two-class"):
+        load_dataset(three, progress=False, positive_class="a")

@@ -123,3 +123,23 @@ def test_validation_and_test_from_other_sites(tmp_path):
     assert any("Validation on another dataset" in n for n in summary["notes"])
     row = summary["strategies"]["feature_extraction"]
     assert row["status"] == "done" and row["val_auroc"] is not None
+
+
+def test_positive_class_flips_the_finding_end_to_end(run, tmp_path):
+    # the phantom's classes are normal/opacity: by default "opacity" (sorted second) is the finding
+    tmp, summary = run
+    cfg = tiny_cfg(
+        tmp_path,
+        strategies=["feature_extraction"],
+        data={"positive_class": "normal"},
+        output={"out": str(tmp_path / "run"), "cache_dir": str(tmp / "cache")},
+    )
+    flipped = compare(cfg, progress=False)
+    header = (tmp_path / "run/feature_extraction/predictions.csv").read_text().splitlines()[0]
+    assert header.endswith("p_opacity,p_normal")
+    default_header = (tmp / "run/feature_extraction/predictions.csv").read_text().splitlines()[0]
+    assert default_header.endswith("p_normal,p_opacity")
+    # the same images and the same fit, with the finding swapped: AUROC is unchanged
+    a = summary["strategies"]["feature_extraction"]["test_auroc"]
+    b = flipped["strategies"]["feature_extraction"]["test_auroc"]
+    assert b == pytest.approx(a, abs=1e-6)

@@ -24,6 +24,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data": "data.path",
         "val": "data.val",
         "test": "data.test",
+        "positive_class": "data.positive_class",
         "out": "output.out",
         "backbone": "model.backbone",
         "weights_path": "model.weights_path",

@@ -52,6 +52,10 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
     )
     p.add_argument("--val", help="validation data from another site (shift-aware model selection)")
     p.add_argument("--test", help="external test data (default: the dataset's own test split)")
+    p.add_argument(
+        "--positive-class",
+        help="the class that is the finding (default: the second class in sorted order)",
+    )
     p.add_argument("--out", help="run folder to write (default: runs/<name>)")
     p.add_argument("--backbone", help="backbone name (see `medtl backbones`)")
     p.add_argument("--weights", dest="weights_path", help="explicit backbone weights file")

@@ -114,6 +114,25 @@ def check_class_counts(classes: list[str], samples: Sequence[Sample], min_per_cl
         )
 
 
+def _put_positive_last(
+    classes: list[str], samples: list[Sample], positive: str
+) -> tuple[list[str], list[Sample]]:
+    """Reorder two classes so that ``positive`` is index 1 (metrics take index 1 as the finding)."""
+    if positive not in classes:
+        raise DatasetError(
+            f"The 'positive_class' parameter is {positive!r}, but the dataset's classes are "
+            f"{classes}. Use one of those names."
+        )
+    if len(classes) != 2:
+        raise ConfigError(
+            f"The 'positive_class' parameter applies to two-class data; this dataset has "
+            f"{len(classes)} classes ({classes}). Remove positive_class."
+        )
+    if classes[1] == positive:
+        return classes, samples
+    return [classes[1], classes[0]], [replace(s, label=1 - s.label) for s in samples]
+
+
 def patient_ids_from_names(samples: Sequence[Sample], pattern: str) -> list[Sample]:
     """Set ``patient_id`` from each file name with the regular expression ``pattern``.
 
@@ -166,6 +185,7 @@ def load_dataset(
     class_names: Sequence[str] | None = None,
     num_workers: int = 0,
     patient_id_pattern: str | None = None,
+    positive_class: str | None = None,
 ) -> Dataset:
     """Load a labelled image dataset and give every image a train/val/test split.
 
@@ -191,6 +211,10 @@ def load_dataset(
             together. Only for samples without a manifest ``patient_id``. Example for Kermany's
             ``person23_bacteria_87.jpeg`` / ``IM-0115-0001.jpeg``:
             ``^(person\\d+)_|^((?:NORMAL2-)?IM-\\d+)-`` (see configs/kermany_*.yaml).
+        positive_class: for two classes, the class that is the finding (the "positive" of AUROC,
+            sensitivity, PPV, Grad-CAM). It becomes class index 1. By default the second class in
+            sorted order is positive (``NORMAL``/``PNEUMONIA`` needs nothing; BreastMNIST's
+            ``malignant``/``benign`` needs ``positive_class="malignant"``).
 
     Returns:
         The Dataset, with ``split`` set on every sample.
@@ -219,6 +243,9 @@ def load_dataset(
         scan.source,
     )
     samples, skipped = scan.samples, list(scan.skipped)
+    classes = list(scan.classes)
+    if positive_class is not None:
+        _put_positive_last(classes, [], positive_class)  # a wrong name fails before any decoding
     if patient_id_pattern:
         if scan.source == "npz":
             raise ConfigError(
@@ -231,12 +258,14 @@ def load_dataset(
         skipped.extend(bad)
     if skipped:
         logger.warning("%d file(s) skipped (see Dataset.skipped)", len(skipped))
-    check_class_counts(scan.classes, samples, min_per_class)
+    check_class_counts(classes, samples, min_per_class)
     samples = assign_splits(
         samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
+    if positive_class is not None:  # after splitting: the choice never moves an image between splits
+        classes, samples = _put_positive_last(classes, samples, positive_class)
     ds = Dataset(
-        root=scan.root, source=scan.source, classes=scan.classes, samples=samples, skipped=skipped
+        root=scan.root, source=scan.source, classes=classes, samples=samples, skipped=skipped
     )
     logger.info("Split counts: %s", ds.counts())
     return ds

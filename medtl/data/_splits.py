@@ -143,8 +143,9 @@ def _warn_patient_overlap(samples: Sequence[Sample]) -> None:
     if shared:
         # counts only: patient ids are never logged
         warnings.warn(
-            f"{shared} patient(s) appear in more than one split (as given in the manifest). "
-            "Metrics on val/test will be optimistic; fix the manifest's split column.",
+            f"{shared} patient id(s) appear in more than one of the given splits (the dataset's split "
+            "folders or the manifest's split column). If they are the same people, metrics on val/test "
+            "will be optimistic; fix the split assignment.",
             stacklevel=3,
         )
 
