@@ -149,6 +149,7 @@ def build_config(
     strategies: list[str] | None = None,
     batch_size: int = 32,
     run_name: str | None = None,
+    positive_class: str | None = None,
 ) -> Any:
     """An ExperimentConfig whose run folder and caches are inside the work folder."""
     from medtl.config import config_from_dict
@@ -157,7 +158,11 @@ def build_config(
     return config_from_dict(
         {
             "name": name,
-            "data": {"path": str(data_path), "min_per_class": 2},
+            "data": {
+                "path": str(data_path),
+                "min_per_class": 2,
+                "positive_class": positive_class,
+            },
             "model": {"backbone": backbone, "image_size": int(image_size)},
             "strategies": list(strategies or ["feature_extraction", "fine_tuning"]),
             "train": {"epochs": int(epochs), "batch_size": int(batch_size), "seed": 0},

@@ -105,6 +105,17 @@ def page_data(work: Path) -> None:
         f"{s['n_skipped']} file(s) could not be used."
     )
     st.dataframe(L.counts_table(s), hide_index=True)
+    classes = list(s.get("classes", []))
+    if len(classes) == 2:
+        # widget state is dropped when the Data page is not shown: keep the choice under its own key
+        kept = st.session_state.get(f"finding::{path}")
+        st.session_state[f"finding::{path}"] = st.selectbox(
+            "Which class is the finding?",
+            classes,
+            index=classes.index(kept) if kept in classes else 1,
+            key=f"positive_class::{path}",  # per dataset: another dataset has other classes
+            help="Sensitivity, PPV and the heatmaps are about this class (e.g. pneumonia, malignant).",
+        )
     if view.examples:
         st.caption(
             "Example images, displayed as the model sees them (windowed; MONOCHROME1 inverted)."
@@ -190,6 +201,7 @@ def page_compare(work: Path) -> None:
             image_size=size,
             strategies=strategies,
             batch_size=int(st.session_state.get("batch_size", 32)),
+            positive_class=st.session_state.get(f"finding::{path}"),
         )
         bar = st.progress(0.0, text="Starting…")
         done = {"n": 0}

@@ -65,6 +65,9 @@ def test_main_flow(app, tmp_path, monkeypatch):
     assert "32 images" in text and "2 classes" in text
     assert len(at.get("imgs")) >= 1 or "Example images" in text
     assert str(tmp_path / "work") in at.session_state["data_path"]
+    finding = at.selectbox(key=f"positive_class::{at.session_state['data_path']}")
+    assert finding.value == "opacity" and finding.options == ["normal", "opacity"]
+    finding.set_value("normal").run()  # the user names the finding; the run must follow it
 
     # Advice: a fake advisor (the real one is written elsewhere)
     fake = types.ModuleType("medtl.advisor")
@@ -102,7 +105,8 @@ def test_main_flow(app, tmp_path, monkeypatch):
     assert not at.exception, at.exception
     run_dir = Path(at.session_state["run_dir"])
     assert run_dir.is_relative_to(tmp_path / "work")
-    assert (run_dir / "fine_tuning" / "predictions.csv").exists()
+    header = (run_dir / "fine_tuning" / "predictions.csv").read_text().splitlines()[0]
+    assert header.endswith("p_opacity,p_normal")  # "normal" was named the finding: index 1
     text = _texts(at)
     assert "Feature extraction" in text and "Fine-tuning" in text and "95% CI" in text
     assert len(at.get("imgs")) >= 2 or len(at.main.children) > 5  # figures rendered
