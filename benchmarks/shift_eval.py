@@ -29,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 KERMANY = ROOT.parent / "shared" / "data" / "chest_xray_pneumonia_224"
+# patient ids from Kermany's file names (as configs/kermany_*.yaml): validation never shares a patient
+KERMANY_PATIENTS = r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-"
 
 VARIANTS = {
     "fe": ("feature_extraction", {}),
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
                         "path": str(KERMANY),
                         "max_train": None if size == "all" else int(size),
                         "split_seed": seed,
+                        "patient_id_pattern": KERMANY_PATIENTS,
                     },
                     "model": {"image_size": args.image_size},
                     "output": {"cache_dir": str(cache)},

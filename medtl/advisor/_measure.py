@@ -253,11 +253,14 @@ def time_strategies(
 ) -> dict[str, float]:
     """Seconds per image for extraction, a full fine-tuning step and a partial fine-tuning step.
 
-    Times 2 batches of ``pixels`` (after one warm-up batch) on a copy of ``model``, on the model's
-    device with the same memory format and autocast as training. The caller's model is not changed.
+    Times what the strategies run (folded-BatchNorm extraction; ``training_step`` with the default
+    fine-tuning recipe's frozen BatchNorm statistics, so with the same cache-sized passes) on a copy of
+    ``model``, 2 repeats after one warm-up. The caller's model is not changed.
     """
     from medtl.backbones import set_trainable_stages
-    from medtl.training import autocast_context, to_model_input
+    from medtl.training import autocast_context, micro_batch_size, to_model_input, training_step
+    from medtl.training._inference import fold_batchnorm
+    from medtl.training._loop import LoopSettings, _resolve_micro_batch
 
     net = copy.deepcopy(model)
     net.reset_classifier(n_classes)
@@ -265,27 +268,39 @@ def time_strategies(
     net.to(memory_format=torch.channels_last)
     bs = len(pixels)
     x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).float().div_(255.0)
-    x = to_model_input(x, cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last)
+    x = to_model_input(x, cfg.mean, cfg.std)
     y = torch.arange(bs, device=device) % n_classes
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+
+    # extraction as extract_embeddings runs it (BatchNorm folded once, cache-sized passes), timed
+    # without its per-call setup, which would dominate a batch of a few images
+    folded, _ = fold_batchnorm(net.eval(), x[:2])
+    folded = folded if folded is not net else copy.deepcopy(net)
+    folded.to(memory_format=torch.channels_last)
+    per_pass = micro_batch_size(device, int(pixels.shape[-1]))
 
     def extract() -> None:
-        net.eval()
         with torch.inference_mode(), autocast_context(device, precision):
-            net.forward_head(net.forward_features(x), pre_logits=True)
+            for i in range(0, bs, per_pass):
+                xb = x[i : i + per_pass].contiguous(memory_format=torch.channels_last)
+                folded.forward_head(folded.forward_features(xb), pre_logits=True)
 
     def make_step(frozen: list[nn.Module]):
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-6)
+        bn = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+        def mode() -> None:
+            net.train()
+            for m in [*frozen, *bn]:  # the default recipe (LP-FT) keeps BatchNorm statistics fixed
+                m.eval()
+
+        mode()
+        micro = _resolve_micro_batch(net, LoopSettings(batch_size=bs), device, pixels.shape[-1])
 
         def step() -> None:
-            net.train()
-            for m in frozen:
-                m.eval()
-            with autocast_context(device, precision):
-                loss = nn.functional.cross_entropy(net(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            mode()
+            training_step(net, opt, loss_fn, x, y, micro_batch=micro, precision=precision)
 
         return step
 

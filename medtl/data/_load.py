@@ -262,7 +262,9 @@ def load_dataset(
     samples = assign_splits(
         samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
-    if positive_class is not None:  # after splitting: the choice never moves an image between splits
+    if (
+        positive_class is not None
+    ):  # after splitting: the choice never moves an image between splits
         classes, samples = _put_positive_last(classes, samples, positive_class)
     ds = Dataset(
         root=scan.root, source=scan.source, classes=classes, samples=samples, skipped=skipped
