@@ -206,3 +206,16 @@ def test_micro_batch_size_scales_with_image_area():
     assert micro_batch_size(torch.device("cuda"), 224, batch_size=32) == 32
     with pytest.raises(ConfigError, match="micro_batch_size"):
         LoopSettings(micro_batch_size=-1)
+
+
+def test_fine_tuning_result_does_not_depend_on_the_pass_size(splits):
+    train, val, test = splits
+    # LP-FT (the default) freezes BatchNorm statistics, so passes of 3 give the same steps as 8
+    whole = ft(micro_batch_size=0, epochs=2).fit(train, val)
+    parts = ft(micro_batch_size=3, epochs=2).fit(train, val)
+    np.testing.assert_allclose(
+        whole.predict_proba(test), parts.predict_proba(test), rtol=1e-3, atol=1e-4
+    )
+    assert [r["val_auroc"] for r in whole.history_] == pytest.approx(
+        [r["val_auroc"] for r in parts.history_], abs=1e-6
+    )

@@ -9,6 +9,10 @@ Fine-tuning options that hold up under distribution shift (see DESIGN.md and iss
 - ``augment_strength``: scale of the radiograph augmentation (1 = default, 2 = stronger, 0 = none).
 - ``interpolate`` (WiSE-FT, Wortsman et al. 2022): mix the starting (probe) and fine-tuned weights,
   ``(1 - a) * start + a * finetuned``, with ``a`` chosen on the validation split.
+
+Speed: ``micro_batch_size`` is the number of images per forward/backward pass inside one optimiser step
+(None = cache-sized on a CPU while BatchNorm statistics are frozen, as in LP-FT; 0 = the whole batch).
+It does not change the step, only how fast it runs.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class _TrainedNetwork(Strategy):
         seed: int = 0,
         max_minutes: float | None = None,
         min_steps_per_epoch: int = 10,
+        micro_batch_size: int | None = None,
         weights_path: str | None = None,
         allow_download: bool = False,
         cache_dir: str | None = None,
@@ -114,6 +119,7 @@ class _TrainedNetwork(Strategy):
         self.seed = seed
         self.max_minutes = max_minutes
         self.min_steps_per_epoch = min_steps_per_epoch
+        self.micro_batch_size = micro_batch_size
         self.weights_path = weights_path
         self.allow_download = allow_download
         self.cache_dir = cache_dir
@@ -276,6 +282,7 @@ class _TrainedNetwork(Strategy):
             seed=self.seed,
             max_minutes=self.max_minutes,
             min_steps_per_epoch=self.min_steps_per_epoch,
+            micro_batch_size=self.micro_batch_size,
         )
         ckpt = Path(self.checkpoint_dir) / "checkpoint.pt" if self.checkpoint_dir else None
         result = train_network(
