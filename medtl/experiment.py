@@ -269,10 +269,10 @@ def run_strategy(
         if hist and name in NETWORK_STRATEGIES
         else {"start": val_auc, "slope": 0.0, "asymptote": val_auc, "best_epoch": 1}
     )
-    n_images = (  # images pushed through a training step (or embedded, for feature extraction)
+    n_images = (  # images pushed through a training step (or embedded now, not read from the cache)
         sum(int(r.get("images", len(data.train))) for r in hist)
         if name in NETWORK_STRATEGIES
-        else len(data.train) + len(data.val)
+        else len(data.train) + len(data.val) - int(getattr(est, "cache_hits_", 0) or 0)
     )
     work_seconds = (
         sum(_num(r.get("train_seconds", r.get("seconds", 0))) for r in hist)
@@ -289,7 +289,8 @@ def run_strategy(
         "train_seconds": float(est.fit_seconds_ or train_seconds),
         "epochs_run": len(hist) if name in NETWORK_STRATEGIES else 0,
         "best_epoch": est.best_epoch_,
-        "images_per_s": n_images / work_seconds if work_seconds else None,
+        # None when nothing was computed (every embedding came from the cache): no throughput to show
+        "images_per_s": n_images / work_seconds if work_seconds and n_images > 0 else None,
         "start": curve.get("start"),
         "slope": curve.get("slope"),
         "asymptote": curve.get("asymptote"),

@@ -143,3 +143,6 @@ def test_positive_class_flips_the_finding_end_to_end(run, tmp_path):
     a = summary["strategies"]["feature_extraction"]["test_auroc"]
     b = flipped["strategies"]["feature_extraction"]["test_auroc"]
     assert b == pytest.approx(a, abs=1e-6)
+    # every embedding came from the first run's cache: no throughput is claimed for no work
+    assert flipped["strategies"]["feature_extraction"]["images_per_s"] is None
+    assert summary["strategies"]["feature_extraction"]["images_per_s"] > 0

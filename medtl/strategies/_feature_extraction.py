@@ -326,11 +326,13 @@ class FeatureExtraction(Strategy):
         return {
             "C": getattr(self, "C_", None),
             "extract_seconds": getattr(self, "extract_seconds_", None),
+            "cache_hits": getattr(self, "cache_hits_", 0),
         }
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
         self.C_ = extra.get("C")
         self.extract_seconds_ = extra.get("extract_seconds")
+        self.cache_hits_ = int(extra.get("cache_hits") or 0)
 
 
 def _choose_regularisation(history: list[dict[str, Any]], select_by: str) -> int:
