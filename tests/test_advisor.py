@@ -99,6 +99,22 @@ def test_probe_separates_informative_from_random_features():
     assert probe_transferability(informative, y, seed=0)["probe_folds"] == good["probe_folds"]
 
 
+def test_probe_folds_grouped_by_patient_are_not_fooled_by_identity():
+    # 40 patients x 4 near-identical images; the label is per patient and unrelated to the features,
+    # so only memorising a patient's other images "predicts" it
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(40, 16)) * 3
+    labels = np.arange(40) % 2
+    rng.shuffle(labels)
+    emb = np.repeat(centres, 4, axis=0) + 0.05 * rng.normal(size=(160, 16))
+    y = np.repeat(labels, 4)
+    ids = [f"p{i // 4}" for i in range(160)]
+    leaky = probe_transferability(emb, y, seed=0)
+    grouped = probe_transferability(emb, y, seed=0, groups=ids)
+    assert leaky["knn_auroc"] > 0.9  # the same patient's images on both sides of a fold
+    assert abs(grouped["knn_auroc"] - 0.5) < 0.2
+
+
 def test_probe_without_enough_images_per_class_reports_it():
     out = probe_transferability(np.zeros((5, 3)), np.array([0, 0, 0, 0, 1]))
     assert out["n_splits"] == 0 and "error" in out

@@ -29,6 +29,7 @@ def advise(
     progress: bool = True,
     read_options: dict[str, Any] | None = None,
     epochs: int | None = None,
+    patient_id_pattern: str | None = None,
 ) -> Advice:
     """Recommend fine-tuning, partial fine-tuning or feature extraction for a dataset, and say why.
 
@@ -50,6 +51,8 @@ def advise(
         progress: show progress bars.
         read_options: options for ``medtl.io.read_image`` (default as experiments: header window).
         epochs: epochs assumed for fine-tuning cost (default: the FineTuning default).
+        patient_id_pattern: regular expression giving patient ids from file names (as
+            ``load_dataset``); with ids (from it or a manifest) the probes' folds are grouped by patient.
 
     Returns:
         :class:`Advice` with ``strategy``, ``confidence``, ``expected_auroc``, ``estimated_minutes``,
@@ -77,7 +80,12 @@ def advise(
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, str | Path):
-        dataset = load_dataset(data, read_options=read_options, progress=progress)
+        dataset = load_dataset(
+            data,
+            read_options=read_options,
+            progress=progress,
+            patient_id_pattern=patient_id_pattern,
+        )
     else:
         raise ConfigError(
             f"The 'data' parameter of advise must be a path or a medtl.data.Dataset. "
@@ -102,7 +110,15 @@ def advise(
             f"Only {len(images)} readable image(s) in {dataset.root!r}; the advisor needs a few per "
             "class. Check the skipped files listed by `medtl data card`."
         )
-    measured = measure(images, backbone=backbone, cache_dir=cache, seed=seed, progress=progress)
+    pid = {s.uid: s.patient_id for s in profiled}
+    measured = measure(
+        images,
+        backbone=backbone,
+        cache_dir=cache,
+        seed=seed,
+        progress=progress,
+        patient_ids=[pid.get(u) for u in images.uids],
+    )
     profile = build_profile(
         dataset,
         images,

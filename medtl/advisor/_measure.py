@@ -9,6 +9,7 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,11 +145,18 @@ def _stratified_fraction(y: np.ndarray, frac: float, rng: np.random.Generator) -
 
 
 def probe_transferability(
-    emb: np.ndarray, y: np.ndarray, *, seed: int = 0, n_splits: int = 5
+    emb: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int = 0,
+    n_splits: int = 5,
+    groups: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """Cross-validated k-NN and logistic-regression AUROC on frozen embeddings, plus a learning curve.
 
-    Stratified ``n_splits``-fold CV (seeded; fewer folds when the smallest class is smaller). The
+    Stratified ``n_splits``-fold CV (seeded; fewer folds when the smallest class is smaller), grouped by
+    patient when ``groups`` gives ids (images without one count as their own patient), so that a
+    patient's images never sit on both sides of a fold and the probe is not optimistic. The
     logistic probe's C is the best of ``PROBE_CS`` by mean CV AUROC (slightly optimistic, 3 options);
     its learning curve refits at ``CURVE_FRACTIONS`` of each training fold; ``slope_per_doubling`` is
     the least-squares slope of mean AUROC against log2(fraction).
@@ -159,7 +167,7 @@ def probe_transferability(
         ``slope_per_doubling``, ``n_splits``, ``head_seconds`` (one logistic fit on all rows, estimated).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
 
@@ -170,7 +178,13 @@ def probe_transferability(
     if k < 2:
         return {"n_splits": 0, "error": "fewer than 2 images in some class: no cross-validation"}
     rng = np.random.default_rng(seed)
-    folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(emb, y))
+    if groups is not None and any(groups):
+        g = np.array([gid or f"\0{i}" for i, gid in enumerate(groups)])
+        k = min(k, len(np.unique(g)))
+        cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+        folds = list(cv.split(emb, y, g))
+    else:
+        folds = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(emb, y))
     knn_auc: list[float] = []
     lr_auc: dict[float, list[float]] = {c: [] for c in PROBE_CS}
     curve: dict[float, list[float]] = {f: [] for f in CURVE_FRACTIONS}

@@ -138,8 +138,12 @@ def measure(
     cache_dir: str | Path | None,
     seed: int,
     progress: bool,
+    patient_ids: list[str | None] | None = None,
 ) -> dict[str, Any]:
-    """Embeddings + BN divergence + ImageNet entropy + probes + timing for prepared images."""
+    """Embeddings + BN divergence + ImageNet entropy + probes + timing for prepared images.
+
+    ``patient_ids`` (one per image, None where unknown) groups the probes' cross-validation folds.
+    """
     import torch
 
     from medtl.advisor._measure import (
@@ -176,7 +180,7 @@ def measure(
     finally:
         rec.detach()
     div = rec.divergence()
-    probe = probe_transferability(emb, images.labels, seed=seed)
+    probe = probe_transferability(emb, images.labels, seed=seed, groups=patient_ids)
     n_classes = len(images.classes)
     pick = np.linspace(0, len(images) - 1, TIMING_BATCH).round().astype(int)
     spi = time_strategies(model, cfg, images.pixels[pick], n_classes)

@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=None, help="backbone name")
     p.add_argument("--image-size", type=int, default=None, help="image side length")
     p.add_argument("--budget-minutes", type=float, default=None, help="time you can spend training")
+    p.add_argument(
+        "--patient-id-pattern",
+        help="regular expression giving the patient id from a file name (groups the probe's folds)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
