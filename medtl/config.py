@@ -107,15 +107,13 @@ class ExperimentConfig:
             look_up_option("params", s, STRATEGY_NAMES)
         look_up_option("data.window", self.data.window, ["header", "full", "percentile"])
         if self.data.patient_id_pattern:
-            import re
+            from medtl.data._load import compile_patient_id_pattern
 
-            try:
-                re.compile(self.data.patient_id_pattern)
-            except re.error as exc:
-                raise ConfigError(
-                    f"The 'data.patient_id_pattern' field is not a valid regular expression ({exc}). "
-                    f"Got {self.data.patient_id_pattern!r}. Quote it in YAML with single quotes."
-                ) from None
+            compile_patient_id_pattern(
+                self.data.patient_id_pattern,
+                "'data.patient_id_pattern' field",
+                " Quote it in YAML with single quotes.",
+            )
         look_up_option(
             "metrics.threshold_rule",
             self.metrics.threshold_rule,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,18 @@ def _put_positive_last(
     return [classes[1], classes[0]], [replace(s, label=1 - s.label) for s in samples]
 
 
+def compile_patient_id_pattern(
+    pattern: str, field: str = "'patient_id_pattern' parameter", hint: str = ""
+) -> re.Pattern[str]:
+    """``pattern`` compiled; a ConfigError naming ``field`` when it is not a regular expression."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(
+            f"The {field} is not a valid regular expression ({exc}). Got {pattern!r}.{hint}"
+        ) from None
+
+
 def patient_ids_from_names(samples: Sequence[Sample], pattern: str) -> list[Sample]:
     """Set ``patient_id`` from each file name with the regular expression ``pattern``.
 
@@ -140,15 +153,7 @@ def patient_ids_from_names(samples: Sequence[Sample], pattern: str) -> list[Samp
     have one (from a manifest) keep it. Names that do not match stay without an id and count as their
     own patient; how many is logged (the names are not: they may carry identifiers).
     """
-    import re
-
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(
-            f"The 'patient_id_pattern' parameter is not a valid regular expression ({exc}). "
-            f"Got {pattern!r}."
-        ) from None
+    rx = compile_patient_id_pattern(pattern)
     out, unmatched = [], 0
     for s in samples:
         if s.patient_id:
@@ -262,9 +267,8 @@ def load_dataset(
     samples = assign_splits(
         samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
-    if (
-        positive_class is not None
-    ):  # after splitting: the choice never moves an image between splits
+    # after splitting: the choice never moves an image between splits
+    if positive_class is not None:
         classes, samples = _put_positive_last(classes, samples, positive_class)
     ds = Dataset(
         root=scan.root, source=scan.source, classes=classes, samples=samples, skipped=skipped

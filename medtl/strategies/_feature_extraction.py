@@ -274,9 +274,8 @@ class FeatureExtraction(Strategy):
             fits.append((clf.coef_.copy(), clf.intercept_.copy()))
         pick = _choose_regularisation(history, self.select_by)
         history[pick]["chosen"] = True
-        best = (None, fits[pick], history[pick]["C"], pick)
-        _, (coef, intercept), C, _ = best
-        self.C_ = C
+        coef, intercept = fits[pick]
+        self.C_ = history[pick]["C"]
         if n_classes == 2:
             W = np.vstack([np.zeros_like(coef[0]), coef[0]])
             b = np.array([0.0, intercept[0]])

@@ -41,9 +41,8 @@ class LoopSettings:
 
     epochs: int = 10
     batch_size: int = 32
-    eval_batch_size: int | None = (
-        None  # None: cache-sized on a CPU (see micro_batch_size), 128 on CUDA
-    )
+    # None: cache-sized on a CPU (see micro_batch_size), 128 on CUDA
+    eval_batch_size: int | None = None
     weight_decay: float = 0.01
     schedule: str = "onecycle"  # "onecycle" | "cosine" (linear warm-up then cosine) | "constant"
     warmup_frac: float = 0.1
