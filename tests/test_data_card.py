@@ -25,19 +25,22 @@ def test_card_facts(tmp_path: Path) -> None:
             root / "opacity" / f"x{i}.png"
         )
     (root / "normal" / "broken.png").write_bytes(b"")
+    (root / "opacity" / "x4_again.png").write_bytes((root / "opacity" / "x4.png").read_bytes())
     ds = load_dataset(root, progress=False)
     f = summarise_dataset(ds)
-    assert f["class_totals"] == {"opacity": 15, "normal": 10}
-    assert f["imbalance_ratio"] == pytest.approx(1.5)
+    assert f["class_totals"] == {"opacity": 16, "normal": 10}
+    assert f["imbalance_ratio"] == pytest.approx(1.6)
+    assert f["duplicate_groups"] == 1 and f["duplicate_groups_across_splits"] == 0
     assert f["patient_ids"] is False and f["n_patients"] is None
-    assert f["images"]["formats"] == {"dicom": 20, "png": 5}
+    assert f["images"]["formats"] == {"dicom": 20, "png": 6}
     assert f["images"]["photometric_interpretations"].keys() == {"MONOCHROME1", "MONOCHROME2"}
     assert f["images"]["height"] == {"min": 40, "median": 64.0, "max": 64}
     assert f["skipped"] == [{"path": "normal/broken.png", "reason": "the file is empty (0 bytes)"}]
     json.dumps(f)  # JSON-ready
     card = data_card(ds, title="Phantom test")
     assert card.startswith("# Phantom test\n")
-    assert "| train |" in card and "| all | 10 | 15 | 25 |" in card
+    assert "| train |" in card and "| all | 10 | 16 | 26 |" in card
+    assert "| byte-identical copies | 1 group(s) (each kept inside one split) |" in card
     assert "`normal/broken.png`" in card
     assert "## To be completed by a person" in card
     for field in ("Source", "Licence", "Label definition", "Known biases", "Intended use"):
@@ -63,5 +66,8 @@ def test_kermany_folder_counts() -> None:
     assert c["test"] == {"NORMAL": 234, "PNEUMONIA": 390}
     assert c["train"]["NORMAL"] + c["val"]["NORMAL"] == 1341
     assert c["train"]["PNEUMONIA"] + c["val"]["PNEUMONIA"] == 3875
-    assert sum(c["val"].values()) == round(5216 * 0.15)
+    # the carve is grouped (30 groups of byte-identical copies), one of round(1 / 0.15) = 7 folds
+    assert abs(sum(c["val"].values()) - 5216 / 7) < 5
     assert abs(c["val"]["NORMAL"] / sum(c["val"].values()) - 1341 / 5216) < 0.01  # stratified
+    f = summarise_dataset(ds, max_files=4)
+    assert f["duplicate_groups"] == 30 and f["duplicate_groups_across_splits"] == 0  # as documented

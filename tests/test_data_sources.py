@@ -301,3 +301,66 @@ def test_positive_class_becomes_index_one(tmp_path: Path) -> None:
     three = make_class_folders(tmp_path / "three", {"a": 5, "b": 5, "c": 5})
     with pytest.raises(ConfigError, match="two-class"):
         load_dataset(three, progress=False, positive_class="a")
+
+
+def test_byte_identical_copies_stay_on_one_side_of_every_carve(tmp_path: Path) -> None:
+    import shutil
+
+    root = make_class_folders(tmp_path / "ds", {"A": 30, "B": 30})
+    copies = []
+    for cls in ("A", "B"):
+        for i in range(0, 12, 2):  # six files per class saved again under another name
+            src = next((root / cls).glob(f"im{i:03d}*"))
+            dst = src.with_name(f"copy_{src.name}")
+            shutil.copyfile(src, dst)
+            copies.append((str(src), str(dst)))
+    for seed in range(4):
+        ds = load_dataset(root, val_fraction=0.3, test_fraction=0.3, seed=seed, progress=False)
+        split = {s.path: s.split for s in ds.samples}
+        assert all(split[a] == split[b] for a, b in copies), seed
+        assert {"train", "val", "test"} == set(split.values())
+
+
+def test_duplicate_groups_reads_only_what_it_must(tmp_path: Path) -> None:
+    from medtl.data import duplicate_groups
+    from medtl.data._types import Sample
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, 200_000, dtype=np.uint8).tobytes()  # > the 64 KiB prefix
+    files = {
+        "a.bin": big,
+        "a_copy.bin": big,
+        "same_prefix.bin": big[:-1] + bytes([(big[-1] + 1) % 256]),  # differs in the last byte
+        "s1.png": b"x" * 100,
+        "s2.png": b"x" * 100,
+        "s3.png": b"y" * 100,  # same size as s1/s2, other bytes
+    }
+    samples = []
+    for i, (name, data) in enumerate(files.items()):
+        (tmp_path / name).write_bytes(data)
+        samples.append(Sample(path=str(tmp_path / name), label=0, uid=str(i)))
+    samples.append(Sample(path=str(tmp_path / "missing.png"), label=0, uid="m"))
+    samples.append(Sample(path=str(tmp_path / "a.bin"), label=0, uid="npz", index=3))
+    g = duplicate_groups(samples)
+    assert g[0] is not None and g[0] == g[1]
+    assert g[2] is None and g[5] is None and g[6] is None and g[7] is None
+    assert g[3] is not None and g[3] == g[4] and g[3] != g[0]
+
+
+def test_copies_across_given_splits_or_labels_are_reported(tmp_path: Path) -> None:
+    import shutil
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "ds"
+    for split in ("train", "test"):
+        for cls in ("A", "B"):
+            for i in range(8):
+                write_image(root / split / cls / f"{split}{cls}{i}.png", rng, "png")
+    shutil.copyfile(root / "train" / "A" / "trainA0.png", root / "test" / "A" / "again.png")
+    shutil.copyfile(root / "train" / "A" / "trainA1.png", root / "train" / "B" / "relabel.png")
+    with pytest.warns(UserWarning) as record:
+        load_dataset(root, progress=False)
+    messages = " ".join(str(w.message) for w in record)
+    assert "1 group(s) of byte-identical image files sit in more than one" in messages
+    assert "1 group(s) of byte-identical image files carry different labels" in messages
+    assert "trainA" not in messages and "relabel" not in messages  # counts only, no file names

@@ -11,7 +11,7 @@ from __future__ import annotations
 from medtl.data._load import load_dataset
 from medtl.data._prepare import prepare_images
 from medtl.data._sources import register_source
-from medtl.data._splits import assign_splits, load_splits, save_splits
+from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
 from medtl.data._types import SPLITS, Dataset, PreparedImages, Sample, SkippedFile
 from medtl.data.card import data_card, summarise_dataset
 from medtl.data.synth import default_demo_dataset, make_phantom
@@ -25,6 +25,7 @@ __all__ = [
     "assign_splits",
     "data_card",
     "default_demo_dataset",
+    "duplicate_groups",
     "load_dataset",
     "load_splits",
     "make_phantom",

@@ -1,17 +1,22 @@
 """Make missing train/val/test splits (stratified, patient-grouped), and save/load them as JSON.
 
 Splitting uses scikit-learn: ``StratifiedShuffleSplit`` (via ``train_test_split``) when no patient ids
-are known, ``StratifiedGroupKFold`` when they are (so no patient ends up in two splits).
+are known, ``StratifiedGroupKFold`` when they are (so no patient ends up in two splits). Byte-identical
+files (the same image saved twice, common in public datasets: Kermany has 30 such groups) are grouped
+too, so a carve never puts one copy in training and the other in validation or test.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,21 +31,101 @@ SPLITS_FORMAT = "medtl-splits"
 SPLITS_VERSION = 1
 
 
-def _carve(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+_PREFIX_BYTES = 1 << 16
+
+
+def _digest(path: str, limit: int | None) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read() if limit is None else f.read(limit)
+    except OSError:
+        return None
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def duplicate_groups(samples: Sequence[Sample]) -> list[int | None]:
+    """For each sample, a group number shared with its byte-identical files (None when unique).
+
+    Cheap on large datasets: only files of equal size are read, first their first 64 KiB, and whole
+    only when those match too (DICOM files differ in their header's UIDs, so they stop at the prefix).
+    Images inside a container (``.npz``) and unreadable files are never grouped.
+    """
+    by_size: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.index is not None:
+            continue
+        try:
+            by_size.setdefault(os.stat(s.path).st_size, []).append(i)
+        except OSError:
+            continue
+    out: list[int | None] = [None] * len(samples)
+    n_groups = 0
+    for size, same_size in by_size.items():
+        if len(same_size) < 2:
+            continue
+        candidates = [same_size]
+        for limit in (_PREFIX_BYTES, None):
+            refined = []
+            for idx in candidates:
+                by_digest: dict[bytes, list[int]] = {}
+                for i in idx:
+                    d = _digest(samples[i].path, limit)
+                    if d is not None:
+                        by_digest.setdefault(d, []).append(i)
+                refined.extend(g for g in by_digest.values() if len(g) > 1)
+            candidates = refined
+            if not candidates or size <= _PREFIX_BYTES:
+                break  # files no longer than the prefix were read whole already
+        for idx in candidates:
+            for i in idx:
+                out[i] = n_groups
+            n_groups += 1
+    return out
+
+
+def _group_keys(samples: Sequence[Sample], dups: Sequence[int | None]) -> list[str] | None:
+    """One key per sample joining patients and duplicate copies (union-find); None if nothing groups."""
+    if not any(s.patient_id for s in samples) and all(d is None for d in dups):
+        return None
+    parent = {i: i for i in range(len(samples))}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, Any], int] = {}
+    for i, (s, d) in enumerate(zip(samples, dups)):
+        for key in (("p", s.patient_id), ("d", d)):
+            if key[1] is None or key[1] == "":
+                continue
+            if key in first:
+                parent[find(i)] = find(first[key])
+            else:
+                first[key] = i
+    return [f"g{find(i)}" for i in range(len(samples))]
+
+
+def _carve(
+    samples: Sequence[Sample],
+    fraction: float,
+    seed: int,
+    dups: Sequence[int | None] | None = None,
+) -> tuple[list[int], list[int]]:
     """Split positions of ``samples`` into (keep, carved) with about ``fraction`` carved.
 
-    Stratified by label; grouped by patient when every sample has a patient id (samples without one
-    count as their own patient).
+    Stratified by label; grouped by patient when samples have patient ids (samples without one count
+    as their own patient) and by duplicate group (``dups``, from :func:`duplicate_groups`).
     """
     n = len(samples)
     if fraction <= 0 or n == 0:
         return list(range(n)), []
     labels = np.array([s.label for s in samples])
     positions = np.arange(n)
-    has_groups = any(s.patient_id for s in samples)
-    if has_groups:
-        groups = np.array([s.patient_id or f"\0{i}" for i, s in enumerate(samples)])
-        return _carve_grouped(positions, labels, groups, fraction, seed)
+    keys = _group_keys(samples, dups if dups is not None else [None] * n)
+    if keys is not None:
+        return _carve_grouped(positions, labels, np.array(keys), fraction, seed)
     from sklearn.model_selection import train_test_split
 
     n_carve = max(1, round(n * fraction))
@@ -109,29 +194,68 @@ def assign_splits(
     samples = list(samples)
     given = {s.split for s in samples if s.split}
     splits = [s.split or "train" for s in samples]
+    needs_carve = not given or (
+        ("test" not in given and test_fraction > 0) or ("val" not in given and val_fraction > 0)
+    )
+    dups = duplicate_groups(samples) if needs_carve or len(given) > 1 else [None] * len(samples)
+
+    def carve(pool: list[int], fraction: float, carve_seed: int) -> tuple[list[int], list[int]]:
+        return _carve([samples[i] for i in pool], fraction, carve_seed, [dups[i] for i in pool])
+
     if not given:
         # fractions relative to the whole set: carve test, then val from the rest
-        pool, test = _carve(samples, test_fraction, seed)
+        pool, test = carve(list(range(len(samples))), test_fraction, seed)
         for i in test:
             splits[i] = "test"
         rel_val = val_fraction / max(1e-9, 1.0 - test_fraction) if test else val_fraction
-        _, val_pos = _carve([samples[i] for i in pool], rel_val, seed + 1)
+        _, val_pos = carve(pool, rel_val, seed + 1)
         for j in val_pos:
             splits[pool[j]] = "val"
     else:
         if "test" not in given and test_fraction > 0:
             pool = [i for i, sp in enumerate(splits) if sp == "train"]
-            _, carved = _carve([samples[i] for i in pool], test_fraction, seed)
+            _, carved = carve(pool, test_fraction, seed)
             for j in carved:
                 splits[pool[j]] = "test"
         if "val" not in given and val_fraction > 0:
             pool = [i for i, sp in enumerate(splits) if sp == "train"]
-            _, carved = _carve([samples[i] for i in pool], val_fraction, seed + 1)
+            _, carved = carve(pool, val_fraction, seed + 1)
             for j in carved:
                 splits[pool[j]] = "val"
     out = [dataclasses.replace(s, split=sp) for s, sp in zip(samples, splits)]
     _warn_patient_overlap(out)
+    _warn_duplicates(out, dups)
     return out
+
+
+def _warn_duplicates(samples: Sequence[Sample], dups: Sequence[int | None]) -> None:
+    """Warn (counts only, no file names) about copies across given splits or with different labels."""
+    members: dict[int, list[Sample]] = {}
+    for s, d in zip(samples, dups):
+        if d is not None:
+            members.setdefault(d, []).append(s)
+    if not members:
+        return
+    logger.info(
+        "%d group(s) of byte-identical files (%d files) kept on one side of every carved split",
+        len(members),
+        sum(len(m) for m in members.values()),
+    )
+    across = sum(1 for m in members.values() if len({s.split for s in m}) > 1)
+    conflicting = sum(1 for m in members.values() if len({s.label for s in m}) > 1)
+    if across:
+        warnings.warn(
+            f"{across} group(s) of byte-identical image files sit in more than one of the given "
+            "splits (the dataset's split folders or the manifest's split column). Metrics on val/test "
+            "will be optimistic; remove the copies from one split.",
+            stacklevel=3,
+        )
+    if conflicting:
+        warnings.warn(
+            f"{conflicting} group(s) of byte-identical image files carry different labels. Check "
+            "those labels: the same image cannot be both classes.",
+            stacklevel=3,
+        )
 
 
 def _warn_patient_overlap(samples: Sequence[Sample]) -> None:

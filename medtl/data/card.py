@@ -124,6 +124,12 @@ def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any
         imbalance = float("inf")
     pids = {s.patient_id for s in dataset.samples if s.patient_id}
     with_pid = sum(1 for s in dataset.samples if s.patient_id)
+    from medtl.data._splits import duplicate_groups
+
+    dups: dict[int, set[str | None]] = {}
+    for s, d in zip(dataset.samples, duplicate_groups(dataset.samples)):
+        if d is not None:
+            dups.setdefault(d, set()).add(s.split)
     return {
         "root": dataset.root,
         "source": dataset.source,
@@ -138,6 +144,8 @@ def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any
         "patient_ids": bool(pids),
         "n_patients": len(pids) if pids else None,
         "images_with_patient_id": with_pid,
+        "duplicate_groups": len(dups),
+        "duplicate_groups_across_splits": sum(1 for v in dups.values() if len(v) > 1),
         "images": _image_facts(dataset, max_files),
         "n_skipped": len(dataset.skipped),
         "skipped": [
@@ -188,6 +196,13 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
             "images (splits are patient-level)"
             if f["patient_ids"]
             else "no (splits are image-level; images of one patient may be in several splits)"
+        )
+        + " |",
+        f"| byte-identical copies | {f['duplicate_groups']} group(s)"
+        + (
+            f", {f['duplicate_groups_across_splits']} of them across splits (remove those copies)"
+            if f["duplicate_groups_across_splits"]
+            else (" (each kept inside one split)" if f["duplicate_groups"] else "")
         )
         + " |",
         f"| files skipped | {f['n_skipped']} |",
