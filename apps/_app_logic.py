@@ -32,6 +32,7 @@ from _app_inputs import (  # noqa: F401  (re-exported for the page)
 )
 
 from medtl.errors import MedtlError
+from medtl.report import fci, fnum, fpct
 
 logger = logging.getLogger(__name__)
 
@@ -177,18 +178,6 @@ def list_runs(work: Path) -> list[Path]:
     return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def _fmt_ci(v: Any, ci: Any) -> str:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v):
-        return "n/a"
-    if ci and all(c is not None and math.isfinite(float(c)) for c in ci):
-        return f"{v:.3f} (95% CI {float(ci[0]):.3f}–{float(ci[1]):.3f})"
-    return f"{v:.3f}"
-
-
 def strategy_rows(summary: dict[str, Any], gap_tol: float = 0.03) -> list[dict[str, Any]]:
     """One row per strategy: AUROC with CI, validation gap (flagged), time and learning-curve shape."""
     rows = []
@@ -205,17 +194,19 @@ def strategy_rows(summary: dict[str, Any], gap_tol: float = 0.03) -> list[dict[s
         flag = gap is not None and math.isfinite(float(gap)) and float(gap) > gap_tol
         row.update(
             {
-                "test AUROC": _fmt_ci(r.get("test_auroc"), r.get("test_auroc_ci")),
-                "validation AUROC": _fmt_ci(r.get("val_auroc"), None),
+                "test AUROC": fci(
+                    r.get("test_auroc"), *(r.get("test_auroc_ci") or (None, None)), label="95% CI "
+                ),
+                "validation AUROC": fnum(r.get("val_auroc")),
                 "validation − test": (
                     f"{float(gap):+.3f}" + (" ⚠ overstated" if flag else "")
                     if gap is not None and math.isfinite(float(gap))
                     else "n/a"
                 ),
                 "training time": f"{float(r.get('train_seconds') or 0):.1f} s",
-                "start": _fmt_ci(r.get("start"), None),
-                "slope (per epoch)": _fmt_ci(r.get("slope"), None),
-                "asymptote": _fmt_ci(r.get("asymptote"), None),
+                "start": fnum(r.get("start")),
+                "slope (per epoch)": fnum(r.get("slope")),
+                "asymptote": fnum(r.get("asymptote")),
             }
         )
         rows.append(row)
@@ -304,37 +295,24 @@ def operating_points(
     return out
 
 
-def _pct(v: Any, lo: Any = None, hi: Any = None) -> str:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v):
-        return "n/a"
-    s = f"{100 * v:.0f}%"
-    if lo is not None and hi is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)):
-        s += f" ({100 * float(lo):.0f}–{100 * float(hi):.0f}%)"
-    return s
-
-
 def operating_rows(ops: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """A table (rows = measures, one column per model) with 95% CIs, in percent."""
     measures = [
         ("Threshold (probability)", lambda o: f"{o['threshold']:.3f}"),
         (
             "Sensitivity (cases caught)",
-            lambda o: _pct(o["sensitivity"], o["sensitivity_low"], o["sensitivity_high"]),
+            lambda o: fpct(o["sensitivity"], o["sensitivity_low"], o["sensitivity_high"]),
         ),
         (
             "Specificity (normals cleared)",
-            lambda o: _pct(o["specificity"], o["specificity_low"], o["specificity_high"]),
+            lambda o: fpct(o["specificity"], o["specificity_low"], o["specificity_high"]),
         ),
     ]
     if any(o.get("deployment_prevalence") for o in ops.values()):
         measures += [
             (
                 "PPV at your prevalence",
-                lambda o: _pct(
+                lambda o: fpct(
                     o["ppv_at_prevalence"],
                     o.get("ppv_at_prevalence_low"),
                     o.get("ppv_at_prevalence_high"),
@@ -342,7 +320,7 @@ def operating_rows(ops: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             ),
             (
                 "NPV at your prevalence",
-                lambda o: _pct(
+                lambda o: fpct(
                     o["npv_at_prevalence"],
                     o.get("npv_at_prevalence_low"),
                     o.get("npv_at_prevalence_high"),
@@ -350,8 +328,8 @@ def operating_rows(ops: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             ),
         ]
     measures += [
-        ("PPV on the test set", lambda o: _pct(o["ppv"], o["ppv_low"], o["ppv_high"])),
-        ("NPV on the test set", lambda o: _pct(o["npv"], o["npv_low"], o["npv_high"])),
+        ("PPV on the test set", lambda o: fpct(o["ppv"], o["ppv_low"], o["ppv_high"])),
+        ("NPV on the test set", lambda o: fpct(o["npv"], o["npv_low"], o["npv_high"])),
         ("Missed cases (false negatives)", lambda o: str(o["fn"])),
         ("False alarms (false positives)", lambda o: str(o["fp"])),
     ]  # fmt: skip

@@ -402,3 +402,15 @@ def test_empty_or_broken_run_folder_still_renders(tmp_path: Path, fast_png: None
     html = write_report(run).read_text()
     assert "summary.json could not be read" in html
     assert "line 2: cannot parse the row" in html
+
+
+def test_number_formatters_shared_by_report_and_app() -> None:
+    from medtl.report import fci, fnum, fpct
+
+    assert fnum(0.91234) == "0.912" and fnum(None) == "n/a" and fnum(float("nan")) == "n/a"
+    assert fnum(float("inf")) == "∞"
+    assert fci(0.9, 0.85, 0.95) == "0.900 (0.850–0.950)"
+    assert fci(0.9, 0.85, 0.95, label="95% CI ") == "0.900 (95% CI 0.850–0.950)"
+    assert fci(0.9, None, 0.95) == "0.900" and fci("x", 0.1, 0.2) == "n/a"
+    assert fpct(0.873, 0.81, 0.92) == "87% (81–92%)"
+    assert fpct(0.5) == "50%" and fpct(0.5, float("nan"), 0.6) == "50%" and fpct(None) == "n/a"

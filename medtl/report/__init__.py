@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from medtl.report._content import OVERSTATE_MARGIN, display_name
+from medtl.report._html import fci, fnum, fpct, fseconds
 from medtl.report._plots import (
     figure_to_png,
     history_summary,
@@ -34,7 +35,11 @@ __all__ = [
     "StrategyRun",
     "build_report",
     "display_name",
+    "fci",
     "figure_to_png",
+    "fnum",
+    "fpct",
+    "fseconds",
     "history_summary",
     "load_run",
     "plot_calibration",

@@ -12,6 +12,7 @@ from sklearn.metrics import confusion_matrix
 
 from medtl.errors import MedtlError
 from medtl.metrics import clinical_report, compare_paired, multiclass_auroc
+from medtl.report._html import fpct
 from medtl.report._plots import history_summary
 from medtl.report._run import RunData, StrategyRun
 
@@ -240,10 +241,6 @@ def paired_reading(r: dict[str, Any]) -> str:
     return f"{a} is ahead of {b} by {diff:.3f} AUROC{ci}; DeLong {fmt_p(p)}, {verdict}.{mcn}"
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.0f}%" if math.isfinite(v) else "n/a"
-
-
 def headline(run: RunData, strat: dict[str, dict], paired: list[dict]) -> list[str]:
     """The plain-words summary at the top of the report."""
     lines: list[str] = []
@@ -290,8 +287,8 @@ def headline(run: RunData, strat: dict[str, dict], paired: list[dict]) -> list[s
         if run.binary and fin(best["sensitivity"]):
             lines.append(
                 f"At the threshold chosen on validation, {best['display']} finds "
-                f"{_pct(best['sensitivity'])} of positive images (sensitivity) and correctly clears "
-                f"{_pct(best['specificity'])} of negative images (specificity)."
+                f"{fpct(best['sensitivity'])} of positive images (sensitivity) and correctly clears "
+                f"{fpct(best['specificity'])} of negative images (specificity)."
             )
     for s in strat.values():
         if s["status"] == "failed":

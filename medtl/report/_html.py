@@ -66,13 +66,32 @@ def fnum(v: Any, digits: int = 3) -> str:
     return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
 
 
-def fci(v: Any, lo: Any, hi: Any, digits: int = 3) -> str:
-    """ "0.912 (0.881–0.940)", or just the value when the CI is unknown."""
+def fci(v: Any, lo: Any, hi: Any, digits: int = 3, label: str = "") -> str:
+    """ "0.912 (0.881–0.940)", or just the value when the CI is unknown.
+
+    ``label`` goes inside the bracket before the interval, e.g. ``"95% CI "``.
+    """
     s = fnum(v, digits)
     if s == "n/a":
         return s
     lo_s, hi_s = fnum(lo, digits), fnum(hi, digits)
-    return s if "n/a" in (lo_s, hi_s) else f"{s} ({lo_s}–{hi_s})"
+    return s if "n/a" in (lo_s, hi_s) else f"{s} ({label}{lo_s}–{hi_s})"
+
+
+def fpct(v: Any, lo: Any = None, hi: Any = None) -> str:
+    """A proportion as a whole percent, "87% (81–92%)"; the interval only when both ends are known."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(f):
+        return "n/a"
+    s = f"{100 * f:.0f}%"
+    try:
+        a, b = float(lo), float(hi)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return s
+    return f"{s} ({100 * a:.0f}–{100 * b:.0f}%)" if math.isfinite(a) and math.isfinite(b) else s
 
 
 def fseconds(v: Any) -> str:
