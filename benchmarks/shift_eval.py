@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 KERMANY = ROOT.parent / "shared" / "data" / "chest_xray_pneumonia_224"
 # patient ids from Kermany's file names (as configs/kermany_*.yaml): validation never shares a patient
-KERMANY_PATIENTS = r"^(person\d+)_|^((?:NORMAL2-)?IM-\d+)-"
+KERMANY_PATIENTS = r"^(person\d+_(?:bacteria|virus))_|^((?:NORMAL2-)?IM-\d+)-"
 
 VARIANTS = {
     "fe": ("feature_extraction", {}),

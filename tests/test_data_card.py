@@ -71,3 +71,29 @@ def test_kermany_folder_counts() -> None:
     assert abs(c["val"]["NORMAL"] / sum(c["val"].values()) - 1341 / 5216) < 0.01  # stratified
     f = summarise_dataset(ds, max_files=4)
     assert f["duplicate_groups"] == 30 and f["duplicate_groups_across_splits"] == 0  # as documented
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not KERMANY.is_dir(), reason="Kermany chest X-ray folder not present")
+def test_kermany_patient_pattern_gives_patient_disjoint_splits() -> None:
+    import warnings
+    from collections import defaultdict
+
+    from medtl.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "kermany_fine_tuning.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old pattern warned: 170 ids "in both" train and test
+        ds = load_dataset(
+            KERMANY,
+            val_fraction=0.15,
+            progress=False,
+            verify=False,
+            patient_id_pattern=cfg.data.patient_id_pattern,
+        )
+    where = defaultdict(set)
+    for s in ds.samples:
+        assert s.patient_id, "every Kermany file name carries a patient id"
+        where[s.patient_id].add(s.split)
+    assert len(where) == 2443 + 1211 + 428  # train+val PNEUMONIA, NORMAL patients; test patients
+    assert all(len(v) == 1 for v in where.values())
