@@ -26,7 +26,8 @@ def _predictions_csv(
     w.writerow(["uid", "split", "label", *[f"p_{c}" for c in classes]])
     for split, images, proba in parts:
         for uid, lab, row in zip(images.uids, images.labels, proba):
-            w.writerow([uid, split, int(lab), *[f"{x:.6f}" for x in row]])
+            # shortest exact float text, not 6 decimals: p = 0.9999999 and 0.99999999 must not tie
+            w.writerow([uid, split, int(lab), *[repr(float(x)) for x in row]])
     return buf.getvalue()
 
 

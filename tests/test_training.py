@@ -219,3 +219,36 @@ def test_fine_tuning_result_does_not_depend_on_the_pass_size(splits):
     assert [r["val_auroc"] for r in whole.history_] == pytest.approx(
         [r["val_auroc"] for r in parts.history_], abs=1e-6
     )
+
+
+def test_confident_predictions_keep_their_order(splits, tmp_path):
+    """float32 softmax rounds p to 1.0 past a logit margin of ~17: such images tied and AUROC fell."""
+    from sklearn.metrics import roc_auc_score
+
+    from medtl._run_outputs import _predictions_csv
+    from medtl.report import read_predictions
+    from medtl.training import logits_to_proba
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(50, int), np.ones(50, int)]
+    margin = np.where(y == 1, rng.uniform(18, 34, 100), rng.uniform(10, 30, 100))  # overlapping
+    logits = np.stack([np.zeros(100), margin], 1).astype(np.float32)
+    exact = roc_auc_score(y, margin)
+    p32 = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    assert roc_auc_score(y, p32[:, 1]) < exact - 0.01  # the bug this guards against
+    p = logits_to_proba(logits)
+    assert p.dtype == np.float64 and np.allclose(p.sum(1), 1)
+    assert roc_auc_score(y, p[:, 1]) == pytest.approx(exact)
+
+    est = get_strategy("fine_tuning", backbone="tiny_test")
+    est.predict_logits = lambda images, progress=False: logits  # what a confident network returns
+    assert roc_auc_score(y, est.predict_proba(np.zeros((100, 1, 8, 8), np.uint8))[:, 1]) == exact
+
+    # predictions.csv keeps that order too (it used to round to 6 decimals)
+    class Imgs:
+        uids, labels = [f"u{i}" for i in range(100)], y
+
+    path = tmp_path / "predictions.csv"
+    path.write_text(_predictions_csv([("test", Imgs, p)], ["a", "b"]))
+    back = read_predictions(path)
+    assert np.array_equal(back.proba, p)

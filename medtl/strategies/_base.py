@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch import nn
 
 from medtl._fileio import atomic_write, atomic_write_json
@@ -162,9 +161,13 @@ class Strategy:
     def predict_proba(
         self, images: PreparedImages | np.ndarray, *, progress: bool = False
     ) -> np.ndarray:
-        """Class probabilities (N, K) for prepared images (softmax of the logits)."""
-        logits = self.predict_logits(images, progress=progress)
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        """Class probabilities (N, K, float64) for prepared images (softmax of the logits).
+
+        float64 so that confident predictions near 0 or 1 keep their order (see ``logits_to_proba``).
+        """
+        from medtl.training import logits_to_proba
+
+        return logits_to_proba(self.predict_logits(images, progress=progress))
 
     def predict(self, images: PreparedImages | np.ndarray) -> np.ndarray:
         """Most probable class index per image."""

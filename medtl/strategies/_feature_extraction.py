@@ -180,7 +180,7 @@ class FeatureExtraction(Strategy):
     # -- fitting ---------------------------------------------------------------------------------------
     def fit(self, train: PreparedImages, val: PreparedImages, **_: Any) -> FeatureExtraction:
         """Embed train and val once (cached), fit the head on train, choose regularisation on val."""
-        from medtl.training import val_auroc
+        from medtl.training import logits_to_proba, val_auroc
 
         look_up_option("head", self.head, ["logreg", "linear"])
         look_up_option("select_by", self.select_by, ["log_loss_1se", "log_loss", "auroc"])
@@ -225,7 +225,7 @@ class FeatureExtraction(Strategy):
         best = next((r for r in history if r.get("chosen")), None) or max(
             history, key=lambda r: np.nan_to_num(r["val_auroc"], nan=-1.0)
         )
-        self.best_val_auroc_ = float(val_auroc(val.labels, _softmax(z_va @ W.T + b)))
+        self.best_val_auroc_ = float(val_auroc(val.labels, logits_to_proba(z_va @ W.T + b)))
         self.best_epoch_ = int(best["epoch"])
         self.epochs_run_ = len(history)
         self.fit_seconds_ = time.perf_counter() - t0
@@ -284,7 +284,7 @@ class FeatureExtraction(Strategy):
         return W.astype(np.float64), b.astype(np.float64), history
 
     def _fit_linear(self, z_tr, y_tr, z_va, y_va, n_classes, epochs: int = 200, patience: int = 20):
-        from medtl.training import val_auroc
+        from medtl.training import logits_to_proba, val_auroc
 
         g = torch.Generator().manual_seed(self.seed)
         lin = nn.Linear(z_tr.shape[1], n_classes)
@@ -306,7 +306,7 @@ class FeatureExtraction(Strategy):
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                auc = val_auroc(y_va, torch.softmax(lin(xv), 1).numpy())
+                auc = val_auroc(y_va, logits_to_proba(lin(xv)))
             history.append({"epoch": ep + 1, "val_auroc": auc, "elapsed": time.perf_counter() - t0})
             if np.nan_to_num(auc, nan=-1) > best[0] + 1e-6:
                 best = (
@@ -345,12 +345,6 @@ def _choose_regularisation(history: list[dict[str, Any]], select_by: str) -> int
         return best
     limit = losses[best] + history[best]["val_loss_se"]
     return int(np.flatnonzero(losses <= limit)[0])  # strongest within one standard error
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def _sha(text: str) -> str:

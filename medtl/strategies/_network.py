@@ -348,7 +348,7 @@ class _TrainedNetwork(Strategy):
         self, model: nn.Module, cfg: Any, start: dict[str, torch.Tensor], val: PreparedImages
     ) -> tuple[float, list[dict[str, float]]]:
         """WiSE-FT: pick the mixing coefficient with the best validation AUROC (ties -> closer to 0)."""
-        from medtl.training import predict_logits, val_auroc
+        from medtl.training import logits_to_proba, predict_logits, val_auroc
 
         end = {k: v.detach().clone() for k, v in model.state_dict().items()}
         scores = []
@@ -357,7 +357,7 @@ class _TrainedNetwork(Strategy):
             state = interpolate_state(start, end, a)
             model.load_state_dict(state)
             logits = predict_logits(model, val.pixels, cfg.mean, cfg.std, precision=self.precision)
-            auc = val_auroc(val.labels, torch.softmax(torch.from_numpy(logits), 1).numpy())
+            auc = val_auroc(val.labels, logits_to_proba(logits))
             scores.append({"alpha": a, "val_auroc": auc})
             if np.nan_to_num(auc, nan=-1.0) > best[0] + 1e-4:
                 best = (float(np.nan_to_num(auc, nan=-1.0)), a, state)

@@ -11,6 +11,7 @@ from medtl.training._device import (
 from medtl.training._loop import (
     LoopSettings,
     TrainResult,
+    logits_to_proba,
     predict_logits,
     to_model_input,
     train_network,
@@ -26,6 +27,7 @@ __all__ = [
     "autocast_context",
     "cpu_has_fast_bf16",
     "describe_precision",
+    "logits_to_proba",
     "micro_batch_size",
     "predict_logits",
     "resolve_device",

@@ -90,6 +90,21 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def logits_to_proba(logits: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Softmax of (N, K) logits in float64.
+
+    Why float64: a confident network's float32 softmax rounds p to exactly 1.0 once the logit margin
+    passes about 17, so such images tie and AUROC drops. Measured on Kermany: a 10-epoch fine-tuned
+    model put 308 of 624 test images at p = 1.0 in float32, which read as AUROC 0.970 where its actual
+    ranking gives 0.977. float64 keeps them apart up to a margin of about 36.
+    """
+    from scipy.special import softmax
+
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().cpu().numpy()
+    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
+
+
 def val_auroc(labels: np.ndarray, proba: np.ndarray) -> float:
     """AUROC on validation (binary: positive = class 1; multi-class: macro one-vs-rest); NaN if undefined."""
     from sklearn.metrics import roc_auc_score
@@ -393,8 +408,7 @@ def train_network(
             precision=s.precision,
             channels_last=s.channels_last,
         )
-        proba = torch.softmax(torch.from_numpy(logits), 1).numpy()
-        auc = val_auroc(val.labels, proba)
+        auc = val_auroc(val.labels, logits_to_proba(logits))
         vloss = float(
             nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels))
         )
