@@ -55,6 +55,15 @@ def tag(name: str, content: Any = "", **attrs: Any) -> Raw:
     return Raw(f"<{name}{a}>{esc(content)}</{name}>")
 
 
+def _finite(v: Any) -> float | None:
+    """``float(v)`` when it is a finite number, else None (None, text, NaN, infinity)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def fnum(v: Any, digits: int = 3) -> str:
     """A number with ``digits`` decimals; None, NaN and non-numbers become "n/a"."""
     try:
@@ -80,27 +89,17 @@ def fci(v: Any, lo: Any, hi: Any, digits: int = 3, label: str = "") -> str:
 
 def fpct(v: Any, lo: Any = None, hi: Any = None) -> str:
     """A proportion as a whole percent, "87% (81–92%)"; the interval only when both ends are known."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(f):
+    f, a, b = _finite(v), _finite(lo), _finite(hi)
+    if f is None:
         return "n/a"
     s = f"{100 * f:.0f}%"
-    try:
-        a, b = float(lo), float(hi)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return s
-    return f"{s} ({100 * a:.0f}–{100 * b:.0f}%)" if math.isfinite(a) and math.isfinite(b) else s
+    return s if a is None or b is None else f"{s} ({100 * a:.0f}–{100 * b:.0f}%)"
 
 
 def fseconds(v: Any) -> str:
     """Seconds as "45 s", "3 min 20 s" or "1 h 05 min"."""
-    try:
-        s = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(s):
+    s = _finite(v)
+    if s is None:
         return "n/a"
     if s < 60:
         return f"{s:.1f} s"
