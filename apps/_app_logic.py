@@ -37,11 +37,16 @@ from medtl.report import fci, fnum, fpct
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
-STRATEGY_LABELS = {
-    "feature_extraction": "Feature extraction (frozen backbone)",
-    "fine_tuning": "Fine-tuning (all layers)",
-    "from_scratch": "From scratch (no pretraining)",
-}
+
+
+def strategy_label(name: str, *, long: bool = False) -> str:
+    """Human name of a strategy (owned by medtl.strategies); ``long`` adds what it trains."""
+    from medtl.strategies import strategy_description
+    from medtl.strategies import strategy_label as label
+
+    return f"{label(name)} ({strategy_description(name)})" if long else label(name)
+
+
 # -- data card ------------------------------------------------------------------------------------
 
 
@@ -123,7 +128,7 @@ def advice_rows(advice: Any) -> list[dict[str, Any]]:
         lo_hi = exp.get(name)
         rows.append(
             {
-                "strategy": STRATEGY_LABELS.get(name, name),
+                "strategy": strategy_label(name, long=True),
                 "expected AUROC": f"{lo_hi[0]:.2f} – {lo_hi[1]:.2f}" if lo_hi else "n/a",
                 "estimated time": _minutes(mins.get(name)),
             }
@@ -183,7 +188,7 @@ def strategy_rows(summary: dict[str, Any], gap_tol: float = 0.03) -> list[dict[s
     rows = []
     for name, r in (summary.get("strategies") or {}).items():
         row: dict[str, Any] = {
-            "strategy": STRATEGY_LABELS.get(name, name),
+            "strategy": strategy_label(name, long=True),
             "status": r.get("status"),
         }
         if r.get("status") != "done":
@@ -221,7 +226,7 @@ def gap_warnings(summary: dict[str, Any], gap_tol: float = 0.03) -> list[str]:
         ok = r.get("status") == "done" and gap is not None and math.isfinite(float(gap))
         if ok and float(gap) > gap_tol:
             out.append(
-                f"{STRATEGY_LABELS.get(name, name)}: validation AUROC is {float(gap):.2f} higher "
+                f"{strategy_label(name, long=True)}: validation AUROC is {float(gap):.2f} higher "
                 "than on the test images, so validation numbers are optimistic here (the test "
                 "set may differ from the training data)."
             )
@@ -235,8 +240,10 @@ def paired_sentences(summary: dict[str, Any]) -> list[str]:
         text = pr.get("summary")
         if not text:
             continue
-        for key, label in STRATEGY_LABELS.items():
-            text = text.replace(key, label.split(" (")[0])
+        from medtl.strategies import list_strategies
+
+        for key in sorted(list_strategies(), key=len, reverse=True):  # partial_fine_tuning first
+            text = text.replace(key, strategy_label(key))
         out.append(text)
     return out
 
@@ -248,7 +255,7 @@ def curves(run: Any, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndar
         if st.predictions is not None and st.predictions.proba.shape[1] == 2:
             y, p = st.predictions.subset(split)
             if len(y):
-                out[STRATEGY_LABELS.get(name, name).split(" (")[0]] = (y, p)
+                out[strategy_label(name)] = (y, p)
     return out
 
 
@@ -337,7 +344,7 @@ def operating_rows(ops: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for label, fn in measures:
         row = {"measure": label}
         for name, op in ops.items():
-            row[STRATEGY_LABELS.get(name, name).split(" (")[0]] = fn(op)
+            row[strategy_label(name)] = fn(op)
         rows.append(row)
     return rows
 

@@ -156,7 +156,7 @@ def page_advice(work: Path) -> None:
     adv = st.session_state.get("advice")
     if adv is None:
         return
-    label = L.STRATEGY_LABELS.get(adv.strategy, adv.strategy)
+    label = L.strategy_label(adv.strategy, long=True)
     st.success(f"Recommended: **{label}** (confidence: {adv.confidence}).")
     for sentence in adv.rationale or []:
         st.markdown(f"- {sentence}")
@@ -208,7 +208,7 @@ def page_compare(work: Path) -> None:
         total = len(strategies)
 
         def on_start(name: str) -> None:
-            bar.progress(done["n"] / total, text=f"Training: {L.STRATEGY_LABELS.get(name, name)}")
+            bar.progress(done["n"] / total, text=f"Training: {L.strategy_label(name)}")
             done["n"] += 1
 
         def on_epoch(name: str, row: dict) -> None:
@@ -216,9 +216,7 @@ def page_compare(work: Path) -> None:
             frac = min(1.0, (done["n"] - 1 + ep / max(1, epochs)) / total)
             auc = row.get("val_auroc")
             extra = f", validation AUROC {auc:.3f}" if isinstance(auc, float) else ""
-            bar.progress(
-                frac, text=f"{L.STRATEGY_LABELS.get(name, name)}: epoch {ep}/{epochs}{extra}"
-            )
+            bar.progress(frac, text=f"{L.strategy_label(name)}: epoch {ep}/{epochs}{extra}")
 
         from medtl.experiment import compare
 
@@ -325,7 +323,7 @@ def page_operating(work: Path) -> None:
     st.dataframe(L.operating_rows(ops), hide_index=True, key="op_table")
     st.pyplot(
         plot_confusion(
-            {L.STRATEGY_LABELS.get(n, n).split(" (")[0]: o["confusion"] for n, o in ops.items()},
+            {L.strategy_label(n): o["confusion"] for n, o in ops.items()},
             class_names=run.classes[:2],
         )
     )
@@ -354,7 +352,7 @@ def page_single(work: Path) -> None:
     from medtl.explain import overlay
 
     for col, (name, mdir) in zip(cols[1:], models.items()):
-        label = L.STRATEGY_LABELS.get(name, name).split(" (")[0]
+        label = L.strategy_label(name)
         try:
             est = _load_model(str(mdir), _stamp(mdir))
             proba, heat = L.predict_single(est, path)

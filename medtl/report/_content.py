@@ -18,12 +18,6 @@ from medtl.report._run import RunData, StrategyRun
 
 #: Validation AUROC above test AUROC by more than this is flagged as optimistic validation.
 OVERSTATE_MARGIN = 0.03
-_NAMES = {
-    "fine_tuning": "Fine-tuning",
-    "feature_extraction": "Feature extraction",
-    "from_scratch": "From scratch",
-    "partial_fine_tuning": "Partial fine-tuning",
-}
 _OP_KEYS = (
     "sensitivity", "specificity", "ppv", "npv", "ppv_at_prevalence", "npv_at_prevalence",
     "lr_pos", "lr_neg", "f1", "accuracy", "tp", "fp", "tn", "fn",
@@ -32,7 +26,9 @@ _OP_KEYS = (
 
 def display_name(name: str) -> str:
     """Readable strategy name ("fine_tuning" -> "Fine-tuning"); unknown names are kept."""
-    return _NAMES.get(name, name)
+    from medtl.strategies import strategy_label
+
+    return strategy_label(name)
 
 
 def num(v: Any) -> float:

@@ -9,6 +9,8 @@ from medtl.strategies._base import (
     list_strategies,
     load_model,
     register_strategy,
+    strategy_description,
+    strategy_label,
 )
 from medtl.strategies._feature_extraction import FeatureExtraction, extract_embeddings
 from medtl.strategies._network import DEFAULT_BACKBONE, FineTuning, FromScratch, PartialFineTuning
@@ -25,4 +27,6 @@ __all__ = [
     "list_strategies",
     "load_model",
     "register_strategy",
+    "strategy_description",
+    "strategy_label",
 ]

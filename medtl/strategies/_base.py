@@ -46,6 +46,21 @@ def list_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def strategy_label(name: str) -> str:
+    """The human name of a strategy ("fine_tuning" -> "Fine-tuning"); unknown names are kept.
+
+    The one place display names come from: the report, the app, the CLI and the advisor call it.
+    """
+    cls = _REGISTRY.get(name)
+    return cls.label if cls is not None else name
+
+
+def strategy_description(name: str) -> str:
+    """One line saying what the strategy trains (for tables and the app)."""
+    cls = _REGISTRY.get(name)
+    return cls.description if cls is not None else ""
+
+
 def get_strategy(name: str, **params: Any) -> Strategy:
     """Instantiate a registered strategy by name with keyword parameters.
 
@@ -76,6 +91,10 @@ class Strategy:
     """Base class: parameters, fitted-state checks, prediction and (de)serialisation."""
 
     name: ClassVar[str] = "base"
+    #: human name shown to users (see ``strategy_label``)
+    label: ClassVar[str] = "Base"
+    #: one line on what is trained
+    description: ClassVar[str] = ""
 
     # -- parameters ----------------------------------------------------------------------------------
     @classmethod

@@ -110,6 +110,8 @@ class FeatureExtraction(Strategy):
     """
 
     name = "feature_extraction"
+    label = "Feature extraction"
+    description = "frozen ImageNet backbone, only a linear head is trained"
 
     def __init__(
         self,

@@ -393,6 +393,8 @@ class FineTuning(_TrainedNetwork):
     """
 
     name = "fine_tuning"
+    label = "Fine-tuning"
+    description = "every layer trained from ImageNet weights (LP-FT recipe)"
 
 
 @register_strategy
@@ -403,6 +405,8 @@ class FromScratch(_TrainedNetwork):
     """
 
     name = "from_scratch"
+    label = "From scratch"
+    description = "every layer trained from random weights (the control)"
     pretrained = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -433,6 +437,8 @@ class PartialFineTuning(_TrainedNetwork):
     """
 
     name = "partial_fine_tuning"
+    label = "Partial fine-tuning"
+    description = "the last stages and the head trained, earlier stages frozen"
 
     def __init__(self, *args: Any, trainable_stages: int = 2, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
