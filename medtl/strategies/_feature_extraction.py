@@ -111,7 +111,7 @@ class FeatureExtraction(Strategy):
 
     name = "feature_extraction"
     label = "Feature extraction"
-    description = "frozen ImageNet backbone, only a linear head is trained"
+    description = "frozen backbone"
 
     def __init__(
         self,

@@ -394,7 +394,7 @@ class FineTuning(_TrainedNetwork):
 
     name = "fine_tuning"
     label = "Fine-tuning"
-    description = "every layer trained from ImageNet weights (LP-FT recipe)"
+    description = "all layers"
 
 
 @register_strategy
@@ -406,7 +406,7 @@ class FromScratch(_TrainedNetwork):
 
     name = "from_scratch"
     label = "From scratch"
-    description = "every layer trained from random weights (the control)"
+    description = "no pretraining"
     pretrained = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -438,7 +438,7 @@ class PartialFineTuning(_TrainedNetwork):
 
     name = "partial_fine_tuning"
     label = "Partial fine-tuning"
-    description = "the last stages and the head trained, earlier stages frozen"
+    description = "last stages and head"
 
     def __init__(self, *args: Any, trainable_stages: int = 2, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
