@@ -231,6 +231,11 @@ def prepare_images(
         keys=keys,
         classes=list(classes),
         skipped=skipped,
+        preprocessing={
+            "image_size": size,
+            "channels": int(pixels.shape[1]) if len(pixels) else (channels or 1),
+            "read_options": dict(read_options or {}),
+        },
     )
 
 

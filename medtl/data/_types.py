@@ -74,6 +74,8 @@ class PreparedImages:
         keys: content key per image (hash of file bytes + read options + size), used by embedding caches.
         classes: class names.
         skipped: files that could not be decoded.
+        preprocessing: how the images were made (image_size, channels, read_options); a fitted model
+            records it so that it is served images prepared the same way. None when built by hand.
     """
 
     pixels: np.ndarray
@@ -82,6 +84,7 @@ class PreparedImages:
     keys: list[str]
     classes: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
+    preprocessing: dict | None = None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -96,4 +99,5 @@ class PreparedImages:
             keys=[self.keys[i] for i in idx],
             classes=list(self.classes),
             skipped=list(self.skipped),
+            preprocessing=self.preprocessing,
         )

@@ -12,27 +12,57 @@ prediction, saving, heatmaps and test-time adaptation work identically for all o
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
 
-from medtl._fileio import atomic_write, atomic_write_json
+from medtl._fileio import atomic_write
 from medtl._options import look_up_option
-from medtl.data._types import PreparedImages
+from medtl.data._types import PreparedImages, Sample
 from medtl.errors import ConfigError, NotFittedError
+from medtl.strategies._modelfile import (
+    META_FILE,
+    MODEL_FILE,
+    ModelFileError,
+    complete_read_options,
+    read_meta,
+    sha256_file,
+    write_meta,
+)
 
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
-MODEL_FILE = "model.safetensors"
-META_FILE = "model.json"
+__all__ = ["META_FILE", "MODEL_FILE", "Strategy", "load_model", "preprocessing_of"]
+
+
+def preprocessing_of(images: PreparedImages) -> dict[str, Any]:
+    """How ``images`` were prepared: image size, channels and every read option.
+
+    Taken from ``images.preprocessing`` (set by ``prepare_images``); images built by hand are
+    described by their shape and the reader's defaults, marked ``"assumed": true``.
+    """
+    pre = getattr(images, "preprocessing", None)
+    if pre:
+        return {
+            "image_size": int(pre["image_size"]),
+            "channels": int(pre["channels"]),
+            "read_options": complete_read_options(pre.get("read_options")),
+        }
+    px = np.asarray(images.pixels if isinstance(images, PreparedImages) else images)
+    return {
+        "image_size": int(px.shape[-1]),
+        "channels": int(px.shape[1]),
+        "read_options": complete_read_options(None),
+        "assumed": True,
+    }
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
@@ -128,8 +158,10 @@ class Strategy:
     def fit(self, train: PreparedImages, val: PreparedImages) -> Strategy:  # pragma: no cover
         raise NotImplementedError
 
-    @staticmethod
-    def _check_fit_inputs(train: PreparedImages, val: PreparedImages) -> None:
+    def _check_fit_inputs(self, train: PreparedImages, val: PreparedImages) -> None:
+        """Check the splits, and record how the training images were prepared (a learned fact:
+        the model must be served images prepared the same way). A new fit forgets any earlier
+        operating point and calibration."""
         for nm, part in (("train", train), ("val", val)):
             if len(part) == 0:
                 raise ConfigError(f"The {nm!r} split is empty; it needs images of every class.")
@@ -143,6 +175,9 @@ class Strategy:
                 f"The 'train' split holds a single class ({train.classes[int(present[0])]!r}); "
                 "training needs at least two classes."
             )
+        self.preprocessing_ = preprocessing_of(train)
+        self.operating_point_ = None
+        self.calibration_ = None
 
     # -- prediction ----------------------------------------------------------------------------------
     def _pixels(self, images: PreparedImages | np.ndarray) -> np.ndarray:
@@ -189,8 +224,115 @@ class Strategy:
         return logits_to_proba(self.predict_logits(images, progress=progress))
 
     def predict(self, images: PreparedImages | np.ndarray) -> np.ndarray:
-        """Most probable class index per image."""
-        return self.predict_proba(images).argmax(1)
+        """Class index per image: the call at the operating point for two classes (see
+        :meth:`decide`), the most probable class otherwise."""
+        return self.decide(self.predict_proba(images))
+
+    # -- deployment: preprocessing and operating point ---------------------------------------------
+    def prepare(
+        self,
+        samples: Sequence[Sample],
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+        read_options: dict[str, Any] | None = None,
+    ) -> PreparedImages:
+        """Decode ``samples`` exactly as this model's training images were prepared.
+
+        Image size, channels and read options (window, percentiles, frame) come from the model
+        (``preprocessing_``); ``read_options`` overrides single options on purpose (the caller should
+        say so in its output).
+        """
+        from medtl.data import prepare_images
+
+        pre = self.preprocessing_
+        opts = {**pre["read_options"], **(read_options or {})}
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
+        return prepare_images(
+            samples,
+            list(self.classes_),
+            size=int(pre["image_size"]),
+            channels=int(pre["channels"]),
+            cache_dir=cache_dir,
+            read_options=opts,
+            progress=progress,
+        )
+
+    @property
+    def positive_class_(self) -> str | None:
+        """The finding of a two-class model (the last class), None for more classes."""
+        return self.classes_[-1] if len(self.classes_) == 2 else None
+
+    def set_operating_point(
+        self,
+        threshold: float,
+        *,
+        rule: str,
+        target: float | None,
+        chosen_on: str,
+        n: int | None = None,
+        **extra: Any,
+    ) -> Strategy:
+        """Record the operating point chosen for this model (two classes only).
+
+        Args:
+            threshold: P(positive class) at or above which the call is positive.
+            rule: how it was chosen (``youden``, ``sensitivity``, ``specificity``, ``fixed``).
+            target: the rule's target (e.g. sensitivity 0.9), None for Youden.
+            chosen_on: the split it was chosen on (``val``; never ``test`` for a deployed model).
+            n: images in that split.
+            extra: further JSON-safe facts (e.g. the sensitivity it gave there).
+        """
+        self._check_fitted()
+        if self.positive_class_ is None:
+            raise ConfigError(
+                f"An operating threshold applies to two-class models; this one has "
+                f"{len(self.classes_)} classes ({self.classes_})."
+            )
+        t = float(threshold)
+        if not (0.0 <= t <= 1.0):
+            raise ConfigError(f"The 'threshold' must be in [0, 1]. Got {threshold!r} instead.")
+        self.operating_point_ = {
+            "threshold": t,
+            "rule": rule,
+            "target": target,
+            "chosen_on": chosen_on,
+            "n": n,
+            "positive_class": self.positive_class_,
+            **extra,
+        }
+        return self
+
+    def threshold_for(self, override: float | None = None) -> tuple[float | None, str]:
+        """(threshold, where it comes from) for two-class calls: ``override`` if given, else the
+        model's operating point, else 0.5 (said so). (None, "argmax") for more classes."""
+        if self.positive_class_ is None:
+            return None, "most probable class (more than two classes)"
+        if override is not None:
+            t = float(override)
+            if not (0.0 <= t <= 1.0) or np.isnan(t):
+                raise ConfigError(
+                    f"The 'threshold' must be a number in [0, 1]. Got {override!r} instead."
+                )
+            return t, "given on the command line / by the caller (overrides the model's)"
+        op = getattr(self, "operating_point_", None)
+        if op:
+            rule = op.get("rule")
+            target = op.get("target")
+            how = rule if target is None else f"{rule} {target:g}"
+            return float(
+                op["threshold"]
+            ), f"model's operating point ({how}, chosen on {op.get('chosen_on')})"
+        return 0.5, "0.5 default (the model records no operating point)"
+
+    def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Class index per row of ``proba``: positive when P(positive) >= the operating threshold
+        (two classes), else the most probable class."""
+        proba = np.asarray(proba)
+        t, _ = self.threshold_for(threshold)
+        if t is None:
+            return proba.argmax(1)
+        return (proba[:, 1] >= t).astype(np.int64)
 
     # -- persistence -----------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -201,21 +343,48 @@ class Strategy:
         """Inverse of :meth:`_extra_state`."""
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the fitted model to ``directory`` (model.safetensors + model.json), atomically per file."""
+        """Write the fitted model to ``directory``: ``model.safetensors``, then ``model.json``.
+
+        Each file is written atomically, weights first: ``model.json`` records the weights' SHA-256,
+        so a folder whose weights were interrupted or replaced is refused when loaded.
+        """
         from safetensors.torch import save_file
 
         self._check_fitted()
         d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise ConfigError(
+                f"Cannot save the model to {str(d)!r}: it is a file. Pass a folder path."
+            )
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
         atomic_write(d / MODEL_FILE, lambda tmp: save_file(state, tmp))
+        self.save_meta(d)
+        return d
+
+    def save_meta(self, directory: str | os.PathLike) -> Path:
+        """(Re)write ``model.json`` only, e.g. after :meth:`set_operating_point` on a saved model."""
+        import medtl
+
+        self._check_fitted()
+        d = Path(directory)
+        cfg = self.backbone_config_
         meta = {
-            "format": "medtl-model/1",
+            "medtl_version": medtl.__version__,
             "strategy": self.name,
             "params": self.get_params(),
-            "backbone": self.backbone_config_.name,
-            "image_size": self.image_size_,
+            "backbone": {
+                "name": cfg.name,
+                "pretrained_weights_sha256": cfg.weights_sha256,
+                "mean": list(cfg.mean),
+                "std": list(cfg.std),
+            },
+            "weights": {"file": MODEL_FILE, "sha256": sha256_file(d / MODEL_FILE)},
+            "preprocessing": self.preprocessing_,
             "classes": list(self.classes_),
+            "positive_class": self.positive_class_,
+            "operating_point": getattr(self, "operating_point_", None),
+            "calibration": getattr(self, "calibration_", None),
             "history": getattr(self, "history_", []),
             "fit_seconds": getattr(self, "fit_seconds_", None),
             "best_epoch": getattr(self, "best_epoch_", None),
@@ -223,7 +392,7 @@ class Strategy:
             "extra": self._extra_state(),
             "adaptation": getattr(self, "adaptation_", None),
         }
-        atomic_write_json(d / META_FILE, meta)
+        write_meta(d, meta)
         return d
 
     @classmethod
@@ -239,39 +408,71 @@ def _build_network(backbone: str, n_classes: int, **kwargs: Any) -> tuple[nn.Mod
 
 
 def load_model(directory: str | os.PathLike) -> Strategy:
-    """Load any saved medtl model folder (written by ``Strategy.save``).
+    """Load any saved medtl model folder (written by ``Strategy.save``), with everything it records.
 
     The network is rebuilt with random weights (no weight file needed) and then filled from
-    ``model.safetensors``, so loading works offline and reproduces predictions exactly.
+    ``model.safetensors`` (after its SHA-256 is checked against ``model.json``), so loading works
+    offline and reproduces predictions exactly. Preprocessing, classes, the operating point and the
+    calibration are restored; ``predict``, ``evaluate``, ``adapt`` and the app read them from here.
+
+    Raises:
+        ModelFileError: a missing, invalid or tampered ``model.json`` or weights file, named.
     """
+    import dataclasses
+
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(directory)
-    meta_path, weights_path = d / META_FILE, d / MODEL_FILE
-    if not meta_path.exists() or not weights_path.exists():
-        raise ConfigError(
-            f"{d} is not a medtl model folder: expected {META_FILE} and {MODEL_FILE}. "
-            "Pass the 'model' folder of a run (e.g. runs/<id>/<strategy>/model)."
+    meta = read_meta(d)
+    weights_path = d / MODEL_FILE
+    name = meta["strategy"]
+    if name not in _REGISTRY:
+        raise ModelFileError(
+            f"{d / META_FILE}: strategy {name!r} is not registered in this medtl "
+            f"({list_strategies()})."
         )
-    meta = json.loads(meta_path.read_text())
-    name = look_up_option("strategy", meta["strategy"], list_strategies())
     cls = _REGISTRY[name]
-    est = cls(**{k: v for k, v in meta["params"].items() if k in cls._param_names()})
-    model, cfg = _build_network(meta["backbone"], len(meta["classes"]), pretrained=False)
-    missing, unexpected = model.load_state_dict(load_file(weights_path), strict=False)
+    est = cls(**{k: v for k, v in meta.get("params", {}).items() if k in cls._param_names()})
+    bb = meta["backbone"]
+    try:
+        model, cfg = _build_network(bb["name"], len(meta["classes"]), pretrained=False)
+    except ConfigError as exc:
+        raise ModelFileError(f"{d / META_FILE}: backbone {bb['name']!r}: {exc}") from None
+    try:
+        state = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(
+            f"{weights_path}: not a readable safetensors file ({exc}). Use the model folder written "
+            "by medtl or retrain."
+        ) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ModelFileError(
+            f"{weights_path} does not fit backbone {bb['name']!r} with {len(meta['classes'])} "
+            f"classes: {first}"
+        ) from None
     if missing or unexpected:
-        raise ConfigError(
-            f"{weights_path} does not match backbone {meta['backbone']!r}: missing {missing[:3]}, "
+        raise ModelFileError(
+            f"{weights_path} does not match backbone {bb['name']!r}: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}."
         )
     model.eval()
     est.model_ = model
-    est.backbone_config_ = cfg
-    est.image_size_ = int(meta["image_size"])
+    est.backbone_config_ = dataclasses.replace(
+        cfg, weights_sha256=bb.get("pretrained_weights_sha256")
+    )
+    est.preprocessing_ = dict(meta["preprocessing"])
+    est.image_size_ = int(meta["preprocessing"]["image_size"])
     est.classes_ = list(meta["classes"])
+    est.operating_point_ = meta.get("operating_point")
+    est.calibration_ = meta.get("calibration")
     est.history_ = meta.get("history", [])
     est.fit_seconds_ = meta.get("fit_seconds")
     est.best_epoch_ = meta.get("best_epoch")
     est._restore_extra(meta.get("extra", {}))
     est.adaptation_ = meta.get("adaptation")
+    est.medtl_version_ = meta.get("medtl_version")
     return est

@@ -1,0 +1,227 @@
+"""The model folder: its file names, the ``model.json`` schema, its writer and its validating reader.
+
+A model folder is the deployable unit (DESIGN.md, "Model folder"): ``model.safetensors`` holds the
+network's tensors and ``model.json`` everything needed to use the model exactly as it was validated:
+
+- ``backbone``: name, SHA-256 of the pretrained weights it started from, input mean/std;
+- ``weights``: file name and SHA-256 of ``model.safetensors`` (a tampered or swapped file is refused);
+- ``preprocessing``: image size, channels, every read option (window, percentiles, frame);
+- ``classes`` and ``positive_class``;
+- ``operating_point``: threshold, the rule and target that chose it, the split it was chosen on;
+- ``calibration``: a fitted recalibration (temperature), or null when none was fitted;
+- ``medtl_version`` and the training record (params, history, best epoch).
+
+This module is the only one that knows the layout; ``Strategy.save`` and ``load_model`` call it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from medtl._fileio import atomic_write_json
+from medtl.errors import ConfigError
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT = "medtl-model/2"
+_KNOWN_FORMATS = ("medtl-model/1", FORMAT)
+
+
+class ModelFileError(ConfigError):
+    """A model folder is missing, incomplete, invalid or tampered with."""
+
+
+class IncompleteModelWarning(UserWarning):
+    """An older model folder lacks some of what a current one records (its defaults are assumed)."""
+
+
+def read_image_defaults() -> dict[str, Any]:
+    """The read options ``medtl.io.read_image`` uses when none are given (window, percentiles, frame)."""
+    import inspect
+
+    from medtl.io import read_image
+
+    sig = inspect.signature(read_image)
+    out = {}
+    for name, p in sig.parameters.items():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            d = p.default
+            out[name] = list(d) if isinstance(d, tuple) else d
+    return out
+
+
+def complete_read_options(read_options: dict[str, Any] | None) -> dict[str, Any]:
+    """``read_options`` with every option of ``read_image`` filled in (JSON-safe: tuples -> lists)."""
+    out = read_image_defaults()
+    for k, v in (read_options or {}).items():
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``model.json`` atomically (after ``model.safetensors``, whose hash it records)."""
+    return atomic_write_json(Path(directory) / META_FILE, {"format": FORMAT, **meta})
+
+
+def _fail(path: Path, what: str) -> ModelFileError:
+    return ModelFileError(
+        f"{path}: {what}. The model folder is damaged or was edited by hand; use the folder written "
+        "by medtl (runs/<id>/<strategy>/model) or retrain."
+    )
+
+
+def read_meta(directory: str | Path, *, verify_weights: bool = True) -> dict[str, Any]:
+    """Read and validate ``model.json``; returns it in the current schema.
+
+    Older (``medtl-model/1``) folders are upgraded in memory: what they did not record is filled with
+    the defaults they were served with, and an :class:`IncompleteModelWarning` names each missing part.
+
+    Raises:
+        ModelFileError: the folder or a file is missing, ``model.json`` is not valid, or the weights'
+            SHA-256 differs from the one recorded (tampered or swapped file).
+    """
+    d = Path(directory)
+    meta_path, weights_path = d / META_FILE, d / MODEL_FILE
+    if not d.is_dir():
+        raise ModelFileError(
+            f"Model folder {str(d)!r} does not exist. Pass the 'model' folder of a run "
+            "(e.g. runs/<id>/<strategy>/model)."
+        )
+    for f in (meta_path, weights_path):
+        if not f.is_file():
+            raise ModelFileError(
+                f"{d} is not a complete medtl model folder: {f.name} is missing (expected "
+                f"{META_FILE} and {MODEL_FILE}). Pass the 'model' folder of a run "
+                "(e.g. runs/<id>/<strategy>/model)."
+            )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _fail(meta_path, f"not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise _fail(meta_path, "not a JSON object")
+    fmt = meta.get("format")
+    if fmt not in _KNOWN_FORMATS:
+        raise _fail(meta_path, f"unknown format {fmt!r} (this medtl reads {list(_KNOWN_FORMATS)})")
+    meta = _upgrade_v1(meta, meta_path) if fmt == "medtl-model/1" else meta
+    _validate(meta, meta_path)
+    recorded = (meta.get("weights") or {}).get("sha256")
+    if verify_weights and recorded:
+        actual = sha256_file(weights_path)
+        if actual != recorded:
+            raise _fail(
+                weights_path,
+                f"SHA-256 {actual[:16]}... differs from the {recorded[:16]}... recorded in {META_FILE} "
+                "(the weights were replaced or corrupted)",
+            )
+    return meta
+
+
+def _upgrade_v1(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
+    """A medtl-model/1 model.json in the current schema, warning about what it lacks."""
+    out = dict(meta)
+    missing = []
+    backbone = meta.get("backbone")
+    out["backbone"] = {"name": backbone, "pretrained_weights_sha256": None}
+    out["preprocessing"] = {
+        "image_size": meta.get("image_size"),
+        "channels": 1,  # what every medtl-model/1 consumer passed
+        "read_options": complete_read_options(None),
+    }
+    missing.append("preprocessing (assumed: grey, the reader's default window)")
+    out["weights"] = {"file": MODEL_FILE, "sha256": None}
+    missing.append("the weights' SHA-256 (not verified)")
+    classes = meta.get("classes") or []
+    out["positive_class"] = classes[-1] if len(classes) == 2 else None
+    if meta.get("operating_point") is None:
+        out["operating_point"] = None
+        missing.append("the operating point (0.5 is used unless you pass a threshold)")
+    out.setdefault("calibration", None)
+    out.setdefault("medtl_version", None)
+    warnings.warn(
+        f"{meta_path} was written by an older medtl (medtl-model/1) and does not record: "
+        + "; ".join(missing)
+        + ". Re-save it with this version (retrain, or load and save) to make it complete.",
+        IncompleteModelWarning,
+        stacklevel=3,
+    )
+    return out
+
+
+def _validate(meta: dict[str, Any], path: Path) -> None:
+    """Check the fields every consumer relies on; raise ModelFileError naming the field."""
+
+    def need(cond: bool, field: str, what: str) -> None:
+        if not cond:
+            raise _fail(path, f"field {field!r} {what} (got {_short(meta, field)})")
+
+    need(isinstance(meta.get("strategy"), str), "strategy", "must be a strategy name")
+    need(isinstance(meta.get("params", {}), dict), "params", "must be an object")
+    bb = meta.get("backbone")
+    need(
+        isinstance(bb, dict) and isinstance(bb.get("name"), str), "backbone", "must name a backbone"
+    )
+    classes = meta.get("classes")
+    need(
+        isinstance(classes, list)
+        and len(classes) >= 2
+        and all(isinstance(c, str) for c in classes)
+        and len(set(classes)) == len(classes),
+        "classes",
+        "must be a list of two or more distinct class names",
+    )
+    pre = meta.get("preprocessing")
+    need(isinstance(pre, dict), "preprocessing", "must be an object")
+    size = pre.get("image_size")
+    need(
+        isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096,
+        "preprocessing.image_size",
+        "must be an integer from 8 to 4096",
+    )
+    need(pre.get("channels") in (1, 3), "preprocessing.channels", "must be 1 or 3")
+    need(
+        isinstance(pre.get("read_options"), dict), "preprocessing.read_options", "must be an object"
+    )
+    pos = meta.get("positive_class")
+    need(pos is None or pos in classes, "positive_class", "must be one of the classes or null")
+    op = meta.get("operating_point")
+    if op is not None:
+        t = op.get("threshold") if isinstance(op, dict) else None
+        need(
+            isinstance(t, int | float)
+            and not isinstance(t, bool)
+            and math.isfinite(t)
+            and 0 <= t <= 1,
+            "operating_point.threshold",
+            "must be a number in [0, 1]",
+        )
+    cal = meta.get("calibration")
+    if cal is not None:
+        temp = cal.get("temperature") if isinstance(cal, dict) else None
+        need(
+            isinstance(temp, int | float) and math.isfinite(temp) and temp > 0,
+            "calibration.temperature",
+            "must be a positive number",
+        )
+
+
+def _short(meta: dict[str, Any], field: str) -> str:
+    v: Any = meta
+    for part in field.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
