@@ -8,9 +8,7 @@ fine-tuning continues from its last end-of-epoch checkpoint.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import time
@@ -22,20 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from medtl import runs
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl._run_outputs import (
-    _auroc_of,
-    _dataset_summary,
-    _environment,
-    _flag_gaps,
-    _num,
-    _paired,
-    _predictions_csv,
-    evaluate_probabilities,
-)
 from medtl.config import ExperimentConfig, load_config, save_config
 from medtl.data._types import Dataset, PreparedImages, Sample
-from medtl.errors import DatasetError
+from medtl.errors import ConfigError, DatasetError
+from medtl.runs import auroc_of, evaluate_probabilities, num
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +98,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
             )
         path = str(target)
         notes.append("Synthetic phantom data: results say nothing about clinical accuracy.")
+    path = _phantom_manifest(path)
     ds = load_dataset(
         path,
         val_fraction=cfg.data.val_fraction,
@@ -177,6 +168,44 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes)
 
 
+def _phantom_manifest(path: str) -> str:
+    """A phantom folder is read through its ``manifest.csv``, which knows each image's patient (two
+    images per fake patient), so no patient spans splits; any other path is returned unchanged."""
+    p = Path(path)
+    if p.is_dir() and (p / "phantom.json").is_file() and (p / "manifest.csv").is_file():
+        return str(p / "manifest.csv")
+    return path
+
+
+def split_unit(ds: Dataset) -> str:
+    """How the splits were made: ``given`` (the dataset's own folders/column), ``patient`` (carved
+    with every patient in one split) or ``image`` (carved per image: no patient ids known)."""
+    if ds.source == "folder_splits":
+        return "given"
+    if ds.samples and all(s.patient_id for s in ds.samples):
+        return "patient"
+    return "image"
+
+
+def dataset_fingerprint(ds: Dataset) -> str:
+    """A hash of what the run trains and tests on: each image's id, label, split and file size.
+
+    A resumed run must see the same fingerprint (the same files, labels and split), or it is refused.
+    """
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    h.update("|".join(ds.classes).encode())
+    for s in sorted(ds.samples, key=lambda s: s.uid):
+        try:
+            size = os.stat(s.path).st_size
+        except OSError:
+            size = -1
+        h.update(f"\n{s.uid}|{s.label}|{s.split}|{size}".encode())
+    return h.hexdigest()
+
+
 def _check_same_classes(main: Dataset, other: Dataset, field: str) -> None:
     if list(main.classes) != list(other.classes):
         raise DatasetError(
@@ -230,8 +259,8 @@ def run_strategy(
     from medtl.metrics import learning_curve_summary
     from medtl.strategies import load_model
 
-    sdir = run_dir / name
-    done_file = sdir / "summary.json"
+    sdir = runs.strategy_dir(run_dir, name)
+    done_file = sdir / runs.STRATEGY_SUMMARY_FILE
     if resume and done_file.exists():
         log.info("%s already finished in %s; not recomputed", name, sdir)
         return json.loads(done_file.read_text())
@@ -240,31 +269,36 @@ def run_strategy(
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
     if name in NETWORK_STRATEGIES:
-        kwargs["history_path"] = sdir / "history.json"
+        kwargs["history_path"] = sdir / runs.HISTORY_FILE
         if on_epoch_end is not None:
             kwargs["on_epoch_end"] = lambda row: on_epoch_end(name, row)
     est.fit(data.train, data.val, **kwargs)
     train_seconds = time.perf_counter() - t0
-    est.save(sdir / "model")
+    mdir = runs.model_dir(run_dir, name)
+    est.save(mdir)
     # the saved model is what users get: evaluate exactly that
-    est = load_model(sdir / "model")
+    est = load_model(mdir)
     p_val = est.predict_proba(data.val, progress=progress)
     p_test = est.predict_proba(data.test, progress=progress)
-    atomic_write_json(sdir / "history.json", est.history_)
+    atomic_write_json(sdir / runs.HISTORY_FILE, est.history_)
     atomic_write_text(
-        sdir / "predictions.csv",
-        _predictions_csv(
+        sdir / runs.PREDICTIONS_FILE,
+        runs.predictions_csv(
             [("val", data.val, p_val), ("test", data.test, p_test)], data.dataset.classes
         ),
     )
     metrics = evaluate_probabilities(data.val.labels, p_val, data.test.labels, p_test, cfg)
-    atomic_write_json(sdir / "metrics.json", metrics)
-    test_auc, test_ci = _auroc_of(metrics, "test")
-    val_auc, _ = _auroc_of(metrics, "val")
+    atomic_write_json(sdir / runs.METRICS_FILE, metrics)
+    op = runs.operating_point_record(metrics, len(data.val))
+    if op is not None:  # the model folder carries the operating point it was validated at
+        est.set_operating_point(**op)
+        est.save_meta(mdir)
+    test_auc, test_ci = auroc_of(metrics, "test")
+    val_auc, _ = auroc_of(metrics, "val")
     hist = est.history_ or []
     curve = (
         learning_curve_summary(
-            [_num(r.get("val_auroc")) for r in hist], [_num(r.get("elapsed")) for r in hist]
+            [num(r.get("val_auroc")) for r in hist], [num(r.get("elapsed")) for r in hist]
         )
         if hist and name in NETWORK_STRATEGIES
         else {"start": val_auc, "slope": 0.0, "asymptote": val_auc, "best_epoch": 1}
@@ -275,12 +309,12 @@ def run_strategy(
         else len(data.train) + len(data.val) - int(getattr(est, "cache_hits_", 0) or 0)
     )
     work_seconds = (
-        sum(_num(r.get("train_seconds", r.get("seconds", 0))) for r in hist)
+        sum(num(r.get("train_seconds", r.get("seconds", 0))) for r in hist)
         if name in NETWORK_STRATEGIES
         else (getattr(est, "extract_seconds_", None) or train_seconds)
     )
     row = {
-        "status": "done",
+        "status": runs.STATUS_DONE,
         "error": None,
         "test_auroc": test_auc,
         "test_auroc_ci": test_ci,
@@ -288,7 +322,8 @@ def run_strategy(
         "val_minus_test": val_auc - test_auc,
         "train_seconds": float(est.fit_seconds_ or train_seconds),
         "epochs_run": len(hist) if name in NETWORK_STRATEGIES else 0,
-        "best_epoch": est.best_epoch_,
+        # for feature extraction, best_epoch is the index of the chosen regularisation C
+        "best_epoch": est.best_epoch_ if name in NETWORK_STRATEGIES else None,
         # None when nothing was computed (every embedding came from the cache): no throughput to show
         "images_per_s": n_images / work_seconds if work_seconds and n_images > 0 else None,
         "start": curve.get("start"),
@@ -301,12 +336,79 @@ def run_strategy(
     return row
 
 
+#: config fields a resumed run may change: where it is written and how it shows progress
+_RESUME_FREE = ("output.",)
+
+
+def resume_config(
+    run_dir: Path, cfg: ExperimentConfig, explicit: set[str] | None = None
+) -> ExperimentConfig:
+    """The config a resumed run uses: the run's own ``config.yaml``.
+
+    Args:
+        run_dir: the run folder.
+        cfg: the config the caller built (defaults + options).
+        explicit: the fields the caller set on purpose (command-line options, a config file); None
+            means every field of ``cfg`` is deliberate (the Python API).
+
+    Raises:
+        ConfigError: a deliberately given field differs from the saved one (naming the field, the
+            saved value and the given one), or the folder holds no config to resume.
+    """
+    saved_path = run_dir / runs.CONFIG_FILE
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"Cannot resume {str(run_dir)!r}: it has no {runs.CONFIG_FILE} (no run was started "
+            "there). Drop --resume to start a new run."
+        )
+    saved = load_config(saved_path)
+    given, kept = _flatten(cfg.to_dict()), _flatten(saved.to_dict())
+    keys = set(given) if explicit is None else set(explicit)
+    conflicts = [
+        f"{k}: saved {kept.get(k)!r}, given {given.get(k)!r}"
+        for k in sorted(keys)
+        if not k.startswith(_RESUME_FREE) and given.get(k) != kept.get(k)
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"Cannot resume {str(run_dir)!r} with different settings; the run's models were made "
+            "with its saved config. Conflicting: " + "; ".join(conflicts) + ". Resume without "
+            "those options, or start a new run in another --out folder."
+        )
+    saved.output = cfg.output
+    return saved
+
+
+def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) -> None:
+    """The files only the run that creates the folder writes: config, split, data card, skipped."""
+    from medtl.data import save_splits
+    from medtl.data.card import data_card
+
+    save_config(cfg, run_dir / runs.CONFIG_FILE)
+    save_splits(data.dataset, run_dir / runs.SPLITS_FILE)
+    atomic_write_text(run_dir / runs.DATA_CARD_FILE, data_card(data.dataset, title=cfg.name))
+    atomic_write_text(
+        run_dir / runs.SKIPPED_FILE, runs.skipped_csv(data.dataset.skipped, data.dataset.root)
+    )
+
+
+def _check_same_data(run_dir: Path, summary: dict[str, Any], fingerprint: str) -> None:
+    saved = (summary.get("dataset") or {}).get("fingerprint")
+    if saved and saved != fingerprint:
+        raise DatasetError(
+            f"Cannot resume {str(run_dir)!r}: the dataset differs from the one the run started on "
+            "(its files, labels or split changed; fingerprint "
+            f"{fingerprint[:12]} vs {saved[:12]}). Start a new run in another --out folder."
+        )
+
+
 def compare(
     cfg: ExperimentConfig | str | Path | None = None,
     *,
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
     resume: bool = False,
+    explicit: set[str] | None = None,
     on_epoch_end: Callable[[str, dict], None] | None = None,
     on_strategy_start: Callable[[str], None] | None = None,
     write_html: bool = True,
@@ -314,58 +416,78 @@ def compare(
     """Run every strategy of ``cfg`` on the same split and write the run folder ``cfg.output.out``.
 
     Returns the summary dict (also written to ``<out>/summary.json``). A strategy that fails is recorded
-    with its error and the others still run.
+    with its error and the others still run. Every strategy has a status in the summary (``pending``
+    and ``running`` while the run is in progress; ``done``, ``failed`` or ``interrupted``), and
+    ``complete`` says whether the run finished, so a run stopped half-way is never read as finished.
+
+    With ``resume=True`` the run continues in its folder with the folder's own saved config
+    (``explicit`` names the fields the caller set on purpose; one that differs is refused) and only if
+    the data is the same (fingerprint of ids, labels, splits and file sizes).
 
     Example:
         >>> summary = medtl.compare("configs/demo.yaml", overrides={"output.out": "runs/demo"})
         >>> summary["strategies"]["feature_extraction"]["test_auroc"]
     """
-    from medtl.data import save_splits
-    from medtl.data.card import data_card, summarise_dataset
+    from medtl.data.card import summarise_dataset
 
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg, overrides)
     elif overrides:
         cfg = load_config(None, {**_flatten(cfg.to_dict()), **overrides})
     run_dir = Path(cfg.output.out).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"'output.out' is {str(run_dir)!r}, which is a file. Give a folder path for the run."
+        )
+    previous = runs.read_summary(run_dir) if resume else None
+    if resume:
+        cfg = resume_config(run_dir, cfg, explicit)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     data = load_data(cfg, progress=progress)
-    save_splits(data.dataset, run_dir / "splits.json")
-    atomic_write_text(run_dir / "data_card.md", data_card(data.dataset, title=cfg.name))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "reason"])
-    for s in data.dataset.skipped:
-        w.writerow([s.path, s.reason])
-    atomic_write_text(run_dir / "skipped.csv", buf.getvalue())
+    fingerprint = dataset_fingerprint(data.dataset)
+    if resume:
+        _check_same_data(run_dir, previous or {}, fingerprint)
+    else:
+        _write_provenance(run_dir, cfg, data)
 
     from medtl.training import describe_precision, resolve_device
 
     device = resolve_device(cfg.train.device)
     summary: dict[str, Any] = {
         "name": cfg.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "created": (previous or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "complete": False,
         "backbone": cfg.model.backbone,
         "image_size": data.image_size,
         "device": str(device),
         "precision": describe_precision(device, cfg.train.precision),
         "dataset": {
-            **_dataset_summary(summarise_dataset(data.dataset)),
+            **runs.dataset_summary(summarise_dataset(data.dataset)),
             "n_train": len(data.train),
             "n_val": len(data.val),
             "n_test": len(data.test),
+            "split_unit": split_unit(data.dataset),
+            "fingerprint": fingerprint,
         },
         "threshold_rule": cfg.metrics.threshold_rule,
         "prevalence": cfg.metrics.prevalence,
-        "strategies": {},
+        "strategies": {n: {"status": runs.STATUS_PENDING} for n in cfg.strategies},
         "paired": [],
         "notes": list(data.notes),
-        "environment": _environment(),
+        "environment": runs.environment(),
     }
+    if resume:
+        summary["resumed"] = [
+            *(previous or {}).get("resumed", []),
+            time.strftime("%Y-%m-%dT%H:%M:%S"),
+        ]
+    summary_path = run_dir / runs.SUMMARY_FILE
+    atomic_write_json(summary_path, summary)
     for name in cfg.strategies:
         if on_strategy_start is not None:
             on_strategy_start(name)
+        summary["strategies"][name] = {"status": runs.STATUS_RUNNING}
+        atomic_write_json(summary_path, summary)
         try:
             summary["strategies"][name] = run_strategy(
                 name,
@@ -378,22 +500,23 @@ def compare(
             )
         except KeyboardInterrupt:
             summary["strategies"][name] = {
-                "status": "interrupted",
+                "status": runs.STATUS_INTERRUPTED,
                 "error": "interrupted by the user",
             }
-            atomic_write_json(run_dir / "summary.json", summary)
+            atomic_write_json(summary_path, summary)
             raise
         except Exception as exc:  # one failing strategy must not lose the others' results
             log.error("strategy %s failed: %s", name, exc)
             summary["strategies"][name] = {
-                "status": "failed",
+                "status": runs.STATUS_FAILED,
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=5),
             }
-        atomic_write_json(run_dir / "summary.json", summary)
-    summary["paired"] = _paired(run_dir, cfg, summary)
-    _flag_gaps(summary)
-    atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(summary_path, summary)
+    summary["paired"] = runs.paired_comparisons(run_dir, summary, seed=cfg.train.seed)
+    runs.flag_gaps(summary)
+    summary["complete"] = True
+    atomic_write_json(summary_path, summary)
     if write_html:
         try:
             from medtl.report import write_report
@@ -402,7 +525,7 @@ def compare(
         except Exception as exc:  # the numbers are already saved; a report failure is not fatal
             log.error("could not write the HTML report: %s", exc)
             summary["notes"].append(f"HTML report failed: {exc}")
-        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(summary_path, summary)
     return summary
 
 

@@ -105,32 +105,44 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare(args: argparse.Namespace) -> int:
+def _explicit(args: argparse.Namespace, ov: dict[str, Any]) -> set[str]:
+    """Config fields the user set on purpose: options given, and every field of a --config file."""
+    keys = set(ov)
+    if args.config:
+        import yaml
+
+        from medtl.experiment import _flatten
+
+        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        if isinstance(loaded, dict):
+            keys |= set(_flatten(loaded))
+    return keys
+
+
+def _run(args: argparse.Namespace, ov: dict[str, Any], *, first_only: bool) -> int:
     from medtl.config import load_config
     from medtl.experiment import compare as run_compare
 
-    ov = _overrides(args)
     cfg = load_config(args.config, ov)
     if "output.out" not in ov and not args.config:
         cfg.output.out = f"runs/{cfg.name}"
-    summary = run_compare(cfg, progress=not args.quiet, resume=args.resume)
+    if first_only and len(cfg.strategies) > 1:
+        cfg.strategies = cfg.strategies[:1]
+    explicit = _explicit(args, ov) if args.resume else None
+    summary = run_compare(cfg, progress=not args.quiet, resume=args.resume, explicit=explicit)
     _print_summary(summary, cfg.output.out)
     return 0 if all(r.get("status") == "done" for r in summary["strategies"].values()) else 1
+
+
+def compare(args: argparse.Namespace) -> int:
+    return _run(args, _overrides(args), first_only=False)
 
 
 def train(args: argparse.Namespace) -> int:
-    from medtl.config import load_config
-    from medtl.experiment import compare as run_compare
-
     ov = _overrides(args)
     if args.strategy:
         ov["strategies"] = [args.strategy]
-    cfg = load_config(args.config, ov)
-    if len(cfg.strategies) > 1 and not args.strategy:
-        cfg.strategies = cfg.strategies[:1]
-    summary = run_compare(cfg, progress=not args.quiet, resume=args.resume)
-    _print_summary(summary, cfg.output.out)
-    return 0 if all(r.get("status") == "done" for r in summary["strategies"].values()) else 1
+    return _run(args, ov, first_only=not args.strategy)
 
 
 def evaluate(args: argparse.Namespace) -> int:

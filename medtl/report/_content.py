@@ -15,9 +15,8 @@ from medtl.metrics import clinical_report, compare_paired, multiclass_auroc
 from medtl.report._html import fpct
 from medtl.report._plots import history_summary
 from medtl.report._run import RunData, StrategyRun
+from medtl.runs import OVERSTATE_MARGIN
 
-#: Validation AUROC above test AUROC by more than this is flagged as optimistic validation.
-OVERSTATE_MARGIN = 0.03
 _OP_KEYS = (
     "sensitivity", "specificity", "ppv", "npv", "ppv_at_prevalence", "npv_at_prevalence",
     "lr_pos", "lr_neg", "f1", "accuracy", "tp", "fp", "tn", "fn",

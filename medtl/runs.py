@@ -1,0 +1,551 @@
+"""The run folder: its layout (file names), what a run writes, and the reader everyone else uses.
+
+A run folder (``runs/<id>/``, written by ``medtl compare`` / ``train`` / ``demo``) holds::
+
+    config.yaml        the resolved config (written once, by the run that created the folder)
+    splits.json        which image is in which split (de-identified ids)
+    data_card.md       what the dataset holds
+    skipped.csv        files that were not used, and why
+    summary.json       one row per strategy, each with a status; "complete" for the whole run
+    report.html/json   the report (plots/ beside it)
+    <strategy>/        history.json, predictions.csv, metrics.json, summary.json, model/
+
+This module is the one owner of those names: the runner (``experiment``), ``evaluate``, the report,
+the app and the CLI import them from here. The reader reads only the run folder's own files (never
+DICOM headers), so a report can be re-rendered later; missing or unreadable files become notes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from medtl.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+# -- layout ---------------------------------------------------------------------------------------
+CONFIG_FILE = "config.yaml"
+SPLITS_FILE = "splits.json"
+DATA_CARD_FILE = "data_card.md"
+SKIPPED_FILE = "skipped.csv"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+REPORT_JSON_FILE = "report.json"
+PLOTS_DIR = "plots"
+HISTORY_FILE = "history.json"
+PREDICTIONS_FILE = "predictions.csv"
+METRICS_FILE = "metrics.json"
+STRATEGY_SUMMARY_FILE = "summary.json"  # inside <strategy>/: written last, so it means "done"
+MODEL_DIR = "model"
+_STRATEGY_FILES = (HISTORY_FILE, PREDICTIONS_FILE, METRICS_FILE)
+
+#: strategy statuses in summary.json: finished; raised an error; stopped by the user; never finished
+#: (the process ended first: killed, crashed, app tab closed); not started yet.
+STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_INCOMPLETE = (
+    "done",
+    "failed",
+    "interrupted",
+    "incomplete",
+)
+STATUS_PENDING, STATUS_RUNNING = "pending", "running"  # written while the run is in progress
+
+#: Validation AUROC above test AUROC by more than this is flagged: validation overstates test.
+OVERSTATE_MARGIN = 0.03
+
+
+def strategy_dir(run_dir: str | os.PathLike, name: str) -> Path:
+    """``<run>/<strategy>/``."""
+    return Path(run_dir) / name
+
+
+def model_dir(run_dir: str | os.PathLike, name: str) -> Path:
+    """``<run>/<strategy>/model/``, the strategy's saved model folder."""
+    return Path(run_dir) / name / MODEL_DIR
+
+
+def run_dir_of_model(model_folder: str | os.PathLike) -> Path | None:
+    """The run folder a model folder belongs to (``<run>/<strategy>/model``), or None."""
+    m = Path(model_folder)
+    run = m.parent.parent
+    if m.name == MODEL_DIR and (run / SPLITS_FILE).is_file():
+        return run
+    return None
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Per-image predictions of one strategy (``predictions.csv``).
+
+    Attributes:
+        uid: de-identified image ids.
+        split: "val" or "test" per row.
+        label: class index per row.
+        proba: (n, K) class probabilities, column k = P(class k).
+        class_names: the K class names (from the ``p_<class>`` column names).
+    """
+
+    uid: list[str]
+    split: np.ndarray
+    label: np.ndarray
+    proba: np.ndarray
+    class_names: list[str]
+
+    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, probabilities) of one split; probabilities are (n,) P(class 1) if binary."""
+        m = self.split == split
+        p = self.proba[m]
+        return self.label[m], (p[:, 1] if p.shape[1] == 2 else p)
+
+
+@dataclasses.dataclass
+class StrategyRun:
+    """Everything stored for one strategy; any file may be missing (None)."""
+
+    name: str
+    info: dict[str, Any]
+    history: list[dict[str, Any]] | None = None
+    predictions: Predictions | None = None
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> str:
+        """``done``, ``failed``, ``interrupted`` or ``incomplete`` (never finished: the process ended
+        first, or it is still running)."""
+        st = self.info.get("status")
+        if st in (STATUS_PENDING, STATUS_RUNNING, None) and not self.info.get("test_auroc"):
+            return (
+                STATUS_INCOMPLETE if st or not (self.predictions or self.metrics) else STATUS_DONE
+            )
+        return str(st)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == STATUS_DONE
+
+    @property
+    def error(self) -> str | None:
+        err = self.info.get("error")
+        return None if err in (None, "") else str(err)
+
+
+@dataclasses.dataclass
+class RunData:
+    """A run folder's contents (see :func:`load_run`)."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    config: dict[str, Any] | None
+    data_card: str | None
+    skipped: list[tuple[str, str]] | None
+    strategies: dict[str, StrategyRun]
+    classes: list[str]
+    notes: list[str]
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def complete(self) -> bool:
+        """True when the run finished every strategy it was asked for (each done or failed)."""
+        if self.summary.get("complete") is False:
+            return False
+        return all(st.status in (STATUS_DONE, STATUS_FAILED) for st in self.strategies.values())
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Strategies that did not finish (interrupted or incomplete)."""
+        return [
+            n for n, st in self.strategies.items() if st.status not in (STATUS_DONE, STATUS_FAILED)
+        ]
+
+    @property
+    def split_unit(self) -> str:
+        """``"patient"`` when splits were made per patient, ``"image"`` otherwise (or unknown)."""
+        return str((self.summary.get("dataset") or {}).get("split_unit") or "unknown")
+
+
+def _read_json(path: Path, notes: list[str], rel: str) -> Any:
+    if not path.is_file():
+        notes.append(f"{rel} is missing; the sections that need it are skipped.")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        notes.append(f"{rel} could not be read ({type(exc).__name__}: {exc}); skipped.")
+        return None
+
+
+def read_predictions(path: str | os.PathLike) -> Predictions:
+    """Read ``predictions.csv`` (columns uid, split, label, p_<class0>, p_<class1>, ...).
+
+    Raises:
+        DatasetError: when a column is missing or a value is not a number, naming the file and row.
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(
+                f"{path}: empty file; expected a header uid,split,label,p_<class>..."
+            )
+        cols = [h.strip() for h in header]
+        missing = [c for c in ("uid", "split", "label") if c not in cols]
+        pcols = [i for i, c in enumerate(cols) if c.startswith("p_")]
+        if missing or len(pcols) < 2:
+            raise DatasetError(
+                f"{path}: columns {cols} lack {missing or 'p_<class> columns (two or more)'}; "
+                "expected uid,split,label,p_<class0>,p_<class1>,..."
+            )
+        iu, isp, il = cols.index("uid"), cols.index("split"), cols.index("label")
+        uid, split, label, proba = [], [], [], []
+        for rown, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                uid.append(row[iu])
+                split.append(row[isp].strip())
+                label.append(int(float(row[il])))
+                proba.append([float(row[i]) for i in pcols])
+            except (IndexError, ValueError) as exc:
+                raise DatasetError(
+                    f"{path}, line {rown}: cannot parse the row ({exc}); each row needs a uid, a "
+                    "split, an integer class index and one probability per p_<class> column."
+                ) from exc
+    return Predictions(
+        uid=uid,
+        split=np.asarray(split, dtype=str),
+        label=np.asarray(label, dtype=np.int64),
+        proba=np.asarray(proba, dtype=np.float64).reshape(len(proba), len(pcols)),
+        class_names=[cols[i][2:] for i in pcols],
+    )
+
+
+def _read_skipped(path: Path) -> list[tuple[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "reason"]:
+        rows = rows[1:]
+    return [(r[0], r[1] if len(r) > 1 else "") for r in rows if r]
+
+
+def _strategy_names(
+    run_dir: Path, summary: dict[str, Any], config: dict[str, Any] | None = None
+) -> list[str]:
+    names = list((summary.get("strategies") or {}).keys())
+    # a strategy the config asked for but the summary never reached is shown (as incomplete)
+    names += [n for n in (config or {}).get("strategies") or [] if n not in names]
+    if names:
+        return names
+    # No summary: any sub-folder holding a strategy file is a strategy (sorted for determinism).
+    return sorted(
+        d.name
+        for d in run_dir.iterdir()
+        if d.is_dir() and any((d / f).is_file() for f in _STRATEGY_FILES)
+    )
+
+
+def load_run(run_dir: str | os.PathLike) -> RunData:
+    """Read every report input of a run folder; missing files become ``notes``.
+
+    Args:
+        run_dir: the run folder (``runs/<id>``).
+
+    Raises:
+        DatasetError: when ``run_dir`` is not a folder.
+
+    Example:
+        >>> run = load_run("runs/latest")
+        >>> list(run.strategies)
+        ['feature_extraction', 'fine_tuning']
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DatasetError(
+            f"run_dir {str(run_dir)!r} is not a folder; pass the folder written by `medtl compare` "
+            "or `medtl train` (e.g. runs/latest)."
+        )
+    notes: list[str] = []
+    summary = _read_json(run_dir / SUMMARY_FILE, notes, SUMMARY_FILE) or {}
+    if not isinstance(summary, dict):
+        notes.append("summary.json is not a JSON object; ignored.")
+        summary = {}
+    config = None
+    cfg_path = run_dir / CONFIG_FILE
+    if cfg_path.is_file():
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            config = loaded if isinstance(loaded, dict) else None
+        except (OSError, yaml.YAMLError) as exc:
+            notes.append(f"config.yaml could not be read ({type(exc).__name__}); skipped.")
+    else:
+        notes.append("config.yaml is missing; training details are not reported.")
+    card_path = run_dir / DATA_CARD_FILE
+    data_card = (
+        card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else None
+    )
+    skipped = None
+    sk_path = run_dir / SKIPPED_FILE
+    if sk_path.is_file():
+        try:
+            skipped = _read_skipped(sk_path)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            notes.append(f"skipped.csv could not be read ({type(exc).__name__}); skipped.")
+    else:
+        notes.append("skipped.csv is missing; the list of unused files is not shown.")
+
+    strategies: dict[str, StrategyRun] = {}
+    infos = summary.get("strategies") or {}
+    for name in _strategy_names(run_dir, summary, config):
+        info = infos.get(name) if isinstance(infos.get(name), dict) else {}
+        st = StrategyRun(name=name, info=dict(info))
+        sdir = run_dir / name
+        # a failed or never-finished strategy's missing files are expected, not news
+        failed = st.info.get("status") in (STATUS_FAILED, STATUS_PENDING, STATUS_RUNNING)
+        sub: list[str] = []
+        hist = _read_json(sdir / HISTORY_FILE, sub, f"{name}/{HISTORY_FILE}")
+        st.history = hist if isinstance(hist, list) else None
+        st.metrics = _read_json(sdir / METRICS_FILE, sub, f"{name}/{METRICS_FILE}")
+        pred_path = sdir / PREDICTIONS_FILE
+        if pred_path.is_file():
+            try:
+                st.predictions = read_predictions(pred_path)
+            except (OSError, UnicodeDecodeError, DatasetError) as exc:
+                sub.append(f"{name}/predictions.csv could not be read: {exc}")
+        else:
+            sub.append(f"{name}/predictions.csv is missing; the sections that need it are skipped.")
+        if not failed:  # a failed strategy's missing files are expected, not news
+            notes.extend(sub)
+        strategies[name] = st
+
+    classes = list((summary.get("dataset") or {}).get("classes") or [])
+    if not classes:
+        for st in strategies.values():
+            if st.predictions is not None:
+                classes = list(st.predictions.class_names)
+                break
+    logger.debug("loaded run %s: %d strategies, classes %s", run_dir, len(strategies), classes)
+    return RunData(
+        run_dir=run_dir,
+        summary=summary,
+        config=config,
+        data_card=data_card,
+        skipped=skipped,
+        strategies=strategies,
+        classes=classes,
+        notes=notes,
+    )
+
+
+def read_split_assignment(run_dir: str | os.PathLike) -> dict[str, str]:
+    """``{uid: split}`` from a run's ``splits.json`` (de-identified ids only).
+
+    Raises:
+        DatasetError: the file is missing or is not a splits file.
+    """
+    path = Path(run_dir) / SPLITS_FILE
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        return {str(r["uid"]): str(r["split"]) for r in obj["samples"] if r.get("split")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(
+            f"{path}: cannot read the run's split assignment ({type(exc).__name__}: {exc})."
+        ) from None
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``summary.json`` of a run, or None when absent/unreadable."""
+    notes: list[str] = []
+    obj = _read_json(Path(run_dir) / SUMMARY_FILE, notes, SUMMARY_FILE)
+    return obj if isinstance(obj, dict) else None
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def predictions_csv(parts: list[tuple[str, Any, np.ndarray]], classes: list[str]) -> str:
+    """``predictions.csv`` text: uid, split, label, p_<class>... for (split, PreparedImages, proba)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["uid", "split", "label", *[f"p_{c}" for c in classes]])
+    for split, images, proba in parts:
+        for uid, lab, row in zip(images.uids, images.labels, proba):
+            # shortest exact float text, not 6 decimals: p = 0.9999999 and 0.99999999 must not tie
+            w.writerow([uid, split, int(lab), *[repr(float(x)) for x in row]])
+    return buf.getvalue()
+
+
+def skipped_csv(skipped: list[Any], root: str | os.PathLike) -> str:
+    """``skipped.csv`` text: a de-identified id and the reason per unused file (no paths: file and
+    folder names in hospital exports carry names and record numbers)."""
+    from medtl.data._sources import make_uid
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "reason"])
+    for s in skipped:
+        w.writerow([make_uid(_relative(s.path, root)), s.reason])
+    return buf.getvalue()
+
+
+def _relative(path: str, root: str | os.PathLike) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except (ValueError, OSError):
+        return Path(path).as_posix()
+
+
+def evaluate_probabilities(
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    cfg: Any,
+) -> dict[str, Any]:
+    """Clinical metrics on test and on validation, both at the threshold chosen on validation."""
+    from medtl.metrics import clinical_report, multiclass_auroc
+
+    m = cfg.metrics
+    if p_test.shape[1] == 2:
+
+        def report(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+            # the operating threshold is always chosen on validation, for both splits' numbers
+            return clinical_report(
+                y, p[:, 1], y_val=y_val, p_val=p_val[:, 1], rule=m.threshold_rule,
+                target=m.target, prevalence=m.prevalence, ci_method=m.ci_method,
+                seed=cfg.train.seed,
+            ).to_dict()  # fmt: skip
+
+        test, val = report(y_test, p_test), report(y_val, p_val)
+        return {"test": test, "val": val, "threshold": test.get("threshold")}
+    return {
+        "test": {"multiclass_auroc": multiclass_auroc(y_test, p_test)},
+        "val": {"multiclass_auroc": multiclass_auroc(y_val, p_val)},
+        "threshold": None,
+    }
+
+
+def operating_point_record(metrics: dict[str, Any], n_val: int) -> dict[str, Any] | None:
+    """What a model folder records about its operating point, from a run's ``metrics.json``."""
+    t = metrics.get("threshold")
+    if t is None:
+        return None
+    val = metrics.get("val") or {}
+    op = val.get("operating_point") or {}
+    return {
+        "threshold": float(t),
+        "rule": val.get("threshold_rule"),
+        "target": val.get("threshold_target"),
+        "chosen_on": "val",
+        "n": int(n_val),
+        "sensitivity_on_val": op.get("sensitivity"),
+        "specificity_on_val": op.get("specificity"),
+    }
+
+
+def auroc_of(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
+    """(AUROC, [low, high] or None) of one split of a ``metrics.json``; macro AUROC for K > 2."""
+    part = metrics.get(split, {})
+    if "auroc" in part and isinstance(part["auroc"], dict):
+        a = part["auroc"]
+        return num(a.get("auroc")), [num(a.get("low")), num(a.get("high"))]
+    if "multiclass_auroc" in part:
+        mc = part["multiclass_auroc"]
+        lo, hi = mc.get("macro_low"), mc.get("macro_high")
+        return num(mc.get("macro")), ([num(lo), num(hi)] if lo is not None else None)
+    return float("nan"), None
+
+
+def num(x: Any) -> float:
+    """``x`` as a float (None -> NaN)."""
+    try:
+        return float("nan") if x is None else float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def dataset_summary(s: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``summarise_dataset`` a run's summary keeps (no root path: it may name people)."""
+    keep = ("source", "classes", "counts", "n_skipped", "patient_ids", "imbalance_ratio")
+    out = {k: s[k] for k in keep if k in s}
+    out.setdefault("n_skipped", len(s.get("skipped", [])))
+    return out
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine facts for the record."""
+    import torch
+
+    import medtl
+
+    return {
+        "medtl": medtl.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def paired_comparisons(
+    run_dir: Path, summary: dict[str, Any], *, seed: int
+) -> list[dict[str, Any]]:
+    """Paired tests on the shared test images: every pair of finished binary strategies.
+
+    Computed once, when the run finishes, and stored in ``summary.json["paired"]``; the report, the
+    app and the CLI read them from there.
+    """
+    from medtl.metrics import compare_paired
+
+    done = [n for n, r in summary["strategies"].items() if r.get("status") == STATUS_DONE]
+    preds = {}
+    for n in done:
+        try:
+            preds[n] = read_predictions(run_dir / n / PREDICTIONS_FILE)
+        except (OSError, DatasetError) as exc:
+            logger.warning("paired tests: %s", exc)
+    out = []
+    for i, a in enumerate(done):
+        for b in done[i + 1 :]:
+            if a not in preds or b not in preds:
+                continue
+            pa, pb = preds[a], preds[b]
+            ma, mb = pa.split == "test", pb.split == "test"
+            ua = [u for u, k in zip(pa.uid, ma) if k]
+            ub = [u for u, k in zip(pb.uid, mb) if k]
+            if ua != ub or pa.proba.shape[1] != 2:
+                continue
+            res = compare_paired(
+                pa.label[ma],
+                pa.proba[ma][:, 1],
+                pb.proba[mb][:, 1],
+                threshold_a=num(summary["strategies"][a].get("threshold") or 0.5),
+                threshold_b=num(summary["strategies"][b].get("threshold") or 0.5),
+                seed=seed,
+                name_a=a,
+                name_b=b,
+            )
+            out.append({"a": a, "b": b, **res})
+    return out
+
+
+def flag_gaps(summary: dict[str, Any]) -> None:
+    """Add a note for each strategy whose validation AUROC overstates test by > OVERSTATE_MARGIN."""
+    for name, r in summary["strategies"].items():
+        gap = r.get("val_minus_test")
+        if gap is not None and not math.isnan(gap) and gap > OVERSTATE_MARGIN:
+            summary["notes"].append(
+                f"Validation overstates {name} by {gap:.2f} AUROC on the test data "
+                "(the test set may be shifted from the training site)."
+            )
