@@ -107,20 +107,18 @@ def adapt_model(
     ``data`` is a folder (searched recursively; labels, if any, are ignored) or a list of files. Files that
     cannot be read are skipped and reported. Returns {"out", "n_images", "skipped"}.
     """
-    from medtl.data import prepare_images
-    from medtl.data._files import unlabelled_samples
+    from medtl.evaluation import collect_inputs
     from medtl.strategies import load_model
 
     est = load_model(model_dir)
-    samples = unlabelled_samples(data)
-    images = prepare_images(
+    samples, skipped, _named = collect_inputs([data] if isinstance(data, str | Path) else data)
+    # prepared exactly as the model's training images were (size, channels, window, ...)
+    images = est.prepare(
         samples,
-        est.classes_,
-        size=est.image_size_,
-        channels=1,
         cache_dir=None if cache_dir is None else Path(cache_dir) / "images",
         progress=progress,
     )
+    images.skipped[:0] = skipped
     new = adapt_batchnorm(est, images, progress=progress)
     new.save(out)
     return {"out": str(out), "n_images": len(images), "skipped": list(images.skipped)}

@@ -10,7 +10,7 @@ from PIL import Image
 
 from medtl.cli import main
 from medtl.errors import ConfigError
-from medtl.evaluate import evaluate, predict
+from medtl.evaluation import evaluate, predict
 from medtl.strategies import get_strategy
 from tests._helpers import blob_images
 
@@ -51,7 +51,7 @@ def test_evaluate_table_and_resume(models, monkeypatch):
         assert r["sensitivity"] != ""
     assert "AUROC" in (out / "evaluation.md").read_text()
 
-    import medtl.evaluate as ev
+    import medtl.evaluation as ev
 
     monkeypatch.setattr(
         ev, "_evaluate_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed"))
@@ -79,7 +79,8 @@ def test_predict_files_and_folders_skips_bad_files(models, tmp_path, capsys):
         res = predict(str(dirs[0]), [str(site)], out=str(tmp_path / "p.csv"), progress=False)
         assert res["n"] == 24 and len(res["skipped"]) == 1
         rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
-        assert len(rows) == 24 and {"path", "p_normal", "p_lesion", "predicted"} <= set(rows[0])
+        assert len(rows) == 24 and {"id", "p_normal", "p_lesion", "call"} <= set(rows[0])
+        assert "path" not in rows[0]  # file names may carry identifiers
         assert (
             main(["predict", str(dirs[0]), str(site), "--out", str(tmp_path / "q.csv"), "--quiet"])
             == 0

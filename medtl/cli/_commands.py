@@ -146,7 +146,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from medtl.evaluate import evaluate as run_evaluate
+    from medtl.evaluation import evaluate as run_evaluate
 
     table = run_evaluate(
         models=args.models,
@@ -164,14 +164,32 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from medtl.evaluate import predict as run_predict
+    from medtl.evaluation import predict as run_predict
 
-    res = run_predict(args.model, args.images, out=args.out, progress=not args.quiet)
+    res = run_predict(
+        args.model,
+        args.images,
+        out=args.out,
+        threshold=args.threshold,
+        id_map=args.id_map,
+        progress=not args.quiet,
+    )
     print(f"{res['n']} images predicted -> {res['out']}")
+    if res["threshold"] is not None:
+        print(f"call: positive when P >= {res['threshold']:.4g} ({res['threshold_source']})")
+    if args.id_map:
+        print(f"id -> path map (contains identifiers): {args.id_map}")
     if res["skipped"]:
-        print(f"{len(res['skipped'])} files skipped:", file=sys.stderr)
-        for s in res["skipped"][:20]:
+        print(f"{len(res['skipped'])} input(s) not used:", file=sys.stderr)
+        for s in res["skipped"]:
             print(f"  {s.path}: {s.reason}", file=sys.stderr)
+    if res["unusable_named"]:
+        print(
+            f"medtl: error: {len(res['unusable_named'])} of the files you named could not be used "
+            "(listed above).",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -155,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="YAML batch file: {models: [...], datasets: [...], out: ...}")
     p.add_argument("--out", default="evaluation", help="output folder for the table")
     p.add_argument(
-        "--split", default="all", help="which split of each dataset to use: all, test, val, train"
+        "--split",
+        default="all",
+        choices=["all", "train", "val", "test"],
+        help="all images, or the model's own run split (from its splits.json)",
     )
     p.add_argument(
         "--threshold",
@@ -177,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder")
     p.add_argument("images", nargs="+", help="files or folders")
     p.add_argument("--out", default="predictions.csv", help="CSV to write")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="operating threshold for the call (default: the model's own operating point)",
+    )
+    p.add_argument(
+        "--id-map",
+        help="also write id -> file path to this CSV (it contains identifiers; keep it private)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = _sub(

@@ -1,0 +1,464 @@
+"""Batch evaluation of saved models on datasets, and plain prediction on files.
+
+``evaluate`` writes one table (CSV + Markdown), one row per model x dataset, with every clinical metric and
+its CI. Each finished row is stored as it completes, so an interrupted batch resumes without recomputing.
+
+Both read everything about the model from its folder (``model.json``): how images are prepared, the
+classes, and the operating point; an explicit argument may override the threshold, and the output
+says so. (The module is ``medtl.evaluation``, not ``medtl.evaluate``, so that importing it never
+replaces the function ``medtl.evaluate``.)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl.data._types import Sample, SkippedFile
+from medtl.errors import ConfigError, DatasetError
+from medtl.strategies._modelfile import META_FILE, MODEL_FILE, ModelFileError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "model",
+    "strategy",
+    "dataset",
+    "split",
+    "n",
+    "n_pos",
+    "prevalence",
+    "auroc",
+    "auroc_low",
+    "auroc_high",
+    "auprc",
+    "threshold",
+    "threshold_source",
+    "sensitivity",
+    "sens_low",
+    "sens_high",
+    "specificity",
+    "spec_low",
+    "spec_high",
+    "ppv",
+    "npv",
+    "ppv_deploy",
+    "npv_deploy",
+    "lr_pos",
+    "lr_neg",
+    "f1",
+    "brier",
+    "ece",
+    "n_skipped",
+]
+
+
+def find_models(paths: list[str]) -> list[Path]:
+    """Expand model folders and run folders (every ``*/model`` inside) into model folders."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / META_FILE).exists():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(m.parent for m in p.glob("*/model/model.json"))
+            if not found:
+                raise ConfigError(
+                    f"{p} holds no saved model (no model.json, no */model/model.json)."
+                )
+            out.extend(found)
+        else:
+            raise ConfigError(f"Model path {str(p)!r} does not exist.")
+    return out
+
+
+def _row_key(model_dir: Path, dataset: str, split: str, threshold: Any, prevalence: Any) -> str:
+    """One row's identity: the model's files (both, so a changed operating point is a new row), the
+    dataset, split, threshold and prevalence."""
+    parts = [str(model_dir.resolve())]
+    for f in (MODEL_FILE, META_FILE):
+        st = (model_dir / f).stat()
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    parts += [str(Path(dataset).resolve()), split, str(threshold), str(prevalence)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _get(d: dict, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def evaluate(
+    models: list[str] | None = None,
+    datasets: list[str] | None = None,
+    *,
+    batch_file: str | None = None,
+    out: str = "evaluation",
+    split: str = "all",
+    threshold: float | None = None,
+    prevalence: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every model on every dataset; returns {"rows", "csv", "markdown"}.
+
+    Args:
+        models: model folders or run folders.
+        datasets: labelled datasets (any source ``load_dataset`` reads), e.g. an external test site.
+        batch_file: YAML with keys ``models``, ``datasets`` and optional ``out``, ``split``, ``threshold``,
+            ``prevalence`` (arguments given here take precedence over the file).
+        split: ``all`` (every image of the dataset), or ``train``/``val``/``test`` of the run the
+            model comes from, as recorded in that run's ``splits.json`` (the dataset must be the
+            run's own; any other dataset allows only ``all``).
+        threshold: operating threshold (two classes); default: the model's own operating point
+            (chosen on validation when it was trained), recorded in its ``model.json``.
+        prevalence: deployment prevalence for PPV/NPV.
+
+    Example:
+        >>> medtl.evaluate(["runs/a"], ["site_b/"], out="eval")["csv"]
+    """
+    from tqdm.auto import tqdm
+
+    from medtl._options import look_up_option
+
+    if batch_file:
+        import yaml
+
+        spec = yaml.safe_load(Path(batch_file).read_text()) or {}
+        unknown = set(spec) - {"models", "datasets", "out", "split", "threshold", "prevalence"}
+        if unknown:
+            raise ConfigError(f"Unknown field(s) {sorted(unknown)} in batch file {batch_file}.")
+        models = (models or []) + list(spec.get("models", []))
+        datasets = (datasets or []) + list(spec.get("datasets", []))
+        out = spec.get("out", out) if out == "evaluation" else out
+        split = spec.get("split", split)
+        threshold = threshold if threshold is not None else spec.get("threshold")
+        prevalence = prevalence if prevalence is not None else spec.get("prevalence")
+    look_up_option("split", split, ["all", "train", "val", "test"])
+    if not models or not datasets:
+        raise ConfigError(
+            "evaluate needs at least one model and one dataset (--data or a --batch file)."
+        )
+    model_dirs = find_models(list(models))
+    out_dir = Path(out)
+    (out_dir / "rows").mkdir(parents=True, exist_ok=True)
+    jobs = [(m, d) for d in datasets for m in model_dirs]
+    rows = []
+    for m, d in tqdm(jobs, desc="evaluate", disable=not progress):
+        key = _row_key(m, d, split, threshold, prevalence)
+        row_file = out_dir / "rows" / f"{key}.json"
+        if row_file.exists():
+            rows.append(json.loads(row_file.read_text()))
+            continue
+        row = _evaluate_one(m, d, split, threshold, prevalence, out_dir / ".cache", progress)
+        atomic_write_json(row_file, row)
+        rows.append(row)
+    csv_path = out_dir / "evaluation.csv"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+    atomic_write_text(csv_path, buf.getvalue())
+    md = _markdown(rows)
+    atomic_write_text(out_dir / "evaluation.md", md)
+    return {"rows": rows, "csv": str(csv_path), "markdown": md}
+
+
+def _evaluate_one(
+    model_dir: Path,
+    dataset: str,
+    split: str,
+    threshold: float | None,
+    prevalence: float | None,
+    cache: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    from medtl.data import load_dataset
+    from medtl.experiment import _phantom_manifest
+    from medtl.metrics import clinical_report
+    from medtl.strategies import load_model
+
+    est = load_model(model_dir)
+    ds = load_dataset(
+        _phantom_manifest(str(dataset)),
+        val_fraction=0.0,
+        test_fraction=0.0,
+        min_per_class=1,
+        progress=progress,
+    )
+    if set(ds.classes) != set(est.classes_):
+        raise ConfigError(
+            f"Dataset {dataset} has classes {ds.classes} but model {model_dir} was trained on "
+            f"{est.classes_}. Name the class folders like the training data."
+        )
+    remap = {i: est.classes_.index(c) for i, c in enumerate(ds.classes)}  # match classes by name
+    samples = ds.samples if split == "all" else _run_split(model_dir, ds, split, dataset)
+    samples = [dataclasses.replace(s, label=remap[s.label]) for s in samples]
+    images = est.prepare(samples, cache_dir=cache / "images", progress=progress)
+    if len(images) == 0:
+        raise DatasetError(
+            f"No image of {dataset} ({split}) could be read; see `medtl data check {dataset}`."
+        )
+    proba = est.predict_proba(images, progress=progress)
+    check_finite(proba, model_dir)
+    common = {
+        "model": str(model_dir),
+        "strategy": est.name,
+        "dataset": str(dataset),
+        "split": split,
+        "n": len(images),
+        "n_skipped": len(ds.skipped) + len(images.skipped),
+    }
+    if est.positive_class_ is None:  # more than two classes: macro AUROC (one-vs-rest)
+        from medtl.metrics import multiclass_auroc
+
+        mc = multiclass_auroc(images.labels, proba)
+        return {
+            **common,
+            "auroc": mc.get("macro"),
+            "auroc_low": mc.get("macro_low"),
+            "auroc_high": mc.get("macro_high"),
+            "threshold_source": "most probable class (more than two classes)",
+        }
+    t, source = est.threshold_for(threshold)
+    rep = clinical_report(
+        images.labels, proba[:, 1], rule="fixed", target=t, prevalence=prevalence
+    ).to_dict()
+    op = rep.get("operating_point", {})
+    return {
+        **common,
+        "n_pos": int((images.labels == 1).sum()),
+        "prevalence": float(np.mean(images.labels == 1)),
+        "auroc": _get(rep, "auroc", "auroc"),
+        "auroc_low": _get(rep, "auroc", "low"),
+        "auroc_high": _get(rep, "auroc", "high"),
+        "auprc": rep.get("auprc"),
+        "threshold": t,
+        "threshold_source": source,
+        "sensitivity": _get(op, "sensitivity"),
+        "sens_low": _get(op, "sensitivity_low"),
+        "sens_high": _get(op, "sensitivity_high"),
+        "specificity": _get(op, "specificity"),
+        "spec_low": _get(op, "specificity_low"),
+        "spec_high": _get(op, "specificity_high"),
+        "ppv": _get(op, "ppv"),
+        "npv": _get(op, "npv"),
+        "ppv_deploy": _get(op, "ppv_at_prevalence"),
+        "npv_deploy": _get(op, "npv_at_prevalence"),
+        "lr_pos": _get(op, "lr_pos"),
+        "lr_neg": _get(op, "lr_neg"),
+        "f1": _get(op, "f1"),
+        "brier": _get(rep, "calibration", "brier"),
+        "ece": _get(rep, "calibration", "ece"),
+    }
+
+
+def _run_split(model_dir: Path, ds: Any, split: str, dataset: str) -> list[Sample]:
+    """The images of ``split`` as the model's own run assigned them (its ``splits.json``)."""
+    from medtl import runs
+
+    run = runs.run_dir_of_model(model_dir)
+    if run is None:
+        raise ConfigError(
+            f"The 'split' is {split!r}, but model {model_dir} has no run folder with a "
+            f"{runs.SPLITS_FILE} beside it (runs/<id>/<strategy>/model), so its {split} images are "
+            "unknown. Use --split all on a dataset the model has not seen."
+        )
+    assignment = runs.read_split_assignment(run)
+    wanted = {u for u, sp in assignment.items() if sp == split}
+    prefix = split[0] + "-"  # external val/test sets are stored with a split prefix
+    chosen = [s for s in ds.samples if s.uid in wanted or prefix + s.uid in wanted]
+    found = {s.uid if s.uid in wanted else prefix + s.uid for s in chosen}
+    if not wanted or len(found) < len(wanted):
+        raise ConfigError(
+            f"The 'split' is {split!r}, but {dataset} is not the dataset of the run {run} "
+            f"({len(wanted) - len(found)} of its {len(wanted)} {split} images are not in it). "
+            "Pass the run's own dataset, or use --split all for another dataset."
+        )
+    return chosen
+
+
+def check_finite(proba: np.ndarray, model_dir: str | Path) -> None:
+    """Refuse to report NaN/inf probabilities (a broken or tampered model), naming the model."""
+    bad = ~np.isfinite(proba).all(axis=1)
+    if bad.any():
+        raise ModelFileError(
+            f"Model {model_dir} produced invalid probabilities (NaN or inf) for {int(bad.sum())} of "
+            f"{len(proba)} images; its weights are damaged. Retrain or use another model folder."
+        )
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    def f(x: Any) -> str:
+        return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    lines = [
+        "| model | dataset | n | AUROC (95% CI) | sensitivity (95% CI) | specificity (95% CI) | PPV | NPV | threshold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['dataset']} | {r['n']} | {f(r['auroc'])} ({f(r['auroc_low'])}–{f(r['auroc_high'])}) "
+            f"| {f(r['sensitivity'])} ({f(r['sens_low'])}–{f(r['sens_high'])}) "
+            f"| {f(r['specificity'])} ({f(r['spec_low'])}–{f(r['spec_high'])}) | {f(r['ppv'])} | {f(r['npv'])} "
+            f"| {f(r['threshold'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def predict(
+    model_dir: str | Path,
+    paths: list[str] | str,
+    *,
+    out: str | Path | None = "predictions.csv",
+    threshold: float | None = None,
+    id_map: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict with a saved model on image files and folders (recursively); writes a CSV.
+
+    Images are prepared as the model records (size, channels, window...). Each row holds a
+    de-identified ``id``, the class probabilities and the ``call``: for two classes, the positive class
+    when P(positive) >= the model's operating threshold (``threshold`` overrides it), else the most
+    probable class. Paths never appear in the CSV (file names often carry names and record numbers);
+    ``id_map`` writes a separate file mapping ids back to paths, marked as containing identifiers.
+
+    Returns:
+        {"n", "out", "rows", "skipped", "threshold", "threshold_source", "unusable_named"}: every input
+        that was not used is in ``skipped`` with its reason; ``unusable_named`` lists the inputs named
+        explicitly (not found inside a folder) that could not be used.
+
+    Example:
+        >>> medtl.predict("runs/a/fine_tuning/model", ["scan1.dcm", "new_scans/"], out="preds.csv")
+    """
+    from medtl.strategies import load_model
+
+    est = load_model(model_dir)
+    t, source = est.threshold_for(threshold)
+    samples, skipped, named = collect_inputs([paths] if isinstance(paths, str | Path) else paths)
+    images = est.prepare(samples, cache_dir=cache_dir, progress=progress)
+    skipped += list(images.skipped)
+    proba = est.predict_proba(images) if len(images) else np.zeros((0, len(est.classes_)))
+    check_finite(proba, model_dir)
+    calls = est.decide(proba, threshold) if len(images) else np.zeros(0, dtype=np.int64)
+    pcols = [f"p_{c}" for c in est.classes_]
+    rows = [
+        {"id": uid, **{c: float(v) for c, v in zip(pcols, pr)}, "call": est.classes_[int(k)]}
+        for uid, pr, k in zip(images.uids, proba, calls)
+    ]
+    if out:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["id", *pcols, "call"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(out, buf.getvalue())
+    if id_map:
+        write_id_map(id_map, [(s.uid, s.path) for s in samples])
+    bad_paths = {s.path for s in skipped}
+    unusable = [p for p in named if p in bad_paths]
+    return {
+        "n": len(rows),
+        "out": None if not out else str(out),
+        "rows": rows,
+        "skipped": skipped,
+        "threshold": t,
+        "threshold_source": source,
+        "unusable_named": unusable,
+    }
+
+
+def collect_inputs(paths: list[str | Path]) -> tuple[list[Sample], list[SkippedFile], list[str]]:
+    """Samples for the files named and the files inside the folders named, plus what was not used.
+
+    A file named explicitly is always tried by content (a DICOM named ``.txt`` is still a DICOM); inside
+    folders, hidden files and files whose names say they are not images (``.csv``, ``.json``...) are
+    left out but reported. Paths that do not exist, or are not regular files or folders (FIFOs,
+    devices, sockets, dangling or looping links), are reported, never opened.
+
+    Returns:
+        (samples, skipped, named): ``named`` are the resolved paths of the explicitly named files.
+    """
+    import stat
+
+    from medtl.data._files import unlabelled_samples
+
+    samples: list[Sample] = []
+    skipped: list[SkippedFile] = []
+    named: list[str] = []
+    seen: set[str] = set()
+
+    def add(sample: Sample) -> None:
+        if sample.path not in seen:
+            seen.add(sample.path)
+            samples.append(sample)
+
+    for item in paths:
+        p = Path(item)
+        try:
+            st = p.stat()  # follows links: a dangling or looping link raises here
+        except OSError as exc:
+            reason = "does not exist" if not p.is_symlink() else "is a broken or looping link"
+            skipped.append(SkippedFile(str(p), f"input {reason} ({type(exc).__name__})"))
+            named.append(str(p))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found = unlabelled_samples([p])
+            for s in found:
+                add(s)
+            used = {s.path for s in found}
+            for f in sorted(p.rglob("*")):
+                rf = str(f.resolve()) if f.exists() else str(f)
+                if rf in used or f.is_dir():
+                    continue
+                why = (
+                    "hidden file, not read"
+                    if any(part.startswith(".") for part in f.relative_to(p).parts)
+                    else "not an image by its name, not read"
+                )
+                if not f.exists() or not f.is_file():
+                    why = "not a regular file (link, FIFO, device or socket), not opened"
+                skipped.append(SkippedFile(str(f), why))
+        elif stat.S_ISREG(st.st_mode):
+            found = unlabelled_samples([p])
+            # named explicitly: read by content whatever its suffix (a DICOM named .txt)
+            sample = found[0] if found else _sample_for(p)
+            add(sample)
+            named.append(sample.path)
+        else:
+            skipped.append(
+                SkippedFile(str(p), "not a regular file (FIFO, device or socket), not opened")
+            )
+            named.append(str(p))
+    return samples, skipped, named
+
+
+def _sample_for(path: Path) -> Sample:
+    """A prediction sample for one explicitly named file (label unknown)."""
+    from medtl.data._sources import make_uid
+
+    resolved = path.resolve()
+    return Sample(path=str(resolved), label=-1, uid=make_uid(str(resolved)))
+
+
+def write_id_map(path: str | Path, pairs: list[tuple[str, str]]) -> Path:
+    """Write ``id,path`` pairs to ``path``, headed by a line saying it holds identifiers."""
+    buf = io.StringIO()
+    buf.write("# CONTAINS IDENTIFIERS: file paths often carry patient names and record numbers. ")
+    buf.write("Keep this file with the source images; do not share it with the results.\n")
+    w = csv.writer(buf)
+    w.writerow(["id", "path"])
+    for uid, p in pairs:
+        w.writerow([uid, p])
+    return atomic_write_text(path, buf.getvalue())
