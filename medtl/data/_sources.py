@@ -371,6 +371,12 @@ def _read_manifest_rows(csv_path: Path, delimiter: str) -> tuple[list[str], list
     # Latin-1 / cp1252 manifests are common in hospital exports: undecodable bytes are kept as
     # surrogate escapes, which is exactly how the file system gives such names, so paths still match.
     text = raw.decode("utf-8", "surrogateescape")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DatasetError(
+            f"Manifest {where!r} line {line}: the file holds NUL bytes, so it is not a plain-text "
+            "CSV; re-save it as CSV (UTF-8)."
+        )
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)

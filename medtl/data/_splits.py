@@ -160,12 +160,18 @@ def _carve_grouped(
         )
     # k folds, one of them carved: a fraction of about 1/k (StratifiedGroupKFold has no test_size).
     k = int(min(max(2, round(1.0 / fraction)), n_groups))
+    stratified = None
     if len(set(labels.tolist())) > 1:
         with warnings.catch_warnings():
             # "The least populated class in y has only n members": expected on small data.
             warnings.simplefilter("ignore", UserWarning)
             cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-            keep, carved = next(iter(cv.split(positions, labels, groups)))
+            try:
+                stratified = next(iter(cv.split(positions, labels, groups)))
+            except ValueError:  # more folds than members of some class (tiny data)
+                stratified = None
+    if stratified is not None:
+        keep, carved = stratified
     else:
         cv2 = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         keep, carved = next(iter(cv2.split(positions, labels, groups)))

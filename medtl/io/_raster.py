@@ -149,7 +149,9 @@ def _read_pillow(
         raise
     except Image.DecompressionBombError as exc:
         raise ImageReadError(
-            path, f"image too large to decode safely ({scrub(exc, path)})"
+            path,
+            f"the {fmt.upper()} header declares an image too large to decode safely "
+            f"({scrub(exc, path)}); not decoded (over max_pixels; a decompression bomb)",
         ) from None
     except MemoryError:
         raise
