@@ -75,7 +75,6 @@ def _check_png_chunks(path: str) -> None:
 
     with open_regular(path, None) as fh:
         fh.seek(8)
-        n = 0
         while True:
             head = fh.read(8)
             if len(head) < 8:
@@ -100,7 +99,6 @@ def _check_png_chunks(path: str) -> None:
                 raise ImageReadError(
                     path, f"damaged PNG: the checksum (CRC) of a {name} chunk does not match"
                 )
-            n += 1
             if ctype == b"IEND":
                 return
 
