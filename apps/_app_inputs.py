@@ -13,6 +13,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -123,20 +124,101 @@ def _bad_entry(name: str) -> bool:
     )
 
 
+MAX_NAME_BYTES = 255  # one file or folder name (most file systems)
+MAX_ENTRY_PATH = 1024  # a whole entry path
+_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def _shown(entry: str) -> str:
+    return entry if len(entry) <= 80 else entry[:77] + "..."
+
+
+def _check_entries(name: str, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse entries that cannot be extracted faithfully: encrypted, unknown compression, names
+    that are too long or hold NUL bytes, duplicates, and a file and a folder of the same name."""
+    seen: set[str] = set()
+    files: set[str] = set()
+    parents: set[str] = set()
+    for info in infos:
+        entry = info.filename
+        if info.flag_bits & 0x1:
+            raise AppInputError(
+                f"{name!r} was refused: {_shown(entry)!r} is encrypted (password-protected). "
+                "Zip the dataset again without a password."
+            )
+        if info.compress_type not in _METHODS:
+            raise AppInputError(
+                f"{name!r} was refused: {_shown(entry)!r} uses an unsupported compression method "
+                f"({info.compress_type}). Re-create the zip with ordinary (deflate) compression."
+            )
+        if "\x00" in entry:
+            raise AppInputError(f"{name!r} was refused: an entry name holds a NUL byte.")
+        parts = [p for p in entry.replace("\\", "/").split("/") if p]
+        too_long = [p for p in parts if len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES]
+        if too_long or len(entry) > MAX_ENTRY_PATH:
+            raise AppInputError(
+                f"{name!r} was refused: {_shown(entry)!r} has a name longer than this system "
+                f"allows ({MAX_NAME_BYTES} bytes per name, {MAX_ENTRY_PATH} per path). Shorten it."
+            )
+        key = "/".join(parts)
+        if key in seen and not info.is_dir():
+            raise AppInputError(
+                f"{name!r} was refused: it holds {_shown(entry)!r} twice. Re-create the zip."
+            )
+        seen.add(key)
+        if not info.is_dir():
+            files.add(key)
+        parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    clash = sorted(files & parents)
+    if clash:
+        raise AppInputError(
+            f"{name!r} was refused: {_shown(clash[0])!r} is both a file and a folder in the zip. "
+            "Rename one of them and zip again."
+        )
+
+
+def _copy_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
+    """Extract one entry, never writing more than its declared size or the remaining ``budget``."""
+    limit = min(info.file_size, budget)
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as out:
+        while True:
+            chunk = src.read(min(1 << 20, limit - written + 1))
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > limit:
+                raise AppInputError(
+                    f"{_shown(info.filename)!r} unpacks to more than the zip declares (a damaged "
+                    "zip or a zip bomb). Re-create the zip."
+                )
+            out.write(chunk)
+    if written != info.file_size:
+        raise AppInputError(
+            f"{_shown(info.filename)!r} unpacks to {written} bytes but the zip declares "
+            f"{info.file_size}: the zip is damaged. Re-create it."
+        )
+    return written
+
+
 def extract_zip(data: bytes, name: str, work: Path) -> Path:
     """Safely unpack an uploaded zip of class folders under ``work/uploads``; return the dataset root.
 
     Refused (nothing written): files over :data:`MAX_ZIP_MB`, not-a-zip, entries with absolute paths or
-    ``..`` (path traversal), symbolic links, too many files or too much uncompressed data, and zips
-    without at least two class folders holding files. The dataset root is the folder whose
-    sub-folders are the classes (a single wrapping top folder is allowed).
+    ``..`` (path traversal), symbolic links, too many files or too much uncompressed data (counted
+    while extracting, not trusted from the zip's declared sizes), encrypted entries, unknown
+    compression methods, bad checksums (CRC), over-long names, duplicate entries, a file and a
+    folder of the same name, and zips without at least two class folders holding files. The
+    dataset root is the folder whose sub-folders are the classes (a single wrapping top folder is
+    allowed).
     """
     check_size(name, len(data), MAX_ZIP_MB)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
         raise AppInputError(
-            f"{name!r} is not a zip file ({exc}). Upload a .zip with one folder per class."
+            f"{name!r} is not a readable zip file ({type(exc).__name__}: {str(exc)[:120]}). "
+            "Upload a .zip with one folder per class."
         ) from exc
     with zf:
         infos = zf.infolist()
@@ -149,6 +231,7 @@ def extract_zip(data: bytes, name: str, work: Path) -> Path:
         links = [i.filename for i in infos if stat.S_ISLNK(i.external_attr >> 16)]
         if links:
             raise AppInputError(f"{name!r} was refused: it holds symbolic links ({links[0]!r}).")
+        _check_entries(name, infos)
         files = [
             i
             for i in infos
@@ -172,15 +255,29 @@ def extract_zip(data: bytes, name: str, work: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".zip.", dir=dest.parent))
         try:
+            budget = MAX_UNZIPPED_MB * 1024 * 1024
             for info in files:
                 target = (tmp / info.filename).resolve()
                 if not _inside(target, tmp):  # belt and braces after _bad_entry
                     raise AppInputError(
                         f"{name!r} was refused: {info.filename!r} escapes the folder."
                     )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    budget -= _copy_entry(zf, info, target, budget)
+                except AppInputError as exc:
+                    raise AppInputError(f"{name!r} was refused: {exc}") from None
+                except (zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError,
+                        NotImplementedError, ValueError) as exc:  # fmt: skip
+                    problem = (
+                        "its checksum (CRC) does not match: the zip is damaged"
+                        if "CRC" in str(exc)
+                        else f"it cannot be unpacked ({type(exc).__name__})"
+                    )
+                    raise AppInputError(
+                        f"{name!r} was refused: {_shown(info.filename)!r}: {problem}. "
+                        "Re-create the zip from the dataset folder."
+                    ) from None
             (tmp / ".complete").write_text("ok")
             if dest.exists():
                 shutil.rmtree(dest)

@@ -5,12 +5,14 @@ An interrupted run therefore never leaves a half-written file that looks complet
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
@@ -86,3 +88,109 @@ def _nan_to_none(obj: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return obj
+
+
+# -- reading untrusted files -----------------------------------------------------------------------
+
+#: Default ceiling on the size of one input file that medtl reads (images, manifests, archives).
+#: Callers raise it with the ``max_bytes`` parameter of the function that reads (never an env var).
+MAX_FILE_BYTES = 2 * 1024**3
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+class UnsafeFileError(OSError):
+    """A path that must not be opened for reading (not a regular file, a link loop, too large).
+
+    ``reason`` is a short sentence without the path (the path travels separately).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{display_path(self.path)}: {reason}")
+
+
+def display_path(path: str | os.PathLike | bytes) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (e.g. a Latin-1 ``Fran\\xe7ois.dcm``)
+    are shown as ``\\xe7`` escapes instead of crashing ``print``/``write`` with UnicodeEncodeError.
+
+    Example:
+        >>> display_path(os.fsdecode(b"Fran\\xe7ois.dcm"))
+        'Fran\\\\xe7ois.dcm'
+    """
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def check_regular_file(path: str | os.PathLike, max_bytes: int | None = MAX_FILE_BYTES) -> int:
+    """Return the size of ``path`` when it is a regular file no larger than ``max_bytes``.
+
+    Nothing is opened: FIFOs, sockets, devices (and links to them, e.g. to ``/dev/zero``), link
+    loops, broken links and folders raise :class:`UnsafeFileError` (or FileNotFoundError) with the
+    reason, so a read can never block or run without bound.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UnsafeFileError(
+                path, "broken symbolic link (its target does not exist)"
+            ) from None
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(
+                path, "symbolic link loop (the link points back to itself)"
+            ) from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise UnsafeFileError(path, "file name too long for this system") from None
+        raise
+    return _check_stat(path, st, max_bytes)
+
+
+def _check_stat(path: str | os.PathLike, st: os.stat_result, max_bytes: int | None) -> int:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+        raise UnsafeFileError(path, f"is {kind}, not a regular file; not opened")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise UnsafeFileError(
+            path,
+            f"is {st.st_size / 1024**2:.0f} MB, over the {max_bytes / 1024**2:.0f} MB limit; "
+            "raise max_bytes if the file is genuine",
+        )
+    return int(st.st_size)
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int | None = MAX_FILE_BYTES) -> BinaryIO:
+    """Open ``path`` for binary reading only if it is a regular file within ``max_bytes``.
+
+    The file is opened non-blocking and checked on the open descriptor (``fstat``), so a FIFO swapped
+    in after a check can still not block the read.
+    """
+    check_regular_file(path, max_bytes)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        _check_stat(path, os.fstat(fd), max_bytes)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: str | os.PathLike, max_bytes: int | None = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`), never more than ``max_bytes``."""
+    with open_regular(path, max_bytes) as fh:
+        data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:  # it grew while we read it
+        raise UnsafeFileError(path, f"grew past the {max_bytes / 1024**2:.0f} MB limit while read")
+    return data

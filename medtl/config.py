@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from medtl._options import look_up_option
 from medtl.errors import ConfigError
 
 STRATEGY_NAMES = ("feature_extraction", "fine_tuning", "partial_fine_tuning", "from_scratch")
+MAX_CONFIG_BYTES = 1024**2  # a config file is a few KB
 
 
 @dataclass
@@ -138,6 +141,7 @@ class ExperimentConfig:
             raise ConfigError(
                 f"The 'model.image_size' field must be in [16, 1024]. Got {self.model.image_size}."
             )
+        _validate_values(self)
         if self.metrics.prevalence is not None and not 0 < self.metrics.prevalence < 1:
             raise ConfigError(
                 f"The 'metrics.prevalence' field must be in (0, 1). Got {self.metrics.prevalence!r}."
@@ -151,6 +155,164 @@ class ExperimentConfig:
                 "(e.g. 0.9 for a target sensitivity of 90%)."
             )
         return self
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:<index>"
+_MAX_SEED = 2**32 - 1
+# A config is a few hundred values; more means YAML aliases expanding exponentially ("billion
+# laughs": 525 bytes that would take hours to copy), or a self-referencing structure.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _bad(field: str, value: Any, need: str, fix: str = "") -> ConfigError:
+    return ConfigError(
+        f"The {field!r} field must be {need}. Got {value!r}.{' ' + fix if fix else ''}"
+    )
+
+
+def _finite(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(field, value, "a number")
+    if not math.isfinite(value):
+        raise _bad(field, value, "a finite number")
+    return float(value)
+
+
+def _positive(field: str, value: Any, fix: str = "") -> None:
+    if _finite(field, value) <= 0:
+        raise _bad(field, value, "> 0", fix)
+
+
+def _at_least(field: str, value: Any, low: int, fix: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(field, value, f"an integer >= {low}", fix)
+
+
+def _seed(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SEED:
+        raise _bad(field, value, f"an integer in [0, {_MAX_SEED}]", "e.g. 0.")
+
+
+def check_device(field: str, value: Any) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:<index>`` or ``mps``; did-you-mean for the rest."""
+    if isinstance(value, str) and re.fullmatch(r"cuda:\d+", value):
+        return
+    look_up_option(field, value, DEVICES)
+
+
+def _check_folder(field: str, value: str | None) -> None:
+    if value and os.path.lexists(value) and not os.path.isdir(value):
+        raise ConfigError(
+            f"The {field!r} field must be a folder, but {value!r} is an existing file. Give a "
+            "folder path (it is created if missing), or move the file away."
+        )
+
+
+def _non_negative(field: str, value: Any) -> None:
+    if _finite(field, value) < 0:
+        raise _bad(field, value, ">= 0")
+
+
+def _fraction(field: str, value: Any) -> None:
+    if not 0 <= _finite(field, value) < 1:
+        raise _bad(field, value, "in [0, 1)")
+
+
+def _decay(field: str, value: Any) -> None:
+    if value is not None and not 0 < _finite(field, value) <= 1:
+        raise _bad(field, value, "in (0, 1] or null")
+
+
+# Checks of the per-strategy parameters a config may override (``params.<strategy>.<name>``).
+_BATCH_FIX = "A batch needs at least 2 images (batch statistics and the last-batch rule)."
+_PARAM_CHECKS: dict[str, Any] = {
+    "lr": lambda f, v: _positive(f, v, "e.g. 1e-3."),
+    "backbone_lr_ratio": lambda f, v: _positive(f, v, "e.g. 0.1."),
+    "weight_decay": _non_negative,
+    "l2sp": _non_negative,
+    "augment_strength": _non_negative,
+    "warmup_frac": _fraction,
+    "layer_decay": _decay,
+    "batch_size": lambda f, v: v is None or _at_least(f, v, 2, _BATCH_FIX),
+    "epochs": lambda f, v: _at_least(f, v, 1),
+    "patience": lambda f, v: v is None or _at_least(f, v, 0),
+    "min_steps_per_epoch": lambda f, v: _at_least(f, v, 1),
+    "trainable_stages": lambda f, v: _at_least(f, v, 0),
+    "max_minutes": lambda f, v: v is None or _positive(f, v, "Or leave it out (no limit)."),
+    "seed": _seed,
+    "device": check_device,
+}
+
+
+def _check_cs(field: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        _at_least(field, value, 1)
+        return
+    if not isinstance(value, list | tuple) or not value:
+        raise _bad(field, value, "a non-empty list of positive numbers", "e.g. [0.01, 0.1, 1, 10].")
+    for i, c in enumerate(value):
+        _positive(f"{field}[{i}]", c)
+
+
+def _check_finite_tree(field: str, value: Any) -> None:
+    """Every number anywhere under ``value`` is finite (NaN/inf never reach a strategy)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(field, value, "a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite_tree(f"{field}.{k}", v)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite_tree(f"{field}[{i}]", v)
+
+
+def _validate_values(cfg: ExperimentConfig) -> None:
+    """Values that type checks let through but that cannot work (issue 16): refused before any data
+    is read, naming the field, the value and a fix."""
+    if cfg.train.batch_size < 2:
+        raise _bad("train.batch_size", cfg.train.batch_size, "an integer >= 2", _BATCH_FIX)
+    _seed("train.seed", cfg.train.seed)
+    _seed("data.split_seed", cfg.data.split_seed)
+    check_device("train.device", cfg.train.device)
+    if cfg.train.max_minutes is not None:
+        _positive("train.max_minutes", cfg.train.max_minutes, "Or leave it out (no limit).")
+    if cfg.data.max_train is not None:
+        _at_least("data.max_train", cfg.data.max_train, 2, "Or leave it out (use every image).")
+    _at_least("data.min_per_class", cfg.data.min_per_class, 1)
+    _at_least("data.synthetic_per_class", cfg.data.synthetic_per_class, 1)
+    if cfg.metrics.target is not None:
+        t = _finite("metrics.target", cfg.metrics.target)
+        if not 0 <= t <= 1:
+            raise _bad("metrics.target", t, "in [0, 1]", "e.g. 0.9 for 90% sensitivity.")
+    _check_folder("output.out", cfg.output.out)
+    _check_folder("output.cache_dir", cfg.output.cache_dir)
+    for strategy, params in cfg.params.items():
+        for name, value in params.items():
+            field = f"params.{strategy}.{name}"
+            _check_finite_tree(field, value)
+            if name == "Cs":
+                _check_cs(field, value)
+            elif name in _PARAM_CHECKS:
+                _PARAM_CHECKS[name](field, value)
+
+
+def _check_size(data: Any, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse a config holding more than ``limit`` values once YAML aliases are expanded."""
+    stack, n = [data], 0
+    while stack:
+        item = stack.pop()
+        n += 1
+        if n > limit:
+            raise ConfigError(
+                f"The config holds more than {limit} values once its YAML aliases (&anchor / "
+                "*alias) are expanded, or refers to itself; write the values out instead of "
+                "nesting aliases."
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -230,6 +392,7 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(
             f"A config must be a YAML mapping at the top level. Got {type(data).__name__}."
         )
+    _check_size(data)
     return _from_dict(ExperimentConfig, data).validate()
 
 
@@ -257,10 +420,28 @@ def load_config(
             raise ConfigError(
                 f"Config file {str(p)!r} does not exist. Check the path (see configs/ for examples)."
             )
+        from medtl._fileio import UnsafeFileError, read_regular_bytes
+
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = read_regular_bytes(p, MAX_CONFIG_BYTES).decode("utf-8")
+        except UnsafeFileError as exc:
+            raise ConfigError(f"Config file {str(p)!r} {exc.reason}.") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"Config file {str(p)!r} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8."
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"Config file {str(p)!r} cannot be read ({exc.strerror or type(exc).__name__})."
+            ) from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(
+                f"Config file {str(p)!r} is nested too deeply to be a config."
+            ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"Config file {str(p)!r} must hold a mapping at the top level.")
         _resolve_relative_paths(data, p.parent)

@@ -20,9 +20,13 @@ class ImageReadError(MedtlError):
     """
 
     def __init__(self, path: str, reason: str) -> None:
-        self.path = str(path)
+        import os
+
+        self.path = os.fspath(path) if isinstance(path, str | os.PathLike) else str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        # printable even when the name is not UTF-8 (e.g. a Latin-1 file name from an export)
+        shown = os.fsencode(self.path).decode("utf-8", "backslashreplace")
+        super().__init__(f"{shown}: {reason}")
 
 
 class DatasetError(MedtlError):

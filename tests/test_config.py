@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,76 @@ def test_demo_yaml_matches_the_embedded_demo():
     embedded = config_from_dict(DEMO_CONFIG).to_dict()
     shipped.pop("output"), embedded.pop("output")
     assert shipped == embedded  # configs/demo.yaml documents exactly what `medtl demo` runs
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"params": {"fine_tuning": {"lr": 0}}}, r"'params.fine_tuning.lr' field must be > 0"),
+        ({"params": {"fine_tuning": {"lr": float("nan")}}}, "finite number"),
+        ({"params": {"fine_tuning": {"lr": "1e-3x"}}}, "must be a number"),
+        ({"params": {"fine_tuning": {"batch_size": 1}}}, "at least 2 images"),
+        ({"params": {"feature_extraction": {"Cs": []}}}, "non-empty list"),
+        ({"params": {"feature_extraction": {"Cs": [1, -1]}}}, r"Cs\[1\]' field must be > 0"),
+        ({"params": {"fine_tuning": {"device": "quantum"}}}, "quantum"),
+        ({"params": {"fine_tuning": {"nested": {"x": float("inf")}}}}, "finite"),
+        ({"train": {"batch_size": 1}}, r"'train.batch_size' field must be an integer >= 2"),
+        ({"train": {"max_minutes": -1}}, r"'train.max_minutes' field must be > 0"),
+        ({"train": {"max_minutes": float("nan")}}, "finite"),
+        ({"train": {"seed": -3}}, r"'train.seed' field must be an integer in \[0"),
+        ({"data": {"split_seed": -1}}, r"data\.split_seed"),
+        ({"train": {"device": "quantum"}}, r"'train.device'.*quantum"),
+        ({"train": {"device": "cuda:x"}}, r"train\.device"),
+        ({"data": {"max_train": -5}}, r"'data.max_train' field must be an integer >= 2"),
+        ({"data": {"max_train": 1}}, r"data\.max_train"),
+        ({"metrics": {"threshold_rule": "fixed", "target": float("nan")}}, r"metrics\.target"),
+        ({"metrics": {"threshold_rule": "sensitivity", "target": 1.5}}, r"in \[0, 1\]"),
+    ],
+)
+def test_values_that_cannot_work_are_refused(data, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(data)
+
+
+def test_devices_accepted():
+    for dev in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert config_from_dict({"train": {"device": dev}}).train.device == dev
+
+
+def test_output_pointing_at_a_file_is_refused(tmp_path):
+    f = tmp_path / "not_a_folder"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match=r"'output.out' field must be a folder"):
+        config_from_dict({"output": {"out": str(f)}})
+    with pytest.raises(ConfigError, match=r"output\.cache_dir"):
+        config_from_dict({"output": {"cache_dir": str(f)}})
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    bomb = "params:\n  fine_tuning:\n" + "".join(f"    {ln}\n" for ln in lines)
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    assert len(bomb) < 1000
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(path)
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_config_files_that_are_not_configs(tmp_path):
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("name: Fran\xe7ois\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(tmp_path)  # a folder
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="FIFO"):
+        load_config(fifo)  # never opened, so it cannot block

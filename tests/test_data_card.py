@@ -35,13 +35,15 @@ def test_card_facts(tmp_path: Path) -> None:
     assert f["images"]["formats"] == {"dicom": 20, "png": 6}
     assert f["images"]["photometric_interpretations"].keys() == {"MONOCHROME1", "MONOCHROME2"}
     assert f["images"]["height"] == {"min": 40, "median": 64.0, "max": 64}
-    assert f["skipped"] == [{"path": "normal/broken.png", "reason": "the file is empty (0 bytes)"}]
+    broken = next(k for k in ds.skipped if k.path.endswith("broken.png"))
+    assert f["skipped"] == [{"uid": broken.uid, "reason": "the file is empty (0 bytes)"}]
+    assert f["n_ignored"] == 2  # manifest.csv and phantom.json at the root: reported, not used
     json.dumps(f)  # JSON-ready
     card = data_card(ds, title="Phantom test")
     assert card.startswith("# Phantom test\n")
     assert "| train |" in card and "| all | 10 | 16 | 26 |" in card
     assert "| byte-identical copies | 1 group(s) (each kept inside one split) |" in card
-    assert "`normal/broken.png`" in card
+    assert f"`{broken.uid}`" in card and "broken.png" not in card and str(tmp_path) not in card
     assert "## To be completed by a person" in card
     for field in ("Source", "Licence", "Label definition", "Known biases", "Intended use"):
         assert f"**{field}:**" in card

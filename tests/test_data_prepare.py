@@ -103,10 +103,11 @@ def test_second_call_is_served_from_cache(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_cache_key_follows_file_content(tmp_path: Path) -> None:
     f = tmp_path / "a.png"
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(f)
+    ramp = np.tile(np.arange(10, dtype=np.uint8), (10, 1))  # not constant: blank images are skipped
+    Image.fromarray(ramp).save(f)
     s = [Sample(path=str(f), label=0, uid="a")]
     k1 = prepare_images(s, ["x"], size=8, cache_dir=tmp_path / "c", progress=False)
-    Image.fromarray(np.full((10, 10), 200, np.uint8)).save(f)
+    Image.fromarray(ramp + 200).save(f)
     k2 = prepare_images(s, ["x"], size=8, cache_dir=tmp_path / "c", progress=False)
     assert k1.keys != k2.keys
     assert k2.pixels.mean() > 150  # not the stale cached image

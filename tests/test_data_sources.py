@@ -222,8 +222,10 @@ def test_save_and_load_splits_round_trip(tmp_path: Path) -> None:
     (root / "a" / "bad.png").write_bytes(b"")
     ds = load_dataset(root, seed=3, progress=False)
     out = save_splits(ds, tmp_path / "run" / "splits.json")
-    obj = json.loads(out.read_text())
-    assert all(not Path(r["path"]).is_absolute() for r in obj["samples"])
+    text = out.read_text()
+    obj = json.loads(text)
+    assert all("path" not in r for r in obj["samples"] + obj["skipped"])  # no paths, only uids
+    assert "bad.png" not in text and str(tmp_path) not in text
     again = load_splits(out, root)
     assert again.classes == ds.classes
     assert again.samples == ds.samples
@@ -235,8 +237,13 @@ def test_save_and_load_splits_round_trip(tmp_path: Path) -> None:
     assert [(s.uid, s.split, s.label) for s in relocated.samples] == [
         (s.uid, s.split, s.label) for s in ds.samples
     ]
-    with pytest.raises(DatasetError, match="missing"):
+    with pytest.raises(DatasetError, match="does not exist"):
         load_splits(out, tmp_path / "empty")
+    (moved / "a" / "im000.png").rename(moved / "a" / "renamed.png")
+    with pytest.raises(DatasetError, match=r"1 image.*missing"):
+        load_splits(out, moved)
+    with pytest.raises(DatasetError, match="another salt"):
+        load_splits(out, moved, salt=b"x" * 32)
 
 
 def test_patient_id_pattern_keeps_patients_in_one_split(tmp_path: Path) -> None:

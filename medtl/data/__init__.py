@@ -8,6 +8,15 @@ Example:
 
 from __future__ import annotations
 
+from medtl.data._files import unlabelled_files
+from medtl.data._ids import (
+    ID_MAP_BANNER,
+    dataset_fingerprint,
+    hash_patient_id,
+    keyed_uid,
+    project_salt,
+    write_id_map,
+)
 from medtl.data._load import load_dataset
 from medtl.data._prepare import prepare_images
 from medtl.data._sources import register_source
@@ -17,6 +26,7 @@ from medtl.data.card import data_card, summarise_dataset
 from medtl.data.synth import default_demo_dataset, make_phantom
 
 __all__ = [
+    "ID_MAP_BANNER",
     "SPLITS",
     "Dataset",
     "PreparedImages",
@@ -24,13 +34,19 @@ __all__ = [
     "SkippedFile",
     "assign_splits",
     "data_card",
+    "dataset_fingerprint",
     "default_demo_dataset",
     "duplicate_groups",
+    "hash_patient_id",
+    "keyed_uid",
     "load_dataset",
     "load_splits",
     "make_phantom",
     "prepare_images",
+    "project_salt",
     "register_source",
     "save_splits",
     "summarise_dataset",
+    "unlabelled_files",
+    "write_id_map",
 ]

@@ -2,35 +2,59 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from medtl.data._types import Sample
+from medtl._fileio import display_path
+from medtl.data._ids import keyed_uid
+from medtl.data._types import Sample, SkippedFile
 from medtl.errors import ConfigError
 
 NOT_IMAGES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".npz"}
 
 
-def unlabelled_samples(paths: str | Path | Iterable[str | Path]) -> list[Sample]:
-    """Samples (label -1) for every file given or found recursively in the folders given.
+def unlabelled_files(
+    paths: str | Path | Iterable[str | Path], *, salt: bytes | None = None
+) -> tuple[list[Sample], list[SkippedFile]]:
+    """Samples (label -1) for every file given or found in the folders given, and what was not used.
 
-    Hidden files and obvious non-image files (CSV, JSON, text, YAML) are left out; anything else that
-    fails to decode is reported later by ``prepare_images`` as a skipped file.
+    A file named explicitly is always a sample, whatever its suffix (a DICOM named ``.txt`` is read
+    by content; an unreadable one is reported later by ``prepare_images``). In folders, hidden files
+    and obvious non-image files (CSV, JSON, text, YAML, .npz) are not used; they, broken or looping
+    links, FIFOs, sockets and devices are returned as skipped with a reason, never opened. Uids are
+    keyed hashes (with ``salt``) of the absolute paths.
     """
-    items = [paths] if isinstance(paths, str | Path) else list(paths)
-    files: list[Path] = []
+    from medtl.data._sources import _Walk  # the same walker as dataset folders
+
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    samples: list[Sample] = []
+    skipped: list[SkippedFile] = []
     for p in map(Path, items):
+        if not os.path.lexists(p):
+            raise ConfigError(f"Image path {display_path(p)!r} does not exist.")
+        base = p if p.is_dir() else p.parent
+        walk = _Walk(base.absolute(), salt)
         if p.is_dir():
-            files.extend(
-                sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-            )
-        elif p.exists():
-            files.append(p)
+            walk.walk(p.absolute())
+            found = []
+            for f in sorted(walk.files):
+                if f.suffix.lower() in NOT_IMAGES:
+                    walk.ignore(f, f"a {f.suffix.lower()} file, not an image; not used")
+                else:
+                    found.append(f)
         else:
-            raise ConfigError(f"Image path {str(p)!r} does not exist.")
-    return [
-        Sample(path=str(f.resolve()), label=-1, uid=hashlib.sha1(str(f).encode()).hexdigest()[:16])
-        for f in files
-        if f.suffix.lower() not in NOT_IMAGES
-    ]
+            kind, _ = walk.kind(p.absolute())
+            found = [p.absolute()] if kind == "file" else []
+        for f in found:  # the absolute path keys the uid: two folders may hold equal names
+            samples.append(Sample(path=str(f), label=-1, uid=keyed_uid(os.fspath(f), salt)))
+        skipped.extend(walk.skipped)
+        skipped.extend(walk.ignored)
+    return samples, skipped
+
+
+def unlabelled_samples(
+    paths: str | Path | Iterable[str | Path], *, salt: bytes | None = None
+) -> list[Sample]:
+    """The samples of :func:`unlabelled_files` (use that to also report the files not used)."""
+    return unlabelled_files(paths, salt=salt)[0]

@@ -11,7 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medtl._fileio import display_path
 from medtl._options import check_range
+from medtl.data._ids import hash_patient_id, salt_check
 from medtl.data._sources import scan_source
 from medtl.data._splits import assign_splits
 from medtl.data._types import Dataset, Sample, SkippedFile
@@ -39,10 +41,17 @@ def read_with_options(path: str, read_options: dict[str, Any] | None) -> tuple[A
 
 
 def failure_reason(exc: BaseException) -> str:
-    """Short reason for a file that could not be read (never includes header contents)."""
-    if isinstance(exc, ImageReadError):
+    """Short reason for a file that could not be read (never the path or header contents)."""
+    from medtl._fileio import UnsafeFileError
+
+    if isinstance(exc, ImageReadError | UnsafeFileError):
         return exc.reason
-    return f"unexpected {type(exc).__name__} while reading: {exc}"
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode this image; free memory or leave the file out"
+    if isinstance(exc, OSError):
+        return f"cannot read the file ({exc.strerror or type(exc).__name__})"
+    # the message of an unexpected error may quote the path or header values: keep its type only
+    return f"unexpected {type(exc).__name__} while reading"
 
 
 def map_maybe_threaded(
@@ -75,12 +84,12 @@ def _verify(
 ) -> tuple[list[Sample], list[SkippedFile]]:
     def check(s: Sample) -> str | None:
         try:
-            read_with_options(s.path, read_options)
+            image, meta = read_with_options(s.path, read_options)
         except ConfigError:
             raise
-        except Exception as exc:
+        except (Exception, MemoryError) as exc:
             return failure_reason(exc)
-        return None
+        return constant_reason(image, meta)
 
     kept: list[Sample] = []
     skipped: list[SkippedFile] = []
@@ -89,9 +98,25 @@ def _verify(
         if reason is None:
             kept.append(s)
         else:
-            logger.warning("Skipping %s: %s", s.path, reason)
-            skipped.append(SkippedFile(s.path, reason))
+            log_skip(s, reason)
+            skipped.append(SkippedFile(s.path, reason, s.uid))
     return kept, skipped
+
+
+def log_skip(s: Sample, reason: str) -> None:
+    """Warn about a skipped image by its uid (paths may carry identifiers: debug level only)."""
+    logger.warning("Skipping image %s: %s", s.uid, reason)
+    logger.debug("image %s is %s", s.uid, display_path(s.path))
+
+
+def constant_reason(image: Any, meta: dict[str, Any]) -> str | None:
+    """A reason when a decoded image is constant (blank after its LUTs/window), else None.
+
+    Such an image carries no information and is usually a wrong window or an empty export.
+    """
+    if meta.get("constant"):
+        return str(meta.get("constant_reason") or "constant image (every pixel the same value)")
+    return None
 
 
 def check_class_counts(classes: list[str], samples: Sequence[Sample], min_per_class: int) -> None:
@@ -146,12 +171,15 @@ def compile_patient_id_pattern(
         ) from None
 
 
-def patient_ids_from_names(samples: Sequence[Sample], pattern: str) -> list[Sample]:
+def patient_ids_from_names(
+    samples: Sequence[Sample], pattern: str, salt: bytes | None = None
+) -> list[Sample]:
     """Set ``patient_id`` from each file name with the regular expression ``pattern``.
 
-    The first non-empty group of the match (or the whole match) becomes the id. Samples that already
-    have one (from a manifest) keep it. Names that do not match stay without an id and count as their
-    own patient; how many is logged (the names are not: they may carry identifiers).
+    The first non-empty group of the match (or the whole match) becomes the id, stored as a keyed
+    hash (see :func:`medtl.data.hash_patient_id`). Samples that already have one (from a manifest)
+    keep it. Names that do not match stay without an id and count as their own patient; how many is
+    logged (the names are not: they may carry identifiers).
     """
     rx = compile_patient_id_pattern(pattern)
     out, unmatched = [], 0
@@ -164,7 +192,7 @@ def patient_ids_from_names(samples: Sequence[Sample], pattern: str) -> list[Samp
         if m:
             pid = next((g for g in m.groups() if g), None) or m.group(0) or None
         unmatched += pid is None
-        out.append(replace(s, patient_id=pid) if pid else s)
+        out.append(replace(s, patient_id=hash_patient_id(pid, salt)) if pid else s)
     n_ids = len({s.patient_id for s in out if s.patient_id})
     logger.info("patient_id_pattern: %d patient(s) found in %d file name(s)", n_ids, len(out))
     if unmatched:
@@ -191,6 +219,7 @@ def load_dataset(
     num_workers: int = 0,
     patient_id_pattern: str | None = None,
     positive_class: str | None = None,
+    salt: bytes | None = None,
 ) -> Dataset:
     """Load a labelled image dataset and give every image a train/val/test split.
 
@@ -220,9 +249,13 @@ def load_dataset(
             sensitivity, PPV, Grad-CAM). It becomes class index 1. By default the second class in
             sorted order is positive (``NORMAL``/``PNEUMONIA`` needs nothing; BreastMNIST's
             ``malignant``/``benign`` needs ``positive_class="malignant"``).
+        salt: the project's secret (``medtl.data.project_salt(cache_dir)``) keying the
+            de-identified uids and patient-id hashes, so they are stable across the project's runs.
+            None: a random per-process salt (uids then hold only within this process).
 
     Returns:
-        The Dataset, with ``split`` set on every sample.
+        The Dataset, with ``split`` set on every sample. Every file under the dataset is a sample,
+        a ``skipped`` file or an ``ignored`` one, each with a reason (see :class:`Dataset`).
 
     Raises:
         DatasetError: unknown layout, fewer than 2 classes or a class under ``min_per_class``.
@@ -239,14 +272,16 @@ def load_dataset(
             f"val_fraction + test_fraction must be below 1. Got {val_fraction} + {test_fraction}."
         )
     check_range("min_per_class", min_per_class, 1)
-    scan = scan_source(path, class_names)
+    scan = scan_source(path, class_names, salt)
     logger.info(
-        "Found %d image(s) in %d class(es) at %s (%s layout)",
+        "Found %d image(s) in %d class(es) (%s layout)",
         len(scan.samples),
         len(scan.classes),
-        scan.root,
         scan.source,
     )
+    if scan.ignored:
+        logger.info("%d file(s) ignored (hidden or documentation; see Dataset.ignored)",
+                    len(scan.ignored))  # fmt: skip
     samples, skipped = scan.samples, list(scan.skipped)
     classes = list(scan.classes)
     if positive_class is not None:
@@ -257,7 +292,7 @@ def load_dataset(
                 "The 'patient_id_pattern' parameter reads patient ids from file names, but a .npz "
                 "holds every image in one file. Remove patient_id_pattern for this dataset."
             )
-        samples = patient_ids_from_names(samples, patient_id_pattern)
+        samples = patient_ids_from_names(samples, patient_id_pattern, salt)
     if verify and scan.source != "npz":
         samples, bad = _verify(samples, read_options, progress, num_workers)
         skipped.extend(bad)
@@ -271,7 +306,13 @@ def load_dataset(
     if positive_class is not None:
         classes, samples = _put_positive_last(classes, samples, positive_class)
     ds = Dataset(
-        root=scan.root, source=scan.source, classes=classes, samples=samples, skipped=skipped
+        root=scan.root,
+        source=scan.source,
+        classes=classes,
+        samples=samples,
+        skipped=skipped,
+        ignored=list(scan.ignored),
+        salt_check=salt_check(salt),
     )
     logger.info("Split counts: %s", ds.counts())
     return ds

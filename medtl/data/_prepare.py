@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from medtl._fileio import atomic_write
+from medtl._fileio import MAX_FILE_BYTES, atomic_write, open_regular, read_regular_bytes
 from medtl._options import check_range, look_up_option
-from medtl.data._load import failure_reason, map_maybe_threaded, read_with_options
+from medtl.data._load import (
+    constant_reason,
+    failure_reason,
+    log_skip,
+    map_maybe_threaded,
+    read_with_options,
+)
 from medtl.data._sources import npz_image
 from medtl.data._types import PreparedImages, Sample, SkippedFile
 from medtl.errors import ConfigError
@@ -82,8 +89,13 @@ def to_native_uint8(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
+# Read options that only bound the work (not what the image looks like) stay out of the cache key.
+_LIMIT_OPTIONS = ("max_bytes", "max_pixels")
+
+
 def _options_bytes(read_options: dict[str, Any] | None) -> bytes:
-    return json.dumps(read_options or {}, sort_keys=True, default=str).encode("utf-8")
+    opts = {k: v for k, v in (read_options or {}).items() if k not in _LIMIT_OPTIONS}
+    return json.dumps(opts, sort_keys=True, default=str).encode("utf-8")
 
 
 class _Loader:
@@ -117,33 +129,68 @@ class _Loader:
                 h.update(str(self.size).encode())
                 img = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw
                 return to_native_uint8(img, self.size), h.hexdigest()
-            data = Path(s.path).read_bytes()
+            max_bytes = (self.read_options or {}).get("max_bytes", MAX_FILE_BYTES)
+            data = read_regular_bytes(s.path, max_bytes)  # FIFOs, devices, loops: refused
             h = hashlib.sha256(CACHE_VERSION)
             h.update(hashlib.sha256(data).digest())
             h.update(self._opt)
             h.update(str(self.size).encode())
             key = h.hexdigest()
             cpath = self._cache_path(key)
-            if cpath is not None and cpath.exists():
-                try:
-                    arr = np.load(cpath, allow_pickle=False)
+            if cpath is not None and os.path.lexists(cpath):
+                arr = self._cached(cpath)
+                if arr is not None:
                     self.hits += 1
                     return arr, key
-                except (OSError, ValueError) as exc:
-                    logger.warning("Ignoring unreadable cache entry %s (%s)", cpath, exc)
-            image, _ = read_with_options(s.path, self.read_options)
+            image, meta = read_with_options(s.path, self.read_options)
+            reason = constant_reason(image, meta)
+            if reason is not None:
+                log_skip(s, reason)
+                return SkippedFile(s.path, reason, s.uid)
             native = to_native_uint8(image, self.size)
             if cpath is not None:
                 atomic_write(cpath, lambda tmp: _save_npy(tmp, native))
             return native, key
         except ConfigError:
             raise
-        except Exception as exc:
+        except (Exception, MemoryError) as exc:
             reason = failure_reason(exc)
-            if isinstance(exc, OSError) and not isinstance(exc, ConfigError):
-                reason = f"cannot read the file ({exc.strerror or exc})"
-            logger.warning("Skipping %s: %s", s.path, reason)
-            return SkippedFile(s.path, reason)
+            log_skip(s, reason)
+            return SkippedFile(s.path, reason, s.uid)
+
+    def _cached(self, cpath: Path) -> np.ndarray | None:
+        """A cache entry if it is a uint8 S×S or S×S×3 array; a bad one is removed (recomputed)."""
+        limit = self.size * self.size * 3 + 4096
+        try:
+            with open_regular(cpath, limit) as fh:
+                arr = np.load(fh, allow_pickle=False)
+            ok = (
+                isinstance(arr, np.ndarray)
+                and arr.dtype == np.uint8
+                and arr.shape[:2] == (self.size, self.size)
+                and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3))
+            )
+            if ok:
+                return arr
+            problem = f"holds {getattr(arr, 'dtype', '?')} {getattr(arr, 'shape', '?')}"
+        except (OSError, ValueError, EOFError) as exc:
+            problem = f"unreadable ({type(exc).__name__})"
+        logger.warning(
+            "Image cache entry %s %s, not a %dpx image; recomputing it",
+            cpath.name,
+            problem,
+            self.size,
+        )
+        try:
+            if cpath.is_dir() and not cpath.is_symlink():
+                import shutil
+
+                shutil.rmtree(cpath)
+            else:
+                cpath.unlink()
+        except OSError:
+            pass
+        return None
 
 
 def _save_npy(tmp: str, arr: np.ndarray) -> None:

@@ -15,13 +15,25 @@ so). Splits are completed and files verified by :func:`medtl.data.load_dataset`.
 from __future__ import annotations
 
 import csv
-import hashlib
+import errno
+import io
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from medtl._fileio import (
+    MAX_FILE_BYTES,
+    UnsafeFileError,
+    check_regular_file,
+    display_path,
+    read_regular_bytes,
+)
+from medtl.data._ids import hash_patient_id, keyed_uid
 from medtl.data._types import SPLITS, Sample, SkippedFile
 from medtl.errors import DatasetError
 
@@ -50,14 +62,19 @@ class ScanResult:
     classes: list[str]
     samples: list[Sample]
     skipped: list[SkippedFile] = field(default_factory=list)
+    ignored: list[SkippedFile] = field(default_factory=list)
 
 
-SourceFn = Callable[[Path, "Sequence[str] | None"], ScanResult]
+SourceFn = Callable[[Path, "Sequence[str] | None", "bytes | None"], ScanResult]
 _SOURCES: dict[str, SourceFn] = {}
 
 
 def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    """Register a dataset source under ``name`` (used by :func:`scan_source`)."""
+    """Register a dataset source under ``name`` (used by :func:`scan_source`).
+
+    A source is ``fn(path, class_names, salt) -> ScanResult``; it names samples and skipped files
+    with :func:`make_uid` and the salt it is given.
+    """
 
     def deco(fn: SourceFn) -> SourceFn:
         _SOURCES[name] = fn
@@ -66,9 +83,12 @@ def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
     return deco
 
 
-def make_uid(relpath: str) -> str:
-    """De-identified, stable id: first 16 hex digits of sha1 of a path relative to the dataset root."""
-    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:16]
+def make_uid(relpath: str | os.PathLike | bytes, salt: bytes | None = None) -> str:
+    """De-identified, stable id of a file: keyed hash of its path relative to the dataset root.
+
+    See :func:`medtl.data.keyed_uid` (HMAC-SHA256 with the project's salt; bytes-safe).
+    """
+    return keyed_uid(relpath, salt)
 
 
 def relative_posix(path: str | Path, root: str | Path) -> str:
@@ -80,24 +100,146 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
 
+# Files at a dataset's top level that document the data rather than being data.
+_DOC_SUFFIXES = {".md", ".txt", ".rst", ".json", ".yaml", ".yml", ".csv", ".tsv", ".pdf", ".html"}
+_DOC_STEMS = ("readme", "license", "licence", "citation", "changelog", "notice")
+_MAX_DEPTH = 64
+
+
+def _is_doc(name: str) -> bool:
+    return Path(name).suffix.lower() in _DOC_SUFFIXES or name.lower().startswith(_DOC_STEMS)
+
+
+def _is_dir(path: str | Path) -> bool:
+    """``os.path.isdir`` that never raises (link loops, over-long names: False)."""
+    try:
+        return os.path.isdir(path)
+    except (OSError, ValueError):
+        return False
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    return sorted(p for p in folder.iterdir() if not _is_hidden(p.name) and _is_dir(p))
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """All non-hidden files under ``folder`` (recursive, hidden folders pruned), sorted."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
-    return sorted(out)
+@dataclass
+class _Walk:
+    """Files found under a folder, and the entries that cannot be used (with reasons)."""
+
+    root: Path
+    salt: bytes | None
+    files: list[Path] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    ignored: list[SkippedFile] = field(default_factory=list)
+    _seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+
+    def _entry(self, path: Path, reason: str) -> SkippedFile:
+        return SkippedFile(str(path), reason, make_uid(relative_posix(path, self.root), self.salt))
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append(self._entry(path, reason))
+
+    def ignore(self, path: Path, reason: str) -> None:
+        self.ignored.append(self._entry(path, reason))
+
+    def kind(self, path: Path) -> tuple[str, os.stat_result | None]:
+        """``"dir"``, ``"file"`` or ``"bad"`` (already recorded as skipped) for one entry."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            reason = "broken symbolic link (its target does not exist)"
+            self.skip(path, reason if os.path.islink(path) else "vanished while scanning")
+            return "bad", None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.skip(path, "symbolic link loop (the link points back to itself)")
+            elif exc.errno == errno.ENAMETOOLONG:
+                self.skip(path, "file name too long for this system")
+            else:
+                self.skip(path, f"cannot be examined ({exc.strerror or type(exc).__name__})")
+            return "bad", None
+        if stat.S_ISDIR(st.st_mode):
+            return "dir", st
+        if stat.S_ISREG(st.st_mode):
+            return "file", st
+        try:
+            check_regular_file(path, None)
+        except UnsafeFileError as exc:
+            self.skip(path, exc.reason)
+        except OSError as exc:
+            self.skip(path, f"cannot be examined ({exc.strerror or type(exc).__name__})")
+        return "bad", None
+
+    def entries(self, folder: Path) -> list[Path]:
+        try:
+            with os.scandir(folder) as it:
+                return sorted(Path(e.path) for e in it)
+        except OSError as exc:
+            self.skip(folder, f"cannot list this folder ({exc.strerror or type(exc).__name__})")
+            return []
+
+    def walk(self, folder: Path, depth: int = 0, why: str | None = None) -> None:
+        """Record every entry under ``folder``: files go to ``files`` (or, with ``why``, to
+        ``skipped`` with that reason); hidden ones to ``ignored``; links are followed once, loops
+        and special files are skipped with a reason."""
+        try:
+            st = os.stat(folder)
+        except OSError:
+            self.kind(folder)
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in self._seen_dirs:
+            self.skip(
+                folder,
+                "folder already scanned through another path (a symbolic link to it, or a loop); "
+                "not read twice",
+            )
+            return
+        if depth > _MAX_DEPTH:
+            self.skip(folder, f"folders nested deeper than {_MAX_DEPTH} levels; not scanned")
+            return
+        self._seen_dirs.add(key)
+        for p in self.entries(folder):
+            name = p.name
+            if _is_hidden(name):
+                if _is_dir(p):
+                    self.ignore(p, "hidden folder (name starts with '.' or '__'); not scanned")
+                else:
+                    self.ignore(p, "hidden file (name starts with '.'); not used")
+                continue
+            kind, _ = self.kind(p)
+            if kind == "dir":
+                self.walk(p, depth + 1, why)
+            elif kind == "file":
+                if why is None:
+                    self.files.append(p)
+                else:
+                    self.skip(p, why)
+
+    def top_level(self, folder: Path, what: str) -> None:
+        """Loose files directly in ``folder`` (a dataset root or a split folder)."""
+        for p in self.entries(folder):
+            if _is_hidden(p.name):
+                if _is_dir(p):
+                    self.ignore(p, "hidden folder (name starts with '.' or '__'); not scanned")
+                else:
+                    self.ignore(p, "hidden file (name starts with '.'); not used")
+                continue
+            kind, _ = self.kind(p)
+            if kind != "file":
+                continue
+            if what == "root" and _is_doc(p.name):
+                self.ignore(p, "documentation or metadata file at the dataset root; not an image")
+            else:
+                where = "at the dataset root" if what == "root" else "directly in a split folder"
+                self.skip(p, f"{where}, not inside a class folder; move it into its class folder")
 
 
 def detect_source(path: Path) -> str:
     """Name of the source kind for ``path`` (see module docstring); DatasetError when none fits."""
     if not path.exists():
         raise DatasetError(
-            f"Dataset path {str(path)!r} does not exist. Give a folder of class folders, a folder with "
+            f"Dataset path {display_path(path)!r} does not exist. Give a folder of class folders, a folder with "
             "train/ (and optional val/, test/), a CSV manifest or a MedMNIST .npz file."
         )
     if path.is_file():
@@ -107,7 +249,7 @@ def detect_source(path: Path) -> str:
         if suffix == ".npz":
             return "npz"
         raise DatasetError(
-            f"Dataset file {str(path)!r} is neither a CSV manifest (.csv) nor a MedMNIST .npz. "
+            f"Dataset file {display_path(path)!r} is neither a CSV manifest (.csv) nor a MedMNIST .npz. "
             "Give a folder, a .csv with columns path,label or a .npz file."
         )
     subdirs = _visible_dirs(path)
@@ -119,33 +261,40 @@ def detect_source(path: Path) -> str:
     npzs = sorted(path.glob("*.npz"))
     hint = ""
     if len(manifests) == 1:
-        hint = f" Did you mean the manifest {str(manifests[0])!r}?"
+        hint = f" Did you mean the manifest {display_path(manifests[0])!r}?"
     elif len(npzs) == 1:
-        hint = f" Did you mean {str(npzs[0])!r}?"
+        hint = f" Did you mean {display_path(npzs[0])!r}?"
     raise DatasetError(
-        f"Dataset folder {str(path)!r} has no class folders (and no train/ folder).{hint} "
+        f"Dataset folder {display_path(path)!r} has no class folders (and no train/ folder).{hint} "
         "Expected root/<class>/<image files>, root/train/<class>/..., a CSV manifest or a .npz."
     )
 
 
-def scan_source(path: str | Path, class_names: Sequence[str] | None = None) -> ScanResult:
-    """Detect the layout of ``path`` and list its labelled files."""
+def scan_source(
+    path: str | Path, class_names: Sequence[str] | None = None, salt: bytes | None = None
+) -> ScanResult:
+    """Detect the layout of ``path`` and list its labelled files (uids keyed with ``salt``)."""
     p = Path(path).expanduser().resolve()
     kind = detect_source(p)
-    return _SOURCES[kind](p, class_names)
+    return _SOURCES[kind](p, class_names, salt)
 
 
 def _class_folder_samples(
-    split_dir: Path, root: Path, classes: list[str], split: str | None
+    walk: _Walk, split_dir: Path, classes: list[str], split: str | None
 ) -> list[Sample]:
     samples = []
     for label, name in enumerate(classes):
         cdir = split_dir / name
-        if not cdir.is_dir():
+        if not _is_dir(cdir):
             continue
-        for f in _files_under(cdir):
-            rel = relative_posix(f, root)
-            samples.append(Sample(path=str(f), label=label, uid=make_uid(rel), split=split))
+        walk.files = []
+        walk.walk(cdir)
+        for f in sorted(walk.files):
+            rel = relative_posix(f, walk.root)
+            samples.append(
+                Sample(path=str(f), label=label, uid=make_uid(rel, walk.salt), split=split)
+            )
+    walk.files = []
     return samples
 
 
@@ -158,75 +307,127 @@ def _check_class_names(classes: list[str], class_names: Sequence[str] | None, wh
 
 
 @register_source("folder_classes")
-def _scan_folder_classes(root: Path, class_names: Sequence[str] | None) -> ScanResult:
+def _scan_folder_classes(
+    root: Path, class_names: Sequence[str] | None, salt: bytes | None = None
+) -> ScanResult:
     classes = [d.name for d in _visible_dirs(root)]
-    _check_class_names(classes, class_names, str(root))
-    stray = [f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")]
-    if stray:
-        logger.debug(
-            "Ignoring %d file(s) at the top of %s (not inside a class folder)", len(stray), root
-        )
-    return ScanResult(
-        str(root), "folder_classes", classes, _class_folder_samples(root, root, classes, None)
-    )
+    _check_class_names(classes, class_names, display_path(root))
+    walk = _Walk(root, salt)
+    walk.top_level(root, "root")
+    samples = _class_folder_samples(walk, root, classes, None)
+    return ScanResult(str(root), "folder_classes", classes, samples, walk.skipped, walk.ignored)
 
 
 @register_source("folder_splits")
-def _scan_folder_splits(root: Path, class_names: Sequence[str] | None) -> ScanResult:
+def _scan_folder_splits(
+    root: Path, class_names: Sequence[str] | None, salt: bytes | None = None
+) -> ScanResult:
+    walk = _Walk(root, salt)
+    walk.top_level(root, "root")
     split_dirs: dict[str, Path] = {}
     for d in _visible_dirs(root):
         sp = SPLIT_DIR_NAMES.get(d.name.lower())
         if sp is None:
-            logger.warning("Ignoring folder %s: not a split name (train/val/valid/test)", d)
+            # the folder's name is not logged: folder names may carry identifiers
+            walk.walk(
+                d,
+                why="in a folder that is not a split folder (train/, val/, test/); move it into one",
+            )
             continue
         if sp in split_dirs:
             raise DatasetError(
-                f"Dataset {str(root)!r} has two folders for the {sp!r} split: "
+                f"Dataset {display_path(root)!r} has two folders for the {sp!r} split: "
                 f"{split_dirs[sp].name!r} and {d.name!r}. Keep one of them."
             )
         split_dirs[sp] = d
     per_split = {sp: {c.name for c in _visible_dirs(d)} for sp, d in split_dirs.items()}
     classes = sorted(set().union(*per_split.values()))
-    _check_class_names(classes, class_names, str(root))
+    _check_class_names(classes, class_names, display_path(root))
     for sp, names in per_split.items():
         missing = sorted(set(classes) - names)
         if missing:
-            logger.warning("Split %r of %s has no folder for class(es) %s", sp, root, missing)
+            logger.warning("Split %r has no folder for class(es) %s", sp, missing)
     samples: list[Sample] = []
     for sp in SPLITS:
         if sp in split_dirs:
-            samples.extend(_class_folder_samples(split_dirs[sp], root, classes, sp))
-    return ScanResult(str(root), "folder_splits", classes, samples)
+            walk.top_level(split_dirs[sp], "split")
+            samples.extend(_class_folder_samples(walk, split_dirs[sp], classes, sp))
+    return ScanResult(str(root), "folder_splits", classes, samples, walk.skipped, walk.ignored)
+
+
+def _read_manifest_rows(csv_path: Path, delimiter: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a manifest; any encoding (non-UTF-8 bytes kept, as file names keep them)."""
+    where = display_path(csv_path)
+    try:
+        raw = read_regular_bytes(csv_path, MAX_FILE_BYTES)
+    except UnsafeFileError as exc:
+        raise DatasetError(f"Manifest {where!r} {exc.reason}.") from None
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot read manifest {where!r} ({exc.strerror or type(exc).__name__})."
+        ) from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    # Latin-1 / cp1252 manifests are common in hospital exports: undecodable bytes are kept as
+    # surrogate escapes, which is exactly how the file system gives such names, so paths still match.
+    text = raw.decode("utf-8", "surrogateescape")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DatasetError(
+            f"Manifest {where!r} line {line}: the file holds NUL bytes, so it is not a plain-text "
+            "CSV; re-save it as CSV (UTF-8)."
+        )
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        rows = list(reader)
+    except csv.Error as exc:
+        problem = str(exc)
+        if "NUL" in problem:
+            fix = (
+                "the file holds NUL bytes, so it is not a plain-text CSV; re-save it as CSV (UTF-8)"
+            )
+        elif "field larger" in problem:
+            fix = (
+                f"a field is longer than {csv.field_size_limit()} characters (a missing closing "
+                "quote?); fix the quoting"
+            )
+        else:
+            fix = f"{problem}; fix that line"
+        raise DatasetError(f"Manifest {where!r} line {reader.line_num}: {fix}.") from None
+    return header or [], rows
 
 
 @register_source("csv")
-def _scan_csv(csv_path: Path, class_names: Sequence[str] | None) -> ScanResult:
+def _scan_csv(
+    csv_path: Path, class_names: Sequence[str] | None, salt: bytes | None = None
+) -> ScanResult:
     root = csv_path.parent
+    where = display_path(csv_path)
     delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        fields = {(f or "").strip().lower(): f for f in (reader.fieldnames or [])}
-        for needed in ("path", "label"):
-            if needed not in fields:
-                raise DatasetError(
-                    f"Manifest {str(csv_path)!r} has no {needed!r} column (columns found: "
-                    f"{list(reader.fieldnames or [])}). Required: path,label; optional: "
-                    "patient_id,split."
-                )
-        rows = list(reader)
+    header, raw_rows = _read_manifest_rows(csv_path, delimiter)
+    fields = {(f or "").strip().lower(): i for i, f in enumerate(header)}
+    for needed in ("path", "label"):
+        if needed not in fields:
+            raise DatasetError(
+                f"Manifest {where!r} has no {needed!r} column (columns found: "
+                f"{[h[:40] for h in header[:20]]}). Required: path,label; optional: "
+                "patient_id,split."
+            )
+    rows = [r for r in raw_rows if any(c.strip() for c in r)]
     if not rows:
-        raise DatasetError(f"Manifest {str(csv_path)!r} has no rows. Add one row per image.")
+        raise DatasetError(f"Manifest {where!r} has no rows. Add one row per image.")
 
-    def col(row: dict, name: str) -> str:
-        key = fields.get(name)
-        return (row.get(key) or "").strip() if key else ""
+    def col(row: list[str], name: str) -> str:
+        i = fields.get(name)
+        return row[i].strip() if i is not None and i < len(row) else ""
 
     labels = sorted({col(r, "label") for r in rows} - {""})
     if class_names is not None:
         unknown = sorted(set(labels) - set(class_names))
         if unknown:
             raise DatasetError(
-                f"Manifest {str(csv_path)!r} has labels {unknown} that are not in 'class_names' "
+                f"Manifest {where!r} has labels {unknown[:10]} that are not in 'class_names' "
                 f"{list(class_names)}. Add them to class_names or fix the manifest."
             )
         classes = list(class_names)
@@ -238,66 +439,100 @@ def _scan_csv(csv_path: Path, class_names: Sequence[str] | None) -> ScanResult:
     seen: set[str] = set()
     for lineno, row in enumerate(rows, start=2):
         raw_path, label = col(row, "path"), col(row, "label")
+        line_uid = make_uid(f"{csv_path.name}:{lineno}", salt)
         if not raw_path or not label:
             skipped.append(
-                SkippedFile(f"{csv_path}:{lineno}", "manifest row without a path or a label")
+                SkippedFile(
+                    f"{csv_path}:{lineno}", "manifest row without a path or a label", line_uid
+                )
             )
             continue
-        f = Path(raw_path).expanduser()
-        f = (f if f.is_absolute() else root / f).resolve()
+        try:
+            f = Path(raw_path).expanduser()
+            f = Path(os.path.abspath(f if f.is_absolute() else root / f))
+            rel = relative_posix(f, root)
+        except (OSError, ValueError) as exc:
+            skipped.append(
+                SkippedFile(
+                    f"{csv_path}:{lineno}",
+                    f"manifest line {lineno}: unusable path ({type(exc).__name__})",
+                    line_uid,
+                )
+            )
+            continue
+        uid = make_uid(rel, salt)
         if str(f) in seen:
-            skipped.append(SkippedFile(str(f), f"listed twice in the manifest (line {lineno})"))
+            skipped.append(
+                SkippedFile(
+                    f"{csv_path}:{lineno}",
+                    f"listed twice in the manifest (line {lineno})",
+                    line_uid,
+                )
+            )
             continue
         seen.add(str(f))
         split_raw = col(row, "split").lower()
         if split_raw not in SPLIT_VALUES:
             raise DatasetError(
-                f"Manifest {str(csv_path)!r} line {lineno}: split {split_raw!r} is not one of "
+                f"Manifest {where!r} line {lineno}: split {split_raw[:40]!r} is not one of "
                 "train/val/valid/test (or empty). Fix the split column."
             )
-        pid = col(row, "patient_id") or None
-        rel = relative_posix(f, root)
         samples.append(
             Sample(
                 path=str(f),
                 label=index[label],
-                uid=make_uid(rel),
+                uid=uid,
                 split=SPLIT_VALUES[split_raw],
-                patient_id=pid,
+                patient_id=hash_patient_id(col(row, "patient_id") or None, salt),
             )
         )
     return ScanResult(str(root), "csv", classes, samples, skipped)
 
 
+# Labels of a .npz above this are not class indices (a MedMNIST file has at most a few dozen).
+MAX_NPZ_CLASSES = 1000
+
+
 @register_source("npz")
-def _scan_npz(npz_path: Path, class_names: Sequence[str] | None) -> ScanResult:
+def _scan_npz(
+    npz_path: Path, class_names: Sequence[str] | None, salt: bytes | None = None
+) -> ScanResult:
     from medtl.errors import ImageReadError
     from medtl.io import read_npz
 
+    where = display_path(npz_path)
     try:
         arrays = read_npz(npz_path)
     except ImageReadError as exc:
-        raise DatasetError(f"Cannot read {str(npz_path)!r}: {exc.reason}") from exc
+        raise DatasetError(f"Cannot read {where!r}: {exc.reason}") from exc
+    limit = len(class_names) if class_names is not None else MAX_NPZ_CLASSES
     n_classes = 0
     for _, labels in arrays.values():
-        if len(labels):
-            n_classes = max(n_classes, int(labels.max()) + 1)
-    if class_names is not None:
-        if len(class_names) < n_classes:
-            raise DatasetError(
-                f"'class_names' has {len(class_names)} names but {str(npz_path)!r} has labels up to "
-                f"{n_classes - 1}. Give one name per label 0..{n_classes - 1}."
-            )
-        classes = list(class_names)
-    else:
-        classes = [str(i) for i in range(n_classes)]
+        ok = labels[(labels >= 0) & (labels < limit)]
+        if len(ok):
+            n_classes = max(n_classes, int(ok.max()) + 1)
+    classes = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
     samples: list[Sample] = []
+    skipped: list[SkippedFile] = []
     offset = 0
     # Sample.index is the position in the concatenation of the file's splits in SPLITS order, so one
     # integer finds the image again (see npz_image_index).
     for sp in npz_split_order(arrays):
         _, labels = arrays[sp]
+        bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+        bad_set = set(bad.tolist())
         for i, lab in enumerate(labels.tolist()):
+            if i in bad_set:
+                skipped.append(
+                    SkippedFile(
+                        str(npz_path),
+                        f"{sp}_labels[{i}] = {lab} is not a class index "
+                        f"(0..{len(classes) - 1}); image {sp}/{i} not used"
+                        + ("" if class_names is not None or lab < 0 else "; give class_names"),
+                        f"{sp}/{i}",
+                    )
+                )
+                continue
             samples.append(
                 Sample(
                     path=str(npz_path),
@@ -308,7 +543,12 @@ def _scan_npz(npz_path: Path, class_names: Sequence[str] | None) -> ScanResult:
                 )
             )
         offset += len(labels)
-    return ScanResult(str(npz_path.parent), "npz", classes, samples)
+    if skipped:
+        logger.warning(
+            "%d image(s) of the .npz have labels outside the class range; see Dataset.skipped",
+            len(skipped),
+        )
+    return ScanResult(str(npz_path.parent), "npz", classes, samples, skipped)
 
 
 def npz_split_order(arrays: dict) -> list[str]:

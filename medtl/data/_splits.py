@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 
 from medtl._fileio import atomic_write_json
-from medtl.data._sources import relative_posix
 from medtl.data._types import SPLITS, Dataset, Sample, SkippedFile
 from medtl.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
 SPLITS_FORMAT = "medtl-splits"
-SPLITS_VERSION = 1
+SPLITS_VERSION = 2  # 2: no paths; uids, hashed patient ids, salt check
 
 
 _PREFIX_BYTES = 1 << 16
@@ -161,12 +160,18 @@ def _carve_grouped(
         )
     # k folds, one of them carved: a fraction of about 1/k (StratifiedGroupKFold has no test_size).
     k = int(min(max(2, round(1.0 / fraction)), n_groups))
+    stratified = None
     if len(set(labels.tolist())) > 1:
         with warnings.catch_warnings():
             # "The least populated class in y has only n members": expected on small data.
             warnings.simplefilter("ignore", UserWarning)
             cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-            keep, carved = next(iter(cv.split(positions, labels, groups)))
+            try:
+                stratified = next(iter(cv.split(positions, labels, groups)))
+            except ValueError:  # more folds than members of some class (tiny data)
+                stratified = None
+    if stratified is not None:
+        keep, carved = stratified
     else:
         cv2 = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         keep, carved = next(iter(cv2.split(positions, labels, groups)))
@@ -274,76 +279,191 @@ def _warn_patient_overlap(samples: Sequence[Sample]) -> None:
         )
 
 
-def save_splits(dataset: Dataset, path: str | Path) -> Path:
-    """Write the dataset's classes, samples (relative path, label, split, uid) and skipped files as JSON.
+def save_splits(dataset: Dataset, path: str | Path, *, salt: bytes | None = None) -> Path:
+    """Write the dataset's classes and, per image, uid, label, split (and hashed patient id) as JSON.
 
-    Written atomically, so :func:`load_splits` can repeat a run exactly.
+    No file path and no name of the dataset folder is written: images are named by their uids (keyed
+    hashes; see :func:`medtl.data.keyed_uid`), patient ids by their keyed hashes, skipped and ignored
+    files by uid and reason. :func:`load_splits` finds the files again by re-scanning the dataset
+    with the same salt. Written atomically.
+
+    Args:
+        dataset: a loaded dataset.
+        path: the JSON file to write.
+        salt: the salt the dataset was loaded with (recorded as a check value only, never in clear;
+            default: the one ``load_dataset`` recorded in ``dataset.salt_check``).
 
     Example:
-        >>> save_splits(ds, "runs/x/splits.json"); ds2 = load_splits("runs/x/splits.json", ds.root)
+        >>> save_splits(ds, "runs/x/splits.json"); ds2 = load_splits("runs/x/splits.json", "data/")
     """
-    root = dataset.root
+    from medtl.data._ids import dataset_fingerprint, hash_patient_id, salt_check
+
+    check = dataset.salt_check if salt is None and dataset.salt_check else salt_check(salt)
     obj = {
         "format": SPLITS_FORMAT,
         "version": SPLITS_VERSION,
         "source": dataset.source,
         "classes": list(dataset.classes),
+        "salt_check": check,
+        "fingerprint": dataset_fingerprint(dataset),
         "samples": [
             {
-                "path": relative_posix(s.path, root),
+                "uid": s.uid,
                 "label": s.label,
                 "split": s.split,
-                "uid": s.uid,
-                **({"patient_id": s.patient_id} if s.patient_id else {}),
+                **({"patient_id": hash_patient_id(s.patient_id, salt)} if s.patient_id else {}),
                 **({"index": s.index} if s.index is not None else {}),
             }
             for s in dataset.samples
         ],
-        "skipped": [_skipped_rel(k, root) for k in dataset.skipped],
+        "skipped": [{"uid": k.uid, "reason": k.reason} for k in dataset.skipped],
+        "ignored": [{"uid": k.uid, "reason": k.reason} for k in dataset.ignored],
     }
     return atomic_write_json(path, obj)
 
 
-def _skipped_rel(k: SkippedFile, root: str) -> dict:
-    p = k.path
-    try:
-        if Path(p).is_absolute():
-            p = relative_posix(p, root)
-    except ValueError:  # other drive on Windows
-        pass
-    return {"path": p, "reason": k.reason}
+def _rescan(dataset_root: Path, source: str, classes: list[str], salt: bytes | None) -> Any:
+    """Scan ``dataset_root`` again; for a manifest or .npz source a folder may hold the file."""
+    from medtl.data._sources import scan_source
+
+    candidates = [dataset_root]
+    if dataset_root.is_dir() and source in ("csv", "npz"):
+        patterns = ("*.csv", "*.tsv") if source == "csv" else ("*.npz",)
+        candidates = sorted(f for pat in patterns for f in dataset_root.glob(pat))
+    scans = []
+    for cand in candidates:
+        try:
+            scans.append(scan_source(cand, classes if source in ("csv", "npz") else None, salt))
+        except DatasetError:
+            if len(candidates) == 1:
+                raise
+    return scans
 
 
-def load_splits(path: str | Path, dataset_root: str | Path) -> Dataset:
-    """Rebuild a :class:`Dataset` saved by :func:`save_splits`, with paths under ``dataset_root``.
+def load_splits(
+    path: str | Path, dataset_root: str | Path, *, salt: bytes | None = None
+) -> Dataset:
+    """Rebuild a :class:`Dataset` saved by :func:`save_splits` from the data at ``dataset_root``.
+
+    The dataset is scanned again (no decoding) with ``salt`` and every uid of the splits file is
+    matched to its file; a moved or copied dataset therefore loads too.
+
+    Args:
+        path: the splits file.
+        dataset_root: the dataset as given to ``load_dataset`` (folder, manifest or ``.npz``; for
+            a manifest or ``.npz``, its folder works too).
+        salt: the salt the splits were made with (``project_salt(cache_dir)`` of that project).
 
     Raises:
-        DatasetError: the file is not a splits file, or listed images are missing under the root.
+        DatasetError: not a splits file, another salt, or listed images missing under the root.
     """
+    from medtl._fileio import UnsafeFileError, display_path, read_regular_bytes
+    from medtl.data._ids import salt_check
+
     path = Path(path)
+    where = display_path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"Cannot read splits file {str(path)!r}: {exc}") from exc
+        obj = json.loads(read_regular_bytes(path, 512 * 1024**2).decode("utf-8"))
+    except (OSError, UnsafeFileError, ValueError) as exc:
+        raise DatasetError(f"Cannot read splits file {where!r}: {type(exc).__name__}") from exc
     if not isinstance(obj, dict) or obj.get("format") != SPLITS_FORMAT:
         raise DatasetError(
-            f"{str(path)!r} is not a medtl splits file (written by medtl.data.save_splits)."
+            f"{where!r} is not a medtl splits file (written by medtl.data.save_splits)."
         )
-    if obj.get("version", 0) > SPLITS_VERSION:
+    version = obj.get("version", 0)
+    if not isinstance(version, int) or version > SPLITS_VERSION:
         raise DatasetError(
-            f"Splits file {str(path)!r} has version {obj.get('version')}, newer than this medtl "
-            f"understands ({SPLITS_VERSION}). Upgrade medtl."
+            f"Splits file {where!r} has version {version!r}, newer than this medtl understands "
+            f"({SPLITS_VERSION}). Upgrade medtl."
         )
-    root = Path(dataset_root).expanduser().resolve()
-    samples = []
-    missing = []
+    root = Path(dataset_root).expanduser().absolute()
+    try:
+        if version < 2:
+            return _load_splits_v1(obj, where, root)
+        return _load_splits_v2(obj, where, root, salt, salt_check(salt))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DatasetError(
+            f"Splits file {where!r} is damaged ({type(exc).__name__}); delete it and load the "
+            "dataset again."
+        ) from None
+
+
+def _load_splits_v2(obj: dict, where: str, root: Path, salt: bytes | None, check: str) -> Dataset:
+    from medtl._fileio import display_path
+
+    if obj.get("salt_check") != check:
+        raise DatasetError(
+            f"Splits file {where!r} was written with another salt, so its image ids cannot be "
+            "matched. Pass salt=medtl.data.project_salt(cache_dir) of the project that wrote it."
+        )
+    classes = [str(c) for c in obj["classes"]]
+    source = str(obj.get("source", "unknown"))
+    scans = _rescan(root, source, classes, salt)
+    by_uid: dict[str, Sample] = {}
+    files: dict[str, str] = {}
+    for scan in scans:
+        for s in scan.samples:
+            by_uid.setdefault(s.uid, s)
+        for k in [*scan.skipped, *scan.ignored]:
+            if k.uid:
+                files.setdefault(k.uid, k.path)
+    samples, missing = [], 0
+    for rec in obj["samples"]:
+        uid = str(rec["uid"])
+        sp = rec.get("split")
+        if sp is not None and sp not in SPLITS:
+            raise DatasetError(f"Splits file {where!r}: unknown split {sp!r}.")
+        found = by_uid.get(uid)
+        if found is None:
+            missing += 1
+            continue
+        samples.append(
+            dataclasses.replace(
+                found,
+                label=int(rec["label"]),
+                split=sp,
+                patient_id=rec.get("patient_id"),
+                index=rec.get("index"),
+            )
+        )
+    if missing:
+        raise DatasetError(
+            f"{missing} image(s) listed in {where!r} are missing under {display_path(root)!r} "
+            "(or were renamed). Pass the dataset the splits were made from."
+        )
+    for s in samples:
+        files.setdefault(s.uid, s.path)
+    paths_by_uid = {**{s.uid: s.path for s in by_uid.values()}, **files}
+
+    def entries(key: str) -> list[SkippedFile]:
+        return [
+            SkippedFile(paths_by_uid.get(k.get("uid"), ""), str(k["reason"]), k.get("uid"))
+            for k in obj.get(key, [])
+        ]
+
+    return Dataset(
+        root=scans[0].root if scans else str(root),
+        source=source,
+        classes=classes,
+        samples=samples,
+        skipped=entries("skipped"),
+        ignored=entries("ignored"),
+        salt_check=check,
+    )
+
+
+def _load_splits_v1(obj: dict, where: str, root: Path) -> Dataset:
+    """Splits files of version 1 (relative paths in clear), still readable."""
+    from medtl._fileio import display_path
+
+    samples, missing = [], []
     for rec in obj["samples"]:
         f = (root / rec["path"]).resolve()
         if not f.exists():
             missing.append(rec["path"])
         sp = rec.get("split")
         if sp is not None and sp not in SPLITS:
-            raise DatasetError(f"Splits file {str(path)!r}: unknown split {sp!r}.")
+            raise DatasetError(f"Splits file {where!r}: unknown split {sp!r}.")
         samples.append(
             Sample(
                 path=str(f),
@@ -356,8 +476,8 @@ def load_splits(path: str | Path, dataset_root: str | Path) -> Dataset:
         )
     if missing:
         raise DatasetError(
-            f"{len(missing)} image(s) listed in {str(path)!r} are missing under {str(root)!r}, "
-            f"e.g. {missing[:3]}. Pass the dataset_root the splits were made from."
+            f"{len(missing)} image(s) listed in {where!r} are missing under "
+            f"{display_path(root)!r}. Pass the dataset_root the splits were made from."
         )
     skipped = [
         SkippedFile(

@@ -17,9 +17,11 @@ class Sample:
     Attributes:
         path: absolute path of the file (for a MedMNIST ``.npz``: the ``.npz`` file).
         label: class index into ``Dataset.classes``.
-        uid: de-identified id, stable across runs (hash of the path relative to the dataset root).
+        uid: de-identified id, stable across runs of a project: a keyed hash (HMAC with the project's
+            salt) of the path relative to the dataset root; ``"<split>/<i>"`` inside a ``.npz``.
         split: ``"train"``, ``"val"``, ``"test"`` or None (not yet assigned).
-        patient_id: as given by the user's manifest (never taken from DICOM headers).
+        patient_id: keyed hash (``pid-...``) of the id given by the user's manifest or found by
+            ``patient_id_pattern`` (never taken from DICOM headers, never stored in clear).
         index: position inside a container file (``.npz``), else None.
     """
 
@@ -33,21 +35,36 @@ class Sample:
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file that was not used, and why (shown to the user and counted in reports)."""
+    """A file that was not used, and why (shown to the user and counted in reports).
+
+    Attributes:
+        path: the file (identifying: keep it out of outputs; use ``uid`` there).
+        reason: why, in a short sentence that never contains the path or header values.
+        uid: de-identified id of the file (keyed hash, like ``Sample.uid``); None if unknown.
+    """
 
     path: str
     reason: str
+    uid: str | None = None
 
 
 @dataclass
 class Dataset:
-    """A scanned dataset: class names, samples (with splits once assigned) and skipped files."""
+    """A scanned dataset: class names, samples (with splits once assigned) and the files not used.
+
+    Every file under the dataset's folder is a sample, a ``skipped`` file (meant as data but
+    unusable: undecodable, not a regular file, outside a class folder, label out of range) or an
+    ``ignored`` one (clutter not used on purpose: hidden files, documentation at the root), each
+    with a reason.
+    """
 
     root: str
     source: str  # "folder_splits" | "folder_classes" | "csv" | "npz" | "synthetic"
     classes: list[str]
     samples: list[Sample]
     skipped: list[SkippedFile] = field(default_factory=list)
+    ignored: list[SkippedFile] = field(default_factory=list)
+    salt_check: str | None = None  # which salt keyed the uids (a check value, not the salt)
 
     def split(self, name: str) -> list[Sample]:
         """Samples assigned to split ``name`` (``train``/``val``/``test``)."""

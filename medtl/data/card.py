@@ -12,9 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,14 +26,6 @@ logger = logging.getLogger(__name__)
 
 PERSON_FIELDS = ("Source", "Licence", "Label definition", "Known biases", "Intended use")
 _MAX_SKIPPED_LISTED = 50
-
-
-def _rel(path: str, root: str) -> str:
-    try:
-        rel = os.path.relpath(path, root)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else Path(rel).as_posix()
 
 
 def _stats(values: list[int]) -> dict[str, float] | None:
@@ -81,8 +71,8 @@ def _image_facts(dataset: Dataset, max_files: int) -> dict[str, Any]:
         for s in chosen:
             try:
                 image, meta = read_image(s.path)
-            except Exception as exc:
-                logger.debug("data card: cannot read %s (%s)", s.path, exc)
+            except Exception as exc:  # counted only: the message may carry the path
+                logger.debug("data card: cannot read image %s (%s)", s.uid, type(exc).__name__)
                 unread += 1
                 continue
             heights.append(int(meta.get("rows", image.shape[0])))
@@ -112,6 +102,9 @@ def _image_facts(dataset: Dataset, max_files: int) -> dict[str, Any]:
 def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any]:
     """The facts of a data card as a plain dict (JSON-ready; no patient identifiers).
 
+    Files are named by uid (keyed hash), never by path, and the dataset folder's name is not
+    copied (both may carry names or record numbers); ``fingerprint`` identifies the data instead.
+
     Args:
         dataset: a loaded dataset.
         max_files: how many files (spread over the dataset) to read for sizes and formats.
@@ -130,8 +123,10 @@ def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any
     for s, d in zip(dataset.samples, duplicate_groups(dataset.samples)):
         if d is not None:
             dups.setdefault(d, set()).add(s.split)
+    from medtl.data._ids import dataset_fingerprint
+
     return {
-        "root": dataset.root,
+        "fingerprint": dataset_fingerprint(dataset),
         "source": dataset.source,
         "n_images": len(dataset.samples),
         "n_classes": len(dataset.classes),
@@ -148,9 +143,9 @@ def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any
         "duplicate_groups_across_splits": sum(1 for v in dups.values() if len(v) > 1),
         "images": _image_facts(dataset, max_files),
         "n_skipped": len(dataset.skipped),
-        "skipped": [
-            {"path": _rel(k.path, dataset.root), "reason": k.reason} for k in dataset.skipped
-        ],
+        "skipped": [{"uid": k.uid, "reason": k.reason} for k in dataset.skipped],
+        "n_ignored": len(dataset.ignored),
+        "ignored": [{"uid": k.uid, "reason": k.reason} for k in dataset.ignored],
     }
 
 
@@ -169,12 +164,13 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
 
     Args:
         dataset: a loaded dataset.
-        title: card title (default: the dataset folder's name).
+        title: card title (default: "Data card" and the dataset's fingerprint; the folder's name
+            is not used, it may carry identifiers).
         max_files: how many files to read for sizes and formats.
     """
     f = summarise_dataset(dataset, max_files=max_files)
     im = f["images"]
-    title = title or f"Data card: {Path(dataset.root).name or dataset.root}"
+    title = title or f"Data card ({f['fingerprint']})"
     splits = [sp for sp in ("train", "val", "test", "unassigned") if sp in f["counts"]]
     lines = [
         f"# {title}",
@@ -185,7 +181,7 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
         "",
         "| fact | value |",
         "|---|---|",
-        f"| location | `{f['root']}` |",
+        f"| dataset fingerprint | `{f['fingerprint']}` |",
         f"| layout | {f['source']} |",
         f"| images used | {f['n_images']} |",
         f"| classes | {', '.join(f['classes'])} |",
@@ -206,6 +202,7 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
         )
         + " |",
         f"| files skipped | {f['n_skipped']} |",
+        f"| files ignored (hidden, documentation) | {f['n_ignored']} |",
         "",
         "## Images per split and class",
         "",
@@ -241,10 +238,10 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
         "",
     ]
     if f["skipped"]:
-        lines += ["| file | reason |", "|---|---|"]
+        lines += ["| file (uid) | reason |", "|---|---|"]
         for k in f["skipped"][:_MAX_SKIPPED_LISTED]:
             reason = k["reason"].replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{k['path']}` | {reason} |")
+            lines.append(f"| `{k['uid']}` | {reason} |")
         if f["n_skipped"] > _MAX_SKIPPED_LISTED:
             lines.append(f"| … | and {f['n_skipped'] - _MAX_SKIPPED_LISTED} more |")
     else:

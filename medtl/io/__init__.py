@@ -9,12 +9,14 @@ Example:
 from __future__ import annotations
 
 from medtl.io._detect import detect_format, is_dicom
+from medtl.io._guard import MAX_PIXELS
 from medtl.io._intensity import to_grey
 from medtl.io._npz import NPZ_SPLITS, npz_image, read_npz
 from medtl.io._read import WINDOWS, read_image
 from medtl.io._testing import write_test_dicom
 
 __all__ = [
+    "MAX_PIXELS",
     "NPZ_SPLITS",
     "WINDOWS",
     "detect_format",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from pathlib import Path
 
+from medtl._fileio import MAX_FILE_BYTES, UnsafeFileError, open_regular
 from medtl.errors import ImageReadError
+from medtl.io._guard import describe_content
 
 __all__ = ["detect_format", "is_dicom"]
 
@@ -31,17 +32,19 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
-def _head(path: str | os.PathLike, n: int = 136) -> bytes:
-    p = Path(path)
-    if not p.exists():
-        raise ImageReadError(str(path), "file not found; check the path")
-    if p.is_dir():
-        raise ImageReadError(str(path), "is a folder, not an image file")
+def _head(path: str | os.PathLike, n: int = 400, max_bytes: int | None = MAX_FILE_BYTES) -> bytes:
+    """The first ``n`` bytes of a regular file within ``max_bytes``; anything else is refused unopened."""
     try:
-        with open(p, "rb") as fh:
+        with open_regular(path, max_bytes) as fh:
             return fh.read(n)
+    except UnsafeFileError as exc:
+        raise ImageReadError(str(path), exc.reason) from None
+    except FileNotFoundError:
+        raise ImageReadError(str(path), "file not found; check the path") from None
     except OSError as exc:
-        raise ImageReadError(str(path), f"cannot open the file ({exc.strerror or exc})") from exc
+        raise ImageReadError(
+            str(path), f"cannot open the file ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def _looks_like_bare_dicom(path: str | os.PathLike, head: bytes) -> bool:
@@ -57,27 +60,31 @@ def _looks_like_bare_dicom(path: str | os.PathLike, head: bytes) -> bool:
             # Parsing is lazy: touching the elements makes sure the bytes really are DICOM.
             n_elements = len(ds)
             group_ok = all(elem.tag.group in (0x0002, 0x0008) for elem in list(ds)[:1])
-    except Exception as exc:
-        logger.debug("%s: not a bare DICOM data set (%s)", path, exc)
+    except Exception as exc:  # the message may quote header values: log the type only
+        logger.debug("not a bare DICOM data set (%s)", type(exc).__name__)
         return False
     return n_elements > 0 and group_ok
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike, *, max_bytes: int | None = MAX_FILE_BYTES) -> str:
     """Return the image format of ``path`` judged from its bytes.
 
     Returns one of ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"bmp"``, ``"npz"``. A DICOM
     file is recognised by its 128-byte preamble followed by ``b"DICM"``, or, without preamble, by
     a first tag in group 0x0002/0x0008 that pydicom can parse.
 
+    Only regular files are opened: FIFOs, sockets, devices, link loops and files over
+    ``max_bytes`` are refused with a reason.
+
     Raises:
-        ImageReadError: the file is missing, empty, or not one of these formats.
+        ImageReadError: the file is missing, empty, not a regular file, too large, or not one of
+            these formats (the reason says what it looks like instead).
 
     Example:
         >>> detect_format("scan.png")  # a DICOM misnamed .png still gives "dicom"
         'dicom'
     """
-    head = _head(path)
+    head = _head(path, max_bytes=max_bytes)
     if not head:
         raise ImageReadError(str(path), "the file is empty (0 bytes)")
     if head[128:132] == b"DICM":
@@ -87,11 +94,10 @@ def detect_format(path: str | os.PathLike) -> str:
             return fmt
     if _looks_like_bare_dicom(path, head):
         return "dicom"
-    preview = head[:8].hex(" ")
     raise ImageReadError(
         str(path),
-        "not a recognised image format (expected DICOM, PNG, JPEG, TIFF, BMP or MedMNIST .npz; "
-        f"first bytes: {preview})",
+        f"not a recognised image format: the content looks like {describe_content(head)} "
+        "(expected DICOM, PNG, JPEG, TIFF, BMP or MedMNIST .npz)",
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import ImageReadError
+from medtl.io._guard import MAX_PIXELS, check_pixels
 from medtl.io._intensity import (
     clip_to_unit,
     linear_to_unit,
@@ -68,7 +69,7 @@ def _load(path: str) -> tuple[Any, bool]:
             ) from exc
     if caught:
         # Header warnings may quote element values (possible identifiers): count them only.
-        logger.debug("%s: %d warning(s) while parsing the DICOM header", path, len(caught))
+        logger.debug("%d warning(s) while parsing a DICOM header", len(caught))
     hit_eof = any("end of file" in str(w.message).lower() for w in caught)
     return ds, hit_eof
 
@@ -129,6 +130,174 @@ def _decode(path: str, ds: Any, ts: Any, frame: int) -> tuple[np.ndarray, dict[s
     return arr, info
 
 
+# Modality-LUT and window values beyond these are not physical (CT is about -1e3..3e4 HU; PET/MR
+# rescales stay far inside): such headers are damaged, and would turn the image blank or scrambled.
+_MAX_ABS_SLOPE = 1e6
+_MAX_ABS_VALUE = 1e9
+_NATIVE_SYNTAXES = (
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+)
+
+
+def _header_int(ds: Any, keyword: str, default: int | None = None) -> int | None:
+    value = ds.get(keyword, default)
+    if type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else default
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _header_float(ds: Any, keyword: str) -> float | None:
+    """First value of a numeric header field as float (None if absent; NaN if unparseable)."""
+    if keyword not in ds:
+        return None
+    value = ds.get(keyword)
+    if type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+
+
+def _check_geometry(path: str, ds: Any, ts: Any, n_frames: int, max_pixels: int | None) -> None:
+    """Refuse, before decoding, pixel data whose declared size is absurd or disagrees with itself."""
+    if "PixelData" not in ds:
+        return
+    rows, cols = _header_int(ds, "Rows"), _header_int(ds, "Columns")
+    bits = _header_int(ds, "BitsAllocated")
+    samples = _header_int(ds, "SamplesPerPixel", 1)
+    if rows is None or cols is None or bits is None:
+        missing = [
+            k for k, v in (("Rows", rows), ("Columns", cols), ("BitsAllocated", bits)) if v is None
+        ]
+        raise ImageReadError(
+            path, f"the DICOM header lacks a usable {'/'.join(missing)}; the file is damaged"
+        )
+    if bits not in (1, 8, 16, 32, 64) or samples not in (1, 3) or n_frames < 1:
+        raise ImageReadError(
+            path,
+            f"the DICOM header declares an impossible pixel layout (BitsAllocated {bits}, "
+            f"SamplesPerPixel {samples}, NumberOfFrames {n_frames}); the file is damaged",
+        )
+    check_pixels(path, rows, cols, max_pixels, "the DICOM header")
+    if str(ts) in _NATIVE_SYNTAXES:
+        from pydicom.pixels.utils import get_expected_length
+
+        expected = int(get_expected_length(ds, unit="bytes"))
+        data = ds.PixelData
+        actual = len(data)
+        # Trailing padding (one byte to an even length, or a block of one repeated value, as in
+        # pydicom's MR_small_padded) is harmless; a short file is reported as truncated by the
+        # decoder; extra bytes holding image data mean Rows/Columns/BitsAllocated/frames do not
+        # describe the pixel data, and the image would come out scrambled.
+        if actual > expected + 1 and len(set(data[expected : expected + 65536])) > 1:
+            raise ImageReadError(
+                path,
+                f"the pixel data holds {actual} bytes but Rows x Columns x SamplesPerPixel x "
+                f"BitsAllocated x frames declare {expected}: the header disagrees with the pixel "
+                "data (the image would come out scrambled); fix or re-export the file",
+            )
+        return
+    _check_codestream(path, ds, rows, cols, max_pixels)
+
+
+def _codestream_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from the start of a JPEG (SOFn) or JPEG 2000 (SIZ) codestream, if found."""
+    if data[:2] == b"\xff\xd8":  # JPEG: walk the markers up to the first start-of-frame
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker == 0xFF:
+                i += 1
+                continue
+            length = int.from_bytes(data[i + 2 : i + 4], "big")
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+                return (
+                    int.from_bytes(data[i + 5 : i + 7], "big"),
+                    int.from_bytes(data[i + 7 : i + 9], "big"),
+                )
+            i += 2 + length
+        return None
+    j = data.find(b"\xff\x4f\xff\x51")  # JPEG 2000: SOC then SIZ (inside a JP2 box or bare)
+    if j >= 0 and j + 24 <= len(data):
+        xsiz, ysiz, xo, yo = (
+            int.from_bytes(data[j + 8 + 4 * k : j + 12 + 4 * k], "big") for k in range(4)
+        )
+        return ysiz - yo, xsiz - xo
+    return None
+
+
+def _check_codestream(path: str, ds: Any, rows: int, cols: int, max_pixels: int | None) -> None:
+    """The compressed image inside must have the size the header declares (checked undecoded)."""
+    from pydicom.encaps import generate_fragments
+
+    size = None
+    try:  # the first item is the basic offset table (often empty), then the fragments
+        for k, item in enumerate(generate_fragments(ds.PixelData)):
+            size = _codestream_size(bytes(item[:65536]))
+            if size is not None or k >= 2:
+                break
+    except Exception:  # a malformed encapsulation is reported by the decoder
+        return
+    if size is None:
+        return
+    h, w = size
+    if (h, w) != (rows, cols):
+        raise ImageReadError(
+            path,
+            f"the compressed image inside is {w}x{h} pixels but the header declares Columns x "
+            f"Rows = {cols}x{rows}: the header disagrees with the pixel data (damaged, or a "
+            "decompression bomb); not decoded",
+        )
+    check_pixels(path, h, w, max_pixels, "the compressed image inside the DICOM file")
+
+
+def _check_modality_values(path: str, ds: Any) -> None:
+    """Refuse rescale slope/intercept that are missing numbers, zero or absurd."""
+    slope, intercept = _header_float(ds, "RescaleSlope"), _header_float(ds, "RescaleIntercept")
+    problems = []
+    if slope is not None and (not np.isfinite(slope) or slope == 0 or abs(slope) > _MAX_ABS_SLOPE):
+        problems.append(f"RescaleSlope {slope:g}")
+    if intercept is not None and (not np.isfinite(intercept) or abs(intercept) > _MAX_ABS_VALUE):
+        problems.append(f"RescaleIntercept {intercept:g}")
+    if problems:
+        raise ImageReadError(
+            path,
+            f"unusable modality LUT in the DICOM header ({', '.join(problems)}): pixel values "
+            "cannot be turned into physical units; fix the header or re-export the file",
+        )
+
+
+def _check_window_values(path: str, ds: Any) -> None:
+    """Refuse a header window (centre/width) that is not finite or absurdly large."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return
+    center, width = _header_float(ds, "WindowCenter"), _header_float(ds, "WindowWidth")
+    if center is None or width is None:
+        return
+    if (
+        not np.isfinite(center)
+        or not np.isfinite(width)
+        or abs(center) > _MAX_ABS_VALUE
+        or abs(width) > 2 * _MAX_ABS_VALUE
+    ):  # a width below 1 is handled later (pydicom refuses it; the full range is used, with a note)
+        raise ImageReadError(
+            path,
+            f"unusable window in the DICOM header (centre {center:g}, width {width:g}); "
+            "read with window='full' or 'percentile' to ignore it, or fix the header",
+        )
+
+
 def _header_voi(values: np.ndarray, ds: Any, meta: dict[str, Any]) -> np.ndarray | None:
     """Apply the header's VOI LUT Sequence or window centre/width; None when it has neither."""
     from pydicom.pixels import apply_voi, apply_windowing
@@ -179,6 +348,7 @@ def _header_voi(values: np.ndarray, ds: Any, meta: dict[str, Any]) -> np.ndarray
 
 
 def _grey(
+    path: str,
     arr: np.ndarray,
     ds: Any,
     meta: dict[str, Any],
@@ -196,6 +366,14 @@ def _grey(
     else:
         meta["modality_lut"] = "none"
     values = apply_modality_lut(arr, ds)
+    if values.size and not (
+        np.isfinite(values).all() and float(np.max(np.abs(values))) <= _MAX_ABS_VALUE
+    ):
+        raise ImageReadError(
+            path,
+            "the modality LUT (rescale or LUT sequence) gives non-finite or absurd values "
+            f"(beyond ±{_MAX_ABS_VALUE:g}); fix the header or re-export the file",
+        )
 
     image = None
     if window == "header":
@@ -241,6 +419,7 @@ def read_dicom(
     window: str = "header",
     percentiles: tuple[float, float] = (0.5, 99.5),
     frame: int | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read one frame of a DICOM image into float32 [0, 1] plus de-identified metadata.
 
@@ -275,6 +454,19 @@ def read_dicom(
             f"frame={frame} is out of range: the file has {n_frames} frame(s) (0..{n_frames - 1})",
         )
 
+    try:
+        _check_geometry(path, ds, ts, n_frames, max_pixels)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # an unparseable image field (the message may quote it: type only)
+        raise ImageReadError(
+            path,
+            f"the DICOM header's image fields cannot be parsed ({type(exc).__name__}); the file "
+            "is damaged",
+        ) from None
+    _check_modality_values(path, ds)
+    if window == "header":
+        _check_window_values(path, ds)
     arr, info = _decode(path, ds, ts, frame_used)
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     meta: dict[str, Any] = {
@@ -307,7 +499,7 @@ def read_dicom(
             meta["window_used"] = "none (colour)"
             image = _colour(arr, ds, info, meta)
         else:
-            image = _grey(arr, ds, meta, window, percentiles)
+            image = _grey(path, arr, ds, meta, window, percentiles)
     if meta["inverted"]:
-        logger.debug("%s: MONOCHROME1 inverted so that bright = dense", path)
+        logger.debug("MONOCHROME1 inverted so that bright = dense")
     return image, meta

@@ -7,7 +7,9 @@ import zipfile
 
 import numpy as np
 
+from medtl._fileio import MAX_FILE_BYTES, UnsafeFileError, open_regular
 from medtl.errors import ImageReadError
+from medtl.io._guard import MAX_PIXELS
 from medtl.io._intensity import clip_to_unit
 
 __all__ = ["NPZ_SPLITS", "npz_image", "read_npz"]
@@ -61,11 +63,101 @@ def _check_labels(path: str, key: str, labels: np.ndarray, n: int) -> np.ndarray
     return labels.astype(np.int64)
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+#: Default ceiling on the decoded size of all arrays of one .npz (MedMNIST's largest 224-px sets
+#: stay under it; raise it with ``read_npz(..., max_bytes=...)``).
+MAX_NPZ_BYTES = 8 * 1024**3
+
+
+def _member_headers(path: str, zf: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every ``.npy`` member, read from their headers (no array is loaded)."""
+    out = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        key = info.filename[:-4]
+        if info.flag_bits & 0x1:
+            raise ImageReadError(path, f"member {key!r} is encrypted; save the arrays unencrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ImageReadError(
+                path,
+                f"member {key!r} uses zip compression method {info.compress_type}, which NumPy "
+                "cannot read; re-save with numpy.savez or savez_compressed",
+            )
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        if dtype.hasobject:
+            raise ImageReadError(path, f"member {key!r} holds Python objects; not loaded")
+        out[key] = (tuple(int(d) for d in shape), dtype)
+    return out
+
+
+def _check_headers(
+    path: str,
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]],
+    max_bytes: int | None,
+    max_pixels: int | None,
+) -> None:
+    """Refuse, before loading, arrays whose declared shapes are inconsistent, empty or too large."""
+    total = 0
+    for split in NPZ_SPLITS:
+        ik, lk = f"{split}_images", f"{split}_labels"
+        if ik not in headers or lk not in headers:
+            continue
+        ishape, lshape = headers[ik][0], headers[lk][0]
+        if len(ishape) not in (3, 4) or (len(ishape) == 4 and ishape[-1] not in (1, 3)):
+            raise ImageReadError(
+                path, f"key {ik!r} must have shape (N, H, W) or (N, H, W, 3); got {ishape}"
+            )
+        if ishape[0] and (ishape[1] == 0 or ishape[2] == 0):
+            raise ImageReadError(
+                path, f"key {ik!r} holds images of size {ishape[1]}x{ishape[2]} (empty images)"
+            )
+        if max_pixels is not None and ishape[1] * ishape[2] > max_pixels:
+            raise ImageReadError(
+                path,
+                f"key {ik!r} declares images of {ishape[1]}x{ishape[2]} pixels, over the "
+                f"max_pixels limit ({max_pixels}); raise max_pixels if genuine",
+            )
+        if not lshape or lshape[0] != ishape[0] or (len(lshape) == 2 and lshape[1] != 1):
+            if len(lshape) == 2 and lshape[0] == ishape[0]:
+                continue  # multi-label: reported with its own message when loaded
+            raise ImageReadError(
+                path,
+                f"key {lk!r} has {lshape[0] if lshape else 0} labels (shape {lshape}) but "
+                f"{ik!r} holds {ishape[0]} images; give one label per image",
+            )
+    for _key, (shape, dtype) in headers.items():
+        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if max_bytes is not None and total > max_bytes:
+        raise ImageReadError(
+            path,
+            f"the arrays would need {total / 1024**3:.1f} GiB of memory, over the "
+            f"{max_bytes / 1024**3:.1f} GiB limit; raise max_bytes if the file is genuine",
+        )
+
+
+def _file_limit(max_bytes: int | None) -> int | None:
+    return None if max_bytes is None else max(max_bytes, MAX_FILE_BYTES)
+
+
+def read_npz(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int | None = MAX_NPZ_BYTES,
+    max_pixels: int | None = MAX_PIXELS,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read a MedMNIST-format ``.npz`` into ``{split: (images uint8, labels int64 1-D)}``.
 
     Keys ``{split}_images`` / ``{split}_labels`` for split in train, val, test. A split may be
     absent as a whole; half a split (images without labels or the reverse) is an error.
+
+    Shapes and sizes are checked from the arrays' headers before anything is loaded: empty (0x0)
+    images, label counts that differ from image counts, and arrays that would need more than
+    ``max_bytes`` of memory are refused with a reason.
 
     Raises:
         ImageReadError: the file cannot be opened, holds no split, or a key is missing or odd.
@@ -74,11 +166,22 @@ def read_npz(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]
         >>> splits = read_npz("pneumoniamnist.npz")
         >>> images, labels = splits["train"]
     """
-    path = str(path)
+    path = os.fspath(path)
     try:
+        with open_regular(path, _file_limit(max_bytes)) as fh:
+            magic = fh.read(6)
+            if magic == b"\x93NUMPY":
+                raise ImageReadError(
+                    path,
+                    "is a single NumPy .npy array (renamed .npz?), not a MedMNIST .npz archive; "
+                    "save the splits with numpy.savez(train_images=..., train_labels=..., ...)",
+                )
+            if magic[:4] != b"PK\x03\x04":
+                raise ImageReadError(path, "is not a .npz (zip) archive")
+            fh.seek(0)
+            with zipfile.ZipFile(fh) as zf:
+                _check_headers(path, _member_headers(path, zf), max_bytes, max_pixels)
         with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ImageReadError(path, "is a single .npy array, not an .npz archive")
             keys = set(z.files)
             out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for split in NPZ_SPLITS:
@@ -96,11 +199,26 @@ def read_npz(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]
                 out[split] = (images, labels)
     except ImageReadError:
         raise
+    except UnsafeFileError as exc:
+        raise ImageReadError(path, exc.reason) from None
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found; check the path") from exc
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except MemoryError:
         raise ImageReadError(
-            path, f"cannot read as a NumPy .npz archive ({type(exc).__name__}: {exc})"
+            path, "not enough memory to load the arrays; free memory or use a smaller file"
+        ) from None
+    except (
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:
+        from medtl.io._guard import scrub
+
+        raise ImageReadError(
+            path, f"cannot read as a NumPy .npz archive ({type(exc).__name__}: {scrub(exc, path)})"
         ) from exc
     if not out:
         raise ImageReadError(

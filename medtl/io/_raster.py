@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import ImageReadError
+from medtl.io._guard import MAX_PIXELS, check_pixels, scrub
 from medtl.io._intensity import clip_to_unit, minmax_to_unit, percentile_to_unit
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,47 @@ def scale_by_dtype(arr: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return minmax_to_unit(a, meta)  # colour is scaled jointly so channels keep their balance
 
 
+def _check_png_chunks(path: str) -> None:
+    """Walk a PNG's chunks (lengths and CRCs) up to IEND; refuse a truncated or damaged file.
+
+    Pillow decodes a PNG cut inside its last IDAT or missing IEND without complaint in some cases,
+    turning the missing rows into black; a damaged CRC means flipped bytes somewhere.
+    """
+    import struct
+    import zlib
+
+    from medtl._fileio import open_regular
+
+    with open_regular(path, None) as fh:
+        fh.seek(8)
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ImageReadError(
+                    path,
+                    "truncated PNG: the file ends before its IEND chunk (an interrupted copy or "
+                    "download); re-copy or re-export it",
+                )
+            length, ctype = struct.unpack(">I4s", head)
+            if length > 2**31 - 1:
+                raise ImageReadError(path, "damaged PNG: a chunk declares an impossible length")
+            data = fh.read(length)
+            crc = fh.read(4)
+            if len(data) < length or len(crc) < 4:
+                raise ImageReadError(
+                    path,
+                    "truncated PNG: the file ends inside a chunk (an interrupted copy or "
+                    "download); re-copy or re-export it",
+                )
+            if zlib.crc32(ctype + data) != struct.unpack(">I", crc)[0]:
+                name = ctype.decode("latin-1") if ctype.isalpha() else "?"
+                raise ImageReadError(
+                    path, f"damaged PNG: the checksum (CRC) of a {name} chunk does not match"
+                )
+            if ctype == b"IEND":
+                return
+
+
 def _png_is_16bit_colour(path: str) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(26)
@@ -68,11 +110,21 @@ def _png_is_16bit_colour(path: str) -> bool:
     return len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
 
 
-def _read_pillow(path: str, fmt: str, frame: int | None, meta: dict[str, Any]) -> np.ndarray:
+def _read_pillow(
+    path: str, fmt: str, frame: int | None, meta: dict[str, Any], max_pixels: int | None
+) -> np.ndarray:
     from PIL import Image, ImageOps
 
+    if fmt == "png":
+        _check_png_chunks(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning: the size is checked against max_pixels just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            width, height = im.size
+            check_pixels(path, int(height), int(width), max_pixels, f"the {fmt.upper()} header")
             n_frames = int(getattr(im, "n_frames", 1) or 1)
             frame_used = _pick_frame(path, n_frames, frame)
             if frame_used:
@@ -94,28 +146,59 @@ def _read_pillow(path: str, fmt: str, frame: int | None, meta: dict[str, Any]) -
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"image too large to decode safely ({exc})") from exc
+        raise ImageReadError(
+            path,
+            f"the {fmt.upper()} header declares an image too large to decode safely "
+            f"({scrub(exc, path)}); not decoded (over max_pixels; a decompression bomb)",
+        ) from None
+    except MemoryError:
+        raise
     except Exception as exc:
         raise ImageReadError(
             path,
-            f"cannot decode the {fmt.upper()} data ({type(exc).__name__}: {exc}); "
+            f"cannot decode the {fmt.upper()} data ({type(exc).__name__}: {scrub(exc, path)}); "
             "the file is corrupt or truncated",
         ) from exc
     meta["decoder"] = "pillow"
     if fmt == "png" and arr.ndim == 3 and _png_is_16bit_colour(path):
         msg = "16-bit colour PNG: Pillow decodes it at 8-bit precision"
-        warnings.warn(f"{path}: {msg}; save as 16-bit TIFF to keep full precision.", stacklevel=4)
+        warnings.warn(f"{msg}; save as 16-bit TIFF to keep full precision.", stacklevel=4)
         meta.setdefault("notes", []).append(msg)
     return arr
 
 
-def _read_tifffile(path: str, frame: int | None, meta: dict[str, Any]) -> np.ndarray:
+# A TIFF with more pages than this is not a 2D image (e.g. a broken IFD chain); refused.
+_MAX_TIFF_PAGES = 10_000
+
+
+def _read_tifffile(
+    path: str, frame: int | None, meta: dict[str, Any], max_pixels: int | None
+) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
         n_frames = len(tf.pages)
+        if n_frames > _MAX_TIFF_PAGES:
+            raise ImageReadError(path, f"TIFF with {n_frames} pages; not a 2D image")
         frame_used = _pick_frame(path, n_frames, frame)
         page = tf.pages[frame_used]
+        shape = tuple(int(d) for d in getattr(page, "shape", ()) or ())
+        if len(shape) < 2:
+            raise ImageReadError(path, f"TIFF page of unsupported shape {shape}")
+        spatial = shape[1:3] if int(page.planarconfig or 1) == 2 and len(shape) == 3 else shape[:2]
+        check_pixels(path, spatial[0], spatial[1], max_pixels, "the TIFF page")
+        if n_frames > 1:
+            shapes = {tuple(getattr(p, "shape", ())) for p in tf.pages[:64]}
+            if frame is None and len(shapes) > 1:
+                raise ImageReadError(
+                    path,
+                    f"multi-page TIFF whose {n_frames} pages differ in size (a pyramid, thumbnail "
+                    "or mixed stack): which page is the image is unclear; save the image as a "
+                    "single-page file, or read it with frame=k",
+                )
+            meta.setdefault("notes", []).append(
+                f"multi-page TIFF: page {frame_used} of {n_frames} (0-based) used"
+            )
         arr = page.asarray()
         try:
             photometric = tifffile.PHOTOMETRIC(int(page.photometric)).name
@@ -146,6 +229,7 @@ def read_raster(
     window: str = "header",
     percentiles: tuple[float, float] = (0.5, 99.5),
     frame: int | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a PNG/JPEG/TIFF/BMP file; options are validated by :func:`medtl.io.read_image`.
 
@@ -157,13 +241,13 @@ def read_raster(
     arr = None
     if fmt == "tiff":
         try:
-            arr = _read_tifffile(path, frame, meta)
-        except ImageReadError:
+            arr = _read_tifffile(path, frame, meta, max_pixels)
+        except (ImageReadError, MemoryError):
             raise
         except Exception as exc:
-            logger.debug("%s: tifffile failed (%s); trying Pillow", path, exc)
+            logger.debug("tifffile failed (%s); trying Pillow", type(exc).__name__)
     if arr is None:
-        arr = _read_pillow(path, fmt, frame, meta)
+        arr = _read_pillow(path, fmt, frame, meta, max_pixels)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3) or arr.size == 0:
         raise ImageReadError(path, f"unsupported image layout: decoded array of shape {arr.shape}")
     meta["source_shape"] = tuple(int(s) for s in arr.shape)

@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from medtl._fileio import MAX_FILE_BYTES
 from medtl._options import check_range, look_up_option
 from medtl.errors import ConfigError, ImageReadError, MedtlError
 from medtl.io._detect import detect_format
+from medtl.io._guard import MAX_PIXELS, quiet_libraries, scrub
 
 __all__ = ["WINDOWS", "read_image"]
 
@@ -43,6 +45,8 @@ def read_image(
     window: str = "header",
     percentiles: tuple[float, float] = (0.5, 99.5),
     frame: int | None = None,
+    max_bytes: int | None = MAX_FILE_BYTES,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM, PNG, JPEG, TIFF or BMP file into float32 [0, 1] plus safe metadata.
 
@@ -57,12 +61,18 @@ def read_image(
         percentiles: (low, high) in [0, 100] for ``window="percentile"``.
         frame: frame of a multi-frame file (negative counts from the end); default the middle
             one. ``meta["frame_used"]`` and ``meta["n_frames"]`` say which.
+        max_bytes: largest file read (default 2 GiB); only regular files are ever opened (FIFOs,
+            sockets, devices and link loops are refused unopened).
+        max_pixels: largest image (pixels per frame, default 2**26 = 8192x8192) decoded; checked on
+            the declared size before decoding, so decompression bombs are refused cheaply.
 
     Returns:
         ``(image, meta)``; ``meta`` holds only allow-listed technical fields (format, modality,
         photometric_interpretation, bits_stored, rows, columns, n_frames, frame_used,
         window_used, transfer_syntax, inverted, pixel_spacing, original_dtype, source_shape,
-        notes, ...), never patient identifiers.
+        notes, ...), never patient identifiers. ``meta["constant"]`` is True (with
+        ``meta["constant_reason"]``) when every pixel has the same value after the LUTs/window: a
+        blank export or a window that misses the data (the dataset loaders skip such images).
 
     Raises:
         ImageReadError: any unreadable, truncated, unsupported or non-image file (path + reason).
@@ -72,27 +82,63 @@ def read_image(
         >>> image, meta = read_image("chest.dcm", window="percentile", percentiles=(1, 99))
     """
     lo_hi = _check_options(window, percentiles, frame)
+    for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels)):
+        if value is not None:
+            check_range(name, value, 1)
     frame = None if frame is None else int(frame)
-    fmt = detect_format(path)
-    try:
-        if fmt == "dicom":
-            from medtl.io._dicom import read_dicom
+    with quiet_libraries():
+        fmt = detect_format(path, max_bytes=max_bytes)
+        try:
+            if fmt == "dicom":
+                from medtl.io._dicom import read_dicom
 
-            return read_dicom(path, window=window, percentiles=lo_hi, frame=frame)
-        if fmt == "npz":
+                image, meta = read_dicom(
+                    path, window=window, percentiles=lo_hi, frame=frame, max_pixels=max_pixels
+                )
+            elif fmt == "npz":
+                raise ImageReadError(
+                    str(path),
+                    "is a NumPy .npz archive (MedMNIST format), not a single image; "
+                    "read it with medtl.io.read_npz",
+                )
+            else:
+                from medtl.io._raster import read_raster
+
+                image, meta = read_raster(
+                    path, fmt, window=window, percentiles=lo_hi, frame=frame, max_pixels=max_pixels
+                )
+        except (MedtlError, KeyboardInterrupt):
+            raise
+        except MemoryError:
             raise ImageReadError(
                 str(path),
-                "is a NumPy .npz archive (MedMNIST format), not a single image; "
-                "read it with medtl.io.read_npz",
-            )
-        from medtl.io._raster import read_raster
+                f"not enough memory to decode this {fmt} image; free memory, lower max_pixels "
+                "or leave the file out",
+            ) from None
+        except Exception as exc:
+            # For DICOM the message may quote header values, so only the exception type is kept;
+            # other messages lose the path (file names may carry identifiers).
+            detail = type(exc).__name__
+            if fmt != "dicom":
+                detail += f": {scrub(exc, path)}"
+            raise ImageReadError(
+                str(path), f"unexpected error reading the {fmt} file ({detail})"
+            ) from exc
+    _flag_constant(image, meta)
+    return image, meta
 
-        return read_raster(path, fmt, window=window, percentiles=lo_hi, frame=frame)
-    except (MedtlError, MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        # For DICOM the message may quote header values, so only the exception type is kept.
-        detail = type(exc).__name__ if fmt == "dicom" else f"{type(exc).__name__}: {exc}"
-        raise ImageReadError(
-            str(path), f"unexpected error reading the {fmt} file ({detail})"
-        ) from exc
+
+def _flag_constant(image: np.ndarray, meta: dict[str, Any]) -> None:
+    """Mark an image whose pixels all have one value (after the LUTs/window) in ``meta``."""
+    if image.size == 0:
+        return
+    lo, hi = float(image.min()), float(image.max())
+    if lo == hi:
+        meta["constant"] = True
+        where = "after the modality LUT and window " if meta.get("format") == "dicom" else ""
+        meta["constant_reason"] = (
+            f"constant image {where}(every pixel = {lo:.3g}): a blank export, or a header "
+            "window that misses the pixel values (try window='full')"
+        )
+        if "constant image" not in " ".join(meta.get("notes", [])):
+            meta.setdefault("notes", []).append("constant image (no intensity range)")
