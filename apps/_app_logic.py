@@ -67,7 +67,9 @@ def describe_dataset(path: str | Path, *, examples_per_class: int = 2) -> DataVi
     from medtl.io import read_image
 
     try:
-        ds = load_dataset(path, min_per_class=2, progress=False)
+        from medtl.experiment import _phantom_manifest
+
+        ds = load_dataset(_phantom_manifest(str(path)), min_per_class=2, progress=False)
     except MedtlError as exc:
         raise AppInputError(f"This dataset cannot be used: {exc}") from exc
     summary = summarise_dataset(ds, max_files=16)

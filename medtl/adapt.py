@@ -107,11 +107,16 @@ def adapt_model(
     ``data`` is a folder (searched recursively; labels, if any, are ignored) or a list of files. Files that
     cannot be read are skipped and reported. Returns {"out", "n_images", "skipped"}.
     """
+    from medtl.data import project_salt
     from medtl.evaluation import collect_inputs
+    from medtl.experiment import DEFAULT_CACHE_DIR
     from medtl.strategies import load_model
 
     est = load_model(model_dir)
-    samples, skipped, _named = collect_inputs([data] if isinstance(data, str | Path) else data)
+    salt = project_salt(DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
+    samples, skipped, _named = collect_inputs(
+        [data] if isinstance(data, str | Path) else list(data), salt
+    )
     # prepared exactly as the model's training images were (size, channels, window, ...)
     images = est.prepare(
         samples,

@@ -184,7 +184,7 @@ def _evaluate_one(
     cache: Path,
     progress: bool,
 ) -> dict[str, Any]:
-    from medtl.data import load_dataset
+    from medtl.data import load_dataset, project_salt
     from medtl.experiment import _phantom_manifest
     from medtl.metrics import clinical_report
     from medtl.strategies import load_model
@@ -196,6 +196,7 @@ def _evaluate_one(
         test_fraction=0.0,
         min_per_class=1,
         progress=progress,
+        salt=project_salt(cache) if split == "all" else _run_salt(model_dir, split),
     )
     if set(ds.classes) != set(est.classes_):
         raise ConfigError(
@@ -262,6 +263,24 @@ def _evaluate_one(
         "brier": _get(rep, "calibration", "brier"),
         "ece": _get(rep, "calibration", "ece"),
     }
+
+
+def _run_salt(model_dir: Path, split: str) -> bytes:
+    """The id key of the run a model comes from (kept in the run's cache folder), so the dataset's
+    ids match the run's ``splits.json``."""
+    from medtl import runs
+    from medtl.config import load_config
+    from medtl.data import project_salt
+    from medtl.experiment import default_cache_dir
+
+    run = runs.run_dir_of_model(model_dir)
+    if run is None or not (run / runs.CONFIG_FILE).is_file():
+        raise ConfigError(
+            f"The 'split' is {split!r}, but model {model_dir} has no run folder with a "
+            f"{runs.SPLITS_FILE} and {runs.CONFIG_FILE} beside it (runs/<id>/<strategy>/model), so "
+            f"its {split} images are unknown. Use --split all on a dataset the model has not seen."
+        )
+    return project_salt(default_cache_dir(load_config(run / runs.CONFIG_FILE)))
 
 
 def _run_split(model_dir: Path, ds: Any, split: str, dataset: str) -> list[Sample]:
@@ -347,7 +366,12 @@ def predict(
 
     est = load_model(model_dir)
     t, source = est.threshold_for(threshold)
-    samples, skipped, named = collect_inputs([paths] if isinstance(paths, str | Path) else paths)
+    from medtl.experiment import DEFAULT_CACHE_DIR
+
+    salt = _salt(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR)
+    samples, skipped, named = collect_inputs(
+        [paths] if isinstance(paths, str | Path) else list(paths), salt
+    )
     images = est.prepare(samples, cache_dir=cache_dir, progress=progress)
     skipped += list(images.skipped)
     proba = est.predict_proba(images) if len(images) else np.zeros((0, len(est.classes_)))
@@ -365,8 +389,10 @@ def predict(
         w.writerows(rows)
         atomic_write_text(out, buf.getvalue())
     if id_map:
-        write_id_map(id_map, [(s.uid, s.path) for s in samples])
-    bad_paths = {s.path for s in skipped}
+        from medtl.data import Dataset, write_id_map
+
+        write_id_map(Dataset("", "files", list(est.classes_), samples, skipped), id_map)
+    bad_paths = {str(Path(s.path).absolute()) for s in skipped}
     unusable = [p for p in named if p in bad_paths]
     return {
         "n": len(rows),
@@ -379,86 +405,21 @@ def predict(
     }
 
 
-def collect_inputs(paths: list[str | Path]) -> tuple[list[Sample], list[SkippedFile], list[str]]:
-    """Samples for the files named and the files inside the folders named, plus what was not used.
+def collect_inputs(
+    paths: list[str | Path], salt: bytes | None = None
+) -> tuple[list[Sample], list[SkippedFile], list[str]]:
+    """Samples for the files named and the files inside the folders named, plus what was not used
+    (see ``medtl.data.unlabelled_files``), and the paths of the files named explicitly."""
+    import os
 
-    A file named explicitly is always tried by content (a DICOM named ``.txt`` is still a DICOM); inside
-    folders, hidden files and files whose names say they are not images (``.csv``, ``.json``...) are
-    left out but reported. Paths that do not exist, or are not regular files or folders (FIFOs,
-    devices, sockets, dangling or looping links), are reported, never opened.
+    from medtl.data._files import unlabelled_files
 
-    Returns:
-        (samples, skipped, named): ``named`` are the resolved paths of the explicitly named files.
-    """
-    import stat
-
-    from medtl.data._files import unlabelled_samples
-
-    samples: list[Sample] = []
-    skipped: list[SkippedFile] = []
-    named: list[str] = []
-    seen: set[str] = set()
-
-    def add(sample: Sample) -> None:
-        if sample.path not in seen:
-            seen.add(sample.path)
-            samples.append(sample)
-
-    for item in paths:
-        p = Path(item)
-        try:
-            st = p.stat()  # follows links: a dangling or looping link raises here
-        except OSError as exc:
-            reason = "does not exist" if not p.is_symlink() else "is a broken or looping link"
-            skipped.append(SkippedFile(str(p), f"input {reason} ({type(exc).__name__})"))
-            named.append(str(p))
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            found = unlabelled_samples([p])
-            for s in found:
-                add(s)
-            used = {s.path for s in found}
-            for f in sorted(p.rglob("*")):
-                rf = str(f.resolve()) if f.exists() else str(f)
-                if rf in used or f.is_dir():
-                    continue
-                why = (
-                    "hidden file, not read"
-                    if any(part.startswith(".") for part in f.relative_to(p).parts)
-                    else "not an image by its name, not read"
-                )
-                if not f.exists() or not f.is_file():
-                    why = "not a regular file (link, FIFO, device or socket), not opened"
-                skipped.append(SkippedFile(str(f), why))
-        elif stat.S_ISREG(st.st_mode):
-            found = unlabelled_samples([p])
-            # named explicitly: read by content whatever its suffix (a DICOM named .txt)
-            sample = found[0] if found else _sample_for(p)
-            add(sample)
-            named.append(sample.path)
-        else:
-            skipped.append(
-                SkippedFile(str(p), "not a regular file (FIFO, device or socket), not opened")
-            )
-            named.append(str(p))
+    samples, skipped = unlabelled_files(paths, salt=salt)
+    named = [str(Path(p).absolute()) for p in paths if not os.path.isdir(p)]
     return samples, skipped, named
 
 
-def _sample_for(path: Path) -> Sample:
-    """A prediction sample for one explicitly named file (label unknown)."""
-    from medtl.data._sources import make_uid
+def _salt(cache_dir: str | Path) -> bytes:
+    from medtl.data import project_salt
 
-    resolved = path.resolve()
-    return Sample(path=str(resolved), label=-1, uid=make_uid(str(resolved)))
-
-
-def write_id_map(path: str | Path, pairs: list[tuple[str, str]]) -> Path:
-    """Write ``id,path`` pairs to ``path``, headed by a line saying it holds identifiers."""
-    buf = io.StringIO()
-    buf.write("# CONTAINS IDENTIFIERS: file paths often carry patient names and record numbers. ")
-    buf.write("Keep this file with the source images; do not share it with the results.\n")
-    w = csv.writer(buf)
-    w.writerow(["id", "path"])
-    for uid, p in pairs:
-        w.writerow([uid, p])
-    return atomic_write_text(path, buf.getvalue())
+    return project_salt(cache_dir)

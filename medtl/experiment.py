@@ -29,6 +29,9 @@ from medtl.runs import auroc_of, evaluate_probabilities, num
 
 log = logging.getLogger(__name__)
 
+#: where decoded images, embeddings and the project's id salt live unless output.cache_dir says
+DEFAULT_CACHE_DIR = ".medtl_cache"
+
 NETWORK_STRATEGIES = {"fine_tuning", "partial_fine_tuning", "from_scratch"}
 
 
@@ -42,13 +45,14 @@ class PreparedData:
     test: PreparedImages
     image_size: int
     notes: list[str]
+    salt: bytes | None = None  # the project's key for de-identified ids
 
 
 def default_cache_dir(cfg: ExperimentConfig) -> Path:
     """Where decoded images and embeddings are cached (``output.cache_dir``, default ``./.medtl_cache``)."""
     if cfg.output.cache_dir:
         return Path(cfg.output.cache_dir).expanduser()
-    return Path(".medtl_cache")
+    return Path(DEFAULT_CACHE_DIR)
 
 
 def _subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
@@ -78,13 +82,14 @@ def resolve_image_size(cfg: ExperimentConfig) -> int:
 
 def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
-    from medtl.data import load_dataset, prepare_images
+    from medtl.data import load_dataset, prepare_images, project_salt
     from medtl.data._load import check_class_counts
 
     notes: list[str] = []
     read_options = {"window": cfg.data.window}
     path = cfg.data.path
     cache = default_cache_dir(cfg)
+    salt = project_salt(cache)  # de-identified ids: keyed per project (its cache folder)
     if path == "synthetic":
         from medtl.data.synth import make_phantom
 
@@ -109,6 +114,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         positive_class=cfg.data.positive_class,
         read_options=read_options,
         progress=progress,
+        salt=salt,
         # every file is decoded exactly once, by prepare_images below (which skips and reports bad
         # files); the class counts are checked on what decoded, before any training
         verify=False,
@@ -118,7 +124,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     def external(path: str, field: str, split: str) -> list[Sample]:
         """Every image of another dataset, as one split (another site's validation or test data)."""
         ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
-                           min_per_class=1, progress=progress, verify=False,
+                           min_per_class=1, progress=progress, verify=False, salt=salt,
                            positive_class=cfg.data.positive_class)  # fmt: skip
         _check_same_classes(ds, ext, field)
         ds.skipped.extend(ext.skipped)
@@ -165,7 +171,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     )
     check_class_counts(ds.classes, train_s + val_s + test_s, cfg.data.min_per_class)
     ds.samples = [*train_s, *val_s, *test_s]
-    return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes)
+    return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
 
 
 def _phantom_manifest(path: str) -> str:
@@ -185,25 +191,6 @@ def split_unit(ds: Dataset) -> str:
     if ds.samples and all(s.patient_id for s in ds.samples):
         return "patient"
     return "image"
-
-
-def dataset_fingerprint(ds: Dataset) -> str:
-    """A hash of what the run trains and tests on: each image's id, label, split and file size.
-
-    A resumed run must see the same fingerprint (the same files, labels and split), or it is refused.
-    """
-    import hashlib
-    import os
-
-    h = hashlib.sha256()
-    h.update("|".join(ds.classes).encode())
-    for s in sorted(ds.samples, key=lambda s: s.uid):
-        try:
-            size = os.stat(s.path).st_size
-        except OSError:
-            size = -1
-        h.update(f"\n{s.uid}|{s.label}|{s.split}|{size}".encode())
-    return h.hexdigest()
 
 
 def _check_same_classes(main: Dataset, other: Dataset, field: str) -> None:
@@ -385,10 +372,10 @@ def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) 
     from medtl.data.card import data_card
 
     save_config(cfg, run_dir / runs.CONFIG_FILE)
-    save_splits(data.dataset, run_dir / runs.SPLITS_FILE)
+    save_splits(data.dataset, run_dir / runs.SPLITS_FILE, salt=data.salt)
     atomic_write_text(run_dir / runs.DATA_CARD_FILE, data_card(data.dataset, title=cfg.name))
     atomic_write_text(
-        run_dir / runs.SKIPPED_FILE, runs.skipped_csv(data.dataset.skipped, data.dataset.root)
+        run_dir / runs.SKIPPED_FILE, runs.skipped_csv(data.dataset.skipped, data.salt)
     )
 
 
@@ -428,6 +415,7 @@ def compare(
         >>> summary = medtl.compare("configs/demo.yaml", overrides={"output.out": "runs/demo"})
         >>> summary["strategies"]["feature_extraction"]["test_auroc"]
     """
+    from medtl.data import dataset_fingerprint
     from medtl.data.card import summarise_dataset
 
     if not isinstance(cfg, ExperimentConfig):

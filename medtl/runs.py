@@ -386,24 +386,17 @@ def predictions_csv(parts: list[tuple[str, Any, np.ndarray]], classes: list[str]
     return buf.getvalue()
 
 
-def skipped_csv(skipped: list[Any], root: str | os.PathLike) -> str:
+def skipped_csv(skipped: list[Any], salt: bytes | None = None) -> str:
     """``skipped.csv`` text: a de-identified id and the reason per unused file (no paths: file and
     folder names in hospital exports carry names and record numbers)."""
-    from medtl.data._sources import make_uid
+    from medtl.data._ids import keyed_uid
 
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["id", "reason"])
     for s in skipped:
-        w.writerow([make_uid(_relative(s.path, root)), s.reason])
+        w.writerow([s.uid or keyed_uid(os.fsencode(s.path), salt), s.reason])
     return buf.getvalue()
-
-
-def _relative(path: str, root: str | os.PathLike) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except (ValueError, OSError):
-        return Path(path).as_posix()
 
 
 def evaluate_probabilities(

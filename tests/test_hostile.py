@@ -744,10 +744,6 @@ def test_data_check_on_the_hostile_folder_under_a_memory_cap(hostile, tmp_path) 
     assert not any(m in out.stderr for m in LEAK)  # warnings name images by uid
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="medtl/cli prints raw paths to stdout: a non-UTF-8 name needs medtl._fileio.display_path",
-)
 def test_data_check_prints_non_utf8_names(tmp_path) -> None:
     root = tmp_path / "d"
     for cls in ("a", "b"):

@@ -225,8 +225,8 @@ def test_confident_predictions_keep_their_order(splits, tmp_path):
     """float32 softmax rounds p to 1.0 past a logit margin of ~17: such images tied and AUROC fell."""
     from sklearn.metrics import roc_auc_score
 
-    from medtl._run_outputs import _predictions_csv
     from medtl.report import read_predictions
+    from medtl.runs import predictions_csv as _predictions_csv
     from medtl.training import logits_to_proba
 
     rng = np.random.default_rng(0)

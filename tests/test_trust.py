@@ -80,7 +80,7 @@ def test_evaluate_own_test_split_reproduces_the_run(run):
 
 
 def test_evaluate_split_needs_the_runs_dataset(run, tmp_path):
-    tmp, rd, _ = run
+    _tmp, rd, _ = run
     from medtl.data.synth import make_phantom
 
     other = make_phantom(tmp_path / "other", n_per_class=6, size=64, seed=5)
@@ -138,7 +138,7 @@ def test_predict_calls_at_operating_point_and_reports_inputs(run, tmp_path, caps
         assert row["call"] == ("opacity" if p_pos >= t else "normal")
     text = (tmp_path / "p.csv").read_text()
     assert str(data) not in text and "img_" not in text
-    assert "CONTAINS IDENTIFIERS" in (tmp_path / "ids.csv").read_text()
+    assert "CONTAINS PATIENT IDENTIFIERS" in (tmp_path / "ids.csv").read_text()
     forced = predict(model, [str(files[1])], out=None, threshold=0.0, progress=False)
     assert forced["rows"][0]["call"] == "opacity" and "overrides" in forced["threshold_source"]
     junk = tmp_path / "notes.txt"
@@ -146,11 +146,13 @@ def test_predict_calls_at_operating_point_and_reports_inputs(run, tmp_path, caps
     code = main(["predict", str(model), str(files[1]), str(junk), "--out",
                  str(tmp_path / "q.csv"), "--quiet"])  # fmt: skip
     assert code != 0
-    assert "notes.txt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "looks like a text file" in err and "could not be used" in err
+    assert "notes.txt" not in err  # named by id, not by a file name that may identify someone
 
 
 def test_resume_refuses_conflicting_options_and_uses_saved_config(run, tmp_path, capsys):
-    tmp, rd, _ = run
+    _tmp, rd, _ = run
     args = ["compare", "--out", str(rd), "--resume", "--quiet"]
     assert main([*args, "--image-size", "48"]) == 2
     err = capsys.readouterr().err

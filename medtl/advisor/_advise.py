@@ -80,11 +80,15 @@ def advise(
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, str | Path):
+        from medtl.data import project_salt
+        from medtl.experiment import _phantom_manifest
+
         dataset = load_dataset(
-            data,
+            _phantom_manifest(str(data)),
             read_options=read_options,
             progress=progress,
             patient_id_pattern=patient_id_pattern,
+            salt=project_salt(cache_dir),
         )
     else:
         raise ConfigError(

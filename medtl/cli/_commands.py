@@ -181,8 +181,7 @@ def predict(args: argparse.Namespace) -> int:
         print(f"id -> path map (contains identifiers): {args.id_map}")
     if res["skipped"]:
         print(f"{len(res['skipped'])} input(s) not used:", file=sys.stderr)
-        for s in res["skipped"]:
-            print(f"  {s.path}: {s.reason}", file=sys.stderr)
+        _print_skipped(res["skipped"], has_map=bool(args.id_map))
     if res["unusable_named"]:
         print(
             f"medtl: error: {len(res['unusable_named'])} of the files you named could not be used "
@@ -198,8 +197,9 @@ def adapt(args: argparse.Namespace) -> int:
 
     res = adapt_model(args.model, args.data, args.out, progress=not args.quiet)
     print(f"BatchNorm statistics re-estimated on {res['n_images']} target images -> {res['out']}")
-    for s in res["skipped"][:20]:
-        print(f"  skipped {s.path}: {s.reason}", file=sys.stderr)
+    if res["skipped"]:
+        print(f"{len(res['skipped'])} input(s) not used:", file=sys.stderr)
+        _print_skipped(res["skipped"], has_map=False)
     return 0
 
 
@@ -281,10 +281,33 @@ def data_card(args: argparse.Namespace) -> int:
 def data_check(args: argparse.Namespace) -> int:
     from medtl.data import load_dataset
 
-    ds = load_dataset(args.path, progress=not args.quiet, min_per_class=1)
+    ds = load_dataset(args.path, progress=not args.quiet, min_per_class=1, salt=_salt())
     for split, counts in ds.counts().items():
         print(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    ignored = getattr(ds, "ignored", [])
+    if ignored:
+        print(f"{len(ignored)} hidden or documentation file(s) ignored")
     print(f"{len(ds.skipped)} file(s) cannot be used")
-    for s in ds.skipped:
-        print(f"  {s.path}: {s.reason}")
+    if args.id_map:
+        from medtl.data import write_id_map
+
+        write_id_map(ds, args.id_map)
+    _print_skipped(ds.skipped, has_map=bool(args.id_map), stream=sys.stdout)
     return 1 if ds.skipped else 0
+
+
+def _salt() -> bytes:
+    from medtl.data import project_salt
+    from medtl.experiment import DEFAULT_CACHE_DIR
+
+    return project_salt(DEFAULT_CACHE_DIR)
+
+
+def _print_skipped(skipped: list[Any], *, has_map: bool, stream: Any = None) -> None:
+    """One line per unused file: its de-identified id and the reason (file names can identify
+    patients; ``--id-map FILE`` maps ids back to paths)."""
+    stream = stream or sys.stderr
+    for s in skipped:
+        print(f"  {s.uid or '(no id)'}: {s.reason}", file=stream)
+    if skipped and not has_map:
+        print("  (files are named by id; add --id-map FILE to map ids to paths)", file=stream)

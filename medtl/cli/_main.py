@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.data_check,
     )
     q.add_argument("path", help="dataset folder, CSV manifest or .npz")
+    q.add_argument(
+        "--id-map",
+        help="also write id -> file path to this CSV (it contains identifiers; keep it private)",
+    )
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
