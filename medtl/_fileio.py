@@ -14,15 +14,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+_UMASK: int | None = None
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` to produce a file, then atomically move it to ``path``."""
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: 0o666 less the user's umask.
+
+    ``tempfile.mkstemp`` creates files 0600; without this, every run file would be private to its
+    writer whatever the user's umask says (a shared group folder could not read its own reports).
+    """
+    global _UMASK
+    if _UMASK is None:  # reading the umask means setting it; do it once
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
+def atomic_write(
+    path: str | os.PathLike, writer: Callable[[str], None], *, mode: int | None = None
+) -> Path:
+    """Call ``writer(tmp_path)`` to produce a file, then atomically move it to ``path``.
+
+    The file gets ``mode`` when given (0o600 for files holding identifiers), else the mode a plain
+    write would give it (the user's umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -389,6 +389,19 @@ def _check_same_data(run_dir: Path, summary: dict[str, Any], fingerprint: str) -
         )
 
 
+def _require_weights(cfg: ExperimentConfig) -> None:
+    """Missing pretrained weights stop the run before any data is read (not after, as N failures)."""
+    from medtl.backbones import require_weights
+    from medtl.strategies import get_strategy
+
+    if any(getattr(get_strategy(n), "pretrained", True) for n in cfg.strategies):
+        require_weights(
+            cfg.model.backbone,
+            weights_path=cfg.model.weights_path,
+            allow_download=cfg.model.allow_download,
+        )
+
+
 def compare(
     cfg: ExperimentConfig | str | Path | None = None,
     *,
@@ -430,6 +443,7 @@ def compare(
     previous = runs.read_summary(run_dir) if resume else None
     if resume:
         cfg = resume_config(run_dir, cfg, explicit)
+    _require_weights(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg, progress=progress)
     fingerprint = dataset_fingerprint(data.dataset)

@@ -444,3 +444,23 @@ def test_backbone_fingerprint_is_stable_and_sensitive():
     assert backbone_fingerprint(tc, t1) == backbone_fingerprint(tc, t2)
     assert backbone_fingerprint(tc, t1) != backbone_fingerprint(tc, t3)
     assert backbone_fingerprint(tc) == backbone_fingerprint(tc)  # seed-free marker, stable
+
+
+def test_listing_backbones_does_not_import_torch_and_finds_the_same_cache(tmp_path):
+    """`medtl backbones` must stay cheap: no torch import; the hub path must be torch's own."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "th")}
+    code = (
+        "import sys, medtl.backbones as b; rows = b.list_backbones();"
+        "from medtl.backbones._weights import hub_checkpoint_path as h;"
+        "print('torch' in sys.modules, h('x.pth'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    loaded, lazy_path = out.stdout.split()
+    assert loaded == "False", out.stderr
+    code2 = "import torch, medtl.backbones._weights as w; print(w.hub_checkpoint_path('x.pth'))"
+    out2 = subprocess.run([sys.executable, "-c", code2], env=env, capture_output=True, text=True)
+    assert out2.stdout.strip() == lazy_path

@@ -154,7 +154,7 @@ def test_predict_calls_at_operating_point_and_reports_inputs(run, tmp_path, caps
 def test_resume_refuses_conflicting_options_and_uses_saved_config(run, tmp_path, capsys):
     _tmp, rd, _ = run
     args = ["compare", "--out", str(rd), "--resume", "--quiet"]
-    assert main([*args, "--image-size", "48"]) == 2
+    assert main([*args, "--image-size", "48"]) == 3
     err = capsys.readouterr().err
     assert "model.image_size" in err and "32" in err and "48" in err
     before = (rd / "config.yaml").read_text()

@@ -30,6 +30,7 @@ def advise(
     read_options: dict[str, Any] | None = None,
     epochs: int | None = None,
     patient_id_pattern: str | None = None,
+    positive_class: str | None = None,
 ) -> Advice:
     """Recommend fine-tuning, partial fine-tuning or feature extraction for a dataset, and say why.
 
@@ -53,6 +54,8 @@ def advise(
         epochs: epochs assumed for fine-tuning cost (default: the FineTuning default).
         patient_id_pattern: regular expression giving patient ids from file names (as
             ``load_dataset``); with ids (from it or a manifest) the probes' folds are grouped by patient.
+        positive_class: the class that is the finding, as for ``compare``; checked against the
+            data (AUROC itself does not depend on it).
 
     Returns:
         :class:`Advice` with ``strategy``, ``confidence``, ``expected_auroc``, ``estimated_minutes``,
@@ -94,6 +97,11 @@ def advise(
         raise ConfigError(
             f"The 'data' parameter of advise must be a path or a medtl.data.Dataset. "
             f"Got {type(data).__name__}."
+        )
+    if positive_class is not None and positive_class not in dataset.classes:
+        raise ConfigError(
+            f"positive_class {positive_class!r} is not a class of this dataset "
+            f"({', '.join(dataset.classes)}). Give one of them (the same as for `medtl compare`)."
         )
     samples, n_train, n_val = advice_samples(dataset)
     profiled = stratified_cap(samples, int(max_images), seed)

@@ -12,19 +12,20 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from medtl.backbones import _efficientnet_lite, _tiny, _torchvision  # noqa: F401  (registration)
-from medtl.backbones._adapter import FeatureNet
 from medtl.backbones._config import BackboneConfig, backbone_fingerprint, state_dict_sha256
 from medtl.backbones._efficientnet_lite import map_lite_state_dict
-from medtl.backbones._preprocess import imagenet_classes, preprocess
 from medtl.backbones._registry import (
     backbone_config,
     backbone_names,
     create_backbone,
     list_backbones,
     register_backbone,
+    require_weights,
 )
-from medtl.backbones._stages import set_trainable_stages, stage_index
 from medtl.backbones._weights import (
     WeightsIntegrityError,
     load_state_dict_file,
@@ -33,6 +34,23 @@ from medtl.backbones._weights import (
 )
 
 DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
+
+# Names whose modules import torch load on first use, so that listing backbones (and `medtl backbones`)
+# does not pay torch's ~2 s import.
+_LAZY = {
+    "FeatureNet": "medtl.backbones._adapter",
+    "imagenet_classes": "medtl.backbones._preprocess",
+    "preprocess": "medtl.backbones._preprocess",
+    "set_trainable_stages": "medtl.backbones._stages",
+    "stage_index": "medtl.backbones._stages",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medtl.backbones' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -49,6 +67,7 @@ __all__ = [
     "map_lite_state_dict",
     "preprocess",
     "register_backbone",
+    "require_weights",
     "set_trainable_stages",
     "sha256_file",
     "stage_index",

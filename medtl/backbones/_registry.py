@@ -165,3 +165,30 @@ def list_backbones() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def require_weights(
+    name: str, *, weights_path: str | None = None, allow_download: bool = False
+) -> None:
+    """Refuse, before any data is read, a pretrained backbone whose weights are not on this machine.
+
+    Cheap (no torch import, no hashing): the registered offline locator says whether the weights are
+    there. An explicit ``weights_path`` or ``allow_download`` is left to the factory to check.
+
+    Raises:
+        ConfigError: ``name`` is not registered.
+        WeightsNotFoundError: the weights are missing; the message says how to get them.
+    """
+    from medtl.errors import WeightsNotFoundError
+
+    entry = _entry(name)
+    if weights_path is not None or allow_download or entry.locate is None:
+        return
+    available, where = entry.locate()
+    if not available:
+        raise WeightsNotFoundError(
+            f"model.backbone {name!r}: its pretrained weights are not on this machine ({where}). "
+            "Give the weights file with --weights FILE (config: model.weights_path), allow a "
+            "one-time download with --allow-download (model.allow_download: true), or choose a "
+            "backbone that `medtl backbones` lists as available."
+        )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from medtl.backbones._adapter import FeatureNet
 from medtl.backbones._config import BackboneConfig
 from medtl.backbones._registry import register_backbone
 from medtl.backbones._weights import load_into, load_state_dict_file, sha256_file
+
+if TYPE_CHECKING:  # torch loads only when a network is built, so listing backbones stays fast
+    from torch import nn
+
+    from medtl.backbones._adapter import FeatureNet
 
 TINY_CONFIG = BackboneConfig(
     name="tiny_test",
@@ -29,6 +32,8 @@ TINY_CONFIG = BackboneConfig(
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    from torch import nn
+
     return nn.Sequential(
         OrderedDict(
             conv=nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
@@ -40,6 +45,10 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 def build_tiny(num_classes: int = 0) -> FeatureNet:
     """The tiny network itself (random init from torch's global RNG: seed it for reproducibility)."""
+    from torch import nn
+
+    from medtl.backbones._adapter import FeatureNet
+
     features = nn.Sequential(
         OrderedDict(
             stem=_conv_bn_relu(3, 8),

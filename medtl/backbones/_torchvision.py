@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from medtl.backbones._adapter import FeatureNet
 from medtl.backbones._config import BackboneConfig
 from medtl.backbones._registry import register_backbone
 from medtl.backbones._weights import (
@@ -26,6 +25,9 @@ from medtl.backbones._weights import (
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from medtl.backbones._adapter import FeatureNet
+
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,6 +109,8 @@ def wrap_resnet(net: nn.Module) -> FeatureNet:
     """Regroup a torchvision ResNet as stem + layer1..4 (same modules, same forward)."""
     from torch import nn
 
+    from medtl.backbones._adapter import FeatureNet
+
     features = nn.Sequential(
         OrderedDict(
             stem=nn.Sequential(
@@ -128,6 +132,8 @@ def wrap_densenet(net: nn.Module) -> FeatureNet:
     """Regroup a torchvision DenseNet as stem + block1..4 (block = dense block + transition; the last
     one ends with the final BatchNorm and the ReLU torchvision applies in ``forward``)."""
     from torch import nn
+
+    from medtl.backbones._adapter import FeatureNet
 
     f = net.features
     blocks: OrderedDict[str, nn.Module] = OrderedDict(

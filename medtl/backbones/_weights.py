@@ -112,10 +112,22 @@ def package_file(module: str, relative: str) -> Path | None:
 
 
 def hub_checkpoint_path(file_name: str) -> Path:
-    """Where torch (and torchvision) cache a downloaded checkpoint: ``torch.hub.get_dir()/checkpoints``."""
-    import torch.hub
+    """Where torch (and torchvision) cache a downloaded checkpoint: ``torch.hub.get_dir()/checkpoints``.
 
-    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    When torch is not imported yet, the same rule is applied here ($TORCH_HOME, else
+    $XDG_CACHE_HOME/torch, else ~/.cache/torch; then /hub), so that listing backbones does not pay
+    torch's import; once torch is loaded its own answer (which honours ``torch.hub.set_dir``) is used.
+    """
+    import os
+    import sys
+
+    if "torch" in sys.modules:
+        import torch.hub
+
+        return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    xdg = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(xdg, "torch")))
+    return Path(home) / "hub" / "checkpoints" / file_name
 
 
 def hash_prefix_of(file_name: str) -> str | None:

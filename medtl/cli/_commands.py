@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medtl.cli import _exit
+
 DEMO_CONFIG: dict[str, Any] = {
     # The embedded demo: synthetic phantom DICOMs, the offline default backbone, CPU-sized settings.
     "name": "demo",
@@ -25,6 +27,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "val": "data.val",
         "test": "data.test",
         "positive_class": "data.positive_class",
+        "patient_id_pattern": "data.patient_id_pattern",
         "out": "output.out",
         "backbone": "model.backbone",
         "weights_path": "model.weights_path",
@@ -49,7 +52,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal; elsewhere the CLI logs one line per step (see _main)."""
+    return not getattr(args, "quiet", False) and not getattr(args, "json", False) and _tty()
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _print_json(obj: Any) -> None:
+    """The one machine-readable document on stdout (NaN written as null: valid JSON)."""
+    from medtl._fileio import _nan_to_none
+
+    print(json.dumps(_nan_to_none(obj), default=str, indent=1))
+
+
 def _print_summary(summary: dict[str, Any], out: str) -> None:
+    from medtl.strategies import strategy_label
+
     rows = summary.get("strategies", {})
     print()
     print(
@@ -57,13 +78,14 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
     )
     for name, r in rows.items():
         if r.get("status") != "done":
-            print(f"{name:<22}{r.get('status', '?')}: {r.get('error')}")
+            print(f"{strategy_label(name):<22}{r.get('status', '?')}: {r.get('error')}")
             continue
         ci = r.get("test_auroc_ci") or [None, None]
         auc = _fmt(r.get("test_auroc"))
         ci_s = f"{auc} ({_fmt(ci[0])}-{_fmt(ci[1])})" if ci[0] is not None else auc
         print(
-            f"{name:<22}{ci_s:<26}{_fmt(r.get('val_auroc')):>10}{r.get('epochs_run', 0):>8}"
+            f"{strategy_label(name):<22}{ci_s:<26}{_fmt(r.get('val_auroc')):>10}"
+            f"{r.get('epochs_run') or '-':>8}"
             f"{r.get('train_seconds', 0):>9.1f}{_fmt(r.get('images_per_s'), 1):>8}"
         )
     for p in summary.get("paired", []):
@@ -96,13 +118,110 @@ def demo(args: argparse.Namespace) -> int:
     if args.epochs:
         cfg_dict["train"]["epochs"] = args.epochs
     cfg = config_from_dict(cfg_dict)
-    print(
+    from medtl.strategies import strategy_label
+
+    names = ", ".join(strategy_label(n) for n in cfg.strategies)
+    _note(
         f"medtl demo: synthetic chest-radiograph phantom (DICOM), backbone {cfg.model.backbone}, "
-        f"{cfg.model.image_size}px, strategies {', '.join(cfg.strategies)}"
+        f"{cfg.model.image_size}px; {names}",
+        args,
     )
-    summary = compare(cfg, progress=not args.quiet)
-    _print_summary(summary, args.out)
-    return 0
+    eta = _Eta(cfg, args)
+    summary = compare(
+        cfg, progress=_progress(args), on_epoch_end=eta.epoch, on_strategy_start=eta.start
+    )
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_summary(summary, args.out)
+    return _status_code(summary)
+
+
+def _note(text: str, args: argparse.Namespace) -> None:
+    """A progress message: stderr, silent with --quiet or --json."""
+    if not getattr(args, "quiet", False) and not getattr(args, "json", False):
+        print(text, file=sys.stderr, flush=True)
+
+
+class _Eta:
+    """Time left for a whole comparison, said before it starts and after each epoch (stderr).
+
+    The estimate before starting times two training steps of the configured backbone on this
+    machine and scales them by the epochs and images of each strategy (feature extraction counts as
+    one epoch's worth); after each epoch it is replaced by what was measured so far.
+    """
+
+    def __init__(self, cfg: Any, args: argparse.Namespace) -> None:
+        import time
+
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.epochs = int(cfg.train.epochs)
+        self.units = {n: (1 if n == "feature_extraction" else self.epochs) for n in cfg.strategies}
+        self.done: dict[str, int] = {}
+        try:
+            total = _seconds_per_epoch(cfg) * sum(self.units.values())
+            _note(f"estimated time on this machine: about {_minutes(total)}", args)
+        except Exception as exc:  # an estimate must never stop the demo
+            _note(f"(no time estimate: {exc})", args)
+
+    def start(self, name: str) -> None:
+        # strategies run one after the other: those started before are finished (early stopping
+        # may have ended them before their last epoch; they count whole)
+        for n in self.units:
+            if n == name:
+                break
+            self.done[n] = self.units[n]
+        self.done[name] = 0
+
+    def epoch(self, name: str, row: dict) -> None:
+        import time
+
+        self.done[name] = min(int(row.get("epoch", 0)), self.units.get(name, self.epochs))
+        done, total = sum(self.done.values()), sum(self.units.values())
+        left = (time.perf_counter() - self.t0) / max(done, 1) * max(total - done, 0)
+        _note(
+            f"  {row.get('epoch')}/{self.epochs} epochs of {_label(name)} done; "
+            f"about {_minutes(left)} left",
+            self.args,
+        )
+
+
+def _label(name: str) -> str:
+    from medtl.strategies import strategy_label
+
+    return strategy_label(name).lower()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _seconds_per_epoch(cfg: Any) -> float:
+    """Seconds of one fine-tuning epoch of ``cfg`` on this machine, from timed training steps."""
+    import time
+
+    import torch
+
+    from medtl.backbones import create_backbone
+
+    n_images = 2 * int(cfg.data.synthetic_per_class) * (1 - cfg.data.test_fraction)
+    size = int(cfg.model.image_size or 224)
+    batch = int(cfg.train.batch_size)
+    model, _ = create_backbone(cfg.model.backbone, num_classes=2, pretrained=False)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.arange(batch) % 2
+    times = []
+    for _ in range(3):  # the first step warms up allocators and kernels
+        t = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    # training steps plus the validation/test forward passes (about a third of a step per image)
+    return min(times[1:]) * (n_images / batch) * 1.35
 
 
 def _explicit(args: argparse.Namespace, ov: dict[str, Any]) -> set[str]:
@@ -129,9 +248,17 @@ def _run(args: argparse.Namespace, ov: dict[str, Any], *, first_only: bool) -> i
     if first_only and len(cfg.strategies) > 1:
         cfg.strategies = cfg.strategies[:1]
     explicit = _explicit(args, ov) if args.resume else None
-    summary = run_compare(cfg, progress=not args.quiet, resume=args.resume, explicit=explicit)
-    _print_summary(summary, cfg.output.out)
-    return 0 if all(r.get("status") == "done" for r in summary["strategies"].values()) else 1
+    summary = run_compare(cfg, progress=_progress(args), resume=args.resume, explicit=explicit)
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_summary(summary, cfg.output.out)
+    return _status_code(summary)
+
+
+def _status_code(summary: dict[str, Any]) -> int:
+    done = all(r.get("status") == "done" for r in summary["strategies"].values())
+    return _exit.OK if done else _exit.ATTENTION
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -156,11 +283,14 @@ def evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         threshold=args.threshold,
         prevalence=args.prevalence,
-        progress=not args.quiet,
+        progress=_progress(args),
     )
-    print(table["markdown"])
-    print(f"\ntable: {table['csv']}")
-    return 0
+    if args.json:
+        _print_json(table)
+    else:
+        print(table["markdown"])
+        print(f"\ntable: {table['csv']}")
+    return _exit.OK
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -172,7 +302,7 @@ def predict(args: argparse.Namespace) -> int:
         out=args.out,
         threshold=args.threshold,
         id_map=args.id_map,
-        progress=not args.quiet,
+        progress=_progress(args),
     )
     print(f"{res['n']} images predicted -> {res['out']}")
     if res["threshold"] is not None:
@@ -188,14 +318,14 @@ def predict(args: argparse.Namespace) -> int:
             "(listed above).",
             file=sys.stderr,
         )
-        return 2
-    return 0
+        return _exit.DATA_OR_CONFIG
+    return _exit.OK
 
 
 def adapt(args: argparse.Namespace) -> int:
     from medtl.adapt import adapt_model
 
-    res = adapt_model(args.model, args.data, args.out, progress=not args.quiet)
+    res = adapt_model(args.model, args.data, args.out, progress=_progress(args))
     print(f"BatchNorm statistics re-estimated on {res['n_images']} target images -> {res['out']}")
     if res["skipped"]:
         print(f"{len(res['skipped'])} input(s) not used:", file=sys.stderr)
@@ -206,7 +336,7 @@ def adapt(args: argparse.Namespace) -> int:
 def advise(args: argparse.Namespace) -> int:
     from medtl.advisor import advise as run_advise
 
-    kwargs: dict[str, Any] = {"progress": not args.quiet and not args.json}
+    kwargs: dict[str, Any] = {"progress": _progress(args)}
     if args.backbone:
         kwargs["backbone"] = args.backbone
     if args.image_size:
@@ -215,6 +345,10 @@ def advise(args: argparse.Namespace) -> int:
         kwargs["budget_minutes"] = args.budget_minutes
     if args.patient_id_pattern:
         kwargs["patient_id_pattern"] = args.patient_id_pattern
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    if args.positive_class is not None:
+        kwargs["positive_class"] = args.positive_class
     advice = run_advise(args.data, **kwargs)
     if args.json:
         print(json.dumps(advice.to_dict(), default=str))
@@ -227,6 +361,9 @@ def backbones(args: argparse.Namespace) -> int:
     from medtl.backbones import list_backbones
 
     rows = list_backbones()
+    if args.json:
+        _print_json(rows)
+        return _exit.OK
     print(f"{'name':<28}{'features':>9}{'size':>6}  {'weights':<11}source")
     for r in rows:
         avail = "available" if r.get("weights_available") else "missing"
@@ -268,7 +405,7 @@ def data_card(args: argparse.Namespace) -> int:
     from medtl.data import load_dataset
     from medtl.data.card import data_card as make_card
 
-    ds = load_dataset(args.path, progress=not args.quiet, min_per_class=1)
+    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1)
     text = make_card(ds)
     if args.out:
         atomic_write_text(args.out, text)
@@ -281,7 +418,7 @@ def data_card(args: argparse.Namespace) -> int:
 def data_check(args: argparse.Namespace) -> int:
     from medtl.data import load_dataset
 
-    ds = load_dataset(args.path, progress=not args.quiet, min_per_class=1, salt=_salt())
+    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1, salt=_salt())
     for split, counts in ds.counts().items():
         print(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     ignored = getattr(ds, "ignored", [])
@@ -293,7 +430,7 @@ def data_check(args: argparse.Namespace) -> int:
 
         write_id_map(ds, args.id_map)
     _print_skipped(ds.skipped, has_map=bool(args.id_map), stream=sys.stdout)
-    return 1 if ds.skipped else 0
+    return _exit.ATTENTION if ds.skipped else _exit.OK
 
 
 def _salt() -> bytes:

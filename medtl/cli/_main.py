@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from medtl.cli import _commands as cmd
+from medtl.cli import _exit
 
 DESCRIPTION = """\
 medtl: adapt ImageNet-pretrained networks to medical images.
@@ -28,19 +30,55 @@ examples:
   medtl predict runs/cmp/fine_tuning/model scans/ --out preds.csv
   medtl adapt runs/cmp/fine_tuning/model --data site_b/ --out runs/cmp/ft_adabn
 run `medtl <command> --help` for the options of each command.
-"""
+
+output: results go to stdout, progress and messages to stderr (progress bars only on a terminal,
+otherwise one line per step); --json prints one machine-readable document on stdout.
+
+{exit_codes}"""
 
 
-class _Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Fmt(argparse.RawDescriptionHelpFormatter):
+    """One help line per option: the default is shown once, only when there is one to show, and long
+    names (``partial_fine_tuning``) are never broken across lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.required
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+            or action.default == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
 def _sub(subs, name: str, help_: str, examples: str, func) -> argparse.ArgumentParser:
     p = subs.add_parser(
-        name, help=help_, description=help_, epilog="examples:\n" + examples, formatter_class=_Fmt
+        name,
+        help=help_,
+        description=help_,
+        epilog="examples:\n" + examples + "\n\n" + _exit.HELP,
+        formatter_class=_Fmt,
     )
     p.set_defaults(func=func)
     return p
+
+
+def _add_output_args(p: argparse.ArgumentParser, *, json_: bool = False) -> None:
+    """Options every long-running command shares, so that one option set works everywhere."""
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or step lines (errors still shown)"
+    )
+    if json_:
+        p.add_argument(
+            "--json", action="store_true", help="print one JSON document on stdout (no table)"
+        )
 
 
 def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> None:
@@ -52,9 +90,11 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
     )
     p.add_argument("--val", help="validation data from another site (shift-aware model selection)")
     p.add_argument("--test", help="external test data (default: the dataset's own test split)")
+    _add_positive_class(p)
     p.add_argument(
-        "--positive-class",
-        help="the class that is the finding (default: the second class in sorted order)",
+        "--patient-id-pattern",
+        help="regular expression giving the patient id from a file name, so that no patient spans "
+        "two splits",
     )
     p.add_argument("--out", help="run folder to write (default: runs/<name>)")
     p.add_argument("--backbone", help="backbone name (see `medtl backbones`)")
@@ -70,11 +110,11 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
     )
     p.add_argument("--epochs", type=int, help="maximum epochs for the trained strategies")
     p.add_argument("--batch-size", type=int, help="training batch size")
-    p.add_argument("--seed", type=int, help="random seed (training and split)")
+    p.add_argument("--seed", type=int, help="random seed (training and split; default 0)")
     p.add_argument(
         "--max-train", type=int, help="use at most this many training images (stratified)"
     )
-    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     p.add_argument(
         "--threshold-rule",
         choices=["youden", "sensitivity", "specificity", "fixed"],
@@ -83,7 +123,14 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
     p.add_argument("--target", type=float, help="target sensitivity/specificity or fixed threshold")
     p.add_argument("--prevalence", type=float, help="deployment prevalence for PPV/NPV")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(p, json_=True)
+
+
+def _add_positive_class(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--positive-class",
+        help="the class that is the finding (default: the second class in sorted order)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,19 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtl",
         description=DESCRIPTION,
-        epilog=EPILOG,
+        epilog=EPILOG.format(exit_codes=_exit.HELP),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"medtl {_version()}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
     )
+    parser.add_argument(
+        "--log-file", help="also write the log (with timestamps, at least INFO) to this file"
+    )
     subs = parser.add_subparsers(dest="command", metavar="<command>")
 
     p = _sub(
         subs,
         "demo",
-        "Run the whole product on built-in synthetic DICOMs (offline, a few minutes).",
+        "Run the whole product on built-in synthetic DICOMs (offline; prints its time estimate).",
         "  medtl demo\n  medtl demo --out runs/demo --epochs 2 --quick",
         cmd.demo,
     )
@@ -114,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="tiny test backbone, seconds instead of minutes"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(p, json_=True)
 
     p = _sub(
         subs,
@@ -128,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p, data_required=False)
     p.add_argument(
         "--strategies",
-        help="comma-separated: feature_extraction,fine_tuning,partial_fine_tuning,from_scratch",
+        help="comma-separated list of: feature_extraction, fine_tuning, partial_fine_tuning, "
+        "from_scratch",
     )
 
     p = _sub(
@@ -167,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="operating threshold (default: the one chosen on validation when the model was trained)",
     )
     p.add_argument("--prevalence", type=float, help="deployment prevalence for PPV/NPV")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(p, json_=True)
 
     p = _sub(
         subs,
@@ -189,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--id-map",
         help="also write id -> file path to this CSV (it contains identifiers; keep it private)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(p)
 
     p = _sub(
         subs,
@@ -204,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, action="append", help="unlabelled target images (folder or files)"
     )
     p.add_argument("--out", required=True, help="folder for the adapted model")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(p)
 
     p = _sub(
         subs,
@@ -214,22 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.advise,
     )
     p.add_argument("--data", required=True, help="dataset folder, CSV manifest or .npz")
-    p.add_argument("--backbone", default=None, help="backbone name")
-    p.add_argument("--image-size", type=int, default=None, help="image side length")
-    p.add_argument("--budget-minutes", type=float, default=None, help="time you can spend training")
+    p.add_argument("--backbone", help="backbone name (see `medtl backbones`)")
+    p.add_argument(
+        "--image-size", type=int, help="image side length in pixels (default: backbone's)"
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="time you can spend training; strategies that would not fit are not recommended",
+    )
+    _add_positive_class(p)
+    p.add_argument("--seed", type=int, help="random seed of the subsample and folds (default 0)")
     p.add_argument(
         "--patient-id-pattern",
         help="regular expression giving the patient id from a file name (groups the probe's folds)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(p, json_=True)
 
     p = _sub(
         subs,
         "backbones",
         "List the registered backbones and whether their weights are available offline.",
-        "  medtl backbones",
+        "  medtl backbones\n  medtl backbones --json",
         cmd.backbones,
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout (no table)"
     )
 
     p = _sub(
@@ -249,10 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.data_synth,
     )
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--n-per-class", type=int, default=40)
-    q.add_argument("--size", type=int, default=256)
-    q.add_argument("--difficulty", type=float, default=0.5, help="0 = obvious lesions, 1 = subtle")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--n-per-class", type=int, default=40, help="images per class (two per fake patient)"
+    )
+    q.add_argument("--size", type=int, default=256, help="image side length in pixels")
+    q.add_argument(
+        "--difficulty", type=float, default=0.5, help="0 = obvious lesions, 1 = subtle ones"
+    )
+    q.add_argument("--seed", type=int, default=0, help="random seed of the phantom")
     q = _sub(
         dsubs,
         "card",
@@ -262,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("path", help="dataset folder, CSV manifest or .npz")
     q.add_argument("--out", help="Markdown file to write (default: print)")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(q)
     q = _sub(
         dsubs,
         "check",
@@ -275,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--id-map",
         help="also write id -> file path to this CSV (it contains identifiers; keep it private)",
     )
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_args(q)
     return parser
 
 
@@ -285,28 +350,71 @@ def _version() -> str:
     return __version__
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    """Messages go to stderr; without a terminal (a log, a pipe) medtl's own per-step INFO lines are
+    shown instead of progress bars; ``--log-file`` keeps a timestamped copy."""
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    root, medtl_log = logging.getLogger(), logging.getLogger("medtl")
+    for lg in (root, medtl_log):  # main() may run many times in one process (tests, notebooks)
+        for h in [h for h in lg.handlers if h.get_name() == _HANDLER]:
+            lg.removeHandler(h)
+            h.close()
+    stderr = _handler(logging.StreamHandler(sys.stderr), "%(levelname)s %(name)s: %(message)s")
+    stderr.setLevel(level)
+    root.addHandler(stderr)
+    root.setLevel(level)
+    medtl_log.setLevel(logging.NOTSET)
+    steps = not getattr(args, "quiet", False) and not getattr(args, "json", False)
+    if steps and not sys.stderr.isatty() and level > logging.INFO:
+        # one line per step instead of carriage-return progress bars; only medtl's own loggers
+        step = _handler(logging.StreamHandler(sys.stderr), "%(message)s")
+        step.addFilter(lambda r: r.levelno == logging.INFO)
+        medtl_log.setLevel(logging.INFO)
+        medtl_log.addHandler(step)
+    if args.log_file:
+        fh = _handler(
+            logging.FileHandler(args.log_file, encoding="utf-8"),
+            "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        fh.setLevel(min(level, logging.INFO))
+        root.addHandler(fh)
+        medtl_log.setLevel(min(level, logging.INFO))
+
+
+_HANDLER = "medtl-cli"
+
+
+def _handler(h: logging.Handler, fmt: str) -> logging.Handler:
+    h.set_name(_HANDLER)
+    h.setFormatter(logging.Formatter(fmt))
+    return h
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medtl`` command."""
+    """Entry point of the ``medtl`` command; returns one of the exit codes in :mod:`._exit`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
-        return 0
+        return _exit.OK
     from medtl.errors import MedtlError
 
     try:
+        _setup_logging(args)
         return int(args.func(args) or 0)
     except MedtlError as exc:
         print(f"medtl: error: {exc}", file=sys.stderr)
-        return 2
+        return _exit.DATA_OR_CONFIG
+    except OSError as exc:  # e.g. --log-file or --out in a folder that cannot be written
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        print(f"medtl: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return _exit.DATA_OR_CONFIG
     except KeyboardInterrupt:
         print(
             "\nmedtl: interrupted. Finished results are kept; rerun with --resume to continue.",
             file=sys.stderr,
         )
-        return 130
+        return _exit.INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

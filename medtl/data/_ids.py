@@ -228,8 +228,7 @@ def write_id_map(ds: Dataset, path: str | os.PathLike) -> Path:
     data = buf.getvalue().encode("utf-8", "surrogateescape")
 
     def _w(tmp: str) -> None:
-        os.chmod(tmp, 0o600)
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    return atomic_write(path, _w)
+    return atomic_write(path, _w, mode=0o600)  # identifiers: private to the user

@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -443,7 +444,8 @@ def train_network(
         if progress:
             tqdm.write(
                 f"{desc} epoch {epoch + 1}/{s.epochs}: train loss {row['train_loss']:.4f}  "
-                f"val AUROC {auc:.4f}  ({row['seconds']:.1f}s)"
+                f"val AUROC {auc:.4f}  ({row['seconds']:.1f}s)",
+                file=sys.stderr,  # stdout is for results
             )
         if history_path is not None:
             atomic_write_json(history_path, history)
