@@ -5,6 +5,10 @@ last convolutional feature map, ``forward_head`` pools it and applies the linear
 function explains all of them. The heatmap is a coarse hint for a human reader, not a segmentation:
 it has the resolution of the last feature map (e.g. 7x7 for a 224 px EfficientNet) upsampled to the image.
 
+Written here rather than taken from ``monai.visualize.GradCAM``: timm's ``forward_features`` /
+``forward_head`` split gives the feature map directly (no layer-name lookup or forward hooks), the
+whole method is a gradient and a weighted sum, and MONAI (a large dependency) had no other use in medtl.
+
 Example:
     >>> from medtl.explain import grad_cam, overlay
     >>> est = medtl.load_model("runs/latest/fine_tuning/model")

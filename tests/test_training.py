@@ -256,3 +256,22 @@ def test_confident_predictions_keep_their_order(splits, tmp_path):
     path.write_text(_predictions_csv([("test", Imgs, p)], ["a", "b"]))
     back = read_predictions(path)
     assert np.array_equal(back.proba, p)
+
+
+def test_affine_resample_is_the_monai_layer_it_replaced():
+    """medtl dropped MONAI (one affine layer was its only use): same pixels, same geometry."""
+    from medtl.training._augment import affine_resample
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 20, generator=g)
+    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(4, 2, 3)
+    torch.testing.assert_close(affine_resample(x, identity), x, atol=1e-5, rtol=0)
+    # theta is in (row, column) order: a -1 on the column axis mirrors left-right
+    mirror = torch.tensor([[1.0, 0, 0], [0, -1.0, 0]]).expand(4, 2, 3)
+    torch.testing.assert_close(affine_resample(x, mirror), x.flip(-1), atol=1e-5, rtol=0)
+    monai = pytest.importorskip("monai.networks.layers")
+    theta = torch.randn(4, 2, 3, generator=g) * 0.3 + torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    ref = monai.AffineTransform(
+        normalized=True, mode="bilinear", padding_mode="border", align_corners=False
+    )(x, theta)
+    torch.testing.assert_close(affine_resample(x, theta), ref, atol=1e-6, rtol=0)

@@ -1,7 +1,7 @@
 """Radiograph-suited augmentation, applied to whole batches.
 
-Geometry uses MONAI's batched ``AffineTransform`` layer (one resampling call per batch, so augmentation does
-not dominate a CPU training step); the random parameters are drawn from an explicit ``torch.Generator`` so a
+Geometry is one batched ``affine_grid`` + ``grid_sample`` call (so augmentation does not dominate a CPU
+training step); the random parameters are drawn from an explicit ``torch.Generator`` so a
 run is reproducible and resumable. Defaults follow common chest-radiograph practice: small rotations
 (±10°), translations (±6%), zoom (0.9–1.1), mild brightness/contrast/gamma jitter, optional horizontal flip
 (off by default: the heart is on the left), never a vertical flip unless asked.
@@ -34,21 +34,26 @@ class AugmentSettings:
         return asdict(self)
 
 
+def affine_resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample a batch through per-image affine maps in normalised (i, j) coordinates.
+
+    PyTorch's ``affine_grid`` + ``grid_sample`` (one call per batch; bilinear, border padding). The
+    matrix is given in (row, column) order as MONAI's ``AffineTransform(normalized=True)`` took it
+    (its default ``reverse_indexing``); PyTorch wants (x, y), so rows and columns are swapped. This
+    gives the same output as that MONAI layer, which was medtl's only use of MONAI (see the tests).
+    """
+    import torch.nn.functional as F
+
+    t = theta[:, [1, 0], :][:, :, [1, 0, 2]]
+    grid = F.affine_grid(t, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class BatchAugment:
     """Random affine + intensity jitter for a batch of images in [0, 1], shape (N, C, H, W)."""
 
     def __init__(self, settings: AugmentSettings) -> None:
         self.settings = settings
-        self._affine = None
-
-    def _affine_layer(self):
-        if self._affine is None:
-            from monai.networks.layers import AffineTransform
-
-            self._affine = AffineTransform(
-                normalized=True, mode="bilinear", padding_mode="border", align_corners=False
-            )
-        return self._affine
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         s = self.settings
@@ -76,7 +81,7 @@ class BatchAugment:
         theta[:, 1, 1] = cos * sy
         theta[:, 0, 2] = tx
         theta[:, 1, 2] = ty
-        out = self._affine_layer()(x.float(), theta.to(x.device))
+        out = affine_resample(x.float(), theta.to(x.device))
         # intensity: gamma, contrast around the per-image mean, brightness shift (torch ops; MONAI's
         # intensity transforms are per-image and would add a Python loop per sample).
         g = u(*s.gamma).view(n, 1, 1, 1).to(x.device)
