@@ -190,6 +190,12 @@ def _evaluate_one(
     from medtl.strategies import load_model
 
     est = load_model(model_dir)
+    if split == "val" and getattr(est, "refit_on_", "train") == "train+val":
+        raise ConfigError(
+            f"--split val: the head of model {model_dir} was refit on train + validation after its "
+            "settings were chosen, so the validation images are training data for it. Score "
+            "--split test (held out), or retrain with refit: false to keep a clean validation split."
+        )
     ds = load_dataset(
         _phantom_manifest(str(dataset)),
         val_fraction=0.0,

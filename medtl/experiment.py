@@ -261,11 +261,14 @@ def run_strategy(
             kwargs["on_epoch_end"] = lambda row: on_epoch_end(name, row)
     est.fit(data.train, data.val, **kwargs)
     train_seconds = time.perf_counter() - t0
+    # held out: a head refit on train + val must not choose its threshold on its own training data
+    held_out = getattr(est, "heldout_val_proba_", None)
     mdir = runs.model_dir(run_dir, name)
     est.save(mdir)
     # the saved model is what users get: evaluate exactly that
     est = load_model(mdir)
-    p_val = est.predict_proba(data.val, progress=progress)
+    est.heldout_val_proba_ = held_out
+    p_val = est.validation_proba(data.val, progress=progress)
     p_test = est.predict_proba(data.test, progress=progress)
     atomic_write_json(sdir / runs.HISTORY_FILE, est.history_)
     atomic_write_text(

@@ -170,3 +170,21 @@ def test_feature_extraction_records_the_chosen_regularisation(splits):
     assert all(r["val_loss"] > 0 and r["val_loss_se"] >= 0 for r in fe.history_)
     with pytest.raises(ConfigError, match="select_by"):
         get_strategy("feature_extraction", backbone="tiny_test", select_by="f1").fit(train, val)
+
+
+def test_feature_extraction_refits_on_train_and_val_but_keeps_validation_held_out(splits, tmp_path):
+    """The chosen head is refit on train + val (as a plain script trains on every image), while the
+    validation predictions used for the threshold and the reported val AUROC stay out-of-sample."""
+    train, val, test = splits
+    plain = make("feature_extraction", refit=False).fit(train, val)
+    refit = make("feature_extraction").fit(train, val)
+    assert refit.refit and refit.C_ == plain.C_  # the same choice of regularisation
+    # the held-out predictions are those of the train-only head (up to the network's bf16 head)
+    np.testing.assert_array_equal(refit.validation_proba(val), plain.validation_proba(val))
+    np.testing.assert_allclose(refit.validation_proba(val), plain.predict_proba(val), atol=0.02)
+    assert not np.allclose(refit.predict_proba(val), plain.predict_proba(val), atol=1e-4)
+    assert refit.best_val_auroc_ == plain.best_val_auroc_
+    refit.save(tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert back.refit_on_ == "train+val" and plain.refit_on_ == "train"
+    np.testing.assert_array_equal(back.predict_proba(test), refit.predict_proba(test))

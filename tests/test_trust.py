@@ -77,6 +77,12 @@ def test_evaluate_own_test_split_reproduces_the_run(run):
             assert row[k] is not None, k
         assert "operating point" in row["threshold_source"]
     assert "n/a–n/a" not in res["markdown"]
+    # feature extraction's head was refit on train + val: its val split is training data now
+    with pytest.raises(ConfigError, match="refit on train"):
+        evaluate([str(rd / "feature_extraction" / "model")], [str(data)], split="val",
+                 out=str(tmp / "ev_val"), progress=False)  # fmt: skip
+    fe = json.loads((rd / "feature_extraction" / "model" / "model.json").read_text())
+    assert fe["extra"]["head_fitted_on"] == "train+val"
 
 
 def test_evaluate_split_needs_the_runs_dataset(run, tmp_path):

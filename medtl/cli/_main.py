@@ -359,7 +359,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         for h in [h for h in lg.handlers if h.get_name() == _HANDLER]:
             lg.removeHandler(h)
             h.close()
-    stderr = _handler(logging.StreamHandler(sys.stderr), "%(levelname)s %(name)s: %(message)s")
+    stderr = _handler(_Stderr(), "%(levelname)s %(name)s: %(message)s")
     stderr.setLevel(level)
     root.addHandler(stderr)
     root.setLevel(level)
@@ -367,7 +367,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     steps = not getattr(args, "quiet", False) and not getattr(args, "json", False)
     if steps and not sys.stderr.isatty() and level > logging.INFO:
         # one line per step instead of carriage-return progress bars; only medtl's own loggers
-        step = _handler(logging.StreamHandler(sys.stderr), "%(message)s")
+        step = _handler(_Stderr(), "%(message)s")
         step.addFilter(lambda r: r.levelno == logging.INFO)
         medtl_log.setLevel(logging.INFO)
         medtl_log.addHandler(step)
@@ -382,6 +382,22 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 _HANDLER = "medtl-cli"
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as logging's last-resort
+    handler does), so a handler left from an earlier ``main()`` never writes to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def _handler(h: logging.Handler, fmt: str) -> logging.Handler:

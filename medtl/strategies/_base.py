@@ -223,6 +223,19 @@ class Strategy:
 
         return logits_to_proba(self.predict_logits(images, progress=progress))
 
+    def validation_proba(self, val: PreparedImages, *, progress: bool = False) -> np.ndarray:
+        """Probabilities on the validation images ``val`` given to :meth:`fit`, from a model that
+        did not train on them.
+
+        Usually :meth:`predict_proba`. A strategy that refits on train + validation after choosing
+        its settings (feature extraction's head) returns the held-out predictions it made before the
+        refit, so the operating point and the reported validation AUROC are never in-sample.
+        """
+        held = getattr(self, "heldout_val_proba_", None)
+        if held is not None and len(held) == len(val):
+            return np.asarray(held, dtype=np.float64)
+        return self.predict_proba(val, progress=progress)
+
     def predict(self, images: PreparedImages | np.ndarray) -> np.ndarray:
         """Class index per image: the call at the operating point for two classes (see
         :meth:`decide`), the most probable class otherwise."""
