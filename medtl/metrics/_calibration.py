@@ -135,9 +135,9 @@ def calibration_slope_intercept(y: Any, p: Any, *, alpha: float = 0.05) -> dict[
     Wald intervals come from the observed information.
 
     Returns:
-        dict(slope, slope_low, slope_high, intercept, intercept_low, intercept_high, n). NaN (with a
-        warning) when one class only is present or the scores separate the classes perfectly
-        (the slope is then unbounded).
+        dict(slope, slope_low, slope_high, intercept, intercept_low, intercept_high, n). NaN with a
+        warning when one class only is present; a NaN slope and a ``note`` when the scores
+        separate the classes perfectly (the slope is then unbounded).
     """
     import warnings as _w
 
@@ -164,12 +164,8 @@ def calibration_slope_intercept(y: Any, p: Any, *, alpha: float = 0.05) -> dict[
     se_a = 1.0 / np.sqrt(max(float(np.sum(mu * (1 - mu))), 1e-300))
     out.update(intercept=a, intercept_low=float(a - z * se_a), intercept_high=float(a + z * se_a))
     if pa[ya == 0].max() < pa[ya == 1].min() or pa[ya == 1].max() < pa[ya == 0].min():
-        warnings.warn(
-            "the scores separate the two classes perfectly: the calibration slope is unbounded; "
-            "returning NaN for it.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        # not a warning: a perfect ranking on a small test set is common and nothing is wrong
+        out["note"] = "the scores separate the two classes perfectly, so the slope is unbounded"
         return out
     with _w.catch_warnings():
         _w.simplefilter("ignore", ConvergenceWarning)
