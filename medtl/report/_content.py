@@ -38,7 +38,7 @@ def display_name(name: str) -> str:
 
 
 _RULES = {
-    "youden": "Youden's J (sensitivity + specificity - 1, maximised)",
+    "youden": "Youden's J rule",
     "sensitivity": "target sensitivity",
     "specificity": "target specificity",
     "fixed": "fixed threshold",
@@ -299,6 +299,10 @@ def paired_reading(r: dict[str, Any]) -> str:
     return f"{a} is ahead of {b} by {diff:.3f} {metric}{ci}; {test} {format_p_value(p)}, {verdict}.{mcn}"
 
 
+def _test_name(pair: dict[str, Any]) -> str:
+    return pair["test"] if pair["test"].startswith("paired") else f"paired {pair['test']}"
+
+
 def headline(run: RunData, strat: dict[str, dict], paired: list[dict]) -> list[str]:
     """The plain-words summary at the top of the report."""
     lines: list[str] = []
@@ -342,13 +346,13 @@ def headline(run: RunData, strat: dict[str, dict], paired: list[dict]) -> list[s
                 )
             elif pair["p"] < pair["alpha"]:
                 lines.append(
-                    f"The paired {pair['test']} test finds the difference statistically "
+                    f"The {_test_name(pair)} test finds the difference statistically "
                     f"significant ({format_p_value(pair['p'])}): it is unlikely to be chance on "
                     "this test set."
                 )
             elif gap >= TIE:
                 lines.append(
-                    f"The paired {pair['test']} test does not find the difference statistically "
+                    f"The {_test_name(pair)} test does not find the difference statistically "
                     f"significant ({format_p_value(pair['p'])}): on this test set the two cannot "
                     "be told apart."
                 )
