@@ -61,8 +61,36 @@ STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_INCOMPLETE = (
 )
 STATUS_PENDING, STATUS_RUNNING = "pending", "running"  # written while the run is in progress
 
-#: Validation AUROC above test AUROC by more than this is flagged: validation overstates test.
+#: Validation AUROC and test AUROC further apart than this, either way, is flagged: validation
+#: overstates test (optimistic) or understates it (a small or unrepresentative validation split).
 OVERSTATE_MARGIN = 0.03
+GAP_OVERSTATES, GAP_UNDERSTATES = "overstates", "understates"
+
+
+def gap_flag(val_minus_test: Any) -> str | None:
+    """``"overstates"`` / ``"understates"`` when validation minus test AUROC is beyond
+    +-OVERSTATE_MARGIN, None when they agree (or the gap is unknown)."""
+    gap = num(val_minus_test)
+    if not math.isfinite(gap) or abs(gap) <= OVERSTATE_MARGIN:
+        return None
+    return GAP_OVERSTATES if gap > 0 else GAP_UNDERSTATES
+
+
+def gap_sentence(label: str, val_minus_test: Any) -> str | None:
+    """The plain-words flag for a validation-test gap of strategy ``label`` (None if no flag)."""
+    flag, gap = gap_flag(val_minus_test), num(val_minus_test)
+    if flag == GAP_OVERSTATES:
+        return (
+            f"Validation overstates {label} by {gap:.2f} AUROC on the test data: validation "
+            "numbers are optimistic here (the test set may be shifted from the training site)."
+        )
+    if flag == GAP_UNDERSTATES:
+        return (
+            f"The test AUROC of {label} is {-gap:.2f} higher than its validation AUROC: the "
+            "validation split is probably too small or unlike the test set, so the best epoch and "
+            "the operating threshold chosen on it are uncertain."
+        )
+    return None
 
 
 def strategy_dir(run_dir: str | os.PathLike, name: str) -> Path:
@@ -237,7 +265,7 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
 def _read_skipped(path: Path) -> list[tuple[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "reason"]:
+    if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "reason"], ["id", "reason"]):
         rows = rows[1:]
     return [(r[0], r[1] if len(r) > 1 else "") for r in rows if r]
 
@@ -350,6 +378,26 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
     )
 
 
+def read_model_meta(run_dir: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """``<run>/<name>/model/model.json`` as the model folder's reader returns it (weights not
+    re-hashed), or None when the strategy saved no readable model."""
+    import warnings
+
+    from medtl.errors import MedtlError
+    from medtl.strategies._modelfile import read_meta
+
+    folder = model_dir(run_dir, name)
+    if not folder.is_dir():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return read_meta(folder, verify_weights=False)
+    except (MedtlError, OSError, ValueError) as exc:
+        logger.debug("model.json of %s unreadable: %s", name, exc)
+        return None
+
+
 def read_split_assignment(run_dir: str | os.PathLike) -> dict[str, str]:
     """``{uid: split}`` from a run's ``splits.json`` (de-identified ids only).
 
@@ -405,9 +453,17 @@ def evaluate_probabilities(
     y_test: np.ndarray,
     p_test: np.ndarray,
     cfg: Any,
+    *,
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Clinical metrics on test and on validation, both at the threshold chosen on validation."""
-    from medtl.metrics import clinical_report, multiclass_auroc
+    """Clinical metrics on test and on validation, both at the threshold chosen on validation.
+
+    Two classes: a :func:`~medtl.metrics.clinical_report` per split. More classes: per split,
+    ``multiclass`` (per-class one-vs-rest AUROC with DeLong CIs, macro AUROC with a bootstrap CI
+    seeded by ``cfg.train.seed``) and the older ``multiclass_auroc`` summary (per_class, macro,
+    macro_low, macro_high). ``class_names`` key the per-class numbers (default: "0", "1", ...).
+    """
+    from medtl.metrics import clinical_report, json_safe, multiclass_auroc_ci
 
     m = cfg.metrics
     if p_test.shape[1] == 2:
@@ -422,11 +478,17 @@ def evaluate_probabilities(
 
         test, val = report(y_test, p_test), report(y_val, p_val)
         return {"test": test, "val": val, "threshold": test.get("threshold")}
-    return {
-        "test": {"multiclass_auroc": multiclass_auroc(y_test, p_test)},
-        "val": {"multiclass_auroc": multiclass_auroc(y_val, p_val)},
-        "threshold": None,
-    }
+    names = list(class_names) if class_names else [str(k) for k in range(p_test.shape[1])]
+
+    def multiclass(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+        mc = multiclass_auroc_ci(y, p, names, seed=cfg.train.seed)
+        short = {
+            "per_class": {c: v["auroc"] for c, v in mc["per_class"].items()},
+            **{k: mc[k] for k in ("macro", "macro_low", "macro_high")},
+        }
+        return json_safe({"multiclass": mc, "multiclass_auroc": short, "n": int(y.size)})
+
+    return {"test": multiclass(y_test, p_test), "val": multiclass(y_val, p_val), "threshold": None}
 
 
 def operating_point_record(metrics: dict[str, Any], n_val: int) -> dict[str, Any] | None:
@@ -453,8 +515,8 @@ def auroc_of(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | 
     if "auroc" in part and isinstance(part["auroc"], dict):
         a = part["auroc"]
         return num(a.get("auroc")), [num(a.get("low")), num(a.get("high"))]
-    if "multiclass_auroc" in part:
-        mc = part["multiclass_auroc"]
+    mc = part.get("multiclass") or part.get("multiclass_auroc")
+    if isinstance(mc, dict):
         lo, hi = mc.get("macro_low"), mc.get("macro_high")
         return num(mc.get("macro")), ([num(lo), num(hi)] if lo is not None else None)
     return float("nan"), None
@@ -494,12 +556,15 @@ def environment() -> dict[str, str]:
 def paired_comparisons(
     run_dir: Path, summary: dict[str, Any], *, seed: int
 ) -> list[dict[str, Any]]:
-    """Paired tests on the shared test images: every pair of finished binary strategies.
+    """Paired tests on the shared test images: every pair of finished strategies.
 
-    Computed once, when the run finishes, and stored in ``summary.json["paired"]``; the report, the
-    app and the CLI read them from there.
+    Two classes: DeLong, paired bootstrap and McNemar (:func:`~medtl.metrics.compare_paired`).
+    More classes: paired bootstrap of the macro AUROC difference and DeLong per class
+    (:func:`~medtl.metrics.compare_paired_multiclass`). Computed once, when the run finishes, and
+    stored in ``summary.json["paired"]``; the report, the app and the CLI read them from there.
     """
-    from medtl.metrics import compare_paired
+    from medtl.metrics import compare_paired, compare_paired_multiclass, json_safe
+    from medtl.strategies import strategy_label
 
     done = [n for n, r in summary["strategies"].items() if r.get("status") == STATUS_DONE]
     preds = {}
@@ -517,28 +582,33 @@ def paired_comparisons(
             ma, mb = pa.split == "test", pb.split == "test"
             ua = [u for u, k in zip(pa.uid, ma) if k]
             ub = [u for u, k in zip(pb.uid, mb) if k]
-            if ua != ub or pa.proba.shape[1] != 2:
+            if ua != ub or pa.proba.shape[1] != pb.proba.shape[1]:
                 continue
-            res = compare_paired(
-                pa.label[ma],
-                pa.proba[ma][:, 1],
-                pb.proba[mb][:, 1],
-                threshold_a=num(summary["strategies"][a].get("threshold") or 0.5),
-                threshold_b=num(summary["strategies"][b].get("threshold") or 0.5),
-                seed=seed,
-                name_a=a,
-                name_b=b,
-            )
-            out.append({"a": a, "b": b, **res})
+            names = {"name_a": strategy_label(a), "name_b": strategy_label(b)}
+            if pa.proba.shape[1] == 2:
+                res = compare_paired(
+                    pa.label[ma],
+                    pa.proba[ma][:, 1],
+                    pb.proba[mb][:, 1],
+                    threshold_a=num(summary["strategies"][a].get("threshold") or 0.5),
+                    threshold_b=num(summary["strategies"][b].get("threshold") or 0.5),
+                    seed=seed,
+                    **names,
+                )
+            else:
+                res = compare_paired_multiclass(
+                    pa.label[ma], pa.proba[ma], pb.proba[mb], pa.class_names, seed=seed, **names
+                )
+            out.append(json_safe({"a": a, "b": b, **res}))
     return out
 
 
 def flag_gaps(summary: dict[str, Any]) -> None:
-    """Add a note for each strategy whose validation AUROC overstates test by > OVERSTATE_MARGIN."""
+    """Add a note for each strategy whose validation and test AUROC differ by > OVERSTATE_MARGIN
+    (either way: see :func:`gap_flag`)."""
+    from medtl.strategies import strategy_label
+
     for name, r in summary["strategies"].items():
-        gap = r.get("val_minus_test")
-        if gap is not None and not math.isnan(gap) and gap > OVERSTATE_MARGIN:
-            summary["notes"].append(
-                f"Validation overstates {name} by {gap:.2f} AUROC on the test data "
-                "(the test set may be shifted from the training site)."
-            )
+        text = gap_sentence(strategy_label(name), r.get("val_minus_test"))
+        if text:
+            summary["notes"].append(text)

@@ -12,9 +12,11 @@ from medtl.metrics import (
     MetricInputError,
     apply_temperature,
     brier,
+    calibration_slope_intercept,
     decision_curve,
     expected_calibration_error,
     fit_temperature,
+    reliability_bins,
     reliability_curve,
 )
 
@@ -135,3 +137,65 @@ def test_decision_curve_treat_all_formula_and_net_benefit():
 def test_decision_curve_bad_thresholds():
     with pytest.raises(MetricInputError, match="strictly between 0 and 1"):
         decision_curve([0, 1], [0.2, 0.8], thresholds=[0.0, 0.5])
+
+
+# -- calibration slope / intercept, bins chosen from n, decision curve at a deployment prevalence ----
+def _logistic(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes drawn from true risks expit(lp): the true slope is 1 and the intercept 0."""
+    rng = np.random.default_rng(seed)
+    lp = rng.normal(0.0, 1.5, n)
+    return (rng.random(n) < special.expit(lp)).astype(int), lp
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_slope_and_intercept_recover_known_miscalibration(seed):
+    y, lp = _logistic(seed, 3000)
+    ok = calibration_slope_intercept(y, special.expit(lp))
+    assert ok["slope_low"] < 1.0 < ok["slope_high"]
+    assert ok["intercept_low"] < 0.0 < ok["intercept_high"]
+    # overconfident (logits doubled): slope 1/2, and the interval excludes 1
+    over = calibration_slope_intercept(y, special.expit(2 * lp))
+    assert over["slope"] == pytest.approx(0.5, abs=0.06)
+    assert over["slope_high"] < 1.0
+    # risks shifted up by 1 logit: the model over-predicts, intercept about -1
+    high = calibration_slope_intercept(y, special.expit(lp + 1))
+    assert high["intercept"] == pytest.approx(-1.0, abs=0.15)
+    assert high["intercept_high"] < 0
+
+
+def test_calibration_slope_undefined_cases_are_nan_with_a_warning():
+    r = calibration_slope_intercept([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    assert np.isnan(r["slope"]) and np.isfinite(r["intercept"]) and "separate" in r["note"]
+    with pytest.warns(RuntimeWarning, match="one class"):
+        assert np.isnan(calibration_slope_intercept([1, 1], [0.2, 0.7])["intercept"])
+
+
+@pytest.mark.parametrize(("n", "bins"), [(10, 3), (30, 3), (150, 5), (299, 10), (5000, 10)])
+def test_reliability_bins_follow_n(n, bins):
+    assert reliability_bins(n) == bins
+    y, p = _calibrated(0, n)
+    assert len(reliability_curve(y, p, "auto", strategy="quantile")["count"]) == bins
+
+
+def test_quantile_reliability_matches_sklearn_and_counts_add_up():
+    y, p = _calibrated(3, 400)
+    curve = reliability_curve(y, p, 5, strategy="quantile")
+    frac_ref, mean_ref = calibration_curve(y, p, n_bins=5, strategy="quantile")
+    np.testing.assert_allclose(curve["frac_pos"], frac_ref)
+    np.testing.assert_allclose(curve["mean_pred"], mean_ref)
+    assert sum(curve["count"]) == 400 and max(curve["count"]) - min(curve["count"]) <= 1
+    assert all(
+        lo <= f <= hi for lo, f, hi in zip(curve["frac_low"], curve["frac_pos"], curve["frac_high"])
+    )
+
+
+def test_decision_curve_at_deployment_prevalence():
+    y, p = _calibrated(4, 2000)
+    own = decision_curve(y, p)
+    same = decision_curve(y, p, prevalence=float(np.mean(y)))
+    np.testing.assert_allclose(same["net_benefit"], own["net_benefit"], atol=1e-12)
+    rare = decision_curve(y, p, thresholds=[0.1, 0.3], prevalence=0.05)
+    assert rare["prevalence_source"] == "deployment" and rare["prevalence"] == 0.05
+    assert rare["treat_all"][0] == pytest.approx(0.05 - 0.95 * 0.1 / 0.9)
+    # rarer disease: less to gain from acting on anyone
+    assert rare["net_benefit"][0] < own["net_benefit"][9]

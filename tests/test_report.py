@@ -34,6 +34,16 @@ QUALITY = {
 }
 
 
+PARAMS = {
+    "feature_extraction": {"head": "logreg", "Cs": [0.01, 0.1, 1.0], "select_by": "log_loss_1se",
+                           "class_weighting": "balanced"},
+    "fine_tuning": {"epochs": 5, "batch_size": 16, "lr": None, "weight_decay": 0.01,
+                    "schedule": "onecycle", "warmup_frac": 0.15, "patience": 3, "augment": True,
+                    "augment_strength": 1.0, "hflip": False, "class_weighting": "balanced",
+                    "head_init": "probe", "checkpoint_dir": "/home/jane.doe/runs/x"},
+}  # fmt: skip
+
+
 def _scores(rng: np.random.Generator, y: np.ndarray, k: int, quality: float) -> np.ndarray:
     """(n, k) class probabilities whose true-class logit is raised by ``quality``."""
     logits = rng.normal(size=(y.size, k))
@@ -97,7 +107,7 @@ def make_fake_run(
     for name in strategies:
         q = QUALITY.get(name, 1.0)
         info = {"status": "done", "error": None, "train_seconds": 52.5, "epochs_run": 5,
-                "images_per_s": 40.0}  # fmt: skip
+                "images_per_s": 40.0, "params": PARAMS.get(name, {})}  # fmt: skip
         if name in failed:
             info.update(status="failed", error=failed[name], test_auroc=None, val_auroc=None)
             (run / name).mkdir()
@@ -145,7 +155,7 @@ def make_fake_run(
     summary = {
         "name": "fake-run", "created": "2025-01-01T00:00:00+00:00", "backbone": "tiny_test",
         "image_size": 64, "device": "cpu", "precision": "fp32",
-        "dataset": {"root": "synthetic", "source": "phantom", "classes": list(classes), "counts": counts,
+        "dataset": {"source": "phantom", "classes": list(classes), "counts": counts,
                     "n_skipped": n_skipped, "patient_ids": False},
         "threshold_rule": "youden", "prevalence": prevalence, "strategies": infos, "paired": paired,
         "notes": ["fabricated for tests"],
@@ -178,8 +188,8 @@ def binary_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_binary_report_has_every_section_and_embedded_images(binary_run: Path) -> None:
     html = (binary_run / "report.html").read_text()
-    assert "had the best test AUROC" in html
-    assert "Fine-tuning had the best test AUROC" in html  # strongest fabricated model wins
+    assert "had the highest test AUROC" in html
+    assert "Fine-tuning had the highest test AUROC" in html  # strongest fabricated model wins
     for title in SECTION_TITLES:
         assert f"<h2>{title}</h2>" in html, title
     assert html.count('src="data:image/png;base64,') >= 6
@@ -265,7 +275,7 @@ def test_failed_strategy_shows_its_error_escaped(tmp_path: Path, fast_png: None)
 def test_multiclass_run_renders_per_class_auroc(tmp_path: Path, fast_png: None) -> None:
     run = make_fake_run(tmp_path, ("fine_tuning", "feature_extraction"), classes=("a", "b", "c"))
     html = write_report(run).read_text()
-    assert "Per-class AUROC (one-vs-rest, test set)" in html
+    assert "Per-class AUROC (one-vs-rest, test set, 95% DeLong CI)" in html
     assert "Binary-only section; skipped for this multi-class run." in html
     rep = json.loads((run / "report.json").read_text())
     assert rep["task"] == "multiclass"
@@ -373,12 +383,13 @@ def test_plot_functions_return_figures_and_save_png(draw, curves: dict, tmp_path
 
 def test_plot_legends_carry_auroc_and_learning_signature(curves: dict) -> None:
     fig = plot_roc(curves, cis={"good": (0.61, 0.83)})
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any(lbl.startswith("good: AUROC") and "(95% CI 0.610–0.830)" in lbl for lbl in labels)
     fig = plot_learning_curves(_histories(), "epoch")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("start" in lbl and "slope" in lbl and "asymptote" in lbl for lbl in labels)
-    assert any(lbl.startswith("feature_extraction: no epochs; best 0.840") for lbl in labels)
+    fe = "feature_extraction: no epochs; validation AUROC 0.840 (C = 1), trained in 5.0 s"
+    assert fe in labels
 
 
 def test_learning_curves_reject_unknown_axis() -> None:
@@ -414,3 +425,138 @@ def test_number_formatters_shared_by_report_and_app() -> None:
     assert fci(0.9, None, 0.95) == "0.900" and fci("x", 0.1, 0.2) == "n/a"
     assert fpct(0.873, 0.81, 0.92) == "87% (81–92%)"
     assert fpct(0.5) == "50%" and fpct(0.5, float("nan"), 0.6) == "50%" and fpct(None) == "n/a"
+
+
+# -- issue 15: wording that is true, calibration, plots ---------------------------------------------
+def test_large_gaps_are_flagged_either_way(tmp_path: Path, fast_png: None) -> None:
+    run = make_fake_run(tmp_path, ("fine_tuning", "from_scratch"), val_auroc={"fine_tuning": 0.5})
+    html = write_report(run).read_text()
+    rep = json.loads((run / "report.json").read_text())
+    ft = rep["strategies"]["fine_tuning"]
+    assert ft["val_minus_test"] < -0.03 and ft["gap_flag"] == "understates"
+    assert (
+        f"{ft['val_minus_test']:+.3f} (within" not in html
+        and "consistent"
+        not in html.split("Fine-tuning: test AUROC is")[0].split("Validation − test")[-1]
+    )
+    assert "Fine-tuning: test AUROC is" in html and "test above validation" in html
+
+
+def test_p_values_below_a_thousandth_are_written_so(binary_run: Path) -> None:
+    rep = json.loads((binary_run / "report.json").read_text())
+    tiny = [p for p in rep["paired"] if p["delong_p"] < 0.001]
+    assert tiny, "the fabricated run should hold a clearly significant pair"
+    html = (binary_run / "report.html").read_text()
+    paired = html[html.index('id="paired"') :]
+    assert "&lt; 0.001" in paired and ">0.000<" not in paired and "p = 0.000" not in html
+
+
+def test_a_tie_is_called_a_tie() -> None:
+    from medtl.report._content import paired_reading
+
+    row = {"a": "fine_tuning", "b": "from_scratch", "diff": 0.0002, "auc_a": 0.667, "low": -0.5,
+           "high": 0.5, "p": 1.0, "alpha": 0.05, "mcnemar_p": float("nan"), "multiclass": False,
+           "metric": "AUROC", "test": "DeLong"}  # fmt: skip
+    text = paired_reading(row)
+    assert (
+        text.startswith("Fine-tuning and From scratch tie on AUROC (0.667)") and "ahead" not in text
+    )
+
+
+def test_feature_extraction_has_no_epochs_and_legend_matches_table(binary_run: Path) -> None:
+    rep = json.loads((binary_run / "report.json").read_text())
+    fe = rep["strategies"]["feature_extraction"]
+    assert fe["epochless"] and fe["epochs_run"] is None
+    assert fe["learning"]["best_epoch"] is None and fe["learning"]["setting"] == "C = 1"
+    assert fe["learning"]["asymptote"] == fe["val_auroc"]
+    html = (binary_run / "report.html").read_text()
+    assert "none: features extracted once" in html and "kept C = 1" in html
+    fig = plot_learning_curves(_histories(), "elapsed", kept={"feature_extraction": (0.796, 53.7)})
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert (
+        "feature_extraction: no epochs; validation AUROC 0.796 (C = 1), trained in 53.7 s" in labels
+    )
+
+
+def test_one_epoch_run_gets_whole_epoch_ticks() -> None:
+    fig = plot_learning_curves({"Fine-tuning": [{"epoch": 1, "val_auroc": 0.8, "elapsed": 3.0}]})
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0.5, 1.5)
+    ticks = [t for t in ax.get_xticks() if 0.5 <= t <= 1.5]
+    assert ticks == [1.0]
+    assert any("one epoch, no slope" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_calibration_and_decision_curve_at_deployment_prevalence(binary_run: Path) -> None:
+    rep = json.loads((binary_run / "report.json").read_text())
+    ft = rep["strategies"]["fine_tuning"]
+    assert ft["calibration_slope_low"] < ft["calibration_slope"] < ft["calibration_slope_high"]
+    assert ft["ece_bins"] == 4  # 120 test images: about 30 per bin
+    assert ft["decision_prevalence"] == pytest.approx(0.1)
+    html = (binary_run / "report.html").read_text()
+    assert "Calibration slope" in html and "Calibration intercept" in html
+    assert "at the deployment prevalence (10.0%)" in html
+    fig = plot_decision_curve({"m": ([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])}, prevalence=0.1)
+    assert any("deployment prevalence 10.0%" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_checklist_rows_are_sentences_without_paths(binary_run: Path) -> None:
+    rep = json.loads((binary_run / "report.json").read_text())
+    items = {c["item"].split(" (")[0]: c["content"] for c in rep["checklist"]}
+    training = items["Training details"]
+    assert (
+        "AdamW" in training
+        and "one-cycle" in training
+        and "early stopping after 3 epochs" in training
+    )
+    assert "Feature extraction: backbone frozen" in training and "kept C = 1" in training
+    assert (
+        "=" not in items["Data partitioning"]
+        and "15% of images held out" in items["Data partitioning"]
+    )
+    html = (binary_run / "report.html").read_text()
+    assert "jane.doe" not in html and "jane.doe" not in (binary_run / "report.json").read_text()
+    assert "<td>Location</td>" not in html
+    assert "fine_tuning" not in re.sub(
+        r'(id|href|alt)="[^"]*"', "", html.split('id="checklist"')[1]
+    )
+
+
+# -- issue 13: multi-class runs get CIs and paired tests ---------------------------------------------
+def test_multiclass_report_has_per_class_cis_and_a_paired_test(
+    tmp_path: Path, fast_png: None
+) -> None:
+    run = make_fake_run(tmp_path, ("fine_tuning", "from_scratch"), classes=("a", "b", "c"))
+    html = write_report(run).read_text()
+    rep = json.loads((run / "report.json").read_text())
+    ft = rep["strategies"]["fine_tuning"]
+    assert ft["test_auroc_low"] < ft["test_auroc"] < ft["test_auroc_high"]
+    assert all(lo < ft["per_class_auroc"][c] < hi for c, (lo, hi) in ft["per_class_ci"].items())
+    (pair,) = rep["paired"]
+    assert pair["multiclass"] and pair["test"] == "paired bootstrap"
+    assert pair["diff"] > 0 and pair["boot_low"] > 0  # fine-tuning is far better in the fabrication
+    assert set(pair["per_class"]) == {"a", "b", "c"}
+    assert "Macro (paired bootstrap)" in html and "Test macro AUROC (95% bootstrap CI)" in html
+    assert "Fine-tuning had the highest test macro AUROC" in html
+
+
+def test_runs_give_multiclass_metrics_a_ci_and_pairs(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from medtl import runs
+
+    run = make_fake_run(tmp_path, ("fine_tuning", "from_scratch"), classes=("a", "b", "c"))
+    preds = load_run(run).strategies["fine_tuning"].predictions
+    yt, pt = preds.subset("test")
+    yv, pv = preds.subset("val")
+    cfg = SimpleNamespace(metrics=SimpleNamespace(), train=SimpleNamespace(seed=3))
+    m = runs.evaluate_probabilities(yv, pv, yt, pt, cfg, class_names=["a", "b", "c"])
+    auc, ci = runs.auroc_of(m, "test")
+    assert ci is not None and ci[0] < auc < ci[1]
+    assert m["test"]["multiclass_auroc"]["macro"] == pytest.approx(auc)
+    assert set(m["test"]["multiclass"]["per_class"]) == {"a", "b", "c"}
+    assert runs.evaluate_probabilities(yv, pv, yt, pt, cfg, class_names=["a", "b", "c"]) == m
+    summary = json.loads((run / "summary.json").read_text())
+    (pair,) = runs.paired_comparisons(run, summary, seed=0)
+    assert pair["a"] == "fine_tuning" and pair["bootstrap"]["low"] > 0
+    assert pair["summary"].startswith("Fine-tuning's macro AUROC is higher than From scratch's")

@@ -23,12 +23,16 @@ from medtl.metrics._auroc import (
 from medtl.metrics._calibration import (
     apply_temperature,
     brier,
+    calibration_slope_intercept,
     decision_curve,
     expected_calibration_error,
     fit_temperature,
+    reliability_bins,
     reliability_curve,
 )
+from medtl.metrics._format import format_p_value
 from medtl.metrics._learning import learning_curve_summary
+from medtl.metrics._multiclass import compare_paired_multiclass, multiclass_auroc_ci
 from medtl.metrics._paired import compare_paired, mcnemar_test
 from medtl.metrics._report import ClinicalReport, clinical_report, json_safe
 from medtl.metrics._threshold import (
@@ -47,20 +51,25 @@ __all__ = [
     "auroc",
     "auroc_ci",
     "brier",
+    "calibration_slope_intercept",
     "choose_threshold",
     "clinical_report",
     "compare_paired",
+    "compare_paired_multiclass",
     "decision_curve",
     "delong_placements",
     "delong_test",
     "expected_calibration_error",
     "fit_temperature",
+    "format_p_value",
     "json_safe",
     "learning_curve_summary",
     "mcnemar_test",
     "multiclass_auroc",
+    "multiclass_auroc_ci",
     "operating_point",
     "ppv_npv_at_prevalence",
+    "reliability_bins",
     "reliability_curve",
     "wilson_ci",
 ]

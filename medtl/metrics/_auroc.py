@@ -211,20 +211,10 @@ def auprc(y: Any, p: Any) -> float:
     return float(average_precision_score(ya, pa))
 
 
-def multiclass_auroc(
-    y: Any, proba: Any, *, class_names: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """One-vs-rest AUROC per class and their unweighted (macro) mean.
-
-    Args:
-        y: (n,) integer class indices 0..K-1.
-        proba: (n, K) class probabilities (column k = P(class k)).
-        class_names: optional K names used as the keys of ``per_class`` (default: the indices).
-
-    Returns:
-        dict(per_class={name: auroc}, macro=float). A class absent from ``y`` (or present in every
-        row) gets NaN with a warning and is left out of the macro mean.
-    """
+def check_multiclass(
+    y: Any, proba: Any, class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (class indices, (n, K) probabilities[, K names]) and return them as arrays."""
     pr = as_scores(proba, "proba", ndim=2)
     ya = np.asarray(y)
     if ya.ndim != 1 or ya.shape[0] != pr.shape[0]:
@@ -242,6 +232,25 @@ def multiclass_auroc(
         raise MetricInputError(
             f"'class_names' must have one name per column of 'proba' ({k}); got {len(class_names)}."
         )
+    return ya.astype(np.int64), pr
+
+
+def multiclass_auroc(
+    y: Any, proba: Any, *, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """One-vs-rest AUROC per class and their unweighted (macro) mean.
+
+    Args:
+        y: (n,) integer class indices 0..K-1.
+        proba: (n, K) class probabilities (column k = P(class k)).
+        class_names: optional K names used as the keys of ``per_class`` (default: the indices).
+
+    Returns:
+        dict(per_class={name: auroc}, macro=float). A class absent from ``y`` (or present in every
+        row) gets NaN with a warning and is left out of the macro mean.
+    """
+    ya, pr = check_multiclass(y, proba, class_names)
+    k = pr.shape[1]
     names: list[Any] = list(class_names) if class_names is not None else list(range(k))
     per_class: dict[Any, float] = {}
     for j, name in enumerate(names):

@@ -6,10 +6,10 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize, special, stats
 from sklearn.metrics import brier_score_loss
 
-from medtl._options import look_up_option
+from medtl._options import check_range, look_up_option
 from medtl.metrics._validate import (
     MetricInputError,
     as_labels,
@@ -31,54 +31,155 @@ def brier(y: Any, p: Any) -> float:
     return float(brier_score_loss(ya, pa, labels=[0, 1]))
 
 
-def _check_bins(n_bins: int) -> int:
-    if int(n_bins) != n_bins or n_bins < 1:
+#: reliability-diagram bins when chosen from n: about one bin per this many images, within limits
+IMAGES_PER_BIN, MIN_BINS, MAX_BINS = 30, 3, 10
+_STRATEGIES = ("uniform", "quantile")
+
+
+def reliability_bins(n: int) -> int:
+    """Number of reliability bins for ``n`` images: about n / 30, at least 3 and at most 10.
+
+    Ten bins on 30 images hold three images each, and a bin's observed rate is then noise
+    (a Wilson interval of 0-56% for 1 of 3); ~30 images per bin keeps it to about +-0.17.
+    """
+    return int(min(MAX_BINS, max(MIN_BINS, round(int(n) / IMAGES_PER_BIN))))
+
+
+def _check_bins(n_bins: int | str, n: int) -> int:
+    if n_bins == "auto":
+        return reliability_bins(n)
+    if isinstance(n_bins, str) or int(n_bins) != n_bins or n_bins < 1:
         raise MetricInputError(
-            f"The 'n_bins' parameter must be a positive integer; got {n_bins!r}."
+            f"The 'n_bins' parameter must be a positive integer or 'auto'; got {n_bins!r}."
         )
     return int(n_bins)
 
 
-def reliability_curve(y: Any, p: Any, n_bins: int = 10) -> dict[str, list[float] | list[int]]:
-    """Observed frequency of positives against mean predicted probability, per equal-width bin.
+def _bin_index(p: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bin index per score, bin edges) for equal-width or equal-count (quantile) bins."""
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        return np.minimum((p * n_bins).astype(np.int64), n_bins - 1), edges
+    # Quantile edges as scikit-learn's calibration_curve(strategy="quantile") draws them; tied
+    # scores can merge edges, so a bin may be empty.
+    edges = np.quantile(p, np.linspace(0.0, 1.0, n_bins + 1))
+    edges[0], edges[-1] = min(edges[0], 0.0), max(edges[-1], 1.0)
+    return np.searchsorted(edges[1:-1], p), edges
 
-    Bins are ``[0, 1/n_bins), [1/n_bins, 2/n_bins), ..., [1 - 1/n_bins, 1]`` (p = 1 goes in the last
-    bin). Every bin is returned so the lists have a fixed length; empty bins have ``count`` 0 and
-    NaN ``frac_pos`` / ``mean_pred``. (scikit-learn's ``calibration_curve`` drops empty bins and
-    does not return counts, which the ECE and the plots need.)
+
+def reliability_curve(
+    y: Any, p: Any, n_bins: int | str = 10, *, strategy: str = "uniform", alpha: float = 0.05
+) -> dict[str, Any]:
+    """Observed frequency of positives against mean predicted probability, per bin.
+
+    ``strategy="uniform"``: bins ``[0, 1/n_bins), ..., [1 - 1/n_bins, 1]``. ``"quantile"``: bins
+    holding about the same number of images (edges as scikit-learn's ``calibration_curve`` draws
+    them), which suits scores crowded in one corner. ``n_bins="auto"`` picks
+    :func:`reliability_bins` from the number of images. Every bin is returned so the lists have a
+    fixed length; empty bins have ``count`` 0 and NaN rates. (scikit-learn's ``calibration_curve``
+    drops empty bins and returns no counts or intervals, which the ECE and the plots need.)
 
     Returns:
-        dict(bin_mid, frac_pos, mean_pred, count), each a list of ``n_bins`` values.
+        dict(bin_mid, bin_low, bin_high, frac_pos, frac_low, frac_high (Wilson interval of the
+        observed rate), mean_pred, count, strategy), each list ``n_bins`` long.
     """
+    from medtl.metrics._threshold import wilson_ci
+
     ya, pa = check_pair(y, p)
-    n_bins = _check_bins(n_bins)
-    idx = np.minimum((pa * n_bins).astype(np.int64), n_bins - 1)
+    strategy = look_up_option("strategy", strategy, _STRATEGIES)
+    n_bins = _check_bins(n_bins, ya.size)
+    idx, edges = _bin_index(pa, n_bins, strategy)
     count = np.bincount(idx, minlength=n_bins)
     sum_p = np.bincount(idx, weights=pa, minlength=n_bins)
     sum_y = np.bincount(idx, weights=ya.astype(np.float64), minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(count > 0, sum_y / np.maximum(count, 1), np.nan)
         mean = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
-    mids = (np.arange(n_bins) + 0.5) / n_bins
+    ci = [wilson_ci(int(k), int(m), alpha) for k, m in zip(sum_y.round(), count)]
     return {
-        "bin_mid": mids.tolist(),
+        "bin_mid": ((edges[:-1] + edges[1:]) / 2).tolist(),
+        "bin_low": edges[:-1].tolist(),
+        "bin_high": edges[1:].tolist(),
         "frac_pos": frac.tolist(),
+        "frac_low": [c[0] for c in ci],
+        "frac_high": [c[1] for c in ci],
         "mean_pred": mean.tolist(),
         "count": count.astype(int).tolist(),
+        "strategy": strategy,
     }
 
 
-def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
-    """Expected calibration error over ``n_bins`` equal-width bins of P(positive).
+def expected_calibration_error(
+    y: Any, p: Any, n_bins: int | str = 10, *, strategy: str = "uniform"
+) -> float:
+    """Expected calibration error over the bins of :func:`reliability_curve`.
 
     ECE = sum over bins of (bin count / n) * |observed positive rate - mean predicted probability|.
-    This is the binary (positive-class) form, with the same equal-width bins as
-    :func:`reliability_curve`. Values near 0 mean the probabilities can be read at face value.
+    This is the binary (positive-class) form. Values near 0 mean the probabilities can be read at
+    face value; with few images per bin it is biased upwards, so read it with its bin count.
     """
-    curve = reliability_curve(y, p, n_bins)
+    curve = reliability_curve(y, p, n_bins, strategy=strategy)
     count = np.asarray(curve["count"], dtype=np.float64)
     gap = np.abs(np.asarray(curve["frac_pos"]) - np.asarray(curve["mean_pred"]))
     return float(np.sum(np.where(count > 0, count * np.nan_to_num(gap), 0.0)) / count.sum())
+
+
+def calibration_slope_intercept(y: Any, p: Any, *, alpha: float = 0.05) -> dict[str, Any]:
+    """Calibration slope and intercept by logistic recalibration (Cox 1958; Van Calster 2016).
+
+    The slope ``b`` comes from fitting ``logit P(y=1) = a + b * logit(p)`` (scikit-learn's
+    ``LogisticRegression`` without a penalty): 1 is ideal, below 1 the predictions are too extreme
+    (overfitting), above 1 too timid. The intercept is calibration-in-the-large: ``a`` with the
+    slope fixed at 1 (``logit(p)`` as an offset, fitted with scipy since scikit-learn has no
+    offsets): 0 is ideal, above 0 the model under-predicts the risk, below 0 it over-predicts.
+    Wald intervals come from the observed information.
+
+    Returns:
+        dict(slope, slope_low, slope_high, intercept, intercept_low, intercept_high, n). NaN with a
+        warning when one class only is present; a NaN slope and a ``note`` when the scores
+        separate the classes perfectly (the slope is then unbounded).
+    """
+    import warnings as _w
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    ya, pa = check_pair(y, p)
+    keys = ("slope", "slope_low", "slope_high", "intercept", "intercept_low", "intercept_high")
+    out: dict[str, Any] = {**dict.fromkeys(keys, _NAN), "n": int(ya.size)}
+    if np.unique(ya).size < 2:
+        warnings.warn(
+            "only one class present in y: the calibration slope and intercept are undefined; "
+            "returning NaN.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return out
+    lp = special.logit(np.clip(pa, _EPS, 1 - _EPS))
+    z = stats.norm.ppf(1 - alpha / 2)
+    # intercept with the slope fixed at 1: a one-parameter NLL, convex, solved by a bounded search
+    res = optimize.minimize_scalar(lambda a: _nll(ya, a + lp), bounds=(-30, 30), method="bounded")
+    a = float(res.x)
+    mu = special.expit(a + lp)
+    se_a = 1.0 / np.sqrt(max(float(np.sum(mu * (1 - mu))), 1e-300))
+    out.update(intercept=a, intercept_low=float(a - z * se_a), intercept_high=float(a + z * se_a))
+    if pa[ya == 0].max() < pa[ya == 1].min() or pa[ya == 1].max() < pa[ya == 0].min():
+        # not a warning: a perfect ranking on a small test set is common and nothing is wrong
+        out["note"] = "the scores separate the two classes perfectly, so the slope is unbounded"
+        return out
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", ConvergenceWarning)
+        fit = LogisticRegression(C=np.inf, max_iter=1000).fit(lp[:, None], ya)
+    b0, b1 = float(fit.intercept_[0]), float(fit.coef_[0, 0])
+    mu = special.expit(b0 + b1 * lp)
+    x = np.column_stack([np.ones_like(lp), lp])
+    info = x.T @ (x * (mu * (1 - mu))[:, None])
+    try:
+        se_b = float(np.sqrt(np.linalg.inv(info)[1, 1]))
+    except np.linalg.LinAlgError:
+        se_b = _NAN
+    out.update(slope=b1, slope_low=float(b1 - z * se_b), slope_high=float(b1 + z * se_b))
+    return out
 
 
 def _to_logits(x: np.ndarray, kind: str) -> np.ndarray:
@@ -182,7 +283,9 @@ def apply_temperature(p: Any, temperature: float, *, kind: str = "auto") -> np.n
     return special.expit(z) if z.ndim == 1 else special.softmax(z, axis=1)
 
 
-def decision_curve(y: Any, p: Any, thresholds: Any = None) -> dict[str, list[float]]:
+def decision_curve(
+    y: Any, p: Any, thresholds: Any = None, *, prevalence: float | None = None
+) -> dict[str, Any]:
     """Net benefit of acting on the model's predictions across threshold probabilities.
 
     Decision curve analysis (Vickers & Elkin 2006): at threshold probability t (the risk at which a
@@ -190,13 +293,20 @@ def decision_curve(y: Any, p: Any, thresholds: Any = None) -> dict[str, list[flo
     everyone (prev - (1 - prev) * t / (1 - t)) and treating no one (0). A model is useful over the
     range of t where its curve lies above both.
 
+    Net benefit depends on the prevalence. With ``prevalence`` (the deployment prevalence) it is
+    computed from the test sensitivity and specificity at each t as
+    sens * prev - (1 - spec) * (1 - prev) * t / (1 - t), i.e. for a population with that
+    prevalence rather than the test set's.
+
     Args:
         y: 0/1 labels.
         p: scores in [0, 1]; positive when ``p >= t``.
         thresholds: threshold probabilities in (0, 1); default ``np.linspace(0.01, 0.99, 99)``.
+        prevalence: deployment prevalence in (0, 1); None uses the test set's.
 
     Returns:
-        dict(threshold, net_benefit, treat_all, treat_none), each a list.
+        dict(threshold, net_benefit, treat_all, treat_none, each a list; prevalence, and
+        prevalence_source "test" or "deployment").
     """
     ya, pa = check_pair(y, p)
     t = np.linspace(0.01, 0.99, 99) if thresholds is None else np.asarray(thresholds, float)
@@ -207,15 +317,28 @@ def decision_curve(y: Any, p: Any, thresholds: Any = None) -> dict[str, list[flo
             f"{t.size} value(s) in [{np.nanmin(t) if t.size else 'nan'}, "
             f"{np.nanmax(t) if t.size else 'nan'}]."
         )
+    if prevalence is not None:
+        check_range("prevalence", float(prevalence), 1e-9, 1 - 1e-9)
     n = ya.size
-    prev = ya.mean()
     odds = t / (1 - t)
     pred = pa[None, :] >= t[:, None]
     tp = np.sum(pred & (ya[None, :] == 1), axis=1)
     fp = np.sum(pred & (ya[None, :] == 0), axis=1)
+    if prevalence is None:
+        prev = float(ya.mean())
+        nb = tp / n - fp / n * odds
+    else:
+        prev = float(prevalence)
+        n_pos, n_neg = int(ya.sum()), int(n - ya.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sens = tp / n_pos if n_pos else np.full(t.shape, np.nan)
+            fpr = fp / n_neg if n_neg else np.full(t.shape, np.nan)
+        nb = sens * prev - fpr * (1 - prev) * odds
     return {
         "threshold": t.tolist(),
-        "net_benefit": (tp / n - fp / n * odds).tolist(),
+        "net_benefit": np.asarray(nb, dtype=np.float64).tolist(),
         "treat_all": (prev - (1 - prev) * odds).tolist(),
         "treat_none": np.zeros_like(t).tolist(),
+        "prevalence": prev,
+        "prevalence_source": "test" if prevalence is None else "deployment",
     }

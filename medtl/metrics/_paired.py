@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats
 
 from medtl.metrics._auroc import bootstrap_auc_diff, delong_test
+from medtl.metrics._format import format_p_value
 from medtl.metrics._validate import check_alpha, check_pair
 
 _NAN = float("nan")
@@ -65,33 +66,38 @@ def mcnemar_test(correct_a: Any, correct_b: Any) -> dict[str, Any]:
     }
 
 
-def _fmt_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "p not available"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def _summary(name_a: str, name_b: str, d: dict[str, Any], alpha: float) -> str:
-    """One plain-language sentence about the AUROC difference."""
+def summary_sentence(
+    name_a: str,
+    name_b: str,
+    d: dict[str, Any],
+    alpha: float,
+    *,
+    auc: float,
+    metric: str = "AUROC",
+    test: str = "DeLong",
+) -> str:
+    """One plain-language sentence about a paired difference ``d`` (diff = A - B, low, high,
+    p_value); ``auc`` is A's value, quoted when the two are the same."""
     diff, lo, hi, p = d["diff"], d["low"], d["high"], d["p_value"]
     level = f"{100 * (1 - alpha):g}%"
     if not np.isfinite(diff):
         return (
-            f"The AUROCs of {name_a} and {name_b} cannot be compared: the test labels contain "
-            "only one class."
+            f"The {metric}s of {name_a} and {name_b} cannot be compared on this test set (a class "
+            "is missing from the test labels)."
         )
     if abs(diff) < 5e-4:
         return (
-            f"{name_a} and {name_b} have the same AUROC ({d['auc_a']:.3f}; DeLong {_fmt_p(p)}), "
-            "so neither is better on this test set."
+            f"{name_a} and {name_b} have the same {metric} ({auc:.3f}; {test} "
+            f"{format_p_value(p)}), so neither is better on this test set."
         )
     if diff < 0:
         name_a, name_b, diff, lo, hi = name_b, name_a, -diff, -hi, -lo
     signif = p < alpha if np.isfinite(p) else False
     verdict = "a statistically significant" if signif else "not a statistically significant"
+    ci = f"{level} CI {lo:.3f} to {hi:.3f}, " if np.isfinite(lo) and np.isfinite(hi) else ""
     return (
-        f"{name_a}'s AUROC is higher than {name_b}'s by {diff:.3f} ({level} CI {lo:.3f} to "
-        f"{hi:.3f}, DeLong {_fmt_p(p)}), {verdict} difference at the {100 * alpha:g}% level."
+        f"{name_a}'s {metric} is higher than {name_b}'s by {diff:.3f} ({ci}{test} "
+        f"{format_p_value(p)}), {verdict} difference at the {100 * alpha:g}% level."
     )
 
 
@@ -163,5 +169,5 @@ def compare_paired(
         "delong": {k: dl[k] for k in ("z", "p_value", "se", "low", "high")},
         "bootstrap": boot,
         "mcnemar": mc,
-        "summary": _summary(name_a, name_b, dl, alpha),
+        "summary": summary_sentence(name_a, name_b, dl, alpha, auc=dl["auc_a"]),
     }

@@ -14,6 +14,7 @@ from medtl.metrics._auroc import auprc, auroc_ci
 from medtl.metrics._calibration import (
     apply_temperature,
     brier,
+    calibration_slope_intercept,
     decision_curve,
     expected_calibration_error,
     fit_temperature,
@@ -40,12 +41,17 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _calibration(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, Any]:
+def _calibration(
+    y: np.ndarray, p: np.ndarray, n_bins: int | str, strategy: str, alpha: float
+) -> dict[str, Any]:
+    rel = reliability_curve(y, p, n_bins, strategy=strategy, alpha=alpha)
     return {
         "brier": brier(y, p),
-        "ece": expected_calibration_error(y, p, n_bins),
-        "n_bins": n_bins,
-        "reliability": reliability_curve(y, p, n_bins),
+        "ece": expected_calibration_error(y, p, len(rel["count"]), strategy=strategy),
+        "n_bins": len(rel["count"]),
+        "bin_strategy": strategy,
+        **calibration_slope_intercept(y, p, alpha=alpha),
+        "reliability": rel,
     }
 
 
@@ -60,8 +66,9 @@ class ClinicalReport:
         threshold_rule, threshold_target, threshold: how the operating threshold was chosen.
         threshold_source: ``"validation"``, or a note that it was chosen on test (optimistic).
         operating_point: :func:`operating_point` on test at ``threshold``.
-        calibration: dict(brier, ece, n_bins, reliability).
-        decision_curve: :func:`decision_curve` on test.
+        calibration: dict(brier, ece, n_bins, bin_strategy, slope, intercept (each with
+            ``_low``/``_high``), reliability); see :func:`calibration_slope_intercept`.
+        decision_curve: :func:`decision_curve` on test, at the deployment prevalence when given.
         deployment_prevalence: the prevalence used for the deployment PPV/NPV (None if not given).
         temperature: fitted temperature (None unless requested and a validation split was given).
         calibrated: calibration of the temperature-scaled test probabilities, plus the threshold
@@ -113,8 +120,11 @@ class ClinicalReport:
                 f"At a deployment prevalence of {f(self.deployment_prevalence)}: PPV "
                 f"{f(op['ppv_at_prevalence'])}, NPV {f(op['npv_at_prevalence'])}."
             )
+        c = self.calibration
         lines.append(
-            f"Calibration: Brier {f(self.calibration['brier'])}, ECE {f(self.calibration['ece'])}."
+            f"Calibration: slope {f(c.get('slope'))} (1 is ideal), intercept "
+            f"{f(c.get('intercept'))} (0 is ideal), Brier {f(c['brier'])}, ECE {f(c['ece'])} "
+            f"({c['n_bins']} bins)."
         )
         return "\n".join(lines)
 
@@ -133,7 +143,8 @@ def clinical_report(
     seed: int = 0,
     temperature: bool = False,
     alpha: float = 0.05,
-    n_bins: int = 10,
+    n_bins: int | str = "auto",
+    bin_strategy: str = "quantile",
 ) -> ClinicalReport:
     """Build a :class:`ClinicalReport` for one model's test-set probabilities.
 
@@ -155,7 +166,9 @@ def clinical_report(
         seed: bootstrap seed.
         temperature: also fit temperature scaling on validation and report calibrated metrics.
         alpha: 1 - confidence level.
-        n_bins: calibration bins.
+        n_bins: calibration bins, or "auto" (about one per 30 test images, 3 to 10; see
+            :func:`reliability_bins`).
+        bin_strategy: "quantile" (bins of equal counts) or "uniform" (equal widths).
 
     Example:
         >>> rep = clinical_report([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], y_val=[0, 1], p_val=[0.2, 0.7])
@@ -194,14 +207,14 @@ def clinical_report(
         auc = auroc_ci(yt, pt, method=ci_method, alpha=alpha, n_boot=n_boot, seed=seed)
         ap = auprc(yt, pt)
         op = operating_point(yt, pt, thr, prevalence=prevalence, alpha=alpha)
-        calib = _calibration(yt, pt, n_bins)
-        dc = decision_curve(yt, pt)
+        calib = _calibration(yt, pt, n_bins, bin_strategy, alpha)
+        dc = decision_curve(yt, pt, prevalence=prevalence)
         t_fit: float | None = None
         calibrated: dict[str, Any] | None = None
         if temperature and has_val:
             t_fit = fit_temperature(yv, pv, kind="probabilities")
             pt_cal = apply_temperature(pt, t_fit, kind="probabilities")
-            calibrated = _calibration(yt, pt_cal, n_bins)
+            calibrated = _calibration(yt, pt_cal, calib["n_bins"], bin_strategy, alpha)
             # Temperature scaling is monotone: mapping the threshold keeps every classification.
             calibrated["threshold"] = float(
                 apply_temperature(np.array([min(max(thr, 0.0), 1.0)]), t_fit, kind="probabilities")[

@@ -81,18 +81,15 @@ def choose_threshold(
 
 
 def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k / n.
+    """Wilson score interval for a binomial proportion k / n (scipy's ``binomtest``).
 
-    Hand-written (three lines) to avoid a statsmodels dependency; it matches
-    ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``. Unlike the Wald interval it
-    behaves well near 0 and 1 (e.g. sensitivity 10/10). Returns (NaN, NaN) when n == 0.
+    Unlike the Wald interval it behaves well near 0 and 1 (e.g. sensitivity 10/10). Returns
+    (NaN, NaN) when n == 0.
     """
     if n <= 0:
         return (_NAN, _NAN)
-    z = stats.norm.ppf(1 - alpha / 2)
-    centre = (k + z * z / 2) / (n + z * z)
-    half = z / (n + z * z) * np.sqrt(k * (n - k) / n + z * z / 4)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def ppv_npv_at_prevalence(

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from medtl.report._content import OVERSTATE_MARGIN, display_name
+from medtl.report._content import display_name
 from medtl.report._html import fci, fnum, fpct, fseconds
 from medtl.report._plots import (
     figure_to_png,
@@ -24,7 +24,14 @@ from medtl.report._plots import (
     save_figure,
 )
 from medtl.report._render import SECTION_TITLES
-from medtl.report._run import Predictions, RunData, StrategyRun, load_run, read_predictions
+from medtl.report._run import (
+    OVERSTATE_MARGIN,
+    Predictions,
+    RunData,
+    StrategyRun,
+    load_run,
+    read_predictions,
+)
 from medtl.report._write import build_report, write_report
 
 __all__ = [

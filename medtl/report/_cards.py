@@ -10,8 +10,10 @@ import importlib.metadata
 import platform
 from typing import Any
 
-from medtl.report._content import fin
+from medtl.report._content import fin, rule_text
 from medtl.report._run import RunData
+from medtl.runs import read_model_meta
+from medtl.strategies import strategy_label
 
 TODO = "TO COMPLETE"
 AUTO = "filled automatically"
@@ -49,11 +51,149 @@ def _counts_text(counts: dict[str, Any]) -> str:
     return "; ".join(parts) or "n/a"
 
 
-def _config_section(run: RunData, key: str) -> str:
-    sec = (run.config or {}).get(key)
-    if not isinstance(sec, dict) or not sec:
-        return ""
-    return ", ".join(f"{k}={v}" for k, v in sec.items())
+_WINDOW = {
+    "header": "DICOM images were windowed with the window centre/width stored in each file",
+    "full": "DICOM images were scaled over their full stored range",
+    "percentile": "DICOM images were scaled between the {lo:g}th and {hi:g}th intensity percentiles",
+}
+_HEADS = {"logreg": "logistic-regression", "linear": "linear"}
+_SCHEDULE = {
+    "onecycle": "a one-cycle schedule (warm-up over the first {w:.0%} of steps, then cosine decay)",
+    "cosine": "warm-up over the first {w:.0%} of steps, then cosine decay",
+    "constant": "a constant learning rate",
+}
+
+
+def _sci(v: Any) -> str:
+    return f"{float(v):.2g}"
+
+
+def _meta_of(run: RunData, strat: dict[str, dict]) -> tuple[str | None, dict[str, Any] | None]:
+    """(name, model.json) of the first finished strategy that saved a model."""
+    for name, s in strat.items():
+        if s["status"] == "done":
+            meta = read_model_meta(run.run_dir, name)
+            if meta:
+                return name, meta
+    return None, None
+
+
+def preprocessing_text(run: RunData, strat: dict[str, dict]) -> str | None:
+    """How images went from file to network input, in sentences (from model.json and config)."""
+    _, meta = _meta_of(run, strat)
+    pre = (meta or {}).get("preprocessing") or {}
+    size = pre.get("image_size") or run.summary.get("image_size")
+    if not size:
+        return None
+    ro = pre.get("read_options") or {}
+    window = ro.get("window") or ((run.config or {}).get("data") or {}).get("window") or "header"
+    lo, hi = (ro.get("percentiles") or (0.5, 99.5))[:2]
+    parts = [
+        _WINDOW.get(str(window), f"DICOM windowing: {window}").format(lo=lo, hi=hi)
+        + ", after the modality rescale; MONOCHROME1 images were inverted so that bright means dense",
+        "PNG, JPEG and TIFF images were scaled to [0, 1] by their bit depth (8-bit / 255, 16-bit / "
+        "65535)",
+    ]
+    if ro.get("frame") is not None:
+        parts.append(f"frame {ro['frame']} of multi-frame files was used")
+    ch = pre.get("channels")
+    chan = "one grey channel" if ch == 1 else (f"{ch} channels" if ch else "")
+    parts.append(
+        f"every image was resized to {size} × {size} pixels" + (f" with {chan}" if chan else "")
+    )
+    bb = (meta or {}).get("backbone") or {}
+    if bb.get("mean") and bb.get("std"):
+        parts.append(
+            f"intensities were normalised with the backbone's mean {bb['mean'][0]:g} and standard "
+            f"deviation {bb['std'][0]:g}"
+        )
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
+
+
+def _network_text(name: str, p: dict[str, Any], hist: list[dict] | None, epochs_run: Any) -> str:
+    lr = p.get("lr")
+    ratio = p.get("backbone_lr_ratio")
+    lrs = [r.get("lr") for r in hist or [] if isinstance(r.get("lr"), list) and r.get("lr")]
+    if lr is not None:
+        rate = f"peak learning rate {_sci(lr)} for the new head"
+        if ratio is not None:
+            rate += f" and {_sci(float(lr) * float(ratio))} for the backbone (×{ratio:g})"
+    else:
+        rate = "the recipe's default learning rates (not recorded in the run folder)"
+    if lrs:
+        rate += (
+            f"; at the end of epoch 1 the rates were {', '.join(_sci(v) for v in lrs[0])} "
+            "(backbone groups first, head last)"
+        )
+    sched = _SCHEDULE.get(str(p.get("schedule")), str(p.get("schedule") or "n/a")).format(
+        w=float(p.get("warmup_frac") or 0)
+    )
+    aug = (
+        f"radiograph augmentation at strength {float(p.get('augment_strength', 1.0)):g} (small "
+        "rotations, shifts and zoom, brightness/contrast/gamma jitter"
+        + (", horizontal flips" if p.get("hflip") else ", no flips")
+        + ")"
+        if p.get("augment")
+        else "no augmentation"
+    )
+    pat = p.get("patience")
+    stop = (
+        f"early stopping after {pat} epochs without a better validation AUROC, keeping the best "
+        "epoch's weights"
+        if pat
+        else "no early stopping (the best epoch's weights were kept)"
+    )
+    ran = (
+        f"{epochs_run} of at most {p.get('epochs')} epochs run"
+        if epochs_run is not None
+        else f"at most {p.get('epochs')} epochs"
+    )
+    head = (
+        "initialised from the linear probe (LP-FT)"
+        if p.get("head_init") == "probe"
+        else "randomly initialised"
+    )
+    return (
+        f"{strategy_label(name)}: AdamW (weight decay {p.get('weight_decay')}), {rate}, {sched}; "
+        f"batch size {p.get('batch_size')}; {aug}; {ran}, {stop}; classes weighted "
+        f"{p.get('class_weighting')}; new head {head}."
+    )
+
+
+def _probe_text(name: str, p: dict[str, Any], setting: str) -> str:
+    cs = p.get("Cs") or []
+    grid = f"{len(cs)} values of C from {_sci(min(cs))} to {_sci(max(cs))}" if cs else "a grid of C"
+    rule = {"log_loss_1se": "the smallest validation log-loss (one-standard-error rule)"}.get(
+        str(p.get("select_by")), str(p.get("select_by") or "validation")
+    )
+    kept = f"; kept {setting}" if setting else ""
+    return (
+        f"{strategy_label(name)}: backbone frozen, features extracted once; "
+        f"{_HEADS.get(str(p.get('head')), str(p.get('head') or 'linear'))} classifier (classes weighted "
+        f"{p.get('class_weighting')}) fitted for {grid}, chosen by {rule}{kept}; no epochs."
+    )
+
+
+def training_text(run: RunData, strat: dict[str, dict]) -> str | None:
+    """Optimiser, learning rates, schedule, augmentation, epochs and early stopping per strategy."""
+    out = []
+    seed = ((run.config or {}).get("train") or {}).get("seed")
+    for name, s in strat.items():
+        if s["status"] == "failed":
+            continue
+        p = (run.strategies[name].info.get("params") or {}) or (
+            (read_model_meta(run.run_dir, name) or {}).get("params") or {}
+        )
+        if not p:
+            continue
+        if s.get("epochless"):
+            out.append(_probe_text(name, p, s["learning"].get("setting") or ""))
+        else:
+            out.append(_network_text(name, p, run.strategies[name].history, s.get("epochs_run")))
+    if not out:
+        return None
+    return " ".join(out) + (f" Random seed {seed}." if seed is not None else "")
 
 
 def _split_text(run: RunData, data: dict[str, Any]) -> str:
@@ -62,10 +202,30 @@ def _split_text(run: RunData, data: dict[str, Any]) -> str:
         "image-level (no patient ids known: images of one patient may fall in different splits)"
     )  # fmt: skip
     extra = []
-    for k in ("val_fraction", "test_fraction", "split_seed", "test", "val"):
-        if d.get(k) is not None:
-            extra.append(f"{k}={d[k]}")
+    if d.get("val") or d.get("test"):
+        extra.append("validation/test images from separate folders given by the user")
+    if d.get("val_fraction") is not None and not d.get("val"):
+        extra.append(f"{float(d['val_fraction']):.0%} of images held out for validation")
+    if d.get("test_fraction") is not None and not d.get("test"):
+        extra.append(f"{float(d['test_fraction']):.0%} for testing")
+    if d.get("split_seed") is not None:
+        extra.append(f"split seed {d['split_seed']}")
     return how + (f"; {', '.join(extra)}" if extra else "")
+
+
+def _calibration_text(b: dict[str, Any]) -> str:
+    if not fin(b["brier"]):
+        return "n/a"
+    parts = []
+    for k in ("slope", "intercept"):
+        if fin(b.get(f"calibration_{k}")):
+            v, lo, hi = (b[f"calibration_{k}{x}"] for x in ("", "_low", "_high"))
+            parts.append(
+                f"{k} {v:.2f} (95% CI {lo:.2f} to {hi:.2f})"
+                if fin(lo) and fin(hi)
+                else f"{k} {v:.2f}"
+            )
+    return ", ".join([*parts, f"Brier {b['brier']:.3f}", f"ECE {b['ece']:.3f}"])
 
 
 def model_card(
@@ -80,7 +240,12 @@ def model_card(
         return {"name": name, "value": str(value), "auto": auto}
 
     details = [
-        f("Model", f"{b['display']} ({best})" if b else "n/a (no strategy finished)"),
+        f(
+            "Model",
+            f"{b['display']} (the highest test AUROC of this run)"
+            if b
+            else "n/a (no strategy finished)",
+        ),
         f("Architecture", f"{s.get('backbone') or 'n/a'}, ImageNet-pretrained unless from scratch"),
         f("Input", f"{s.get('image_size') or 'n/a'} px images"),
         f("Task", task),
@@ -116,8 +281,8 @@ def model_card(
             metrics += [
                 f("Sensitivity", _ci(b["sensitivity"], b["sensitivity_low"], b["sensitivity_high"])),
                 f("Specificity", _ci(b["specificity"], b["specificity_low"], b["specificity_high"])),
-                f("Threshold", f"{b['threshold']:.3f} ({b['threshold_rule']} rule, chosen on {b['threshold_source'] or 'validation'})" if fin(b["threshold"]) else "n/a"),
-                f("Calibration", f"Brier {b['brier']:.3f}, ECE {b['ece']:.3f}" if fin(b["brier"]) else "n/a"),
+                f("Threshold", f"{b['threshold']:.3f} ({rule_text(b['threshold_rule'], b.get('threshold_target'))}, chosen on {b['threshold_source'] or 'validation'})" if fin(b["threshold"]) else "n/a"),
+                f("Calibration", _calibration_text(b)),
             ]  # fmt: skip
     else:
         metrics.append(f("Metrics", "n/a (no strategy finished)"))
@@ -188,15 +353,15 @@ def checklist(
         ("Excluded or unreadable data", "TRIPOD+AI, CLAIM", f"{data.get('n_skipped')} files skipped (listed in the Data section)" if data.get("n_skipped") is not None else None),
         ("Data partitioning (split method)", "TRIPOD+AI, CLAIM", _split_text(run, data)),
         ("Reference standard (ground truth)", "TRIPOD+AI, CLAIM", "class labels from the dataset folders/manifest (how they were assigned: to complete)"),
-        ("Image preprocessing", "CLAIM", f"resized to {s['image_size']} px; {_config_section(run, 'data')}" if s.get("image_size") else None),
-        ("Model architecture and pretraining", "TRIPOD+AI, CLAIM", f"{s['backbone']}; strategies: {', '.join(strat)}" if s.get("backbone") else None),
-        ("Training details (optimiser settings, epochs, seed)", "TRIPOD+AI, CLAIM", _config_section(run, "train") or None),
-        ("Model selection on validation data", "CLAIM", "best epoch / regularisation by validation AUROC" if done else None),
-        ("Performance metrics with confidence intervals", "TRIPOD+AI, CLAIM", "AUROC (DeLong 95% CI), sensitivity/specificity/PPV/NPV (Wilson 95% CI)" if done else None),
-        ("Calibration", "TRIPOD+AI", "reliability diagram, Brier score, ECE" if run.binary and done else None),
-        ("Operating point selection", "TRIPOD+AI, CLAIM", f"{rule} rule, threshold chosen on {source or 'validation'}" if rule and run.binary else None),
-        ("Statistical comparison of models", "CLAIM", f"{len(paired)} paired comparison(s): DeLong, paired bootstrap, McNemar" if paired else None),
-        ("Clinical utility (decision curve)", "TRIPOD+AI", "decision curve analysis on the test set" if run.binary and done else None),
+        ("Image preprocessing", "CLAIM", preprocessing_text(run, strat)),
+        ("Model architecture and pretraining", "TRIPOD+AI, CLAIM", f"{s['backbone']} backbone, ImageNet-pretrained (except training from scratch); compared: {', '.join(v['display'] for v in strat.values())}" if s.get("backbone") else None),
+        ("Training details (optimiser, learning rates, schedule, augmentation, epochs, early stopping)", "TRIPOD+AI, CLAIM", training_text(run, strat)),
+        ("Model selection on validation data", "CLAIM", "networks: the epoch with the best validation AUROC; feature extraction: the regularisation C by validation log-loss" if done else None),
+        ("Performance metrics with confidence intervals", "TRIPOD+AI, CLAIM", ("AUROC (DeLong 95% CI), sensitivity/specificity/PPV/NPV (Wilson 95% CI)" if run.binary else "per-class one-vs-rest AUROC (DeLong 95% CI), macro AUROC (class-stratified bootstrap 95% CI)") if done else None),
+        ("Calibration", "TRIPOD+AI", "calibration slope and intercept (logistic recalibration, 95% CI), reliability diagram with bins of equal counts (about 30 images each) and Wilson intervals, Brier score, ECE" if run.binary and done else None),
+        ("Operating point selection", "TRIPOD+AI, CLAIM", f"{rule_text(rule)}; threshold chosen on {source or 'validation'}" if rule and run.binary else None),
+        ("Statistical comparison of models", "CLAIM", (f"{len(paired)} paired comparison(s): DeLong, paired bootstrap, McNemar" if run.binary else f"{len(paired)} paired comparison(s): paired bootstrap of the macro AUROC, DeLong per class, McNemar") if paired else None),
+        ("Clinical utility (decision curve)", "TRIPOD+AI", (f"decision curve analysis at the deployment prevalence {s['prevalence']:.1%}" if fin(s.get("prevalence")) else "decision curve analysis at the test set's prevalence (no deployment prevalence given)") if run.binary and done else None),
         ("Sample size justification", "TRIPOD+AI, CLAIM", None),
         ("External validation", "TRIPOD+AI, CLAIM", None),
         ("Subgroup / fairness analysis", "TRIPOD+AI, CLAIM", None),

@@ -75,16 +75,17 @@ def fnum(v: Any, digits: int = 3) -> str:
     return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
 
 
-def fci(v: Any, lo: Any, hi: Any, digits: int = 3, label: str = "") -> str:
+def fci(v: Any, lo: Any, hi: Any, digits: int = 3, label: str = "", sep: str = "–") -> str:
     """ "0.912 (0.881–0.940)", or just the value when the CI is unknown.
 
-    ``label`` goes inside the bracket before the interval, e.g. ``"95% CI "``.
+    ``label`` goes inside the bracket before the interval, e.g. ``"95% CI "``; pass
+    ``sep=" to "`` for quantities that can be negative ("-0.86 to 1.67", not "-0.86–1.67").
     """
     s = fnum(v, digits)
     if s == "n/a":
         return s
     lo_s, hi_s = fnum(lo, digits), fnum(hi, digits)
-    return s if "n/a" in (lo_s, hi_s) else f"{s} ({label}{lo_s}–{hi_s})"
+    return s if "n/a" in (lo_s, hi_s) else f"{s} ({label}{lo_s}{sep}{hi_s})"
 
 
 def fpct(v: Any, lo: Any = None, hi: Any = None) -> str:

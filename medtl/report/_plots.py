@@ -28,12 +28,15 @@ from medtl._fileio import atomic_write_bytes
 from medtl._options import look_up_option
 from medtl.metrics import (
     auroc_ci,
+    brier,
+    calibration_slope_intercept,
     decision_curve,
     expected_calibration_error,
     learning_curve_summary,
     reliability_curve,
 )
 from medtl.metrics._validate import check_pair
+from medtl.report._html import fseconds
 
 WIDTH_IN = 8.0
 DPI = 100
@@ -64,6 +67,13 @@ def _both_classes(y: np.ndarray) -> bool:
     return bool(y.size) and 0 < int(y.sum()) < y.size
 
 
+def _legend_below(fig: Figure, ax: Any, ncols: int = 1) -> None:
+    """The legend under the axes, outside them, so it never covers a curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=ncols)
+
+
 def figure_to_png(fig: Figure) -> bytes:
     """Render a figure to PNG bytes (deterministic: no software/time metadata)."""
     buf = io.BytesIO()
@@ -92,7 +102,7 @@ def plot_roc(
         cis: name -> (low, high) 95% CI of the AUROC; computed with DeLong's method when omitted.
         title: figure title.
     """
-    fig = _figure(6.2)
+    fig = _figure(7.4)
     ax = fig.add_subplot()
     if not curves:
         return _empty(fig, ax, "no test predictions")
@@ -104,6 +114,8 @@ def plot_roc(
         if not _both_classes(ya):
             ax.plot([], [], color=color, label=f"{name}: AUROC n/a (test set has one class)")
             continue
+        # roc_curve rather than RocCurveDisplay: the display computes the same points but labels
+        # them without the CI and styles them its own way; drawing them here keeps one legend style.
         fpr, tpr, _ = roc_curve(ya, pa)
         auc = float(roc_auc_score(ya, pa))
         if cis is not None and name in cis:
@@ -135,7 +147,7 @@ def plot_roc(
     ax.set_ylabel("Sensitivity (true-positive rate, fraction of positives)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8.5)
+    _legend_below(fig, ax)
     return fig
 
 
@@ -163,20 +175,44 @@ def _elapsed(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return np.full(len(rows), np.nan)
 
 
+def chosen_row(rows: Sequence[Mapping[str, Any]], metric: str = "val_auroc") -> int | None:
+    """Index of the setting an epochless strategy kept: the row marked ``chosen`` (feature
+    extraction picks its C by validation log-loss, not always the best AUROC), else the best row."""
+    for i, r in enumerate(rows):
+        if r.get("chosen"):
+            return i
+    vals = np.array([_num(r.get(metric)) for r in rows]) if rows else np.array([])
+    return int(np.nanargmax(vals)) if np.isfinite(vals).any() else None
+
+
+def setting_text(row: Mapping[str, Any]) -> str:
+    """The kept setting of an epochless strategy in words, e.g. "C = 0.0316" (or "")."""
+    c = _num(row.get("C"))
+    return f"C = {c:.3g}" if math.isfinite(c) else ""
+
+
 def history_summary(rows: Sequence[Mapping[str, Any]], metric: str = "val_auroc") -> dict[str, Any]:
     """Start / slope / asymptote of one history (see :func:`medtl.metrics.learning_curve_summary`).
 
-    Histories without epochs (feature extraction) have no slope: start = asymptote = best value.
-    Returns NaN entries when the history is empty or holds no finite values.
+    Histories without epochs (feature extraction: one regularisation value per row) have no start,
+    slope or best epoch: they give ``epochless`` True, the kept row's value as ``asymptote`` and its
+    ``setting`` ("C = 0.0316"). Returns NaN entries when the history holds no finite values.
     """
     vals = np.array([_num(r.get(metric)) for r in rows]) if rows else np.array([])
     nan = float("nan")
+    empty = {"start": nan, "slope": nan, "asymptote": nan, "best_epoch": None, "n_epochs": 0}
     if vals.size == 0 or not np.isfinite(vals).any():
-        return {"start": nan, "slope": nan, "asymptote": nan, "best_epoch": None, "n_epochs": 0}
+        return {**empty, "epochless": bool(rows) and _epochless(rows), "setting": ""}
     if _epochless(rows):
-        best = float(np.nanmax(vals))
-        return {"start": best, "slope": nan, "asymptote": best, "best_epoch": None, "n_epochs": 0}
-    return learning_curve_summary(vals.tolist())
+        i = chosen_row(rows, metric)
+        kept = float(vals[i]) if i is not None else nan
+        return {
+            **empty,
+            "asymptote": kept,
+            "epochless": True,
+            "setting": setting_text(rows[i or 0]),
+        }
+    return {**learning_curve_summary(vals.tolist()), "epochless": False, "setting": ""}
 
 
 def plot_learning_curves(
@@ -185,27 +221,31 @@ def plot_learning_curves(
     *,
     metric: str = "val_auroc",
     title: str | None = None,
+    kept: Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
     """Validation AUROC against epoch or wall-clock time, one line per strategy.
 
     The legend gives each strategy's start (after epoch 1), early slope (gain per epoch over the first
     3 epochs) and asymptote (best value, starred), the signature of transfer learning. A strategy
     without epochs (feature extraction: a frozen backbone plus a head fitted once per
-    regularisation value) is a dotted horizontal line at its best validation AUROC, with a diamond
-    at the time it took when ``x="elapsed"``.
+    regularisation value) is a dotted horizontal line at the validation AUROC of the setting it
+    kept, with a diamond at the time it took when ``x="elapsed"``.
 
     Args:
         histories: strategy name -> per-epoch rows (``history.json``).
         x: ``"epoch"`` or ``"elapsed"`` (seconds since training started).
         metric: the row key to plot.
         title: figure title (a default names the axis).
+        kept: strategy name -> (validation AUROC, training seconds) of the model that was kept, as
+            the results table shows them; the epochless lines use them so legend and table agree.
     """
     x = look_up_option("x", x, ("epoch", "elapsed"))
-    fig = _figure(6.0)
+    fig = _figure(6.4)
     ax = fig.add_subplot()
     if not histories:
         return _empty(fig, ax, "no training histories")
     drawn = False
+    max_epoch = 1.0
     for i, (name, rows_in) in enumerate(histories.items()):
         rows = list(rows_in or [])
         color = _color(i)
@@ -214,31 +254,33 @@ def plot_learning_curves(
             ax.plot([], [], color=color, label=f"{name}: no validation history")
             continue
         summ = history_summary(rows, metric)
-        if _epochless(rows):
-            best_i = int(np.nanargmax(vals))
-            best = float(vals[best_i])
-            c_best = _num(rows[best_i].get("C"))
-            extra = f", C = {c_best:g}" if math.isfinite(c_best) else ""
+        if summ["epochless"]:
+            value, seconds = summ["asymptote"], float("nan")
             el = _elapsed(rows)
-            t_total = float(np.nanmax(el)) if np.isfinite(el).any() else None
-            when = f" after {t_total:.0f} s" if (x == "elapsed" and t_total is not None) else ""
-            ax.axhline(best, ls=":", lw=2, color=color,
-                       label=f"{name}: no epochs; best {best:.3f}{extra}{when}")  # fmt: skip
-            if x == "elapsed" and t_total is not None:
-                ax.plot(t_total, best, "D", ms=9, color=color, mec="black")
+            if np.isfinite(el).any():
+                seconds = float(np.nanmax(el))
+            if kept and name in kept:
+                kv, ks = (_num(v) for v in kept[name])
+                value = kv if math.isfinite(kv) else value
+                seconds = ks if math.isfinite(ks) else seconds
+            extra = f" ({summ['setting']})" if summ["setting"] else ""
+            when = f", trained in {fseconds(seconds)}" if math.isfinite(seconds) else ""
+            ax.axhline(value, ls=":", lw=2, color=color,
+                       label=f"{name}: no epochs; validation AUROC {value:.3f}{extra}{when}")  # fmt: skip
+            if x == "elapsed" and math.isfinite(seconds):
+                ax.plot(seconds, value, "D", ms=9, color=color, mec="black")
             drawn = True
             continue
         if x == "epoch":
             xs = np.array([_num(r.get("epoch", j + 1)) for j, r in enumerate(rows)])
+            max_epoch = max(max_epoch, float(np.nanmax(xs)))
         else:
             xs = _elapsed(rows)
             if not np.isfinite(xs).all():
                 ax.plot([], [], color=color, label=f"{name}: no timing recorded")
                 continue
-        label = (
-            f"{name}: start {summ['start']:.3f}, slope {summ['slope']:+.3f}/epoch, "
-            f"asymptote {summ['asymptote']:.3f}"
-        )
+        slope = f"slope {summ['slope']:+.3f}/epoch" if len(rows) > 1 else "one epoch, no slope"
+        label = f"{name}: start {summ['start']:.3f}, {slope}, asymptote {summ['asymptote']:.3f}"
         ax.plot(xs, vals, marker="o", ms=4, lw=2, color=color, label=label)
         b = int(np.nanargmax(vals))
         ax.plot(xs[b], vals[b], "*", ms=15, color=color, mec="black", zorder=5)
@@ -246,81 +288,118 @@ def plot_learning_curves(
     if drawn:
         ax.plot([], [], "*", ms=12, color="white", mec="black", label="Best epoch (asymptote)")
     if x == "epoch":
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # whole epochs only, and room around a single epoch (not a 0.945-1.05 axis)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, max_epoch + 0.5)
     ax.set_xlabel("Epoch" if x == "epoch" else "Wall-clock time since training started (s)")
     ax.set_ylabel("Validation AUROC")
     default = "vs epoch" if x == "epoch" else "vs training time"
     ax.set_title(title or f"Learning curves: validation AUROC {default}")
     ax.grid(alpha=0.3)
     # Below the axes, so long start/slope/asymptote labels never hide the curves.
-    fig.legend(loc="outside lower center", fontsize=8)
+    _legend_below(fig, ax)
     return fig
 
 
-def plot_calibration(curves: Curves, *, n_bins: int = 10, title: str | None = None) -> Figure:
-    """Reliability diagram (observed vs predicted risk) above a histogram of predicted risks.
+def plot_calibration(
+    curves: Curves,
+    *,
+    n_bins: int | str = "auto",
+    strategy: str = "quantile",
+    title: str | None = None,
+) -> Figure:
+    """Reliability diagram (observed vs predicted risk, with Wilson intervals and the number of
+    images per bin) above a histogram of predicted risks.
+
+    scikit-learn's ``CalibrationDisplay`` is not used: it draws no intervals and no counts, and
+    with few test images a bin's observed rate is only readable with both.
 
     Args:
         curves: name -> (0/1 labels, P(positive)).
-        n_bins: equal-width probability bins.
+        n_bins: bins, or "auto" (about one per 30 images, 3 to 10; see
+            :func:`medtl.metrics.reliability_bins`).
+        strategy: "quantile" (equal counts per bin) or "uniform" (equal widths).
         title: figure title.
     """
-    fig = _figure(6.4)
+    fig = _figure(7.4)
     if not curves:
         return _empty(fig, fig.add_subplot(), "no test predictions")
     gs = fig.add_gridspec(2, 1, height_ratios=(3, 1))
     ax = fig.add_subplot(gs[0])
     axh = fig.add_subplot(gs[1], sharex=ax)
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="Perfect calibration")
-    edges = np.linspace(0, 1, n_bins + 1)
+    bins_used = []
     for i, (name, (y, p)) in enumerate(curves.items()):
         ya, pa = _pair(name, y, p)
         color = _color(i)
-        rc = reliability_curve(ya, pa, n_bins)
-        ok = np.asarray(rc["count"]) > 0
+        rc = reliability_curve(ya, pa, n_bins, strategy=strategy)
+        k = len(rc["count"])
+        bins_used.append(k)
+        cnt = np.asarray(rc["count"])
+        ok = cnt > 0
         mp, fp = np.asarray(rc["mean_pred"])[ok], np.asarray(rc["frac_pos"])[ok]
-        ece = expected_calibration_error(ya, pa, n_bins)
-        brier = float(np.mean((pa - ya) ** 2))
-        ax.plot(mp, fp, marker="o", lw=2, color=color,
-                label=f"{name}: ECE {ece:.3f}, Brier {brier:.3f}")  # fmt: skip
-        axh.hist(pa, bins=edges, histtype="step", lw=2, color=color)
+        lo, hi = np.asarray(rc["frac_low"])[ok], np.asarray(rc["frac_high"])[ok]
+        ece = expected_calibration_error(ya, pa, k, strategy=strategy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cal = calibration_slope_intercept(ya, pa)
+        slope = f"slope {cal['slope']:.2f}" if math.isfinite(cal["slope"]) else "slope n/a"
+        # slight horizontal offsets so that the intervals of models with similar scores stay visible
+        dx = 0.006 * (i - (len(curves) - 1) / 2)
+        ax.errorbar(mp + dx, fp, yerr=[fp - lo, hi - fp], marker="o", lw=2, capsize=3, color=color,
+                    elinewidth=1, alpha=0.85,
+                    label=f"{name}: {slope}, intercept {cal['intercept']:+.2f}, ECE {ece:.3f}, "
+                          f"Brier {brier(ya, pa):.3f}")  # fmt: skip
+        for xm, yf, c in zip(mp + dx, fp, cnt[ok]):
+            ax.annotate(f"n={c}", (xm, yf), xytext=(4, -11), textcoords="offset points",
+                        fontsize=7, color=color)  # fmt: skip
+        axh.hist(pa, bins=np.linspace(0, 1, 21), histtype="step", lw=2, color=color)
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("Observed fraction positive")
-    ax.set_title(title or f"Calibration on the test set ({n_bins} equal-width bins)")
+    ax.set_ylabel("Observed fraction positive (95% CI)")
+    what = "equal-count" if strategy == "quantile" else "equal-width"
+    nb = bins_used[0] if len(set(bins_used)) == 1 else "per-model"
+    ax.set_title(title or f"Calibration on the test set ({nb} {what} bins; n = images per bin)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8.5)
     axh.set_xlabel("Predicted probability of the positive class")
     axh.set_ylabel("Images (count)")
     axh.grid(alpha=0.3)
     ax.tick_params(labelbottom=False)
+    _legend_below(fig, ax)
     return fig
 
 
 def plot_decision_curve(
-    curves: Curves, *, thresholds: Any = None, title: str | None = None
+    curves: Curves,
+    *,
+    thresholds: Any = None,
+    prevalence: float | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Decision curve: net benefit of acting on each model vs treating all or none.
 
     Args:
         curves: name -> (0/1 labels, P(positive)); all on the same test set.
         thresholds: threshold probabilities in (0, 1) (default 0.01 … 0.99).
+        prevalence: the deployment prevalence; None uses the test set's (net benefit depends on it).
         title: figure title.
     """
-    fig = _figure(5.2)
+    fig = _figure(6.2)
     ax = fig.add_subplot()
     if not curves:
         return _empty(fig, ax, "no test predictions")
     prev_max = 0.0
     treat_all_drawn = False
+    where = "test set"
     for i, (name, (y, p)) in enumerate(curves.items()):
         ya, pa = _pair(name, y, p)
-        dc = decision_curve(ya, pa, thresholds)
+        dc = decision_curve(ya, pa, thresholds, prevalence=prevalence)
         ax.plot(dc["threshold"], dc["net_benefit"], lw=2, color=_color(i), label=name)
-        prev_max = max(prev_max, float(ya.mean()))
+        prev_max = max(prev_max, float(dc["prevalence"]))
         if not treat_all_drawn:
+            where = "deployment" if dc["prevalence_source"] == "deployment" else "test set"
             ax.plot(dc["threshold"], dc["treat_all"], lw=1.5, ls="--", color="0.35",
-                    label=f"Treat all (prevalence {ya.mean():.2f})")  # fmt: skip
+                    label=f"Treat all ({where} prevalence {dc['prevalence']:.1%})")  # fmt: skip
             ax.plot(
                 dc["threshold"], dc["treat_none"], lw=1.5, ls=":", color="0.1", label="Treat none"
             )
@@ -329,9 +408,10 @@ def plot_decision_curve(
     ax.set_xlim(0, 1)
     ax.set_xlabel("Threshold probability (risk at which one would act)")
     ax.set_ylabel("Net benefit (net true positives per image)")
-    ax.set_title(title or "Decision curve on the test set")
+    default = "at the deployment prevalence" if where == "deployment" else "on the test set"
+    ax.set_title(title or f"Decision curve {default}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8.5)
+    _legend_below(fig, ax, ncols=2)
     return fig
 
 

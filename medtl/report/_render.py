@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from medtl.report._content import display_name, fin, overstate_text
+from medtl.metrics import format_p_value
+from medtl.report._content import display_name, fin, overstate_text, rule_text
 from medtl.report._html import (
     Raw,
     fci,
@@ -18,6 +19,7 @@ from medtl.report._html import (
     table,
     tag,
 )
+from medtl.runs import OVERSTATE_MARGIN
 
 #: (anchor, title) of every section, in order.
 SECTIONS = (
@@ -53,7 +55,7 @@ def _figure(figs: Figures, key: str, missing: str) -> Raw:
 def _summary(rep: dict[str, Any]) -> Raw:
     parts: list[Any] = [tag("div", paragraphs(rep["headline"]), cls="headline")]
     for s in rep["strategies"].values():
-        if s["val_overstates"]:
+        if s.get("gap_flag"):
             parts.append(tag("p", f"{s['display']}: {overstate_text(s)}.", cls="flag"))
         if s["status"] == "failed":
             parts.append(
@@ -88,21 +90,48 @@ def _results(rep: dict[str, Any]) -> Raw:
     def gap(s: dict) -> Any:
         if not fin(s["val_minus_test"]):
             return "n/a"
-        if s["val_overstates"]:
-            return tag("span", f"⚠ {overstate_text(s)}", cls="todo")
-        return f"{s['val_minus_test']:+.3f} (consistent)"
+        if s.get("gap_flag") == "overstates":
+            return tag(
+                "span", f"⚠ {s['val_minus_test']:+.3f}: validation overstates test", cls="todo"
+            )
+        if s.get("gap_flag"):
+            return tag(
+                "span",
+                f"⚠ {s['val_minus_test']:+.3f}: test above validation (see summary)",
+                cls="todo",
+            )
+        return f"{s['val_minus_test']:+.3f} (within ±{OVERSTATE_MARGIN:.2f}: consistent)"
+
+    def epochs(s: dict) -> str:
+        if s.get("epochless"):
+            return "none: features extracted once, then a classifier fitted"
+        return "n/a" if s["epochs_run"] is None else str(s["epochs_run"])
+
+    def cal(s: dict, k: str) -> str:
+        if k == "slope" and s.get("calibration_note") and not fin(s["calibration_slope"]):
+            return f"n/a ({s['calibration_note']})"
+        return fci(
+            s[f"calibration_{k}"],
+            s[f"calibration_{k}_low"],
+            s[f"calibration_{k}_high"],
+            2,
+            sep=" to ",
+        )
 
     def thr(s: dict) -> str:
         if not fin(s["threshold"]):
             return "n/a"
-        return f"{s['threshold']:.3f} ({s['threshold_rule'] or '?'} rule, chosen on {s['threshold_source'] or 'validation'})"
+        return f"{s['threshold']:.3f} ({rule_text(s['threshold_rule'], s.get('threshold_target'))}, chosen on {s['threshold_source'] or 'validation'})"
 
     dep = next((s["deployment_prevalence"] for s in cols if fin(s["deployment_prevalence"])), None)
     tprev = next((s["test_prevalence"] for s in cols if fin(s["test_prevalence"])), None)
     tp_txt = f" ({tprev:.1%})" if tprev is not None else ""
+    auroc_label = (
+        "Test AUROC (95% CI)" if rep["task"] == "binary" else "Test macro AUROC (95% bootstrap CI)"
+    )
     rows = [
         row("Status", status),
-        row("Test AUROC (95% CI)", lambda s: fci(s["test_auroc"], s["test_auroc_low"], s["test_auroc_high"])),
+        row(auroc_label, lambda s: fci(s["test_auroc"], s["test_auroc_low"], s["test_auroc_high"])),
         row("Validation AUROC", lambda s: fnum(s["val_auroc"])),
         row("Validation − test AUROC", gap),
     ]  # fmt: skip
@@ -136,12 +165,14 @@ def _results(rep: dict[str, Any]) -> Raw:
             row("LR+ / LR−", lambda s: f"{fnum(s['lr_pos'], 2)} / {fnum(s['lr_neg'], 2)}"),
             row("F1", lambda s: fnum(s["f1"])),
             row("AUPRC", lambda s: fnum(s["auprc"])),
+            row("Calibration slope (95% CI; 1 is ideal, < 1 too extreme)", lambda s: cal(s, "slope")),
+            row("Calibration intercept (95% CI; 0 is ideal, < 0 over-predicts)", lambda s: cal(s, "intercept")),
             row("Brier score (lower is better)", lambda s: fnum(s["brier"])),
-            row("ECE (lower is better)", lambda s: fnum(s["ece"])),
+            row("ECE (lower is better)", lambda s: fnum(s["ece"]) + (f" ({s['ece_bins']} bins)" if s.get("ece_bins") else "")),
         ]  # fmt: skip
     rows += [
         row("Training time", lambda s: fseconds(s["train_seconds"])),
-        row("Epochs run", lambda s: "n/a" if s["epochs_run"] is None else str(s["epochs_run"])),
+        row("Epochs run", epochs),
         row("Throughput (images/s)", lambda s: fnum(s["images_per_s"], 1)),
     ]
     parts: list[Any] = [table(header, rows, num_cols=range(1, len(header)))]
@@ -152,13 +183,23 @@ def _results(rep: dict[str, Any]) -> Raw:
         ))  # fmt: skip
     else:
         classes = rep["classes"]
-        pc_rows = [[c, *(fnum((s["per_class_auroc"] or {}).get(c)) for s in cols)] for c in classes]
+
+        def per_class(s: dict, c: str) -> str:
+            lo, hi = ((s["per_class_ci"] or {}).get(c) or (None, None))[:2]
+            return fci((s["per_class_auroc"] or {}).get(c), lo, hi)
+
+        pc_rows = [[c, *(per_class(s, c) for s in cols)] for c in classes]
         parts += [
-            tag("h3", "Per-class AUROC (one-vs-rest, test set)"),
+            tag("h3", "Per-class AUROC (one-vs-rest, test set, 95% DeLong CI)"),
             table(
                 ["Class", *(s["display"] for s in cols)], pc_rows, num_cols=range(1, len(cols) + 1)
             ),
-            _note(f"Multi-class run ({len(classes)} classes): binary-only metrics are not shown."),
+            _note(
+                f"Multi-class run ({len(classes)} classes): each class's AUROC treats that class as "
+                "positive and all others as negative; the macro AUROC is their unweighted mean, "
+                "with a class-stratified bootstrap CI. Sensitivity, specificity and calibration "
+                "need one positive class and are not shown."
+            ),
         ]
     return section("results", _TITLE["results"], *parts)
 
@@ -169,18 +210,33 @@ def _learning(rep: dict[str, Any], figs: Figures) -> Raw:
     for s in strat.values():
         lc = s["learning"]
         slope = lc.get("slope")
+        if lc.get("epochless"):
+            kept = f"no epochs; kept {lc['setting']}" if lc.get("setting") else "no epochs"
+            rows.append(
+                [
+                    s["display"],
+                    "n/a (no epochs)",
+                    "n/a (no epochs)",
+                    fnum(lc.get("asymptote")),
+                    kept,
+                ]
+            )
+            continue
         rows.append([
             s["display"], fnum(lc.get("start")),
-            "n/a (no epochs)" if not fin(slope) else f"{float(slope):+.3f} per epoch",
-            fnum(lc.get("asymptote")), "n/a" if lc.get("best_epoch") is None else str(lc["best_epoch"]),
-            "n/a" if s["epochs_run"] is None else str(s["epochs_run"]),
+            "n/a (one epoch)" if s["epochs_run"] == 1 else ("n/a" if not fin(slope) else f"{float(slope):+.3f} per epoch"),
+            fnum(lc.get("asymptote")),
+            f"{lc['best_epoch']} of {s['epochs_run']}" if lc.get("best_epoch") is not None and s["epochs_run"] else (
+                "n/a" if lc.get("best_epoch") is None else str(lc["best_epoch"])),
         ])  # fmt: skip
     return section(
         "learning", _TITLE["learning"],
         _figure(figs, "learning_epoch", "No training histories found; learning curves skipped."),
         _figure(figs, "learning_time", "No timing recorded; the time axis is skipped."),
-        table(["Strategy", "Start (after epoch 1)", "Early slope", "Asymptote (best val AUROC)", "Best epoch", "Epochs run"], rows, num_cols=(1, 2, 3, 4, 5)),
-        _note("Transfer learning is expected to start higher, climb faster and end higher than training from scratch."),
+        table(["Strategy", "Start (after epoch 1)", "Early slope", "Asymptote (best validation AUROC)", "Best epoch"], rows, num_cols=(1, 2, 3)),
+        _note("Transfer learning is expected to start higher, climb faster and end higher than training from scratch. "
+              "Feature extraction has no epochs: it fits a classifier on frozen features for several regularisation "
+              "strengths C and keeps one; its line is the validation AUROC of the kept model."),
     )  # fmt: skip
 
 
@@ -194,36 +250,50 @@ def _binary_fig(rep: dict[str, Any], figs: Figures, sid: str, key: str) -> Raw:
     )
 
 
-def _diff(r: dict[str, Any]) -> str:
-    if not fin(r["diff"]):
-        return "n/a"
-    ci = (
-        f" ({r['delong_low']:+.3f} to {r['delong_high']:+.3f})"
-        if fin(r["delong_low"]) and fin(r["delong_high"])
-        else ""
-    )
-    return f"{r['diff']:+.3f}{ci}"
+def _ci_text(lo: float, hi: float) -> str:
+    return f"{lo:+.3f} to {hi:+.3f}" if fin(lo) and fin(hi) else "n/a"
 
 
 def _paired(rep: dict[str, Any]) -> Raw:
     rows = rep["paired"]
     if not rows:
         return section("paired", _TITLE["paired"], _note("No paired comparison available (needs two finished strategies scored on the same test images)."))  # fmt: skip
-    header = ["A", "B", "AUROC A", "AUROC B", "A − B (DeLong 95% CI)", "DeLong p", "Bootstrap 95% CI", "McNemar p"]  # fmt: skip
-    body = [
-        [
-            display_name(r["a"]), display_name(r["b"]), fnum(r["auc_a"]), fnum(r["auc_b"]),
-            _diff(r), fnum(r["delong_p"]),
-            "n/a" if not (fin(r["boot_low"]) and fin(r["boot_high"])) else f"{r['boot_low']:+.3f} to {r['boot_high']:+.3f}",
-            fnum(r["mcnemar_p"]),
-        ]
-        for r in rows
-    ]  # fmt: skip
-    return section(
-        "paired", _TITLE["paired"], table(header, body, num_cols=range(2, 8)),
-        tag("ul", join(tag("li", r["reading"]) for r in rows)),
-        _note("Both models are scored on the same test images, so paired tests are used: DeLong for correlated AUROCs, a paired class-stratified bootstrap, McNemar on the errors at each operating point."),
-    )  # fmt: skip
+    p = lambda v: format_p_value(v, prefix=False)  # noqa: E731
+    parts: list[Any] = []
+    binary = [r for r in rows if not r["multiclass"]]
+    multi = [r for r in rows if r["multiclass"]]
+    if binary:
+        header = ["A", "B", "AUROC A", "AUROC B", "A − B", "DeLong 95% CI", "DeLong p", "Bootstrap 95% CI", "McNemar p"]  # fmt: skip
+        body = [
+            [display_name(r["a"]), display_name(r["b"]), fnum(r["auc_a"]), fnum(r["auc_b"]),
+             "n/a" if not fin(r["diff"]) else f"{r['diff']:+.3f}", _ci_text(r["delong_low"], r["delong_high"]),
+             p(r["delong_p"]), _ci_text(r["boot_low"], r["boot_high"]), p(r["mcnemar_p"])]
+            for r in binary
+        ]  # fmt: skip
+        parts.append(table(header, body, num_cols=range(2, 9)))
+    for r in multi:
+        a, b = display_name(r["a"]), display_name(r["b"])
+        head = ["", f"AUROC {a}", f"AUROC {b}", "A − B", "95% CI", "p"]
+        body = [[tag("b", "Macro (paired bootstrap)"), fnum(r["auc_a"]), fnum(r["auc_b"]),
+                 "n/a" if not fin(r["diff"]) else f"{r['diff']:+.3f}", _ci_text(r["boot_low"], r["boot_high"]), p(r["boot_p"])]]  # fmt: skip
+        body += [
+            [f"{c} (DeLong)", fnum(v["auc_a"]), fnum(v["auc_b"]), "n/a" if not fin(v["diff"]) else f"{v['diff']:+.3f}",
+             _ci_text(v["low"], v["high"]), p(v["p_value"])]
+            for c, v in r["per_class"].items()
+        ]  # fmt: skip
+        parts += [tag("h3", f"A = {a}, B = {b}"), table(head, body, num_cols=range(1, 6))]
+    parts.append(tag("ul", join(tag("li", r["reading"]) for r in rows)))
+    how = []
+    if binary:
+        how.append(
+            "DeLong for correlated AUROCs, a paired class-stratified bootstrap, McNemar on the errors at each operating point"
+        )
+    if multi:
+        how.append(
+            "for more than two classes, a paired class-stratified bootstrap of the macro AUROC difference, DeLong per class (one-vs-rest), McNemar on the most-probable-class errors"
+        )
+    parts.append(_note("Both models are scored on the same test images, so paired tests are used: " + "; ".join(how) + "."))  # fmt: skip
+    return section("paired", _TITLE["paired"], *parts)
 
 
 def _data(rep: dict[str, Any], data_card: str | None) -> Raw:
@@ -231,7 +301,7 @@ def _data(rep: dict[str, Any], data_card: str | None) -> Raw:
     parts: list[Any] = []
     facts = [
         ["Source", d.get("source") or "n/a"],
-        ["Location", d.get("root") or "n/a"],
+        *([["Location", d["root"]]] if d.get("root") else []),
         ["Classes", ", ".join(d["classes"]) or "n/a"],
         ["Split", "patient-level (patient ids known)" if d.get("patient_ids") else "image-level (no patient ids)"],
         ["Files not used", "n/a" if d.get("n_skipped") is None else str(d["n_skipped"])],
@@ -259,7 +329,9 @@ def _data(rep: dict[str, Any], data_card: str | None) -> Raw:
         shown = d["skipped_first"]
         parts += [
             tag("h3", f"Skipped files ({len(shown)} shown of {total})"),
-            table(["File", "Reason"], [[r["path"], r["reason"]] for r in shown]),
+            table(
+                ["Image (de-identified id)", "Reason"], [[r["path"], r["reason"]] for r in shown]
+            ),
         ]
     if data_card:
         parts.append(

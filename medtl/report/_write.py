@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -14,8 +15,10 @@ from medtl.metrics import json_safe
 from medtl.report._cards import checklist, model_card, versions
 from medtl.report._content import (
     data_numbers,
+    display_name,
     fin,
     headline,
+    num,
     paired_numbers,
     strategy_numbers,
 )
@@ -29,6 +32,7 @@ from medtl.report._plots import (
 )
 from medtl.report._render import render_html
 from medtl.report._run import RunData, load_run
+from medtl.runs import gap_sentence
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +59,15 @@ def _figures(
         for n, st in run.strategies.items()
         if st.history and strat[n]["status"] != "failed"
     }
+    # the epochless lines show the kept model's validation AUROC and training time, as the table does
+    kept = {s["display"]: (s["val_auroc"], s["train_seconds"]) for s in strat.values()}
     if hist:
         jobs["learning_epoch"] = (
-            lambda: plot_learning_curves(hist, "epoch"),
+            lambda: plot_learning_curves(hist, "epoch", kept=kept),
             "Validation AUROC after each epoch; stars mark the best epoch (asymptote).",
         )
         jobs["learning_time"] = (
-            lambda: plot_learning_curves(hist, "elapsed"),
+            lambda: plot_learning_curves(hist, "elapsed", kept=kept),
             "The same curves against wall-clock training time: what each strategy costs.",
         )
     curves = _curves(run, strat) if run.binary else {}
@@ -82,13 +88,23 @@ def _figures(
         )
         jobs["calibration"] = (
             lambda: plot_calibration(curves),
-            "Reliability diagram: points on the diagonal mean a predicted 30% risk is right about "
-            "30% of the time. Below: how the predicted probabilities are spread.",
+            "Reliability diagram: points on the diagonal mean a predicted 30% risk comes true about "
+            "30% of the time. Each point is a bin holding about the same number of test images "
+            "(n beside it; about 30 per bin, so small test sets get few bins), with a 95% Wilson "
+            "interval. Slope below 1: predictions too extreme; intercept below 0: risks "
+            "over-estimated. Below: how the predicted probabilities are spread.",
+        )
+        dep = num(run.summary.get("prevalence"))
+        prev = dep if math.isfinite(dep) else None
+        where = (
+            f"at the deployment prevalence ({prev:.1%}) given in the config"
+            if prev is not None
+            else "at the test set's prevalence (set metrics.prevalence for the clinic's)"
         )
         jobs["decision_curve"] = (
-            lambda: plot_decision_curve(curves),
-            "Net benefit across threshold probabilities; a model helps where its curve lies above "
-            "both 'treat all' and 'treat none'.",
+            lambda: plot_decision_curve(curves, prevalence=prev),
+            f"Net benefit across threshold probabilities, {where}; a model helps where its curve "
+            "lies above both 'treat all' and 'treat none'.",
         )
     mats = {
         s["display"]: s["confusion"]
@@ -171,8 +187,13 @@ def write_report(run_dir: str | os.PathLike, *, title: str | None = None) -> Pat
     notes: list[str] = rep["notes"]
     figs = _figures(run, rep["strategies"], notes)
     # the validation-vs-test gap already has its own flag per strategy; do not repeat it as a note
+    gap_notes = {
+        gap_sentence(display_name(n), s["val_minus_test"]) for n, s in rep["strategies"].items()
+    }
     notes.extend(
-        f"Run note: {n}" for n in rep["run_notes"] if not n.startswith("Validation overstates")
+        f"Run note: {n}"
+        for n in rep["run_notes"]
+        if n not in gap_notes and not n.startswith("Validation overstates")
     )
     rep["plots"] = [f"plots/{k}.png" for k in figs]
     rep["rendered"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
