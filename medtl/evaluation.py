@@ -228,9 +228,10 @@ def _evaluate_one(
         "n_skipped": len(ds.skipped) + len(images.skipped),
     }
     if est.positive_class_ is None:  # more than two classes: macro AUROC (one-vs-rest)
-        from medtl.metrics import multiclass_auroc
+        from medtl.metrics import multiclass_auroc_ci
 
-        mc = multiclass_auroc(images.labels, proba)
+        # per class DeLong, macro with a seeded class-stratified bootstrap CI (as the run reports)
+        mc = multiclass_auroc_ci(images.labels, proba, est.classes_, seed=0)
         return {
             **common,
             "auroc": mc.get("macro"),

@@ -277,7 +277,9 @@ def run_strategy(
             [("val", data.val, p_val), ("test", data.test, p_test)], data.dataset.classes
         ),
     )
-    metrics = evaluate_probabilities(data.val.labels, p_val, data.test.labels, p_test, cfg)
+    metrics = evaluate_probabilities(
+        data.val.labels, p_val, data.test.labels, p_test, cfg, class_names=data.dataset.classes
+    )
     atomic_write_json(sdir / runs.METRICS_FILE, metrics)
     op = runs.operating_point_record(metrics, len(data.val))
     if op is not None:  # the model folder carries the operating point it was validated at
@@ -291,7 +293,8 @@ def run_strategy(
             [num(r.get("val_auroc")) for r in hist], [num(r.get("elapsed")) for r in hist]
         )
         if hist and name in NETWORK_STRATEGIES
-        else {"start": val_auc, "slope": 0.0, "asymptote": val_auc, "best_epoch": 1}
+        # no epochs: no curve (a 0.0 slope would read as "trained and stopped improving")
+        else {"start": None, "slope": None, "asymptote": None, "best_epoch": None}
     )
     n_images = (  # images pushed through a training step (or embedded now, not read from the cache)
         sum(int(r.get("images", len(data.train))) for r in hist)
@@ -320,7 +323,7 @@ def run_strategy(
         "slope": curve.get("slope"),
         "asymptote": curve.get("asymptote"),
         "threshold": metrics.get("threshold"),
-        "params": est.get_params(),
+        "params": est.recorded_params(),
     }
     atomic_write_json(done_file, row)
     return row

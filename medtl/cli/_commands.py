@@ -90,7 +90,7 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
         )
     for p in summary.get("paired", []):
         if p.get("summary"):
-            print(f"  {p['a']} vs {p['b']}: {p['summary']}")
+            print(f"  {strategy_label(p['a'])} vs {_label(p['b'])}: {p['summary']}")
     for note in summary.get("notes", []):
         print(f"note: {note}")
     print(f"\nrun folder: {out}")

@@ -168,10 +168,16 @@ def _probe_text(name: str, p: dict[str, Any], setting: str) -> str:
         str(p.get("select_by")), str(p.get("select_by") or "validation")
     )
     kept = f"; kept {setting}" if setting else ""
+    refit = (
+        "; the kept head was then refit on training + validation images (validation metrics and "
+        "the operating point come from the head fitted on training images only)"
+        if p.get("refit") and str(p.get("head") or "logreg") == "logreg"
+        else ""
+    )
     return (
         f"{strategy_label(name)}: backbone frozen, features extracted once; "
         f"{_HEADS.get(str(p.get('head')), str(p.get('head') or 'linear'))} classifier (classes weighted "
-        f"{p.get('class_weighting')}) fitted for {grid}, chosen by {rule}{kept}; no epochs."
+        f"{p.get('class_weighting')}) fitted for {grid}, chosen by {rule}{kept}{refit}; no epochs."
     )
 
 
@@ -190,6 +196,15 @@ def training_text(run: RunData, strat: dict[str, dict]) -> str | None:
         if s.get("epochless"):
             out.append(_probe_text(name, p, s["learning"].get("setting") or ""))
         else:
+            # model.json records the recipe as it ran (default learning rates resolved)
+            extra = (read_model_meta(run.run_dir, name) or {}).get("extra") or {}
+            recipe = extra.get("recipe") or {}
+            if recipe.get("head_lr") is not None and p.get("lr") is None:
+                p = {
+                    **p,
+                    "lr": recipe["head_lr"],
+                    "backbone_lr_ratio": recipe["backbone_lr"] / recipe["head_lr"],
+                }
             out.append(_network_text(name, p, run.strategies[name].history, s.get("epochs_run")))
     if not out:
         return None

@@ -136,6 +136,18 @@ class Strategy:
         """The constructor arguments (JSON-safe), as in scikit-learn."""
         return {k: getattr(self, k) for k in self._param_names()}
 
+    def recorded_params(self) -> dict[str, Any]:
+        """:meth:`get_params` as written to ``model.json`` and ``summary.json``: machine-local
+        folders (caches, checkpoints) are left out and a weights file is named without its folder,
+        so the files carry no paths (the weights are identified by their SHA-256)."""
+        params = self.get_params()
+        for key in ("cache_dir", "checkpoint_dir"):
+            if params.get(key) is not None:
+                params[key] = None
+        if params.get("weights_path"):
+            params["weights_path"] = Path(str(params["weights_path"])).name
+        return params
+
     def set_params(self, **params: Any) -> Strategy:
         for k, v in params.items():
             if k not in self._param_names():
@@ -385,7 +397,7 @@ class Strategy:
         meta = {
             "medtl_version": medtl.__version__,
             "strategy": self.name,
-            "params": self.get_params(),
+            "params": self.recorded_params(),
             "backbone": {
                 "name": cfg.name,
                 "pretrained_weights_sha256": cfg.weights_sha256,

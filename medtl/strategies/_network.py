@@ -365,10 +365,27 @@ class _TrainedNetwork(Strategy):
         return best[1], scores
 
     def _extra_state(self) -> dict[str, Any]:
+        lr, ratio = self._rates()
         return {
             "alpha": getattr(self, "alpha_", None),
             "interpolation": getattr(self, "interpolation_", None),
             "probe_val_auroc": getattr(self, "probe_val_auroc_", None),
+            # the recipe as it ran (None parameters resolved), for the report's training details
+            "recipe": {
+                "optimizer": "AdamW",
+                "head_lr": lr,
+                "backbone_lr": lr * ratio,
+                "layer_decay": self.layer_decay,
+                "weight_decay": self.weight_decay,
+                "schedule": self.schedule,
+                "warmup_frac": self.warmup_frac,
+                "head_init": self.head_init,
+                "freeze_batchnorm": self._freeze_bn(),
+                "augment": self.augment,
+                "augment_strength": self.augment_strength,
+                "hflip": self.hflip,
+                "early_stopping_patience": self.patience,
+            },
         }
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
