@@ -218,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="image side length")
     p.add_argument("--budget-minutes", type=float, default=None, help="time you can spend training")
     p.add_argument(
+        "--pilot-minutes",
+        type=float,
+        default=None,
+        help="time the advisor may spend measuring both strategies (default 2)",
+    )
+    p.add_argument(
         "--patient-id-pattern",
         help="regular expression giving the patient id from a file name (groups the probe's folds)",
     )
