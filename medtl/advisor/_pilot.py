@@ -27,8 +27,14 @@ log = logging.getLogger(__name__)
 # (advisor time_strategies: 3.2 ms vs 35 ms); 8x is used, to leave headroom.
 REF_TRAIN_GMACS_PER_S = 4.6
 REF_EXTRACT_GMACS_PER_S = 8 * REF_TRAIN_GMACS_PER_S
-PER_IMAGE_OVERHEAD_S = {"train": 0.002, "extract": 0.0005, "decode": 0.004}
-FIT_OVERHEAD_S = 2.0  # building the network, the probe head and the optimiser, per pilot fit
+# Costs that do not scale with multiply-accumulates (depthwise convolutions are memory-bound, Python and
+# autograd overhead): at 64 px Lite0 took 0.17x the 224 px time per training image and 0.27x per
+# extracted image, not the 0.08x of its MACs (time_strategies, same process; the first 64 px smoke run
+# of benchmarks/advisor_eval.py took 6.7x its plan with 2 ms / 0.5 ms / 2 s here).
+PER_IMAGE_OVERHEAD_S = {"train": 0.008, "extract": 0.0025, "decode": 0.004}
+FIT_OVERHEAD_S = (
+    5.0  # network, probe head (11 regularisation strengths) and optimiser, per pilot fit
+)
 # The pilot recipe: the default fine-tuning recipe (LP-FT: probe head, frozen BatchNorm statistics, gentle
 # rates, onecycle schedule) with a short schedule; batches as the default recipe.
 # Batches of 16 (the default recipe uses 32) give a short pilot twice the optimiser steps at equal cost.
