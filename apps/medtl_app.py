@@ -162,6 +162,11 @@ def page_advice(work: Path) -> None:
         st.markdown(f"- {sentence}")
     st.caption("AUROC (area under the ROC curve): 0.5 = guessing, 1.0 = perfect separation.")
     st.dataframe(L.advice_rows(adv), hide_index=True)
+    details = getattr(adv, "details", None)
+    if details:
+        with st.expander("Technical details"):
+            for d in details:
+                st.markdown(f"- {d}")
 
 
 def _settings() -> tuple[str, int, int, bool]:

@@ -1,27 +1,30 @@
-"""The advisor's rules on constructed profiles (no network, no images: milliseconds)."""
+"""The advisor's decision rule and statistics on constructed measurements (no images: milliseconds)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
-from medtl.advisor import STRATEGIES, Profile, decide, domain_gap, estimate_minutes
-from medtl.advisor.rules import KL_LARGE, KL_SMALL
+from medtl.advisor import (
+    STRATEGIES,
+    Measured,
+    Profile,
+    decide,
+    domain_gap,
+    fit_power_law,
+    paired_difference,
+    power_law,
+    predict_curve,
+)
+from medtl.advisor._curve import CurvePrediction, weighted_auroc
+from medtl.advisor._pilot import CostModel, plan_pilot
+from medtl.advisor.rules import GAIN_PER_HOUR, MIN_GAIN
 
 
-def make_profile(
-    *,
-    per_class: int = 20,
-    kl: float = 0.05,
-    probe: float = 0.85,
-    probe_std: float = 0.02,
-    slope: float = 0.02,
-    modality: str = "DX",
-    native: float = 512,
-    spi_ft: float = 0.05,
-) -> Profile:
+def make_profile(*, per_class: int = 200, kl: float = 0.15, modality: str = "DX") -> Profile:
     n = 2 * per_class
     return Profile(
         n_images=n,
@@ -31,7 +34,7 @@ def make_profile(
         min_class=per_class,
         imbalance=1.0,
         n_classes=2,
-        native_size=native,
+        native_size=512,
         modalities={modality: 10},
         formats={"dicom": 10},
         profile_size=224,
@@ -40,132 +43,216 @@ def make_profile(
         backbone="efficientnet_lite0.in1k",
         pretrained=True,
         bn_kl=kl,
-        bn_mean_shift=0.1,
-        bn_layers=40,
         imagenet_entropy=0.7,
-        probe={
-            "n_splits": 5,
-            "probe_auroc": probe,
-            "probe_std": probe_std,
-            "knn_auroc": probe - 0.03,
-            "slope_per_doubling": slope,
-            "head_seconds": 1.0,
-        },
-        seconds_per_image={
-            "extract": 0.01,
-            "partial_fine_tuning": spi_ft / 2,
-            "fine_tuning": spi_ft,
-        },
+        probe={"n_splits": 5, "probe_auroc": 0.85, "probe_std": 0.02, "knn_auroc": 0.82},
     )
 
 
-def test_tiny_data_small_gap_gives_feature_extraction_unless_lpft_is_cheap():
-    # fine-tuning is expensive here (by the reference cost: 2048 px images): frozen features suffice
-    big = make_profile(per_class=20, kl=KL_SMALL / 2, probe=0.88)
-    a = decide(dataclasses.replace(big, profile_size=2048))
-    assert a.strategy == "feature_extraction"
-    assert "40 images" in a.rationale[0]
-    assert "small domain gap" in a.rationale[0]
-    assert "competitive" in a.rationale[1] and "LP-FT" in a.rationale[1]
-    # cheap: LP-FT starts from the frozen features and measured better under shift -> recommended
-    b = decide(make_profile(per_class=20, kl=KL_SMALL / 2, probe=0.88, spi_ft=0.05))
-    assert b.strategy == "fine_tuning"
-    assert "LP-FT" in b.rationale[1] and b.confidence == "medium"
-
-
-def test_large_gap_flat_low_probe_gives_fine_tuning():
-    a = decide(make_profile(per_class=300, kl=KL_LARGE * 2, probe=0.68, slope=0.0))
-    assert a.strategy == "fine_tuning"
-    assert "large domain gap" in a.rationale[0]
-    assert "flat" in a.rationale[0]
-    # fine-tuning's expected range sits above feature extraction's for this profile
-    assert a.expected_auroc["fine_tuning"][1] > a.expected_auroc["feature_extraction"][1]
-
-
-def test_ultrasound_and_tiny_images_count_as_large_gap():
-    assert domain_gap(make_profile(kl=0.0, modality="US"))[0] == 2
-    assert domain_gap(make_profile(kl=0.0, native=28))[0] == 2
-    assert domain_gap(make_profile(kl=0.0))[0] == 0
-
-
-def test_probe_near_ceiling_gives_feature_extraction_even_with_large_gap():
-    a = decide(make_profile(per_class=2000, kl=KL_LARGE * 3, probe=0.98))
-    assert a.strategy == "feature_extraction"  # 2 x 1700 images x 8 epochs: far from cheap
-    assert "ceiling" in a.rationale[1]
-
-
-def test_mixed_signals_give_partial_fine_tuning():
-    a = decide(make_profile(per_class=300, kl=(KL_SMALL + KL_LARGE) / 2, probe=0.85))
-    assert a.strategy == "partial_fine_tuning"
-
-
-def test_budget_too_small_for_fine_tuning_falls_back_with_a_sentence():
-    p = make_profile(per_class=300, kl=KL_LARGE * 2, probe=0.68, slope=0.0, spi_ft=1.0)
-    minutes = estimate_minutes(p)
-    assert decide(p).strategy == "fine_tuning"
-    budget = minutes["feature_extraction"] * 2
-    assert budget < minutes["partial_fine_tuning"] < minutes["fine_tuning"]
-    a = decide(p, budget_minutes=budget)
-    assert a.strategy == "feature_extraction"
-    assert any("budget" in s for s in a.rationale)
-
-
-def test_confidence_lower_when_signals_disagree():
-    big = {"profile_size": 2048}  # expensive to fine-tune by the reference cost
-    agree = decide(dataclasses.replace(make_profile(per_class=20, kl=0.05, probe=0.93), **big))
-    disagree = decide(
-        dataclasses.replace(make_profile(per_class=20, kl=KL_LARGE * 2, probe=0.93), **big)
+def curve(at_full: float, spread: float, n_boot: int = 200, seed: int = 0) -> CurvePrediction:
+    """A prediction whose bootstrap replicates are at_full + noise (shared seed = paired noise)."""
+    rng = np.random.default_rng(seed)
+    noise = np.r_[0.0, rng.normal(0, spread, n_boot)]
+    return CurvePrediction(
+        sizes=[50, 100, 200],
+        observed=[at_full - 0.04, at_full - 0.02, at_full - 0.01],
+        n_full=400,
+        at_full=at_full,
+        interval=[at_full - 2 * spread, at_full + 2 * spread],
+        at_double=at_full + 0.01,
+        gain_2x=0.01,
+        gain_2x_interval=[0.0, 0.02],
+        fitted=True,
+        params=[at_full + 0.02, 1.0, 0.5],
+        boot_full=at_full + noise,
+        boot_double=at_full + 0.01 + noise,
     )
-    assert agree.strategy == disagree.strategy == "feature_extraction"
-    assert disagree.confidence_score < agree.confidence_score
-    assert agree.confidence in {"high", "medium", "low"}
 
 
-def test_unstable_probe_lowers_confidence():
-    stable = decide(make_profile(probe_std=0.01))
-    unstable = decide(make_profile(probe_std=0.15))
-    assert unstable.confidence_score < stable.confidence_score
+def measured(
+    fe: float,
+    ft: float,
+    *,
+    common_noise: float = 0.02,
+    own_noise: float = 0.003,
+    paired_diff: float | None = None,
+    significant: bool = False,
+    ft_minutes: float = 10.0,
+) -> Measured:
+    c_fe = curve(fe, common_noise, seed=1)
+    c_ft = curve(ft, common_noise, seed=1)  # the same images: the noise is shared (paired)
+    c_ft.boot_full = c_ft.boot_full + np.r_[0, np.random.default_rng(2).normal(0, own_noise, 200)]
+    d = ft - fe if paired_diff is None else paired_diff
+    half = 0.5 * abs(d) if significant else abs(d) + 0.02
+    return Measured(
+        curves={"feature_extraction": c_fe, "fine_tuning": c_ft},
+        paired={
+            "diff": d,
+            "ci_low": d - half,
+            "ci_high": d + half,
+            "p_value": 0.01 if significant else 0.4,
+            "significant": significant,
+            "size": 200,
+        },
+        minutes={"feature_extraction": 1.0, "fine_tuning": ft_minutes},
+        n_eval=120,
+    )
+
+
+# -- the rule's branches --------------------------------------------------------------------------------
+
+
+def test_clear_predicted_gain_gives_fine_tuning_and_significance_gives_high_confidence():
+    a = decide(make_profile(), measured(0.85, 0.90, significant=True))
+    assert a.strategy == "fine_tuning" and a.decision["branch"] == "gain"
+    assert a.confidence == "high"
+    assert a.decision["predicted_gain"]["low"] > 0
+    # the same prediction without a significant measured difference: not "high"
+    b = decide(make_profile(), measured(0.85, 0.90, significant=False))
+    assert b.strategy == "fine_tuning" and b.confidence == "medium"
+
+
+def test_gain_whose_lower_bound_is_below_zero_gives_feature_extraction():
+    a = decide(make_profile(), measured(0.85, 0.853, own_noise=0.02))
+    assert a.decision["predicted_gain"]["low"] < 0
+    assert a.strategy == "feature_extraction" and a.decision["branch"] == "uncertain"
+    assert a.confidence == "low"
+    assert "includes no gain" in " ".join(a.rationale)
+
+
+def test_small_sure_gain_not_worth_many_extra_hours():
+    # +0.02 for sure, but 10 extra hours must buy 0.005 + 0.1 AUROC
+    m = measured(0.85, 0.87, own_noise=0.001, ft_minutes=601.0)
+    a = decide(make_profile(), m)
+    assert a.decision["needed_gain"] == pytest.approx(MIN_GAIN + GAIN_PER_HOUR * 10.0)
+    assert a.strategy == "feature_extraction" and a.decision["branch"] == "not_worth"
+    # the same gain for 10 extra minutes is worth it
+    assert decide(make_profile(), measured(0.85, 0.87, own_noise=0.001)).strategy == "fine_tuning"
+
+
+def test_budget_excludes_fine_tuning_that_does_not_fit():
+    m = measured(0.85, 0.90, significant=True, ft_minutes=60.0)
+    assert decide(make_profile(), m).strategy == "fine_tuning"
+    a = decide(make_profile(), m, budget_minutes=30)
+    assert a.strategy == "feature_extraction" and a.decision["branch"] == "budget"
+    assert a.decision["fits_budget"] == {"feature_extraction": True, "fine_tuning": False}
+    assert any("30-minute budget" in s for s in a.rationale)
+
+
+def test_feature_extraction_significantly_better_gives_high_confidence():
+    a = decide(make_profile(), measured(0.90, 0.85, paired_diff=-0.05, significant=True))
+    assert a.strategy == "feature_extraction" and a.confidence == "high"
+
+
+def test_advice_ignores_measured_time_and_domain_gap_signals():
+    m = measured(0.85, 0.90)
+    base = decide(make_profile(), m)
+    slow = dataclasses.replace(make_profile(), timings={"total": 900.0, "budget": 120.0})
+    far = make_profile(kl=2.0, modality="US")
+    assert domain_gap(far)[0] == 2 and domain_gap(make_profile(kl=0.05))[0] == 0
+    for p in (slow, far, make_profile(kl=0.05)):
+        a = decide(p, m)
+        assert (a.strategy, a.confidence, a.rationale) == (
+            base.strategy,
+            base.confidence,
+            base.rationale,
+        )
+
+
+def test_rationale_is_plain_words_first_and_details_hold_the_signals():
+    a = decide(make_profile(), measured(0.85, 0.90, significant=True))
+    assert a.rationale[0].startswith("With your 400 labelled images")
+    assert "AUROC of about 0.90" in a.rationale[0]
+    assert any("Twice as many labelled images (800)" in s for s in a.rationale)
+    assert not any("KL" in s for s in a.rationale)
+    assert any("KL" in s for s in a.details)
+    d = json.loads(json.dumps(a.to_dict(), allow_nan=False))
+    assert set(d["expected_auroc"]) == set(STRATEGIES) == set(d["estimated_minutes"])
+    for lo, hi in d["expected_auroc"].values():
+        assert 0.0 <= lo <= hi <= 1.0
+    assert "Details:" in a.explain() and "Recommendation" in a.explain()
 
 
 def test_random_backbone_caps_confidence_and_says_so():
     p = dataclasses.replace(make_profile(), pretrained=False)
-    a = decide(p)
+    a = decide(p, measured(0.85, 0.90, significant=True))
     assert a.confidence == "low"
     assert any("random weights" in n for n in a.notes)
 
 
-def test_estimated_minutes_follow_measured_costs():
-    p = make_profile(per_class=500, spi_ft=0.1)
-    m = estimate_minutes(p)
-    assert m["feature_extraction"] < m["partial_fine_tuning"] < m["fine_tuning"]
-    expected_ft = p.epochs * (p.n_train * 0.1 + p.n_val * 0.01) / 60
-    assert m["fine_tuning"] == pytest.approx(expected_ft)
+# -- statistics -----------------------------------------------------------------------------------------
 
 
-def test_advice_to_dict_is_json_and_explain_lists_every_strategy():
-    a = decide(make_profile())
-    d = json.loads(json.dumps(a.to_dict(), allow_nan=False))
-    assert d["strategy"] in STRATEGIES
-    assert set(d["expected_auroc"]) == set(STRATEGIES) == set(d["estimated_minutes"])
-    for lo, hi in d["expected_auroc"].values():
-        assert 0.5 <= lo <= hi <= 1.0
-    text = a.explain()
-    assert all(s in text for s in STRATEGIES)
-    assert "estimates" in text
+def test_power_law_fit_recovers_known_curve_and_extrapolates():
+    sizes = np.array([50, 100, 200, 400])
+    y = power_law(sizes, 0.95, 0.6, 0.5)
+    params, ok = fit_power_law(sizes, y)
+    assert ok
+    assert params == pytest.approx([0.95, 0.6, 0.5], abs=1e-3)
+    boot = np.vstack([y, y + np.random.default_rng(0).normal(0, 0.003, (100, 4))])
+    pred = predict_curve(list(sizes), boot, 1600)
+    truth = float(power_law(np.array([1600]), 0.95, 0.6, 0.5)[0])
+    assert pred.fitted
+    assert pred.at_full == pytest.approx(truth, abs=2e-3)
+    assert pred.interval[0] <= truth <= pred.interval[1]
+    assert pred.interval[1] - pred.interval[0] < 0.06
+    assert pred.gain_2x == pytest.approx(
+        float(power_law(np.array([3200]), 0.95, 0.6, 0.5)[0]) - truth, abs=2e-3
+    )
 
 
-@pytest.mark.parametrize("per_class", [20, 200, 2000])
-def test_advice_does_not_depend_on_the_measured_time(per_class):
-    """Issue 12: the machine's load (the measured seconds per image) must not change the advice."""
-    base = make_profile(per_class=per_class, probe=0.80)
-    adv = [
-        decide(dataclasses.replace(base, seconds_per_image={k: v * f for k, v in
-                                                             base.seconds_per_image.items()}))
-        for f in (0.1, 1.0, 30.0)
-    ]  # fmt: skip
-    for a in adv[1:]:
-        assert a.strategy == adv[0].strategy
-        assert a.confidence == adv[0].confidence
-        assert a.rationale == adv[0].rationale
-    # the cost estimate shown may follow the measurement
-    assert adv[2].estimated_minutes["fine_tuning"] > adv[0].estimated_minutes["fine_tuning"]
+def test_ill_posed_curve_falls_back_to_the_observed_value_with_a_wide_upper_end():
+    params, ok = fit_power_law([100, 200], [0.8, 0.85])
+    assert not ok and np.isnan(params).all()
+    boot = np.vstack([[0.8, 0.85], np.full((50, 2), [0.8, 0.85])])
+    pred = predict_curve([100, 200], boot, 3200)  # 4 doublings beyond the data
+    assert not pred.fitted
+    assert pred.at_full == pytest.approx(0.85)
+    assert pred.interval[1] >= 0.85 + 0.1  # 0.03 per doubling of honest headroom
+
+
+def test_weighted_auroc_matches_sklearn_binary_and_multiclass():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y2 = rng.integers(0, 2, 80)
+    p2 = np.round(rng.random(80), 1)  # ties
+    proba2 = np.c_[1 - p2, p2]
+    assert weighted_auroc(y2, proba2, np.ones((1, 80)))[0] == pytest.approx(roc_auc_score(y2, p2))
+    y3 = np.arange(90) % 3
+    proba3 = rng.dirichlet(np.ones(3), 90) + 0.3 * np.eye(3)[y3]
+    proba3 /= proba3.sum(1, keepdims=True)
+    ref = roc_auc_score(y3, proba3, multi_class="ovr", average="macro")
+    assert weighted_auroc(y3, proba3, np.ones((1, 90)))[0] == pytest.approx(ref)
+    # integer weights = repeating rows
+    w = rng.integers(0, 3, 90).astype(float)
+    rep = np.repeat(np.arange(90), w.astype(int))
+    ref_w = roc_auc_score(y3[rep], proba3[rep], multi_class="ovr", average="macro")
+    assert weighted_auroc(y3, proba3, w[None])[0] == pytest.approx(ref_w)
+
+
+def test_paired_difference_significance():
+    rng = np.random.default_rng(0)
+    base = np.r_[0.8, 0.8 + rng.normal(0, 0.02, 300)]
+    better = base + np.r_[0.03, 0.03 + rng.normal(0, 0.005, 300)]
+    same = base + np.r_[0.0, rng.normal(0, 0.01, 300)]
+    assert paired_difference(better, base)["significant"]
+    d = paired_difference(same, base)
+    assert not d["significant"] and d["p_value"] > 0.05
+
+
+# -- the pilot's plan -----------------------------------------------------------------------------------
+
+
+def test_pilot_plan_is_deterministic_and_grows_with_the_budget():
+    cost = CostModel(macs=384_000_000)  # efficientnet_lite0 at 224 px
+    small = plan_pilot(3000, 2, 1500, cost, 2.0)
+    again = plan_pilot(3000, 2, 1500, cost, 2.0)
+    big = plan_pilot(3000, 2, 1500, cost, 20.0)
+    assert small == again
+    assert len(small.ft_sizes) == 3 and small.ft_sizes[-1] < big.ft_sizes[-1]
+    assert small.planned_seconds["fine_tuning_pilot"] <= 0.55 * 120 + 1
+    assert small.fe_sizes[-1] == 3000 - small.n_eval  # FE is cheap: also at the whole pool
+    tiny = plan_pilot(60, 2, 30, CostModel(macs=200_000), 2.0)
+    assert tiny.ft_sizes[-1] == 60 - tiny.n_eval and tiny.repeats >= 1
+    m = cost.full_minutes(4000, 700, 8)
+    assert m["feature_extraction"] < m["fine_tuning"]

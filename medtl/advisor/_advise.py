@@ -1,4 +1,4 @@
-"""``advise``: profile a dataset once and apply the rules."""
+"""``advise``: profile a dataset, run the pilot of both strategies, extrapolate, apply the rule."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from medtl.advisor._profile import advice_samples, build_profile, measure, stratified_cap
-from medtl.advisor.rules import Advice, decide
+from medtl.advisor.rules import Advice, decide, measured_from_pilot
 from medtl.data._types import Dataset
 from medtl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_READ_OPTIONS: dict[str, Any] = {"window": "header"}  # as medtl.experiment.load_data
+# The advisor's own time budget: medtl advise on 5,000 images at 224 px with efficientnet_lite0 is
+# planned to finish in about 2 minutes on the project's 2-core CPU (reference cost model, _pilot.py).
+DEFAULT_PILOT_MINUTES = 2.0
 
 
 def advise(
@@ -23,8 +26,9 @@ def advise(
     backbone: str | None = None,
     image_size: int | None = None,
     budget_minutes: float | None = None,
+    pilot_minutes: float = DEFAULT_PILOT_MINUTES,
     cache_dir: str | Path = ".medtl_cache",
-    max_images: int = 2000,
+    max_images: int = 5000,
     seed: int = 0,
     progress: bool = True,
     read_options: dict[str, Any] | None = None,
@@ -32,22 +36,28 @@ def advise(
     patient_id_pattern: str | None = None,
     positive_class: str | None = None,
 ) -> Advice:
-    """Recommend fine-tuning, partial fine-tuning or feature extraction for a dataset, and say why.
+    """Recommend fine-tuning or feature extraction for a dataset from a measured pilot, and say why.
 
-    Profiles the training + validation images (never the test split): size per class, domain gap to
-    ImageNet (BatchNorm statistics and ImageNet-classifier entropy, from the same forward pass as the
-    embeddings), cross-validated k-NN and logistic probes on frozen features with a short learning
-    curve, and the measured cost per image of each strategy. The embeddings land in the same cache
-    that :class:`medtl.strategies.FeatureExtraction` reads, so a following feature-extraction run
-    reuses them.
+    Works on the training + validation images only (never the test split). Profiles them (size per
+    class, domain gap to ImageNet from BatchNorm statistics and ImageNet-classifier entropy, cross-
+    validated frozen-feature probes), then runs a pilot: feature extraction and a short run of the
+    default fine-tuning recipe (LP-FT) at 2-3 training sizes, both scored on the same held-out images
+    (grouped by patient when ids are known), so their difference is paired. Power-law learning curves
+    extrapolate each strategy to the full training size; the written rule in
+    :mod:`medtl.advisor.rules` picks. The pilot's size follows ``pilot_minutes`` through a
+    deterministic cost model, so the same data and seed give the same advice on any machine load.
+    The embeddings land in the cache that :class:`medtl.strategies.FeatureExtraction` reads.
 
     Args:
         data: dataset folder, CSV manifest, ``.npz``, or a loaded :class:`medtl.data.Dataset`.
         backbone: registered backbone (default ``medtl.backbones.DEFAULT_BACKBONE``).
         image_size: side length for the backbone (default: the backbone's input size).
-        budget_minutes: wall-time budget; strategies estimated to exceed it are not recommended.
+        budget_minutes: training budget; a strategy whose reference cost on the full data exceeds it
+            is not recommended.
+        pilot_minutes: the advisor's own time budget (decoding, embedding, pilot); sizes the pilot.
         cache_dir: decoded-image and embedding cache (as ``medtl.experiment.default_cache_dir``).
-        max_images: most images to profile (stratified subsample above it; the advice says so).
+        max_images: most images to profile (stratified subsample above it, or above what
+            ``pilot_minutes`` affords; the advice says so).
         seed: seed of the subsample, the folds and random-init backbones.
         progress: show progress bars.
         read_options: options for ``medtl.io.read_image`` (default as experiments: header window).
@@ -58,21 +68,25 @@ def advise(
             data (AUROC itself does not depend on it).
 
     Returns:
-        :class:`Advice` with ``strategy``, ``confidence``, ``expected_auroc``, ``estimated_minutes``,
-        ``rationale``, ``profile``; ``to_dict()`` and ``explain()``.
+        :class:`Advice` with ``strategy``, ``confidence``, ``expected_auroc`` (interval at full size),
+        ``predicted_auroc``, ``gain_2x``, ``estimated_minutes``, ``rationale``, ``details``,
+        ``budget``, ``profile``; ``to_dict()`` and ``explain()``.
 
     Example:
-        >>> advice = medtl.advise("chest_xray/", budget_minutes=15)
+        >>> advice = medtl.advise("chest_xray/", budget_minutes=15, pilot_minutes=2)
         >>> print(advice.explain())
     """
     from medtl._options import check_range
-    from medtl.backbones import DEFAULT_BACKBONE, backbone_config
+    from medtl.advisor._pilot import CostModel, count_macs, plan_pilot, pool_size, run_pilot
+    from medtl.backbones import DEFAULT_BACKBONE, backbone_config, create_backbone
     from medtl.data import load_dataset, prepare_images
     from medtl.strategies import FineTuning
 
     started = time.perf_counter()
+    timings: dict[str, float] = {}
     backbone = backbone or DEFAULT_BACKBONE
     check_range("max_images", max_images, 10)
+    check_range("pilot_minutes", pilot_minutes, 0)
     if budget_minutes is not None:
         check_range("budget_minutes", budget_minutes, 0)
     read_options = dict(DEFAULT_READ_OPTIONS if read_options is None else read_options)
@@ -104,10 +118,17 @@ def advise(
             f"({', '.join(dataset.classes)}). Give one of them (the same as for `medtl compare`)."
         )
     samples, n_train, n_val = advice_samples(dataset)
-    profiled = stratified_cap(samples, int(max_images), seed)
+    timings["load"] = time.perf_counter() - started
+
+    net, _ = create_backbone(backbone, pretrained=False, num_classes=len(dataset.classes))
+    cost = CostModel(macs=count_macs(net, size))
+    del net
+    n_pool = pool_size(len(samples), cost, float(pilot_minutes), int(max_images))
+    profiled = stratified_cap(samples, n_pool, seed)
     if len(profiled) < len(samples):
-        log.info("advisor: profiling a stratified %d of %d images", len(profiled), len(samples))
+        log.info("advisor: measuring a stratified %d of %d images", len(profiled), len(samples))
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    t0 = time.perf_counter()
     images = prepare_images(
         profiled,
         dataset.classes,
@@ -117,20 +138,44 @@ def advise(
         read_options=read_options,
         progress=progress,
     )
-    if len(images) < 4:
+    timings["decode"] = time.perf_counter() - t0
+    counts = [int((images.labels == c).sum()) for c in range(len(dataset.classes))]
+    if len(images) < 4 or min(counts) < 6:
         raise ConfigError(
-            f"Only {len(images)} readable image(s) in {dataset.root!r}; the advisor needs a few per "
-            "class. Check the skipped files listed by `medtl data card`."
+            f"Only {len(images)} readable image(s) in {dataset.root!r} ({counts} per class); the "
+            "advisor needs at least 6 per class to run its pilot. Check the skipped files listed by "
+            "`medtl data card`, or add labelled images."
         )
     pid = {s.uid: s.patient_id for s in profiled}
+    patient_ids = [pid.get(u) for u in images.uids]
+    t0 = time.perf_counter()
     measured = measure(
         images,
         backbone=backbone,
         cache_dir=cache,
         seed=seed,
         progress=progress,
-        patient_ids=[pid.get(u) for u in images.uids],
+        patient_ids=patient_ids,
     )
+    timings["embed_and_profile"] = time.perf_counter() - t0
+    plan = plan_pilot(len(images), len(dataset.classes), min(counts), cost, float(pilot_minutes))
+    pilot = run_pilot(
+        images,
+        plan,
+        backbone=backbone,
+        cache_dir=None if cache is None else str(cache),
+        seed=seed,
+        patient_ids=patient_ids,
+        cost=cost,
+    )
+    timings.update(pilot["seconds"])
+    epochs = int(epochs or FineTuning().epochs)
+    minutes = cost.full_minutes(n_train, n_val, epochs)
+    t0 = time.perf_counter()
+    m = measured_from_pilot(pilot, n_full=len(samples), minutes=minutes, seed=seed)
+    timings["curves"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    timings["budget"] = 60.0 * float(pilot_minutes)
     profile = build_profile(
         dataset,
         images,
@@ -139,9 +184,29 @@ def advise(
         n_val=n_val,
         n_images=len(samples),
         backbone=backbone,
-        epochs=int(epochs or FineTuning().epochs),
+        epochs=epochs,
         started=started,
+        macs_per_image=cost.macs,
     )
-    advice = decide(profile, budget_minutes=budget_minutes)
+    from medtl.advisor._pilot import PILOT_EPOCHS
+
+    profile.pilot = {
+        "plan": plan.to_dict(),
+        "epochs": PILOT_EPOCHS,
+        "recipe": "LP-FT (FineTuning defaults, short schedule)",
+        "guard_hit": bool(pilot["guard_hit"]),
+    }
+    profile.timings = {k: round(v, 2) for k, v in timings.items()}
+    advice = decide(profile, m, budget_minutes=budget_minutes)
+    advice.budget = {
+        "pilot_minutes": float(pilot_minutes),
+        "seconds": {k: round(v, 1) for k, v in timings.items() if k not in ("budget",)},
+        "share_of_budget": {
+            k: round(v / timings["budget"], 3)
+            for k, v in timings.items()
+            if k not in ("budget", "total")
+        },
+        "planned_seconds": plan.to_dict()["planned_seconds"],
+    }
     log.info("advisor: %s (%s confidence)", advice.strategy, advice.confidence)
     return advice

@@ -20,8 +20,8 @@ from medtl.data._types import Dataset, PreparedImages, Sample
 
 log = logging.getLogger(__name__)
 
+PROBE_MAX_IMAGES = 800  # the cross-validated probe runs on at most this many of the profiled images
 BN_MIN_IMAGES = 256  # BN statistics need a forward pass over at least this many images (or all)
-TIMING_BATCH = 8
 
 
 @dataclass
@@ -42,10 +42,12 @@ class Profile:
         bn_kl, bn_mean_shift, bn_layers: BatchNorm divergence to ImageNet (see ``BNStatsRecorder``).
         imagenet_entropy: mean normalised entropy of the ImageNet classifier (0..1).
         probe: cross-validated probe results (see ``probe_transferability``).
-        seconds_per_image: {"extract", "fine_tuning", "partial_fine_tuning"} measured on this machine.
-        epochs: epochs assumed for the fine-tuning estimates; device: where it was timed.
+        macs_per_image: multiply-accumulates of one forward pass (the deterministic cost model's input).
+        epochs: epochs assumed for the fine-tuning estimates; device: where it ran.
         embed_cache_hits: profiled images whose embeddings came from the cache.
-        profile_seconds: wall time of profiling.
+        profile_seconds: wall time of the whole advice.
+        pilot: the pilot's plan and settings (see ``medtl.advisor._pilot``).
+        timings: measured seconds per part of the advice, with the budget (reported, never decisive).
     """
 
     n_images: int
@@ -68,11 +70,13 @@ class Profile:
     bn_layers: int = 0
     imagenet_entropy: float | None = None
     probe: dict[str, Any] = field(default_factory=dict)
-    seconds_per_image: dict[str, float] = field(default_factory=dict)
+    macs_per_image: int = 0
     epochs: int = 8
     device: str = "cpu"
     embed_cache_hits: int = 0
     profile_seconds: float = 0.0
+    pilot: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def probe_auroc(self) -> float | None:
@@ -140,7 +144,7 @@ def measure(
     progress: bool,
     patient_ids: list[str | None] | None = None,
 ) -> dict[str, Any]:
-    """Embeddings + BN divergence + ImageNet entropy + probes + timing for prepared images.
+    """Embeddings + BN divergence + ImageNet entropy + cross-validated probes for prepared images.
 
     ``patient_ids`` (one per image, None where unknown) groups the probes' cross-validation folds.
     """
@@ -150,7 +154,6 @@ def measure(
         BNStatsRecorder,
         imagenet_entropy,
         probe_transferability,
-        time_strategies,
     )
     from medtl.backbones import create_backbone
     from medtl.strategies import FeatureExtraction, extract_embeddings
@@ -180,17 +183,24 @@ def measure(
     finally:
         rec.detach()
     div = rec.divergence()
-    probe = probe_transferability(emb, images.labels, seed=seed, groups=patient_ids)
-    n_classes = len(images.classes)
-    pick = np.linspace(0, len(images) - 1, TIMING_BATCH).round().astype(int)
-    spi = time_strategies(model, cfg, images.pixels[pick], n_classes)
+    # the probe is a profile detail now (the pilot decides): cap its cost on large pools
+    rows = np.arange(len(images))
+    if len(rows) > PROBE_MAX_IMAGES:
+        rows = np.sort(
+            np.random.default_rng(seed).choice(len(rows), PROBE_MAX_IMAGES, replace=False)
+        )
+    probe = probe_transferability(
+        emb[rows],
+        np.asarray(images.labels)[rows],
+        seed=seed,
+        groups=None if patient_ids is None else [patient_ids[i] for i in rows],
+    )
     return {
         "bn_kl": div["kl"],
         "bn_mean_shift": div["mean_shift"],
         "bn_layers": int(div["layers"] or 0),
         "imagenet_entropy": imagenet_entropy(model, emb) if cfg.pretrained else None,
         "probe": probe,
-        "seconds_per_image": spi,
         "pretrained": bool(cfg.pretrained),
         "embed_cache_hits": int(getattr(fe, "cache_hits_", 0)),
         "device": str(device),
@@ -209,6 +219,7 @@ def build_profile(
     backbone: str,
     epochs: int,
     started: float,
+    macs_per_image: int = 0,
 ) -> Profile:
     """Combine the data card's facts, the split sizes and the measurements into a :class:`Profile`."""
     from medtl.data.card import summarise_dataset
@@ -241,7 +252,7 @@ def build_profile(
         bn_layers=measured["bn_layers"],
         imagenet_entropy=measured["imagenet_entropy"],
         probe=measured["probe"],
-        seconds_per_image=measured["seconds_per_image"],
+        macs_per_image=int(macs_per_image),
         epochs=epochs,
         device=measured["device"],
         embed_cache_hits=measured["embed_cache_hits"],

@@ -1,17 +1,18 @@
-"""The advisor's rules: a :class:`Profile` in, an :class:`Advice` out. Pure functions, no I/O.
+"""The advisor's decision rule: measured, extrapolated comparisons in, an :class:`Advice` out. No I/O.
 
-The rules encode what the literature and our own measurements say:
+The rule (documented with its evidence in ``benchmarks/README_advisor.md``):
 
-* little data and a small domain gap: feature extraction is competitive and far cheaper;
-* a large gap (ultrasound, tiny images) with frozen features that stay low: fine-tune
-  (on BreastMNIST a frozen ImageNet network collapses while fine-tuning reaches ~0.90 AUROC);
-* frozen features already near the ceiling (CV AUROC >= 0.97): feature extraction (cheap, and safer
-  under dataset shift: on the Kermany chest X-rays it beat plain fine-tuning at 50 to 4695 images);
-* in between: partial fine-tuning (last stages only);
-* the time budget overrides everything: a strategy that does not fit is not recommended.
+1. A strategy whose reference cost on the full data exceeds ``budget_minutes`` is excluded.
+2. Let ``D`` be the predicted fine-tuning minus feature-extraction AUROC at the full training size, with
+   a 90% interval ``[D_low, D_high]`` (paired bootstrap over the same held-out images, widened for
+   extrapolation). Fine-tune only when ``D_low > 0`` **and** ``D >= MIN_GAIN + GAIN_PER_HOUR x extra
+   hours`` (the extra reference minutes of fine-tuning over feature extraction). Otherwise extract
+   features: it is cheaper, and a gain that is not clearly above zero is not worth its cost.
+3. Confidence is "high" only when the measured paired difference at the largest pilot size is
+   significant (95% bootstrap CI excludes 0) and points the same way as the pick; "medium" when the
+   predicted interval of ``D`` lies on the pick's side of 0 (or the budget forced the pick); "low" otherwise.
 
-Each rule casts a signed vote (negative = towards feature extraction, positive = towards fine-tuning)
-and writes the sentence that explains it, so the rationale is exactly the reasoning used.
+Domain-gap signals (BatchNorm KL, ImageNet entropy, k-NN) are reported, never voted.
 """
 
 from __future__ import annotations
@@ -20,50 +21,67 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from medtl.advisor._curve import INTERVAL, MODEL_ERROR, CurvePrediction, paired_difference
 from medtl.advisor._profile import Profile, _json_safe
 
-STRATEGIES = ("feature_extraction", "partial_fine_tuning", "fine_tuning")
+STRATEGIES = ("feature_extraction", "fine_tuning")
 LABELS = {
     "feature_extraction": "feature extraction (frozen backbone + linear head)",
-    "partial_fine_tuning": "partial fine-tuning (last stages + head)",
-    "fine_tuning": "fine-tuning (every layer)",
+    "fine_tuning": "fine-tuning (LP-FT, every layer)",
 }
+SHORT = {"feature_extraction": "feature extraction", "fine_tuning": "fine-tuning"}
 
-# Domain-gap thresholds on the BatchNorm KL (mean over layers of the median channel KL). Calibrated
-# with efficientnet_lite0.in1k: see benchmarks/README_advisor.md for the measurements behind them.
+# A gain below half a point of AUROC is not visible in a clinical validation of a few hundred cases.
+MIN_GAIN = 0.005
+# What an hour of extra training must buy: 0.01 AUROC per hour (a value judgement: a day of a 2-core
+# CPU for +0.24 AUROC would be worth it, a day for +0.05 would not). Applied to reference minutes.
+GAIN_PER_HOUR = 0.01
+
+# Domain-gap thresholds on the BatchNorm KL, for the profile's description only (see the README).
 KL_SMALL = 0.2
 KL_LARGE = 0.33
 TINY_IMAGE_PX = 32
-CEILING_AUROC = 0.97
-LOW_PROBE = 0.80
-HIGH_PROBE = 0.90
-FLAT_SLOPE = 0.01  # AUROC gained per doubling of the training data below which the curve is "flat"
-RISING_SLOPE = 0.03
-# Fine-tuning in medtl is LP-FT (probe head, frozen BatchNorm statistics, gentle rates). It beat the
-# frozen-feature probe on the shifted Kermany test set at every measured size (benchmarks/shift_eval.py,
-# 128 px: 0.954 vs 0.915 at 50 images, 0.942 vs 0.912 at 200, 0.966 vs 0.946 at 1000; DeLong p < 0.05).
-# So when frozen features are "competitive", LP-FT is still recommended while it is cheap; above this
-# estimated cost, feature extraction is recommended and the possible gain is stated.
-CHEAP_FT_MINUTES = 15.0
-# The vote's notion of "cheap" must not depend on the machine's momentary load (the same data and
-# seed must give the same advice), so it uses a reference cost, not the measured time: training
-# image-passes scaled by pixels, at the rate measured for the default recipe (LP-FT, Lite0, 224 px,
-# batch 32) on the project's 2-core CPU: 5 epochs x 4,470 images in 31 min = 720 passes/min
-# (README, "What to expect"). The measured minutes still inform the estimate shown and
-# --budget-minutes.
-REFERENCE_PASSES_PER_MINUTE_224 = 720.0
 
 
-def reference_ft_minutes(p: Profile) -> float:
-    """Fine-tuning cost in reference minutes: deterministic for given data and options."""
-    scale = (p.profile_size / 224.0) ** 2
-    return p.epochs * (p.n_train + p.n_val / 3.0) * scale / REFERENCE_PASSES_PER_MINUTE_224
+@dataclass
+class Measured:
+    """What the pilot measured and what the curves predict (the rule's only inputs besides the profile).
 
+    Attributes:
+        curves: {"feature_extraction", "fine_tuning"} -> :class:`CurvePrediction` at the full size.
+        paired: measured fine-tuning minus feature extraction at ``paired["size"]`` (the largest pilot
+            size both ran), from :func:`paired_difference` over the same held-out images.
+        minutes: reference minutes of each strategy's full run (deterministic: see ``CostModel``).
+        n_eval: held-out images per repeat; repeats: number of holdouts.
+    """
 
-LPFT_EVIDENCE = (
-    "on shifted chest X-ray test data it added 0.02-0.04 AUROC over the frozen-feature probe at 50, 200 "
-    "and 1000 training images"
-)
+    curves: dict[str, CurvePrediction]
+    paired: dict[str, Any]
+    minutes: dict[str, float]
+    n_eval: int = 0
+    repeats: int = 1
+
+    def predicted_gain(self) -> dict[str, float]:
+        """Predicted FT - FE AUROC at the full size: point, 90% interval and share of replicates > 0."""
+        fe, ft = self.curves["feature_extraction"], self.curves["fine_tuning"]
+        d_b = np.asarray(ft.boot_full, dtype=float) - np.asarray(fe.boot_full, dtype=float)
+        d = float(ft.at_full - fe.at_full)
+        reps = d_b[1:][np.isfinite(d_b[1:])] if len(d_b) > 1 else np.zeros(0)
+        if len(reps):
+            lo, hi = np.quantile(reps, [(1 - INTERVAL) / 2, (1 + INTERVAL) / 2])
+            share = float(np.mean(reps > 0))
+        else:  # no replicates: only the measured difference's spread is known
+            half = max(abs(self.paired.get("ci_high", d) - self.paired.get("ci_low", d)) / 2, 0.02)
+            lo, hi, share = d - half, d + half, 0.5
+        widen = MODEL_ERROR * abs(d - float(self.paired.get("diff", d)))
+        return {
+            "diff": d,
+            "low": float(min(lo, d) - widen),
+            "high": float(max(hi, d) + widen),
+            "share_positive": share,
+        }
 
 
 @dataclass
@@ -71,25 +89,34 @@ class Advice:
     """The recommendation, why, and what each strategy is expected to give and cost.
 
     Attributes:
-        strategy: "feature_extraction", "partial_fine_tuning" or "fine_tuning".
-        confidence: "high", "medium" or "low"; confidence_score: the same in [0, 1].
-        expected_auroc: {strategy: [low, high]} estimated AUROC range for each strategy.
-        estimated_minutes: {strategy: minutes} estimated wall time on this machine.
-        rationale: plain-language sentences, most important first.
-        profile: the measurements (see :class:`Profile`).
-        votes: {signal: vote} the rules' signed votes (negative favours feature extraction).
-        notes: caveats (subsampling, random backbone, ...).
+        strategy: "feature_extraction" or "fine_tuning".
+        confidence: "high", "medium" or "low"; confidence_score: in [0, 1] (share of bootstrap replicates
+            in which the picked strategy is not predicted worse).
+        expected_auroc: {strategy: [low, high]} predicted AUROC interval at the full training size.
+        predicted_auroc: {strategy: AUROC} the point prediction at the full size.
+        gain_2x: {strategy: [gain, low, high]} predicted AUROC gain of twice as many labelled images.
+        estimated_minutes: {strategy: minutes} reference cost of the full run (deterministic).
+        rationale: plain-language sentences for a clinician, most important first.
+        details: technical sentences (domain gap, probes, pilot, curves, budget used).
+        decision: the rule's inputs and branch (JSON-safe).
+        budget: {part: seconds} the advisor's measured time per part, with the budget.
+        profile: the measurements (see :class:`Profile`); notes: caveats.
     """
 
     strategy: str
     confidence: str
     confidence_score: float
     expected_auroc: dict[str, list[float]]
+    predicted_auroc: dict[str, float]
+    gain_2x: dict[str, list[float]]
     estimated_minutes: dict[str, float]
     rationale: list[str]
+    details: list[str]
+    decision: dict[str, Any]
     profile: Profile
-    votes: dict[str, float] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    curves: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN/inf become None)."""
@@ -101,32 +128,40 @@ class Advice:
                 "expected_auroc": {
                     k: [round(v, 3) for v in r] for k, r in self.expected_auroc.items()
                 },
+                "predicted_auroc": {k: round(v, 3) for k, v in self.predicted_auroc.items()},
+                "gain_2x": {k: [round(v, 3) for v in r] for k, r in self.gain_2x.items()},
                 "estimated_minutes": {k: round(v, 2) for k, v in self.estimated_minutes.items()},
                 "rationale": list(self.rationale),
-                "votes": dict(self.votes),
+                "details": list(self.details),
+                "decision": self.decision,
+                "curves": self.curves,
+                "budget": self.budget,
                 "notes": list(self.notes),
                 "profile": self.profile.to_dict(),
             }
         )
 
     def explain(self) -> str:
-        """Multi-line text for the terminal."""
+        """Multi-line text for the terminal: the clinician's summary first, details after."""
         lines = [
             f"Recommendation: {LABELS[self.strategy]}",
             f"Confidence: {self.confidence} ({self.confidence_score:.2f})",
             "",
-            "Why:",
             *[f"  - {s}" for s in self.rationale],
             "",
-            "Estimates for this dataset on this machine (estimates, not measurements):",
-            f"  {'strategy':<22}{'AUROC range':>14}{'minutes':>10}",
+            f"Predicted at the full training size ({self.profile.n_images} images):",
+            f"  {'strategy':<20}{'AUROC':>7}{'interval':>13}{'2x data':>9}{'minutes':>9}",
         ]
         for s in STRATEGIES:
+            if s not in self.expected_auroc:
+                continue
             lo, hi = self.expected_auroc[s]
             mark = " <-" if s == self.strategy else ""
             lines.append(
-                f"  {s:<22}{f'{lo:.2f}-{hi:.2f}':>14}{self.estimated_minutes[s]:>10.1f}{mark}"
+                f"  {s:<20}{self.predicted_auroc[s]:>7.3f}{f'{lo:.2f}-{hi:.2f}':>13}"
+                f"{self.gain_2x[s][0]:>+9.3f}{self.estimated_minutes[s]:>9.1f}{mark}"
             )
+        lines += ["", "Details:", *[f"  - {d}" for d in self.details]]
         if self.notes:
             lines += ["", "Notes:", *[f"  - {n}" for n in self.notes]]
         return "\n".join(lines)
@@ -135,23 +170,8 @@ class Advice:
 # -- building blocks ----------------------------------------------------------------------------------
 
 
-def estimate_minutes(p: Profile) -> dict[str, float]:
-    """Wall time of each strategy on the full dataset, from the measured seconds per image.
-
-    Feature extraction: every train + val image once through the frozen network, plus the head fits.
-    Fine-tuning (full or partial): ``epochs`` x (train images x step time + val images x forward time).
-    """
-    spi = p.seconds_per_image
-    ext = spi.get("extract", float("nan"))
-    head = float(p.probe.get("head_seconds", 0.0) or 0.0)
-    out = {"feature_extraction": (p.n_images * ext + head) / 60.0}
-    for s in ("partial_fine_tuning", "fine_tuning"):
-        out[s] = p.epochs * (p.n_train * spi.get(s, float("nan")) + p.n_val * ext) / 60.0
-    return out
-
-
 def domain_gap(p: Profile) -> tuple[int, str]:
-    """Gap level 0 (small), 1 (medium) or 2 (large) and the phrase that explains it."""
+    """Gap level 0 (small), 1 (medium) or 2 (large) and the phrase that explains it (descriptive only)."""
     mods = {m.upper(): n for m, n in p.modalities.items()}
     if mods and max(mods, key=mods.get) == "US":
         return 2, "large domain gap (ultrasound vs photographs)"
@@ -167,222 +187,268 @@ def domain_gap(p: Profile) -> tuple[int, str]:
     return 0, f"small domain gap ({what})"
 
 
-def expected_auroc(p: Profile, gap: int) -> dict[str, list[float]]:
-    """AUROC ranges from the CV probe (mean +- fold spread) plus documented adjustments.
-
-    * feature extraction: probe mean +- 1 SD across folds; the top end adds the learning-curve slope
-      for the 25% more data the final head sees (log2(1.25) doublings).
-    * fine-tuning: the probe range shifted by a data/gap term: +0.02 per gap level, -0.04 below 50
-      images in the smallest class, -0.02 below 200, +0.02 from 1000; widened by +-0.04 (training
-      variance). A low probe (< 0.80) with a large gap gets +0.05 headroom (features, not data, limit it).
-    * partial fine-tuning: half-way between the two, widened by +-0.03.
-
-    These are heuristics for ordering expectations, not predictions with coverage guarantees.
-    """
-    mean = p.probe_auroc if p.probe_auroc is not None else 0.75
-    sd = p.probe_std
-    slope = max(p.probe_slope or 0.0, 0.0)
-    fe = [mean - sd, mean + sd + slope * math.log2(1.25)]
-    delta = 0.02 * gap
-    delta += -0.04 if p.min_class < 50 else -0.02 if p.min_class < 200 else 0.0
-    delta += 0.02 if p.min_class >= 1000 else 0.0
-    if mean < LOW_PROBE and gap == 2:
-        delta += 0.05
-    ft = [fe[0] + delta - 0.04, fe[1] + delta + 0.04]
-    pft = [fe[0] + delta / 2 - 0.03, fe[1] + delta / 2 + 0.03]
-
-    def clip(r: list[float]) -> list[float]:
-        return [min(max(r[0], 0.5), 0.995), min(max(r[1], 0.5), 0.995)]
-
-    return {
-        "feature_extraction": clip(fe),
-        "partial_fine_tuning": clip(pft),
-        "fine_tuning": clip(ft),
-    }
-
-
 def _fmt_min(m: float) -> str:
     if not math.isfinite(m):
         return "unknown time"
-    return f"~{m:.0f} min" if m >= 1.5 else f"~{max(m * 60, 1):.0f} s"
+    if m >= 90:
+        return f"about {m / 60:.1f} hours"
+    return f"about {m:.0f} minutes" if m >= 1.5 else f"about {max(m * 60, 1):.0f} seconds"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
 
 
 # -- the decision -------------------------------------------------------------------------------------
 
 
-def decide(p: Profile, *, budget_minutes: float | None = None) -> Advice:
-    """Apply the rules to a profile.
+def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> Advice:
+    """Apply the written rule (module docstring) to the measurements.
 
     Args:
-        p: the measurements.
-        budget_minutes: wall-time budget; strategies estimated to take longer are not recommended.
+        p: the dataset profile (sizes, domain-gap signals, probes).
+        m: the pilot's measurements and the curves' predictions.
+        budget_minutes: training budget; a strategy whose reference cost exceeds it is excluded.
 
     Example:
-        >>> advice = decide(profile, budget_minutes=10)
+        >>> advice = decide(profile, measured, budget_minutes=10)
         >>> advice.strategy
         'feature_extraction'
     """
-    gap, gap_text = domain_gap(p)
-    minutes = estimate_minutes(p)
-    ranges = expected_auroc(p, gap)
-    probe, slope, knn = p.probe_auroc, p.probe_slope, p.knn_auroc
-    votes: dict[str, float] = {}
+    gain = m.predicted_gain()
+    minutes = dict(m.minutes)
+    extra_h = max(minutes["fine_tuning"] - minutes["feature_extraction"], 0.0) / 60.0
+    needed = MIN_GAIN + GAIN_PER_HOUR * extra_h
+    fits = {s: budget_minutes is None or minutes[s] <= budget_minutes for s in STRATEGIES}
+    paired = m.paired
+    branch: str
+    if not fits["fine_tuning"]:
+        strategy, branch = "feature_extraction", "budget"
+    elif gain["low"] > 0 and gain["diff"] >= needed:
+        strategy, branch = "fine_tuning", "gain"
+    elif gain["low"] > 0:
+        strategy, branch = "feature_extraction", "not_worth"
+    else:
+        strategy, branch = "feature_extraction", "uncertain"
+
+    # confidence
+    sig = bool(paired.get("significant"))
+    d_meas = float(paired.get("diff", float("nan")))
+    agrees = (strategy == "fine_tuning" and d_meas > 0) or (
+        strategy == "feature_extraction" and d_meas < 0
+    )
+    side_ok = (strategy == "fine_tuning" and gain["low"] > 0) or (
+        strategy == "feature_extraction" and gain["high"] < 0
+    )
+    if sig and agrees:
+        confidence = "high"
+    elif side_ok or branch in ("budget", "not_worth"):
+        confidence = "medium"
+    else:
+        confidence = "low"
+    share = gain["share_positive"]
+    score = share if strategy == "fine_tuning" else 1.0 - share
     notes: list[str] = []
-
-    # 1. domain gap
-    votes["domain_gap"] = {0: -1.0, 1: 0.5, 2: 2.0}[gap]
-    # 2. data size (smallest class decides how much a whole network can learn without overfitting)
-    if p.min_class < 50:
-        votes["data_size"] = -2.0
-    elif p.min_class < 200:
-        votes["data_size"] = -1.0
-    elif p.min_class >= 1000:
-        votes["data_size"] = 1.0
-    else:
-        votes["data_size"] = 0.0
-    # 3. what frozen features already achieve
-    if probe is None:
-        votes["frozen_features"] = 0.0
-    elif probe < LOW_PROBE and (slope is None or slope < FLAT_SLOPE):
-        votes["frozen_features"] = 1.5  # low and flat: the features, not the data, are the limit
-    elif probe < LOW_PROBE:
-        votes["frozen_features"] = 1.0
-    elif probe >= HIGH_PROBE:
-        votes["frozen_features"] = -1.0
-    else:
-        votes["frozen_features"] = 0.0
-
-    score = sum(votes.values())
-    ceiling = probe is not None and probe >= CEILING_AUROC
-    cheap = reference_ft_minutes(p) <= CHEAP_FT_MINUTES  # not the measured time: see its comment
-    if score >= 2.0 and not ceiling:
-        strategy, why = "fine_tuning", "the signals point clearly to fine-tuning"
-    elif score >= 0.5 and not ceiling:
-        strategy, why = "partial_fine_tuning", "the signals are mixed: adapt only the last stages"
-    else:
-        competitive = (
-            f"frozen features already reach {probe:.2f} AUROC in cross-validation (near the ceiling)"
-            if ceiling
-            else "with this little data and gap, frozen features are competitive"
-        )
-        if cheap:
-            votes["lpft_cheap"] = 3.0
-            strategy = "fine_tuning"
-            why = (
-                f"{competitive}, but fine-tuning here is LP-FT (it starts from those frozen features) "
-                f"and costs only about {_fmt_min(reference_ft_minutes(p))} on a 2-core CPU; "
-                f"{LPFT_EVIDENCE}"
-            )
-        else:
-            strategy = "feature_extraction"
-            why = (
-                f"{competitive}: feature extraction is cheap; fine-tuning (LP-FT) would take about "
-                f"{_fmt_min(reference_ft_minutes(p))} on a 2-core CPU and {LPFT_EVIDENCE}, so run "
-                "it when that "
-                "gain is worth the time"
-            )
-
-    # the headline sentence, in the style "312 images, large gap; frozen features reach 0.71 -> fine-tune"
-    probe_part = ""
-    if probe is not None:
-        trend = (
-            "still rising with more data"
-            if slope is not None and slope >= RISING_SLOPE
-            else "flat with more data"
-            if slope is not None and slope < FLAT_SLOPE
-            else "rising slowly with more data"
-        )
-        probe_part = (
-            f"; frozen features reach {probe:.2f} AUROC in cross-validation "
-            f"(k-NN {knn:.2f}) and are {trend}"
-            if knn is not None
-            else f"; frozen features reach {probe:.2f} AUROC in cross-validation and are {trend}"
-        )
-
-    # budget
-    if budget_minutes is not None:
-        fits = [s for s in STRATEGIES if minutes[s] <= budget_minutes]
-        if strategy not in fits:
-            fallback = (
-                "partial_fine_tuning" if "partial_fine_tuning" in fits else "feature_extraction"
-            )
-            if strategy == "partial_fine_tuning":
-                fallback = "feature_extraction"
-            why = (
-                f"{LABELS[strategy]} would take {_fmt_min(minutes[strategy])}, more than the "
-                f"{budget_minutes:g}-minute budget, so {LABELS[fallback]} instead"
-            )
-            if fallback not in fits:
-                why += f" (even that needs {_fmt_min(minutes[fallback])})"
-            votes["budget"] = -10.0
-            strategy = fallback
-
-    short = {
-        "feature_extraction": "use feature extraction",
-        "partial_fine_tuning": "partially fine-tune",
-        "fine_tuning": "fine-tune",
-    }[strategy]
-    headline = (
-        f"{p.n_images} images ({p.min_class} in the smallest class), {gap_text}{probe_part} -> "
-        f"{short}."
-    )
-    rationale = [headline, why[0].upper() + why[1:] + "."]
-    # measured minutes stay out of the rationale (they vary with the machine's load); they are shown
-    # in the estimates table and used by --budget-minutes
-    rationale += _detail_sentences(p, votes)
-    rationale.append(
-        "Expected AUROC ranges are estimates from the cross-validated frozen-feature probe plus simple "
-        "adjustments for the trained strategies; confirm with `medtl compare`."
-    )
-
-    # confidence: agreement of the votes, how far the score is from a boundary, stability of the probe
-    active = [v for k, v in votes.items() if k not in ("budget", "lpft_cheap")]
-    total = sum(abs(v) for v in active) or 1.0
-    agreement = abs(sum(active)) / total
-    conf = 0.25 + 0.5 * agreement + 0.25 * max(0.0, 1.0 - p.probe_std / 0.1)
-    if "budget" in votes or (ceiling and strategy == "feature_extraction"):
-        conf = max(conf, 0.75)
-    if "lpft_cheap" in votes:  # the signals favour FE, the measured evidence favours LP-FT
-        conf = 0.4 + 0.29 * conf
-    if p.subsampled:
-        notes.append(
-            f"Profiled a stratified subsample of {p.n_profiled} of {p.n_images} images "
-            "(raise max_images to profile more)."
-        )
     if not p.pretrained:
         notes.append(
-            f"Backbone {p.backbone!r} has random weights: the domain gap and probe say little about "
-            "ImageNet transfer."
+            f"Backbone {p.backbone!r} has random weights: this says nothing about ImageNet transfer."
         )
-        conf = min(conf, 0.3)
-    if p.probe.get("n_splits", 0) == 0:
-        notes.append("Too few images per class for cross-validation: no probe measurement.")
-        conf = min(conf, 0.3)
-    conf = float(min(max(conf, 0.0), 1.0))
-    label = "high" if conf >= 0.7 else "medium" if conf >= 0.45 else "low"
+        confidence = "low"
+    if not all(c.fitted for c in m.curves.values()):
+        notes.append(
+            "A learning curve could not be fitted (too few sizes or no trend): its prediction is the "
+            "measured AUROC with a wide upper margin."
+        )
+    if p.subsampled:
+        notes.append(
+            f"Measured on a stratified {p.n_profiled} of {p.n_images} images to fit the time budget "
+            "(raise --pilot-minutes to measure more)."
+        )
+    if p.pilot.get("guard_hit"):
+        notes.append(
+            "The machine was much slower than the reference: a pilot run was cut short, so this advice "
+            "may not repeat exactly. Re-run when the machine is idle."
+        )
+
+    fe, ft = m.curves["feature_extraction"], m.curves["fine_tuning"]
+    rationale = _clinician_sentences(p, m, strategy, branch, gain, needed, budget_minutes)
+    details = _detail_sentences(p, m, gain)
+    decision = {
+        "rule": "fine-tune iff it fits the budget, predicted gain low bound > 0 and gain >= "
+        "MIN_GAIN + GAIN_PER_HOUR x extra hours",
+        "branch": branch,
+        "predicted_gain": gain,
+        "needed_gain": needed,
+        "extra_hours": extra_h,
+        "measured_paired": paired,
+        "fits_budget": fits,
+        "constants": {"MIN_GAIN": MIN_GAIN, "GAIN_PER_HOUR": GAIN_PER_HOUR},
+    }
     return Advice(
         strategy=strategy,
-        confidence=label,
-        confidence_score=conf,
-        expected_auroc=ranges,
+        confidence=confidence,
+        confidence_score=float(min(max(score, 0.0), 1.0)),
+        expected_auroc={s: list(m.curves[s].interval) for s in STRATEGIES},
+        predicted_auroc={"feature_extraction": fe.at_full, "fine_tuning": ft.at_full},
+        gain_2x={s: [m.curves[s].gain_2x, *m.curves[s].gain_2x_interval] for s in STRATEGIES},
         estimated_minutes=minutes,
         rationale=rationale,
+        details=details,
+        decision=decision,
         profile=p,
-        votes=votes,
         notes=notes,
+        curves={s: m.curves[s].to_dict() for s in STRATEGIES},
     )
 
 
-def _detail_sentences(p: Profile, votes: dict[str, float]) -> list[str]:
-    out = []
-    if p.imbalance >= 3:
-        out.append(
-            f"Classes are imbalanced ({p.imbalance:.1f}:1); AUROC is unaffected but choose the "
-            "operating threshold on validation data."
+def _clinician_sentences(
+    p: Profile,
+    m: Measured,
+    strategy: str,
+    branch: str,
+    gain: dict[str, float],
+    needed: float,
+    budget: float | None,
+) -> list[str]:
+    fe, ft = m.curves["feature_extraction"], m.curves["fine_tuning"]
+    mins = m.minutes
+    out = [
+        f"With your {p.n_images} labelled images we expect {SHORT[strategy]} to reach an AUROC of "
+        f"about {m.curves[strategy].at_full:.2f} (likely between "
+        f"{m.curves[strategy].interval[0]:.2f} and {m.curves[strategy].interval[1]:.2f}).",
+        f"Feature extraction: about {fe.at_full:.2f} ({fe.interval[0]:.2f}-{fe.interval[1]:.2f}), "
+        f"{_fmt_min(mins['feature_extraction'])} of computing. Fine-tuning: about {ft.at_full:.2f} "
+        f"({ft.interval[0]:.2f}-{ft.interval[1]:.2f}), {_fmt_min(mins['fine_tuning'])}.",
+    ]
+    g = f"{_signed(gain['diff'])} AUROC (90% range {gain['low']:+.3f} to {gain['high']:+.3f})"
+    why = {
+        "gain": f"Fine-tuning is predicted to add {g}; that is clearly above zero and worth the extra "
+        f"time (it needed at least {needed:+.3f}).",
+        "not_worth": f"Fine-tuning is predicted to add {g}: real but small, less than the "
+        f"{needed:+.3f} that its extra {_fmt_min(mins['fine_tuning'] - mins['feature_extraction'])} "
+        "should buy, so feature extraction is the better use of time.",
+        "uncertain": f"Fine-tuning is predicted to change AUROC by {g}; that range includes no gain, "
+        "so the cheaper feature extraction is recommended.",
+        "budget": f"Fine-tuning would need {_fmt_min(mins['fine_tuning'])}, more than your "
+        f"{budget if budget is not None else 0:g}-minute budget, so feature extraction "
+        f"(predicted difference {g}).",
+    }[branch]
+    out.append(why)
+    pick = m.curves[strategy]
+    out.append(
+        f"Twice as many labelled images ({2 * p.n_images}) would change the expected AUROC by about "
+        f"{pick.gain_2x:+.3f} (range {pick.gain_2x_interval[0]:+.3f} to "
+        f"{pick.gain_2x_interval[1]:+.3f}) with {SHORT[strategy]}."
+    )
+    pd = m.paired
+    if np.isfinite(pd.get("diff", float("nan"))):
+        sig = (
+            "a significant difference" if pd.get("significant") else "not a significant difference"
         )
-    if p.imagenet_entropy is not None:
         out.append(
-            f"The ImageNet classifier is {'unsure' if p.imagenet_entropy > 0.6 else 'fairly sure'} "
-            f"what these images show (normalised entropy {p.imagenet_entropy:.2f})."
+            f"In a trial on {pd.get('size')} of your images, both scored on the same "
+            f"{m.n_eval} held-out images, fine-tuning minus feature extraction was "
+            f"{pd['diff']:+.3f} AUROC (95% CI {pd['ci_low']:+.3f} to {pd['ci_high']:+.3f}): {sig}."
         )
     return out
+
+
+def _detail_sentences(p: Profile, m: Measured, gain: dict[str, float]) -> list[str]:
+    _, gap_text = domain_gap(p)
+    out = [f"Domain gap to ImageNet: {gap_text} (descriptive; the pick rests on the pilot)."]
+    if p.imagenet_entropy is not None:
+        out.append(f"ImageNet-classifier normalised entropy {p.imagenet_entropy:.2f}.")
+    if p.probe_auroc is not None:
+        knn = p.knn_auroc
+        out.append(
+            f"Frozen-feature probe: {p.probe.get('n_splits')}-fold CV AUROC {p.probe_auroc:.3f} "
+            f"(+-{p.probe_std:.3f})" + (f", k-NN {knn:.3f}." if knn is not None else ".")
+        )
+    for s in STRATEGIES:
+        c = m.curves[s]
+        pts = ", ".join(f"n={n}: {a:.3f}" for n, a in zip(c.sizes, c.observed))
+        fit = (
+            f"power law a - b n^-c with a={c.params[0]:.3f}, b={c.params[1]:.3f}, c={c.params[2]:.2f}"
+            if c.fitted and c.params
+            else "no fit (fallback)"
+        )
+        out.append(f"{SHORT[s].capitalize()} pilot: {pts}; {fit}.")
+    out.append(
+        f"Predicted FT - FE at {p.n_images} images: {gain['diff']:+.3f} "
+        f"(90% {gain['low']:+.3f} to {gain['high']:+.3f}; {gain['share_positive']:.0%} of bootstrap "
+        "replicates favour fine-tuning)."
+    )
+    pl = p.pilot.get("plan") or {}
+    if pl:
+        out.append(
+            f"Pilot: {pl.get('repeats')} holdout(s) of {pl.get('n_eval')} images; fine-tuning at "
+            f"{pl.get('ft_sizes')} images, feature extraction at {pl.get('fe_sizes')} "
+            f"({p.pilot.get('epochs')} epochs of the LP-FT recipe)."
+        )
+    t = p.timings
+    if t:
+        total = t.get("total", 0.0)
+        parts = ", ".join(
+            f"{k} {v:.0f} s" for k, v in t.items() if k not in ("total", "budget") and v >= 0.5
+        )
+        out.append(
+            f"Advisor time {total:.0f} s of a {t.get('budget', 0):.0f} s budget ({parts}); minutes "
+            "shown for the strategies are reference estimates, not this machine's timings."
+        )
+    return out
+
+
+def measured_from_pilot(
+    pilot: dict[str, Any],
+    *,
+    n_full: int,
+    minutes: dict[str, float],
+    seed: int,
+    n_boot: int = 200,
+) -> Measured:
+    """Bootstrap the pilot's held-out scores (paired across strategies and sizes) and fit the curves."""
+    import warnings
+
+    from medtl.advisor._curve import bootstrap_weights, predict_curve
+
+    rng = np.random.default_rng(seed)
+    reps = pilot["repeats"]
+    weights = [bootstrap_weights(len(r["y_eval"]), n_boot, rng) for r in reps]
+    curves: dict[str, CurvePrediction] = {}
+    at: dict[str, dict[int, np.ndarray]] = {}
+    for key, name in (("fe", "feature_extraction"), ("ft", "fine_tuning")):
+        sizes = sorted(reps[0][key])
+        with warnings.catch_warnings():  # a replicate that lost a class is NaN in every repeat
+            warnings.simplefilter("ignore", RuntimeWarning)
+            table = _table(reps, key, sizes, weights)
+        at[name] = {s: table[:, i] for i, s in enumerate(sizes)}
+        curves[name] = predict_curve(sizes, table, n_full)
+    common = sorted(set(at["feature_extraction"]) & set(at["fine_tuning"]))
+    top = common[-1]
+    paired = paired_difference(at["fine_tuning"][top], at["feature_extraction"][top])
+    paired["size"] = int(top)
+    return Measured(
+        curves=curves,
+        paired=paired,
+        minutes=minutes,
+        n_eval=len(reps[0]["y_eval"]),
+        repeats=len(reps),
+    )
+
+
+def _table(
+    reps: list[dict[str, Any]], key: str, sizes: list[int], weights: list[np.ndarray]
+) -> np.ndarray:
+    """(B + 1, len(sizes)) AUROCs averaged over the repeats, one column per training size."""
+    from medtl.advisor._curve import weighted_auroc
+
+    return np.stack(
+        [
+            np.nanmean(
+                [weighted_auroc(r["y_eval"], r[key][s], w) for r, w in zip(reps, weights)],
+                axis=0,
+            )
+            for s in sizes
+        ],
+        axis=1,
+    )

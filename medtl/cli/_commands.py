@@ -343,6 +343,8 @@ def advise(args: argparse.Namespace) -> int:
         kwargs["image_size"] = args.image_size
     if args.budget_minutes is not None:
         kwargs["budget_minutes"] = args.budget_minutes
+    if getattr(args, "pilot_minutes", None) is not None:
+        kwargs["pilot_minutes"] = args.pilot_minutes
     if args.patient_id_pattern:
         kwargs["patient_id_pattern"] = args.patient_id_pattern
     if args.seed is not None:

@@ -277,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_positive_class(p)
     p.add_argument("--seed", type=int, help="random seed of the subsample and folds (default 0)")
     p.add_argument(
+        "--pilot-minutes",
+        type=float,
+        default=None,
+        help="time the advisor may spend measuring both strategies (default 2)",
+    )
+    p.add_argument(
         "--patient-id-pattern",
         help="regular expression giving the patient id from a file name (groups the probe's folds)",
     )

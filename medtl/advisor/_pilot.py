@@ -1,0 +1,292 @@
+"""The pilot: both strategies trained on the user's own training data, scored on the same held-out images.
+
+A deterministic cost model (multiply-accumulates of the backbone at the image size, at a reference rate
+measured on the project's 2-core CPU) sizes the pilot to the advisor's time budget, so the plan, and with
+it the advice, never depends on the machine's momentary load. Measured seconds are reported beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtl.data._types import PreparedImages
+
+log = logging.getLogger(__name__)
+
+# Reference rates on the project's 2-core CPU. Training: LP-FT on efficientnet_lite0 at 224 px (0.384 G
+# multiply-accumulates per image) ran 720 image-passes per minute (README, "What to expect") = 4.6 GMAC/s.
+# Extraction (folded BatchNorm, inference mode) measured ~11x faster per image than a training step at 128 px
+# (advisor time_strategies: 3.2 ms vs 35 ms); 8x is used, to leave headroom.
+REF_TRAIN_GMACS_PER_S = 4.6
+REF_EXTRACT_GMACS_PER_S = 8 * REF_TRAIN_GMACS_PER_S
+# Costs that do not scale with multiply-accumulates (depthwise convolutions are memory-bound, Python and
+# autograd overhead): at 64 px Lite0 took 0.17x the 224 px time per training image and 0.27x per
+# extracted image, not the 0.08x of its MACs (time_strategies, same process; the first 64 px smoke run
+# of benchmarks/advisor_eval.py took 6.7x its plan with 2 ms / 0.5 ms / 2 s here).
+PER_IMAGE_OVERHEAD_S = {"train": 0.008, "extract": 0.0025, "decode": 0.004}
+FIT_OVERHEAD_S = (
+    5.0  # network, probe head (11 regularisation strengths) and optimiser, per pilot fit
+)
+# The pilot recipe: the default fine-tuning recipe (LP-FT: probe head, frozen BatchNorm statistics, gentle
+# rates, onecycle schedule) with a short schedule; batches as the default recipe.
+# Batches of 16 (the default recipe uses 32) give a short pilot twice the optimiser steps at equal cost.
+PILOT_EPOCHS = 3
+PILOT_MIN_STEPS = 2
+PILOT_BATCH = 16
+FRACTIONS = (0.25, 0.5, 1.0)
+EVAL_FRACTION = 0.3
+EVAL_MAX = 300
+MAX_REPEATS = 3
+# Shares of the advisor's budget: decoding + embedding the profiled images, and the fine-tuning pilot.
+EMBED_SHARE = 0.3
+PILOT_SHARE = 0.55
+MIN_PER_CLASS = 4  # a pilot size needs at least this many images of every class
+
+
+def count_macs(model: nn.Module, size: int) -> int:
+    """Multiply-accumulates of one forward pass of one ``size`` x ``size`` image (convolutions + linear)."""
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    total = [0]
+
+    def hook(m: nn.Module, _i: Any, o: torch.Tensor) -> None:
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+            total[0] += int(o.numel() // o.shape[0]) * k
+        else:
+            total[0] += m.in_features * m.out_features
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, first.in_channels, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total[0]
+
+
+@dataclass
+class CostModel:
+    """Reference seconds per image for decoding, extraction and a training step (deterministic)."""
+
+    macs: int
+
+    @property
+    def extract_s(self) -> float:
+        return self.macs / (REF_EXTRACT_GMACS_PER_S * 1e9) + PER_IMAGE_OVERHEAD_S["extract"]
+
+    @property
+    def train_s(self) -> float:
+        return self.macs / (REF_TRAIN_GMACS_PER_S * 1e9) + PER_IMAGE_OVERHEAD_S["train"]
+
+    @property
+    def decode_s(self) -> float:
+        return PER_IMAGE_OVERHEAD_S["decode"]
+
+    def ft_fit_seconds(self, n: int, n_eval: int, epochs: int, min_steps: int, batch: int) -> float:
+        """One fine-tuning fit on ``n`` images (80/20 train/val inside) plus scoring ``n_eval`` images."""
+        n_tr, n_va = n - n // 5, n // 5
+        steps = max(math.ceil(n_tr / batch), min_steps)
+        train = epochs * steps * min(batch, n_tr) * self.train_s
+        # validation every epoch and the final scoring run the unfolded network: ~1.5x extraction
+        return FIT_OVERHEAD_S + train + 1.5 * self.extract_s * (epochs * n_va + n_eval)
+
+    def full_minutes(
+        self, n_train: int, n_val: int, epochs: int, batch: int = 32
+    ) -> dict[str, float]:
+        """Reference minutes of each strategy's real run on the full training data."""
+        fe = (n_train + n_val) * (self.extract_s + self.decode_s) + FIT_OVERHEAD_S
+        steps = max(math.ceil(n_train / batch), 10)
+        ft = epochs * (steps * min(batch, n_train) * self.train_s + 1.5 * n_val * self.extract_s)
+        ft += fe
+        return {"feature_extraction": fe / 60.0, "fine_tuning": ft / 60.0}
+
+
+@dataclass
+class PilotPlan:
+    """How big the pilot is (all deterministic functions of the data sizes, the backbone and the budget)."""
+
+    pilot_minutes: float
+    n_pool: int
+    n_eval: int
+    ft_sizes: list[int]
+    fe_sizes: list[int]
+    repeats: int
+    planned_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pilot_minutes": self.pilot_minutes,
+            "n_pool": self.n_pool,
+            "n_eval": self.n_eval,
+            "ft_sizes": list(self.ft_sizes),
+            "fe_sizes": list(self.fe_sizes),
+            "repeats": self.repeats,
+            "planned_seconds": {k: round(v, 1) for k, v in self.planned_seconds.items()},
+        }
+
+
+def pool_size(n_images: int, cost: CostModel, pilot_minutes: float, max_images: int) -> int:
+    """How many images the advisor decodes and embeds within its embedding share of the budget."""
+    per = cost.decode_s + cost.extract_s
+    affordable = int(EMBED_SHARE * 60.0 * pilot_minutes / per)
+    return int(min(n_images, max_images, max(affordable, 200)))
+
+
+def plan_pilot(
+    n_pool: int, n_classes: int, min_class: int, cost: CostModel, pilot_minutes: float
+) -> PilotPlan:
+    """Choose the held-out size, the training sizes and the number of repeats that fit the budget."""
+    n_eval = int(min(EVAL_MAX, max(round(EVAL_FRACTION * n_pool), 2 * n_classes)))
+    n_avail = n_pool - n_eval
+    budget = PILOT_SHARE * 60.0 * pilot_minutes
+
+    def cost_of(top: int, repeats: int) -> float:
+        sizes = _sizes(top, n_classes)
+        per = sum(
+            cost.ft_fit_seconds(s, n_eval, PILOT_EPOCHS, PILOT_MIN_STEPS, PILOT_BATCH)
+            for s in sizes
+        )
+        return repeats * per
+
+    lo_n = MIN_PER_CLASS * n_classes * 4  # the smallest top size with 3 usable fractions
+    top = n_avail
+    while top > lo_n and cost_of(top, 1) > budget:
+        top = int(top * 0.9)
+    top = max(min(top, n_avail), min(lo_n, n_avail))
+    repeats = 1
+    while repeats < MAX_REPEATS and top == n_avail and cost_of(top, repeats + 1) <= budget:
+        repeats += 1
+    ft_sizes = _sizes(top, n_classes)
+    fe_sizes = sorted(set(ft_sizes) | ({n_avail} if n_avail > 1.4 * top else set()))
+    planned = {
+        "embed": n_pool * (cost.decode_s + cost.extract_s),
+        "fine_tuning_pilot": cost_of(top, repeats),
+    }
+    return PilotPlan(
+        pilot_minutes=pilot_minutes,
+        n_pool=n_pool,
+        n_eval=n_eval,
+        ft_sizes=ft_sizes,
+        fe_sizes=fe_sizes,
+        repeats=repeats,
+        planned_seconds=planned,
+    )
+
+
+def _sizes(top: int, n_classes: int) -> list[int]:
+    least = MIN_PER_CLASS * n_classes
+    return sorted({round(f * top) for f in FRACTIONS if round(f * top) >= least}) or [top]
+
+
+def _nested_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation whose every prefix is (nearly) stratified: classes interleaved in proportion."""
+    keys = np.empty(len(y))
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        keys[idx] = (np.arange(len(idx)) + rng.random()) / len(idx)
+    return np.argsort(keys, kind="stable")
+
+
+def _holdout(
+    y: np.ndarray, groups: list[str | None] | None, n_eval: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified held-out set of about ``n_eval`` images (grouped by patient when ids are known)."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
+
+    idx = np.arange(len(y))
+    if groups is not None and any(groups):
+        g = np.array([gid or f"\0{i}" for i, gid in enumerate(groups)])
+        frac = n_eval / len(y)
+        split = GroupShuffleSplit(1, test_size=frac, random_state=seed)
+        tr, te = next(split.split(idx, y, g))
+        if len(np.unique(y[te])) == len(np.unique(y)):
+            return tr, te
+    split = StratifiedShuffleSplit(1, test_size=n_eval, random_state=seed)
+    return next(split.split(idx, y))
+
+
+def _subset(images: PreparedImages, idx: np.ndarray) -> PreparedImages:
+    return images.subset(np.asarray(idx))
+
+
+def run_pilot(
+    images: PreparedImages,
+    plan: PilotPlan,
+    *,
+    backbone: str,
+    cache_dir: str | None,
+    seed: int,
+    patient_ids: list[str | None] | None,
+    cost: CostModel,
+) -> dict[str, Any]:
+    """Train both strategies at the planned sizes on each repeat's training part; score the held-out part.
+
+    Returns:
+        ``{"repeats": [{"eval_idx", "y_eval", "fe": {size: proba}, "ft": {size: proba}}],
+        "seconds": {...}, "guard_hit": bool}``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from medtl.strategies import FeatureExtraction, FineTuning
+
+    y = np.asarray(images.labels)
+    out: list[dict[str, Any]] = []
+    seconds = {"feature_extraction_pilot": 0.0, "fine_tuning_pilot": 0.0}
+    guard_hit = False
+    for r in range(plan.repeats):
+        rs = seed + 1000 * r
+        tr_idx, ev_idx = _holdout(y, patient_ids, plan.n_eval, rs)
+        order = tr_idx[_nested_order(y[tr_idx], np.random.default_rng(rs))]
+        ev = _subset(images, ev_idx)
+        rec: dict[str, Any] = {"eval_idx": ev_idx, "y_eval": y[ev_idx], "fe": {}, "ft": {}}
+        for size in sorted(set(plan.fe_sizes) | set(plan.ft_sizes)):
+            sub = order[:size]
+            a, b = train_test_split(
+                np.arange(len(sub)), test_size=0.2, stratify=y[sub], random_state=rs
+            )
+            tr, va = _subset(images, np.sort(sub[a])), _subset(images, np.sort(sub[b]))
+            t0 = time.perf_counter()
+            fe = FeatureExtraction(
+                backbone=backbone, seed=seed, cache_dir=cache_dir, progress=False
+            )
+            rec["fe"][size] = fe.fit(tr, va).predict_proba(ev)
+            seconds["feature_extraction_pilot"] += time.perf_counter() - t0
+            if size not in plan.ft_sizes:
+                continue
+            planned = cost.ft_fit_seconds(size, len(ev), PILOT_EPOCHS, PILOT_MIN_STEPS, PILOT_BATCH)
+            t0 = time.perf_counter()
+            ft = FineTuning(
+                backbone=backbone,
+                epochs=PILOT_EPOCHS,
+                batch_size=PILOT_BATCH,
+                min_steps_per_epoch=PILOT_MIN_STEPS,
+                patience=None,
+                seed=seed,
+                cache_dir=cache_dir,
+                # a guard against a machine far slower than the reference, not a time box: when it
+                # fires the result depends on the machine's speed, and the advice says so
+                max_minutes=4 * planned / 60.0,
+                progress=False,
+            ).fit(tr, va)
+            guard_hit |= ft.epochs_run_ < PILOT_EPOCHS
+            rec["ft"][size] = ft.predict_proba(ev)
+            seconds["fine_tuning_pilot"] += time.perf_counter() - t0
+            log.info("advisor pilot: repeat %d, size %d done", r, size)
+        out.append(rec)
+    return {"repeats": out, "seconds": seconds, "guard_hit": guard_hit}
