@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -294,9 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from medtl import distributed
     from medtl.errors import MedtlError
 
     try:
+        if distributed.launched_by_torchrun():  # torchrun -m medtl ...: join the process group
+            distributed.init_from_env(getattr(args, "device", None) or "auto")
+            if not distributed.is_main():  # one copy of the printed results, from rank 0
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return int(args.func(args) or 0)
     except MedtlError as exc:
         print(f"medtl: error: {exc}", file=sys.stderr)
@@ -307,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover
