@@ -166,6 +166,7 @@ def main() -> None:
         sys.exit(f"no training folder {data / args.train_dir}: pass --data (see ../shared/data)")
     jobs = set(args.jobs.split(","))
     work = Path(args.work or tempfile.mkdtemp(prefix="medtl_e2e_"))
+    work.mkdir(parents=True, exist_ok=True)
     medtl = [sys.executable, "-m", "medtl"]
     py = [sys.executable, "-c", PLAIN]
     print(f"# bench_e2e on {data.name}; work folder {work}; {os.cpu_count()} CPUs")

@@ -2,6 +2,8 @@
 
 ``evaluate`` writes one table (CSV + Markdown), one row per model x dataset, with every clinical metric and
 its CI. Each finished row is stored as it completes, so an interrupted batch resumes without recomputing.
+Under ``torchrun`` the rows are spread over the processes (each row computed and written by one of them)
+and rank 0 writes the tables.
 
 Both read everything about the model from its folder (``model.json``): how images are prepared, the
 classes, and the operating point; an explicit argument may override the threshold, and the output
@@ -109,6 +111,7 @@ def evaluate(
     threshold: float | None = None,
     prevalence: float | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate every model on every dataset; returns {"rows", "csv", "markdown"}.
 
@@ -123,6 +126,8 @@ def evaluate(
         threshold: operating threshold (two classes); default: the model's own operating point
             (chosen on validation when it was trained), recorded in its ``model.json``.
         prevalence: deployment prevalence for PPV/NPV.
+        device: where the models predict (``cpu``, ``cuda``, ``auto``); in a ``torchrun`` job each
+            process takes a strided share of the rows (and its own GPU).
 
     Example:
         >>> medtl.evaluate(["runs/a"], ["site_b/"], out="eval")["csv"]
@@ -149,20 +154,51 @@ def evaluate(
         raise ConfigError(
             "evaluate needs at least one model and one dataset (--data or a --batch file)."
         )
+    from medtl import distributed
+
     model_dirs = find_models(list(models))
     out_dir = Path(out)
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
     jobs = [(m, d) for d in datasets for m in model_dirs]
-    rows = []
-    for m, d in tqdm(jobs, desc="evaluate", disable=not progress):
+    if distributed.world_size() > 1:  # one id key for the batch, made before the rows start
+        distributed.on_main(lambda: _salt(out_dir / ".cache"))
+    mine = distributed.shard(list(enumerate(jobs)), strided=True)  # every row once, one process
+    done: list[tuple[int, dict[str, Any] | BaseException]] = []
+    show = progress and distributed.is_main()
+    for i, (m, d) in tqdm(mine, desc="evaluate", disable=not show):
         key = _row_key(m, d, split, threshold, prevalence)
         row_file = out_dir / "rows" / f"{key}.json"
         if row_file.exists():
-            rows.append(json.loads(row_file.read_text()))
+            done.append((i, json.loads(row_file.read_text())))
             continue
-        row = _evaluate_one(m, d, split, threshold, prevalence, out_dir / ".cache", progress)
+        try:
+            row = _evaluate_one(
+                m, d, split, threshold, prevalence, out_dir / ".cache", show, device
+            )
+        except Exception as exc:
+            if distributed.world_size() == 1:
+                raise
+            # the other processes must still meet at the gather below; raised after it
+            done.append((i, RuntimeError(f"{m} on {d}: {type(exc).__name__}: {exc}")))
+            continue
         atomic_write_json(row_file, row)
-        rows.append(row)
+        done.append((i, row))
+    gathered = sorted(
+        (p for part in distributed.all_gather_object(done) for p in part), key=lambda p: p[0]
+    )
+    for _, r in gathered:
+        if isinstance(r, BaseException):
+            raise r if isinstance(r, ConfigError) else ConfigError(str(r))
+    rows = [r for _, r in gathered]
+    result = {"rows": rows, "csv": str(out_dir / "evaluation.csv"), "markdown": _markdown(rows)}
+    if distributed.is_main():
+        _write_tables(out_dir, rows)
+    distributed.barrier()  # the tables exist when any process returns
+    return result
+
+
+def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """``evaluation.csv`` and ``evaluation.md`` in ``out_dir``."""
     csv_path = out_dir / "evaluation.csv"
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
@@ -170,9 +206,7 @@ def evaluate(
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
     atomic_write_text(csv_path, buf.getvalue())
-    md = _markdown(rows)
-    atomic_write_text(out_dir / "evaluation.md", md)
-    return {"rows": rows, "csv": str(csv_path), "markdown": md}
+    atomic_write_text(out_dir / "evaluation.md", _markdown(rows))
 
 
 def _evaluate_one(
@@ -183,13 +217,14 @@ def _evaluate_one(
     prevalence: float | None,
     cache: Path,
     progress: bool,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     from medtl.data import load_dataset, project_salt
     from medtl.experiment import _phantom_manifest
     from medtl.metrics import clinical_report
     from medtl.strategies import load_model
 
-    est = load_model(model_dir)
+    est = load_model(model_dir, device=device)
     if split == "val" and getattr(est, "refit_on_", "train") == "train+val":
         raise ConfigError(
             f"--split val: the head of model {model_dir} was refit on train + validation after its "
@@ -389,13 +424,15 @@ def predict(
         {"id": uid, **{c: float(v) for c, v in zip(pcols, pr)}, "call": est.classes_[int(k)]}
         for uid, pr, k in zip(images.uids, proba, calls)
     ]
-    if out:
+    from medtl import distributed
+
+    if out and distributed.is_main():  # under torchrun, one process writes
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["id", *pcols, "call"])
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(out, buf.getvalue())
-    if id_map:
+    if id_map and distributed.is_main():
         from medtl.data import Dataset, write_id_map
 
         write_id_map(Dataset("", "files", list(est.classes_), samples, skipped), id_map)

@@ -4,6 +4,10 @@
 resolved config, the split, the data card, per-strategy history/predictions/metrics/model, ``summary.json``
 and the HTML report. Finished strategies are not recomputed when the run is resumed; an interrupted
 fine-tuning continues from its last end-of-epoch checkpoint.
+
+Under ``torchrun`` every process runs ``compare``: rank 0 loads the data first (the others then read the
+decoded-image cache), every process trains its share of each batch and predicts its share of the images,
+and only rank 0 reads and writes the run folder (see :mod:`medtl.distributed`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl import runs
+from medtl import distributed, runs
 from medtl._fileio import atomic_write_json, atomic_write_text
 from medtl.config import ExperimentConfig, load_config, save_config
 from medtl.data._types import Dataset, PreparedImages, Sample
@@ -243,15 +247,21 @@ def run_strategy(
     on_epoch_end: Callable[[str, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Fit one strategy, evaluate it, and write ``<run>/<name>/``; returns its summary row."""
-    from medtl.metrics import learning_curve_summary
     from medtl.strategies import load_model
 
     sdir = runs.strategy_dir(run_dir, name)
     done_file = sdir / runs.STRATEGY_SUMMARY_FILE
-    if resume and done_file.exists():
-        log.info("%s already finished in %s; not recomputed", name, sdir)
-        return json.loads(done_file.read_text())
-    sdir.mkdir(parents=True, exist_ok=True)
+
+    def finished() -> dict[str, Any] | None:
+        if resume and done_file.exists():
+            log.info("%s already finished in %s; not recomputed", name, sdir)
+            return json.loads(done_file.read_text())
+        sdir.mkdir(parents=True, exist_ok=True)
+        return None
+
+    done = distributed.on_main(finished)  # rank 0 owns the run folder
+    if done is not None:
+        return done
     est = build_strategy(name, cfg, run_dir, progress=progress, resume=resume)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
@@ -264,12 +274,38 @@ def run_strategy(
     # held out: a head refit on train + val must not choose its threshold on its own training data
     held_out = getattr(est, "heldout_val_proba_", None)
     mdir = runs.model_dir(run_dir, name)
-    est.save(mdir)
-    # the saved model is what users get: evaluate exactly that
-    est = load_model(mdir)
-    est.heldout_val_proba_ = held_out
-    p_val = est.validation_proba(data.val, progress=progress)
-    p_test = est.predict_proba(data.test, progress=progress)
+    if distributed.is_main():
+        est.save(mdir)
+        # the saved model is what users get: evaluate exactly that (the other processes of a
+        # distributed job hold the same weights in memory)
+        est = load_model(mdir, device=str(getattr(est, "device_", "cpu")))
+        est.heldout_val_proba_ = held_out
+    # each process predicts its share of the images; every process gets all of them, in order
+    if held_out is not None and len(held_out) == len(data.val):
+        p_val = est.validation_proba(data.val)  # the held-out predictions made before a refit
+    else:
+        p_val = est.predict_proba(data.val, progress=progress, shard=True)
+    p_test = est.predict_proba(data.test, progress=progress, shard=True)
+    return distributed.on_main(
+        lambda: _write_strategy(name, cfg, data, est, sdir, mdir, p_val, p_test, train_seconds)
+    )
+
+
+def _write_strategy(
+    name: str,
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    est: Any,
+    sdir: Path,
+    mdir: Path,
+    p_val: np.ndarray,
+    p_test: np.ndarray,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """Rank 0's part of :func:`run_strategy`: predictions, metrics and the summary row, written."""
+    from medtl.metrics import learning_curve_summary
+
+    done_file = sdir / runs.STRATEGY_SUMMARY_FILE
     atomic_write_json(sdir / runs.HISTORY_FILE, est.history_)
     atomic_write_text(
         sdir / runs.PREDICTIONS_FILE,
@@ -446,17 +482,28 @@ def compare(
         raise ConfigError(
             f"'output.out' is {str(run_dir)!r}, which is a file. Give a folder path for the run."
         )
-    previous = runs.read_summary(run_dir) if resume else None
+    if not resume:
+        distributed.check_config(cfg)  # before any work: world size vs batch, CUDA
+
+    def start() -> tuple[dict[str, Any] | None, ExperimentConfig]:
+        previous = runs.read_summary(run_dir) if resume else None
+        resolved = resume_config(run_dir, cfg, explicit) if resume else cfg
+        _require_weights(resolved)  # missing weights: refused before any data is read
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return previous, resolved
+
+    previous, cfg = distributed.on_main(start)  # rank 0 owns the run folder
     if resume:
-        cfg = resume_config(run_dir, cfg, explicit)
-    _require_weights(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg, progress=progress)
+        distributed.check_config(cfg)  # the resumed run's own config
+    progress = progress and distributed.is_main()
+    with distributed.main_first():  # rank 0 decodes into the cache; the others then read it
+        data = load_data(cfg, progress=progress)
     fingerprint = dataset_fingerprint(data.dataset)
+    _check_ranks_agree(fingerprint)
     if resume:
-        _check_same_data(run_dir, previous or {}, fingerprint)
+        distributed.on_main(lambda: _check_same_data(run_dir, previous or {}, fingerprint))
     else:
-        _write_provenance(run_dir, cfg, data)
+        distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
 
     from medtl.training import describe_precision, resolve_device
 
@@ -490,12 +537,17 @@ def compare(
             time.strftime("%Y-%m-%dT%H:%M:%S"),
         ]
     summary_path = run_dir / runs.SUMMARY_FILE
-    atomic_write_json(summary_path, summary)
+
+    def save_summary() -> None:
+        if distributed.is_main():
+            atomic_write_json(summary_path, summary)
+
+    save_summary()
     for name in cfg.strategies:
         if on_strategy_start is not None:
             on_strategy_start(name)
         summary["strategies"][name] = {"status": runs.STATUS_RUNNING}
-        atomic_write_json(summary_path, summary)
+        save_summary()
         try:
             summary["strategies"][name] = run_strategy(
                 name,
@@ -511,16 +563,39 @@ def compare(
                 "status": runs.STATUS_INTERRUPTED,
                 "error": "interrupted by the user",
             }
-            atomic_write_json(summary_path, summary)
+            save_summary()
+            raise
+        except distributed.DistributedError as exc:  # the job cannot go on: no strategy can
+            summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
+            save_summary()
             raise
         except Exception as exc:  # one failing strategy must not lose the others' results
+            if isinstance(exc, distributed.dist.DistError):
+                summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
+                save_summary()
+                raise distributed.DistributedError(
+                    f"Rank {distributed.rank()} of {distributed.world_size()}: {name} lost "
+                    f"contact with another process ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Rerun the "
+                    "same torchrun command with --resume to continue."
+                ) from exc
             log.error("strategy %s failed: %s", name, exc)
             summary["strategies"][name] = {
                 "status": runs.STATUS_FAILED,
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=5),
             }
-        atomic_write_json(summary_path, summary)
+        _check_ranks_agree(summary["strategies"][name].get("status"), what=f"the {name} status")
+        save_summary()
+    # rank 0 writes the rest; every process returns the same summary
+    return distributed.on_main(lambda: _finish(run_dir, summary, cfg, write_html))
+
+
+def _finish(
+    run_dir: Path, summary: dict[str, Any], cfg: ExperimentConfig, write_html: bool
+) -> dict[str, Any]:
+    """Paired comparisons, gaps, ``complete``, the HTML report: the end of :func:`compare`."""
+    summary_path = run_dir / runs.SUMMARY_FILE
     summary["paired"] = runs.paired_comparisons(run_dir, summary, seed=cfg.train.seed)
     runs.flag_gaps(summary)
     summary["complete"] = True
@@ -535,6 +610,20 @@ def compare(
             summary["notes"].append(f"HTML report failed: {exc}")
         atomic_write_json(summary_path, summary)
     return summary
+
+
+def _check_ranks_agree(value: Any, what: str = "the dataset fingerprint") -> None:
+    """Every process of a distributed job must hold the same ``value`` (no-op for one process)."""
+    if distributed.world_size() == 1:
+        return
+    values = distributed.all_gather_object(value)
+    if len(set(map(str, values))) > 1:
+        raise distributed.DistributedError(
+            f"The processes of this job disagree on {what}: "
+            + ", ".join(f"rank {r}: {str(v)[:16]}" for r, v in enumerate(values))
+            + ". Every node must see the same data and cache: put data.path and output.cache_dir "
+            "on a filesystem shared by all nodes."
+        )
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -419,10 +420,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return _exit.OK
+    from medtl import distributed
     from medtl.errors import MedtlError
 
     try:
         _setup_logging(args)
+        if distributed.launched_by_torchrun():  # torchrun -m medtl ...: join the process group
+            distributed.init_from_env(getattr(args, "device", None) or "auto")
+            if not distributed.is_main():  # one copy of the printed results, from rank 0
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return int(args.func(args) or 0)
     except MedtlError as exc:
         print(f"medtl: error: {exc}", file=sys.stderr)
@@ -437,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return _exit.INTERRUPTED
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,10 @@ else in JSON (no pickle).
 
 Every strategy ends as the same kind of object: a backbone network whose classifier is a linear layer, so
 prediction, saving, heatmaps and test-time adaptation work identically for all of them.
+
+The device is part of the estimator: ``fit`` resolves the ``device`` parameter once into ``device_``
+(``load_model(..., device=...)`` sets it for a loaded model), and extraction, training and prediction all
+run there.
 """
 
 from __future__ import annotations
@@ -207,33 +211,57 @@ class Strategy:
             )
         return px
 
+    @property
+    def _device(self) -> Any:
+        """The estimator's device (``device_``; CPU for an object without one), model moved there."""
+        import torch
+
+        device = getattr(self, "device_", None) or torch.device("cpu")
+        self.model_.to(device)
+        return device
+
     def predict_logits(
-        self, images: PreparedImages | np.ndarray, *, progress: bool = False
+        self, images: PreparedImages | np.ndarray, *, progress: bool = False, shard: bool = False
     ) -> np.ndarray:
-        """Logits (N, K) for prepared images."""
+        """Logits (N, K) for prepared images, computed on the estimator's device (``device_``).
+
+        ``shard=True`` (a collective in a distributed job: every process must call it with the same
+        images) predicts this process's contiguous share and gathers every share in order.
+        """
+        from medtl import distributed
         from medtl.training import predict_logits
 
         self._check_fitted()
         px = self._pixels(images)
-        return predict_logits(
-            self.model_,
-            px,
-            self.backbone_config_.mean,
-            self.backbone_config_.std,
-            precision=getattr(self, "precision", "auto"),
-            progress=progress,
-        )
+        device = self._device
+
+        def run(idx: np.ndarray | None) -> np.ndarray:
+            return predict_logits(
+                self.model_,
+                px if idx is None else px[idx],
+                self.backbone_config_.mean,
+                self.backbone_config_.std,
+                device=device,
+                precision=getattr(self, "precision", "auto"),
+                progress=progress and distributed.is_main(),
+            )
+
+        if shard and distributed.world_size() > 1:
+            return distributed.map_shards(run, len(px))
+        return run(None)
 
     def predict_proba(
-        self, images: PreparedImages | np.ndarray, *, progress: bool = False
+        self, images: PreparedImages | np.ndarray, *, progress: bool = False, shard: bool = False
     ) -> np.ndarray:
         """Class probabilities (N, K, float64) for prepared images (softmax of the logits).
 
         float64 so that confident predictions near 0 or 1 keep their order (see ``logits_to_proba``).
+        ``shard``: see :meth:`predict_logits`.
         """
         from medtl.training import logits_to_proba
 
-        return logits_to_proba(self.predict_logits(images, progress=progress))
+        extra = {"shard": True} if shard else {}  # overrides of predict_logits may not know shard
+        return logits_to_proba(self.predict_logits(images, progress=progress, **extra))
 
     def validation_proba(self, val: PreparedImages, *, progress: bool = False) -> np.ndarray:
         """Probabilities on the validation images ``val`` given to :meth:`fit`, from a model that
@@ -421,9 +449,9 @@ class Strategy:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> Strategy:
+    def load(cls, directory: str | os.PathLike, *, device: str = "cpu") -> Strategy:
         """Load a model written by :meth:`save` (any strategy; the class is read from model.json)."""
-        return load_model(directory)
+        return load_model(directory, device=device)
 
 
 def _build_network(backbone: str, n_classes: int, **kwargs: Any) -> tuple[nn.Module, Any]:
@@ -432,8 +460,11 @@ def _build_network(backbone: str, n_classes: int, **kwargs: Any) -> tuple[nn.Mod
     return create_backbone(backbone, num_classes=n_classes, **kwargs)
 
 
-def load_model(directory: str | os.PathLike) -> Strategy:
+def load_model(directory: str | os.PathLike, *, device: str = "cpu") -> Strategy:
     """Load any saved medtl model folder (written by ``Strategy.save``), with everything it records.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``) is where the loaded model predicts
+    (its ``device_``).
 
     The network is rebuilt with random weights (no weight file needed) and then filled from
     ``model.safetensors`` (after its SHA-256 is checked against ``model.json``), so loading works
@@ -484,7 +515,11 @@ def load_model(directory: str | os.PathLike) -> Strategy:
             f"{weights_path} does not match backbone {bb['name']!r}: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}."
         )
+    from medtl.training import resolve_device
+
+    est.device_ = resolve_device(device)
     model.eval()
+    model.to(est.device_)
     est.model_ = model
     est.backbone_config_ = dataclasses.replace(
         cfg, weights_sha256=bb.get("pretrained_weights_sha256")

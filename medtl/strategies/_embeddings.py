@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 class EmbeddingCache:
     """Cache of float32 embeddings for one backbone fingerprint under ``root``."""
 
-    def __init__(self, root: str | Path, fingerprint: str) -> None:
+    def __init__(self, root: str | Path, fingerprint: str, *, write: bool = True) -> None:
         self.dir = Path(root) / "embeddings" / fingerprint[:32]
         self.fingerprint = fingerprint
+        self.write = write  # False on the processes of a distributed job other than rank 0
         self._index: dict[str, np.ndarray] | None = None
 
     def _load(self) -> dict[str, np.ndarray]:
@@ -56,15 +57,25 @@ class EmbeddingCache:
     ) -> tuple[np.ndarray, int]:
         """Embeddings for ``keys``; rows not cached are computed by ``compute(indices)`` and stored.
 
+        In a distributed job ``compute`` is a collective, so every process must ask for the same rows:
+        the rows to compute are those missing from the cache of *any* process (caches may differ
+        between machines).
+
         Returns:
             (embeddings (N, D) float32, number of rows that had to be computed).
         """
         index = self._load()
         ckeys = [hashlib.sha256(f"{self.fingerprint}|{k}".encode()).hexdigest()[:40] for k in keys]
         missing = np.array([i for i, k in enumerate(ckeys) if k not in index], dtype=np.int64)
+        from medtl import distributed
+
+        if distributed.world_size() > 1:
+            every = distributed.all_gather_object(missing.tolist())
+            missing = np.array(sorted(set().union(*map(set, every))), dtype=np.int64)
         if len(missing):
             new = np.asarray(compute(missing), dtype=np.float32)
-            self._append([ckeys[i] for i in missing], new)
+            if self.write:
+                self._append([ckeys[i] for i in missing], new)
             for i, row in zip(missing, new):
                 index[ckeys[i]] = row
         out = np.stack([index[k] for k in ckeys]) if ckeys else np.zeros((0, 0), np.float32)

@@ -44,7 +44,7 @@ def extract_embeddings(
     """
     from tqdm.auto import tqdm
 
-    from medtl.training import autocast_context, to_model_input
+    from medtl.training import autocast_context, to_device, to_model_input
     from medtl.training._inference import fold_batchnorm
 
     if len(pixels) == 0:
@@ -57,7 +57,7 @@ def extract_embeddings(
         batch_size = micro_batch_size(device, int(pixels.shape[-1]))
 
     def batch(i: int) -> torch.Tensor:
-        xb = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device)
+        xb = to_device(pixels[i : i + batch_size], device)
         xb = to_model_input(xb.float().div_(255.0), cfg.mean, cfg.std)
         return xb.contiguous(memory_format=torch.channels_last)
 
@@ -159,18 +159,30 @@ class FeatureExtraction(Strategy):
 
     # -- embeddings ------------------------------------------------------------------------------------
     def embed(self, images: PreparedImages, model: nn.Module, cfg: Any, desc: str) -> np.ndarray:
-        """Embeddings of ``images``, from the content-keyed cache where possible."""
+        """Embeddings of ``images``, from the content-keyed cache where possible.
 
-        def compute(idx: np.ndarray) -> np.ndarray:
+        In a distributed job (a collective: every process calls it with the same images) each process
+        embeds its contiguous share of the images to compute and every process gets all of them, in
+        order; only rank 0 writes the cache.
+        """
+        from medtl import distributed
+
+        def compute_here(idx: np.ndarray) -> np.ndarray:
             return extract_embeddings(
                 model,
                 cfg,
                 images.pixels[idx],
                 batch_size=self.batch_size,
                 precision=self.precision,
-                progress=self.progress,
+                progress=self.progress and distributed.is_main(),
                 desc=desc,
             )
+
+        def compute(idx: np.ndarray) -> np.ndarray:
+            if distributed.world_size() == 1:
+                return compute_here(idx)
+            out = distributed.map_shards(lambda j: compute_here(idx[j]), len(idx))
+            return out if len(out) else np.zeros((0, cfg.feature_dim), np.float32)
 
         if self.cache_dir is None:
             return compute(np.arange(len(images)))
@@ -178,7 +190,7 @@ class FeatureExtraction(Strategy):
 
         size = int(images.pixels.shape[-1])
         fp = f"{backbone_fingerprint(cfg, model)}|{size}|{images.pixels.shape[1]}"
-        cache = EmbeddingCache(self.cache_dir, _sha(fp))
+        cache = EmbeddingCache(self.cache_dir, _sha(fp), write=distributed.is_main())
         emb, n_new = cache.get_or_compute(images.keys, compute)
         log.info(
             "%s: %d embeddings, %d computed, %d from cache", desc, len(emb), n_new, len(emb) - n_new
@@ -195,6 +207,9 @@ class FeatureExtraction(Strategy):
         look_up_option("head", self.head, ["logreg", "linear"])
         look_up_option("select_by", self.select_by, ["log_loss_1se", "log_loss", "auroc"])
         self._check_fit_inputs(train, val)
+        from medtl.training import resolve_device
+
+        self.device_ = resolve_device(self.device)
         t0 = time.perf_counter()
         torch.manual_seed(self.seed)
         n_classes = len(train.classes)
@@ -208,6 +223,7 @@ class FeatureExtraction(Strategy):
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()
+        model.to(self.device_)  # embeddings are computed on the estimator's device
         self.cache_hits_ = 0
         te = time.perf_counter()
         f_tr = self.embed(train, model, cfg, "embed train")

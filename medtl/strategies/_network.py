@@ -50,7 +50,7 @@ def interpolate_state(
     out = {}
     for k, v in end.items():
         if v.is_floating_point():
-            out[k] = torch.lerp(start[k].to(v.dtype), v, alpha)
+            out[k] = torch.lerp(start[k].to(v.device, v.dtype), v, alpha)
         else:
             out[k] = v.clone()
     return out
@@ -236,10 +236,13 @@ class _TrainedNetwork(Strategy):
         history_path: str | Path | None = None,
     ) -> _TrainedNetwork:
         """Train on ``train``, early-stop on ``val`` AUROC, keep the best epoch's weights; returns self."""
-        from medtl.training import LoopSettings, train_network, val_auroc
+        from medtl.training import LoopSettings, resolve_device, train_network, val_auroc
 
         self._check_params()
         self._check_fit_inputs(train, val)
+        self.device_ = resolve_device(
+            self.device
+        )  # resolved once: training, alpha search, prediction
         t0 = time.perf_counter()
         probe_auroc = None
         if self.head_init == "probe":
@@ -259,6 +262,7 @@ class _TrainedNetwork(Strategy):
                 weights_path=self.weights_path,
                 allow_download=self.allow_download,
             )
+        model.to(self.device_)  # before the L2-SP anchor and the optimiser see the parameters
         start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         groups, frozen = self._param_groups(model, cfg)
         if self._freeze_bn():
@@ -304,8 +308,7 @@ class _TrainedNetwork(Strategy):
             on_batch_end=on_batch_end,
             regularizer=regularizer,
         )
-        model.eval()
-        model.cpu()
+        model.eval()  # stays on self.device_: the alpha search and predictions run there
         self.alpha_ = None
         if self.interpolate:
             self.alpha_, self.interpolation_ = self._choose_alpha(model, cfg, start_state, val)
@@ -317,7 +320,7 @@ class _TrainedNetwork(Strategy):
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.best_val_auroc_ = (
-            float(val_auroc(val.labels, self.predict_proba(val)))
+            float(val_auroc(val.labels, self.predict_proba(val, shard=True)))
             if self.interpolate
             else result.best_val_auroc
         )
@@ -347,7 +350,12 @@ class _TrainedNetwork(Strategy):
     def _choose_alpha(
         self, model: nn.Module, cfg: Any, start: dict[str, torch.Tensor], val: PreparedImages
     ) -> tuple[float, list[dict[str, float]]]:
-        """WiSE-FT: pick the mixing coefficient with the best validation AUROC (ties -> closer to 0)."""
+        """WiSE-FT: pick the mixing coefficient with the best validation AUROC (ties -> closer to 0).
+
+        Runs on the estimator's device; in a distributed job each process predicts its share of the
+        validation images and every process sees all of them (so all choose the same alpha).
+        """
+        from medtl import distributed
         from medtl.training import logits_to_proba, predict_logits, val_auroc
 
         end = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -356,7 +364,17 @@ class _TrainedNetwork(Strategy):
         for a in DEFAULT_ALPHAS:
             state = interpolate_state(start, end, a)
             model.load_state_dict(state)
-            logits = predict_logits(model, val.pixels, cfg.mean, cfg.std, precision=self.precision)
+            logits = distributed.map_shards(
+                lambda i: predict_logits(
+                    model,
+                    val.pixels[i],
+                    cfg.mean,
+                    cfg.std,
+                    device=self.device_,
+                    precision=self.precision,
+                ),
+                len(val),
+            )
             auc = val_auroc(val.labels, logits_to_proba(logits))
             scores.append({"alpha": a, "val_auroc": auc})
             if np.nan_to_num(auc, nan=-1.0) > best[0] + 1e-4:

@@ -4,9 +4,12 @@ from medtl.training._augment import AugmentSettings, BatchAugment
 from medtl.training._device import (
     autocast_context,
     cpu_has_fast_bf16,
+    cuda_dtype,
     describe_precision,
+    grad_scaler,
     micro_batch_size,
     resolve_device,
+    to_device,
 )
 from medtl.training._loop import (
     LoopSettings,
@@ -26,11 +29,14 @@ __all__ = [
     "TrainResult",
     "autocast_context",
     "cpu_has_fast_bf16",
+    "cuda_dtype",
     "describe_precision",
+    "grad_scaler",
     "logits_to_proba",
     "micro_batch_size",
     "predict_logits",
     "resolve_device",
+    "to_device",
     "to_model_input",
     "train_network",
     "training_step",

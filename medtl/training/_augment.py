@@ -55,14 +55,22 @@ class BatchAugment:
     def __init__(self, settings: AugmentSettings) -> None:
         self.settings = settings
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, gen: torch.Generator, *, rows: slice | None = None, n_total: int = 0
+    ) -> torch.Tensor:
+        """Augment ``x``; with ``rows`` and ``n_total``, ``x`` holds rows ``rows`` of a batch of
+        ``n_total`` images, and gets exactly the parameters those rows get when the whole batch is
+        augmented at once (the parameters of all ``n_total`` are drawn from ``gen``), so every
+        process of a distributed job augments its share of the global batch identically."""
         s = self.settings
         if not s.enabled:
             return x
         n = x.shape[0]
+        rows = rows if rows is not None else slice(0, n)
+        n_draw = max(n, n_total)
 
         def u(lo: float, hi: float) -> torch.Tensor:
-            return lo + (hi - lo) * torch.rand(n, generator=gen)
+            return (lo + (hi - lo) * torch.rand(n_draw, generator=gen))[rows]
 
         ang = u(-s.rotate_deg, s.rotate_deg) * math.pi / 180.0
         scale = u(*s.zoom)
@@ -70,9 +78,9 @@ class BatchAugment:
         sx = torch.ones(n)
         sy = torch.ones(n)
         if s.hflip:
-            sx = torch.where(torch.rand(n, generator=gen) < 0.5, -sx, sx)
+            sx = torch.where(torch.rand(n_draw, generator=gen)[rows] < 0.5, -sx, sx)
         if s.vflip:
-            sy = torch.where(torch.rand(n, generator=gen) < 0.5, -sy, sy)
+            sy = torch.where(torch.rand(n_draw, generator=gen)[rows] < 0.5, -sy, sy)
         cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
         theta = torch.zeros(n, 2, 3)
         theta[:, 0, 0] = cos * sx
@@ -92,5 +100,6 @@ class BatchAugment:
         b = u(-s.brightness, s.brightness).view(n, 1, 1, 1).to(x.device)
         out = out + b
         if s.noise_std > 0:
-            out = out + s.noise_std * torch.randn(out.shape, generator=gen).to(x.device)
+            noise = torch.randn((n_draw, *out.shape[1:]), generator=gen)[rows]
+            out = out + s.noise_std * noise.to(x.device)
         return out.clamp(0, 1)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 
+import numpy as np
 import torch
 
 from medtl._options import look_up_option
@@ -13,17 +14,54 @@ from medtl._options import look_up_option
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else CPU; ``"cpu"``/``"cuda"``/``"cuda:1"`` are taken as given."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; ``"cpu"``/``"cuda"``/``"cuda:1"`` are taken as given.
+
+    In a multi-GPU ``torchrun`` job a bare ``"cuda"`` (or ``"auto"``) is this process's own GPU,
+    ``cuda:LOCAL_RANK``.
+    """
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         from medtl.errors import ConfigError
 
         raise ConfigError(
             f"The 'device' parameter is {device!r} but no CUDA GPU is available. Use device='cpu' or 'auto'."
         )
+    if device == "cuda":
+        from medtl import distributed
+
+        if distributed.world_size() > 1:
+            return torch.device("cuda", distributed.local())
     return torch.device(device)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy batch as a tensor on ``device``: pinned memory and a non-blocking copy on CUDA."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def cuda_dtype(precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype on CUDA: bf16 where the GPU supports it (``auto``), else fp16; None = fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def grad_scaler(device: torch.device, precision: str = "auto") -> torch.amp.GradScaler | None:
+    """A gradient scaler when training runs in fp16 on CUDA (bf16 and fp32 need none), else None."""
+    if device.type == "cuda" and cuda_dtype(precision) == torch.float16:
+        return torch.amp.GradScaler("cuda")
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,15 +85,15 @@ def autocast_context(
 
     Args:
         device: the model's device.
-        precision: ``"auto"`` (bf16 on CPUs with native bf16, fp16 on CUDA), ``"bf16"``, ``"fp16"`` or
-            ``"fp32"`` (no autocast).
+        precision: ``"auto"`` (bf16 on CPUs with native bf16; on CUDA see below), ``"bf16"``, ``"fp16"`` or
+            ``"fp32"`` (no autocast). On CUDA ``"auto"`` is bf16 where the GPU supports it (Ampere and
+            newer), else fp16 (training then uses a gradient scaler, see :func:`grad_scaler`).
     """
     precision = look_up_option("precision", precision, ["auto", "bf16", "fp16", "fp32"])
     if precision == "fp32":
         return contextlib.nullcontext()
     if device.type == "cuda":
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=cuda_dtype(precision))
     if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -66,7 +104,11 @@ def describe_precision(device: torch.device, precision: str = "auto") -> str:
     if precision == "fp32":
         return "fp32"
     if device.type == "cuda":
-        return "bf16" if precision == "bf16" else "fp16 (autocast)"
+        return (
+            "bf16 (autocast)"
+            if cuda_dtype(precision) == torch.bfloat16
+            else "fp16 (autocast, grad scaler)"
+        )
     if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
         return "bf16 (autocast)"
     return "fp32 (CPU has no native bf16)"

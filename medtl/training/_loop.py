@@ -7,10 +7,20 @@ as it goes, and an end-of-epoch checkpoint from which an interrupted run resumes
 
 Reproducibility: the shuffling order, augmentation parameters and dropout of epoch ``e`` are derived from
 ``(seed, e)`` only, so a run resumed at an epoch boundary replays exactly what an uninterrupted run does.
+
+Distributed (``torchrun``, see :mod:`medtl.distributed`): the model is wrapped in DistributedDataParallel
+and every process takes an equal contiguous share of each *global* batch of ``batch_size`` images. The
+order, the augmentation parameters (drawn for the whole global batch), the loss denominator (the global
+batch's class weight), the schedule and early stopping are those of one process with the same batch, so
+the result does not depend on the number of processes beyond floating-point noise, as long as no layer
+couples the samples of a batch (BatchNorm in training mode does: each process normalises its own share).
+Validation predictions are sharded and gathered in order; rank 0 decides early stopping and writes the
+history and checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -26,12 +36,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl import distributed
 from medtl._fileio import atomic_write, atomic_write_json
 from medtl._options import look_up_option
 from medtl.backbones._preprocess import to_model_input
 from medtl.data._types import PreparedImages
 from medtl.training._augment import AugmentSettings, BatchAugment
-from medtl.training._device import autocast_context, micro_batch_size, resolve_device
+from medtl.training._device import (
+    autocast_context,
+    grad_scaler,
+    micro_batch_size,
+    resolve_device,
+    to_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +167,7 @@ def predict_logits(
         for i in tqdm(
             range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False
         ):
-            xb = torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device)
+            xb = to_device(pixels[i : i + batch_size], device)
             xb = to_model_input(xb.float().div_(255.0), mean, std)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -227,6 +244,8 @@ def training_step(
     grad_clip: float | None = None,
     precision: str = "auto",
     channels_last: bool = True,
+    denominator: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One optimiser step on the batch ``(xb, yb)``, its gradients accumulated over micro-batches.
 
@@ -235,31 +254,69 @@ def training_step(
     depend on ``micro_batch`` (up to floating-point rounding) as long as no layer couples the samples of
     a pass (BatchNorm in training mode does; the loop then passes the whole batch).
 
+    Distributed: when ``model`` is a ``DistributedDataParallel`` wrapper, ``(xb, yb)`` is this
+    process's share of a global batch and ``denominator`` that global batch's total class weight.
+    DDP averages gradients over the N processes, so each process's loss is scaled by N: the averaged
+    gradient is then the global batch's, and the step equals the single-process step. Gradients are
+    synchronised once per step (``no_sync`` on all but the last micro-batch).
+
+    ``scaler``: a ``torch.amp.GradScaler`` for fp16 training on CUDA (None elsewhere).
+
     Returns:
-        the batch's loss (including the regulariser).
+        the batch's loss (including the regulariser); for a share of a distributed batch, that share's
+        part, so that the sum over processes is the global batch's loss.
     """
+    from torch.nn.parallel import DistributedDataParallel
+
     device = xb.device
     n = len(xb)
     micro = n if not micro_batch else min(int(micro_batch), n)
-    denom = float(class_weights[yb].sum()) if class_weights is not None else float(n)
+    if denominator is not None:
+        denom = float(denominator)
+    else:
+        denom = float(class_weights[yb].sum()) if class_weights is not None else float(n)
+    ddp = isinstance(model, DistributedDataParallel)
+    n_ranks = distributed.world_size() if ddp else 1
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
     opt.zero_grad(set_to_none=True)
     total = 0.0
-    for i in range(0, n, micro):
+    starts = list(range(0, n, micro))
+    for j, i in enumerate(starts):
+        last = j == len(starts) - 1
         x = xb[i : i + micro]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits.float(), yb[i : i + micro]) / denom
-        loss.backward()
-        total += float(loss.detach())
-    if regularizer is not None:
+        sync = model.no_sync() if ddp and not last else contextlib.nullcontext()
+        with sync:
+            with autocast_context(device, precision):
+                logits = model(x)
+            loss = loss_fn(logits.float(), yb[i : i + micro]) / denom
+            total += float(loss.detach())
+            if not ddp:
+                backward(loss)
+            elif last and regularizer is not None:
+                # inside the last synchronised backward: DDP hooks fire once per parameter per step
+                reg = regularizer(model.module)
+                total += float(reg.detach()) / n_ranks
+                backward(loss * n_ranks + reg)
+            else:
+                backward(loss * n_ranks)
+    if regularizer is not None and not ddp:
         reg = regularizer(model)
-        reg.backward()
+        backward(reg)
         total += float(reg.detach())
+    if scaler is not None:
+        scaler.unscale_(opt)
     if grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
     return total
 
 
@@ -303,16 +360,26 @@ def train_network(
     from tqdm.auto import tqdm
 
     s = settings
+    progress = progress and distributed.is_main()  # one progress bar per job, not per process
+    n_ranks = distributed.world_size()
+    if n_ranks > 1 and s.batch_size % n_ranks:
+        raise distributed.DistributedError(
+            f"The 'batch_size' is {s.batch_size}, which the world size {n_ranks} does not divide. "
+            f"Use a multiple of {n_ranks}."
+        )
     device = resolve_device(s.device)
     n_classes = len(train.classes)
     model.to(device)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
+    scaler = grad_scaler(device, s.precision)
     steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size), s.min_steps_per_epoch)
     sched = _make_scheduler(opt, s, steps_per_epoch)
-    weights = _class_weights(train.labels, n_classes) if s.class_weighting == "balanced" else None
-    weights = None if weights is None else weights.to(device)
+    weights_cpu = (
+        _class_weights(train.labels, n_classes) if s.class_weighting == "balanced" else None
+    )
+    weights = None if weights_cpu is None else weights_cpu.to(device)
     # summed per micro-batch, divided by the whole batch's weight in training_step (= PyTorch's mean)
     loss_fn = nn.CrossEntropyLoss(
         weight=weights, label_smoothing=s.label_smoothing, reduction="sum"
@@ -325,8 +392,13 @@ def train_network(
     start_epoch = 0
     elapsed_before = 0.0
     ckpt = Path(checkpoint_path) if checkpoint_path else None
-    if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = None
+    if resume and ckpt is not None:
+        # rank 0 owns the run folder: it reads the checkpoint and every other rank gets its content
+        if distributed.is_main() and ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = distributed.broadcast_object(state)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -340,7 +412,17 @@ def train_network(
         )
         start_epoch = int(meta["epoch"]) + 1
         elapsed_before = float(meta["elapsed"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         log.info("resumed from %s at epoch %d", ckpt, start_epoch + 1)
+    net: nn.Module = model
+    if n_ranks > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # construction broadcasts rank 0's parameters and buffers: every replica starts identical
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     t0 = time.perf_counter()
     stopped_early = False
@@ -370,16 +452,19 @@ def train_network(
             idx = order[b * s.batch_size : (b + 1) * s.batch_size]
             if len(idx) < 2 and len(train) >= 2:  # a batch of one breaks BatchNorm; fold it away
                 continue
-            xb = (
-                torch.from_numpy(np.ascontiguousarray(train_pixels[idx]))
-                .to(device)
-                .float()
-                .div_(255.0)
-            )
-            yb = torch.from_numpy(train_labels[idx]).to(device)
-            xb = to_model_input(aug(xb, gen), mean, std)
+            denom = None
+            if n_ranks > 1:  # this process's contiguous share of the global batch
+                lo, hi = distributed.shard_bounds(len(idx))
+                gy = torch.from_numpy(train_labels[idx])
+                denom = float(weights_cpu[gy].sum()) if weights_cpu is not None else len(idx)
+                mine = idx[lo:hi]
+            else:
+                lo, hi, mine = 0, len(idx), idx
+            xb = to_device(train_pixels[mine], device).float().div_(255.0)
+            yb = to_device(train_labels[mine], device)
+            xb = to_model_input(aug(xb, gen, rows=slice(lo, hi), n_total=len(idx)), mean, std)
             loss_value = training_step(
-                model,
+                net,
                 opt,
                 loss_fn,
                 xb,
@@ -390,6 +475,8 @@ def train_network(
                 grad_clip=s.grad_clip,
                 precision=s.precision,
                 channels_last=s.channels_last,
+                denominator=denom,
+                scaler=scaler,
             )
             sched.step()
             total_loss += loss_value * len(idx)
@@ -398,16 +485,20 @@ def train_network(
             if on_batch_end is not None:
                 on_batch_end(b, steps_per_epoch)
         bar.close()
+        total_loss = distributed.all_reduce_sum(total_loss)  # each process summed its share
         train_seconds = time.perf_counter() - te
-        logits = predict_logits(
-            model,
-            val.pixels,
-            mean,
-            std,
-            batch_size=s.eval_batch_size,
-            device=device,
-            precision=s.precision,
-            channels_last=s.channels_last,
+        logits = distributed.map_shards(
+            lambda i: predict_logits(
+                model,
+                val.pixels[i],
+                mean,
+                std,
+                batch_size=s.eval_batch_size,
+                device=device,
+                precision=s.precision,
+                channels_last=s.channels_last,
+            ),
+            len(val),
         )
         auc = val_auroc(val.labels, logits_to_proba(logits))
         vloss = float(
@@ -415,6 +506,10 @@ def train_network(
         )
         score = auc if not math.isnan(auc) else -vloss
         improved = score > best_score + 1e-6
+        # every rank saw the same gathered predictions; rank 0's decision is still the one all follow
+        elapsed = elapsed_before + time.perf_counter() - t0
+        over_budget = s.max_minutes is not None and elapsed > 60 * s.max_minutes
+        improved, over_budget = distributed.broadcast_object((improved, over_budget))
         if improved:
             best_score, best_epoch, bad_epochs = score, epoch + 1, 0
             best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
@@ -428,7 +523,7 @@ def train_network(
             "seconds": time.perf_counter() - te,
             "train_seconds": train_seconds,
             "images": seen,
-            "elapsed": elapsed_before + time.perf_counter() - t0,
+            "elapsed": elapsed,
             "lr": [g["lr"] for g in opt.param_groups],
             "best": improved,
         }
@@ -447,13 +542,14 @@ def train_network(
                 f"val AUROC {auc:.4f}  ({row['seconds']:.1f}s)",
                 file=sys.stderr,  # stdout is for results
             )
-        if history_path is not None:
+        if history_path is not None and distributed.is_main():
             atomic_write_json(history_path, history)
-        if ckpt is not None:
+        if ckpt is not None and distributed.is_main():
             payload = {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "best_state": best_state,
                 "meta": {
                     "epoch": epoch,
@@ -468,7 +564,7 @@ def train_network(
             atomic_write(ckpt, lambda tmp, p=payload: torch.save(p, tmp))
         if on_epoch_end is not None:
             on_epoch_end(row)
-        if s.max_minutes is not None and row["elapsed"] > 60 * s.max_minutes:
+        if over_budget:
             log.info(
                 "%s: time budget of %.1f min reached after epoch %d", desc, s.max_minutes, epoch + 1
             )
