@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl.data._ids import DEFAULT_CACHE_DIR
 from medtl.data._types import PreparedImages
 from medtl.errors import ConfigError
 
@@ -99,7 +100,7 @@ def adapt_model(
     data: str | list[str],
     out: str | Path,
     *,
-    cache_dir: str | None = ".medtl_cache",
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load a saved model, adapt its BatchNorm statistics to unlabelled target images, save to ``out``.
@@ -109,7 +110,6 @@ def adapt_model(
     """
     from medtl.data import project_salt
     from medtl.evaluation import collect_inputs
-    from medtl.experiment import DEFAULT_CACHE_DIR
     from medtl.strategies import load_model
 
     est = load_model(model_dir)

@@ -408,7 +408,7 @@ def predict(
 
     est = load_model(model_dir)
     t, source = est.threshold_for(threshold)
-    from medtl.experiment import DEFAULT_CACHE_DIR
+    from medtl.data import DEFAULT_CACHE_DIR
 
     salt = _salt(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR)
     samples, skipped, named = collect_inputs(

@@ -27,6 +27,7 @@ import numpy as np
 from medtl import distributed, runs
 from medtl._fileio import atomic_write_json, atomic_write_text
 from medtl.config import ExperimentConfig, load_config, save_config
+from medtl.data._ids import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
 from medtl.data._types import Dataset, PreparedImages, Sample
 from medtl.errors import ConfigError, DatasetError
 from medtl.runs import auroc_of, evaluate_probabilities, num
@@ -34,7 +35,8 @@ from medtl.runs import auroc_of, evaluate_probabilities, num
 log = logging.getLogger(__name__)
 
 #: where decoded images, embeddings and the project's id salt live unless output.cache_dir says
-DEFAULT_CACHE_DIR = ".medtl_cache"
+#: (owned by medtl.data, re-exported here)
+DEFAULT_CACHE_DIR = _DEFAULT_CACHE_DIR
 
 NETWORK_STRATEGIES = {"fine_tuning", "partial_fine_tuning", "from_scratch"}
 

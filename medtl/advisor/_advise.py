@@ -9,6 +9,7 @@ from typing import Any
 
 from medtl.advisor._profile import advice_samples, build_profile, measure, stratified_cap
 from medtl.advisor.rules import Advice, decide, measured_from_pilot
+from medtl.data._ids import DEFAULT_CACHE_DIR
 from medtl.data._types import Dataset
 from medtl.errors import ConfigError
 
@@ -27,7 +28,7 @@ def advise(
     image_size: int | None = None,
     budget_minutes: float | None = None,
     pilot_minutes: float = DEFAULT_PILOT_MINUTES,
-    cache_dir: str | Path = ".medtl_cache",
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
     max_images: int = 5000,
     seed: int = 0,
     progress: bool = True,

@@ -436,8 +436,7 @@ def data_check(args: argparse.Namespace) -> int:
 
 
 def _salt() -> bytes:
-    from medtl.data import project_salt
-    from medtl.experiment import DEFAULT_CACHE_DIR
+    from medtl.data import DEFAULT_CACHE_DIR, project_salt
 
     return project_salt(DEFAULT_CACHE_DIR)
 

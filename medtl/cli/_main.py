@@ -420,12 +420,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return _exit.OK
-    from medtl import distributed
     from medtl.errors import MedtlError
 
     try:
         _setup_logging(args)
-        if distributed.launched_by_torchrun():  # torchrun -m medtl ...: join the process group
+        # torchrun -m medtl ...: join the process group. Checked on the environment first, so that
+        # an ordinary command never imports torch for it (`medtl backbones` stays fast).
+        if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+            from medtl import distributed
+
             distributed.init_from_env(getattr(args, "device", None) or "auto")
             if not distributed.is_main():  # one copy of the printed results, from rank 0
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115
@@ -444,7 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return _exit.INTERRUPTED
     finally:
-        distributed.shutdown()
+        if "medtl.distributed" in sys.modules:
+            sys.modules["medtl.distributed"].shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

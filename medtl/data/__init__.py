@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from medtl.data._files import unlabelled_files
 from medtl.data._ids import (
+    DEFAULT_CACHE_DIR,
     ID_MAP_BANNER,
     dataset_fingerprint,
     hash_patient_id,
@@ -26,6 +27,7 @@ from medtl.data.card import data_card, summarise_dataset
 from medtl.data.synth import default_demo_dataset, make_phantom
 
 __all__ = [
+    "DEFAULT_CACHE_DIR",
     "ID_MAP_BANNER",
     "SPLITS",
     "Dataset",
