@@ -335,12 +335,17 @@ def learning_histories(run: Any) -> dict[str, list[dict[str, Any]]]:
 
 def integer_epoch_axis(fig: Any, histories: dict[str, list[dict[str, Any]]]) -> Any:
     """Give the learning-curve figure whole-epoch limits (a one-epoch run otherwise gets an axis
-    from 0.945 to 1.05)."""
+    from 0.945 to 1.05) and an AUROC axis at least 0.1 tall, so that a difference of 0.02 does
+    not fill the plot."""
     epochs = [int(r.get("epoch", 0)) for rows in histories.values() for r in rows if "C" not in r]
     top = max(epochs, default=1)
     for ax in fig.axes[:1]:
         ax.set_xlim(0.5, top + 0.5)
         ax.set_xticks(range(1, top + 1, max(1, top // 10)))
+        lo, hi = ax.get_ylim()
+        if hi - lo < 0.1:
+            mid = (lo + hi) / 2
+            ax.set_ylim(max(0.0, mid - 0.05), min(1.0, max(0.0, mid - 0.05) + 0.1))
     return fig
 
 

@@ -332,7 +332,7 @@ def test_stopped_comparison_is_kept_as_interrupted(tmp_path):
     class Stop(BaseException):
         pass
 
-    data = make_phantom(tmp_path / "d", n_per_class=8, size=32, seed=0)
+    data = make_phantom(tmp_path / "d", n_per_class=16, size=32, seed=0)
     cfg = L.build_config(data, tmp_path / "w", backbone="tiny_test", epochs=3, image_size=32,
                          batch_size=8, run_name="cut")  # fmt: skip
     seen = []
@@ -347,3 +347,27 @@ def test_stopped_comparison_is_kept_as_interrupted(tmp_path):
     assert s["complete"] is False and seen == ["feature_extraction", "fine_tuning"]
     assert s["strategies"]["fine_tuning"]["status"] == "interrupted"
     assert L.run_state(s)[0] is False and "INCOMPLETE" in L.run_label(err.value.run_dir)
+
+
+def test_learning_axes_whole_epochs_and_readable_span():
+    from medtl.report import plot_learning_curves
+
+    hist = {
+        "Feature extraction": [{"epoch": 1, "C": 0.03, "val_auroc": 0.667}],
+        "Fine-tuning": [{"epoch": 1, "val_auroc": 0.639, "elapsed": 1.0}],
+    }
+    ax = L.integer_epoch_axis(plot_learning_curves(hist), hist).axes[0]
+    assert ax.get_xlim() == (0.5, 1.5) and list(ax.get_xticks()) == [1]
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 0.1 - 1e-9 and lo <= 0.639 and hi >= 0.667
+    run = SimpleNamespace(
+        strategies={
+            "feature_extraction": SimpleNamespace(
+                finished=True, history=[{"epoch": 1, "C": 0.0316228, "val_auroc": 0.7}]
+            ),
+            "fine_tuning": SimpleNamespace(finished=False, history=[{"epoch": 1}]),
+        }
+    )
+    assert L.learning_histories(run) == {
+        "Feature extraction": [{"epoch": 1, "C": 0.03, "val_auroc": 0.7}]
+    }
