@@ -181,12 +181,12 @@ def plain_error(message: str) -> str:
 
 def threshold_source(text: str) -> str:
     """The library's "model's operating point (youden, chosen on val)" in clinical words."""
-    words = {
-        "youden": "best balance of sensitivity and specificity",
-        "chosen on val": "chosen on the validation images",
-        "chosen on test": "chosen on the TEST images",
+    words = {  # the rule's own words first: the Youden sentence names sensitivity too
         "sensitivity ": "target sensitivity ",
         "specificity ": "target specificity ",
+        "chosen on val": "chosen on the validation images",
+        "chosen on test": "chosen on the TEST images",
+        "youden": "best balance of sensitivity and specificity",
     }
     for k, v in words.items():
         text = text.replace(k, v)

@@ -371,3 +371,14 @@ def test_learning_axes_whole_epochs_and_readable_span():
     assert L.learning_histories(run) == {
         "Feature extraction": [{"epoch": 1, "C": 0.03, "val_auroc": 0.7}]
     }
+
+
+def test_threshold_source_in_words():
+    t = L.threshold_source("model's operating point (youden, chosen on val)")
+    assert t == (
+        "model's operating point (best balance of sensitivity and specificity, chosen on the "
+        "validation images)"
+    )
+    assert "target sensitivity 0.9" in L.threshold_source(
+        "model's operating point (sensitivity 0.9, chosen on val)"
+    )
