@@ -30,9 +30,26 @@ from _app_inputs import (  # noqa: F401  (re-exported for the page)
     server_folder,
     work_dir,
 )
+from _app_runs import (  # noqa: F401  (re-exported for the page)
+    ComparisonStopped,
+    Progress,
+    list_runs,
+    run_comparison,
+    run_label,
+    run_state,
+)
+from _app_text import (  # noqa: F401  (re-exported for the page)
+    JARGON,
+    METRIC_HELP,
+    advice_dict,
+    advice_view,
+    humanise,
+    plain_error,
+    threshold_source,
+)
 
 from medtl.errors import MedtlError
-from medtl.report import fci, fnum, fpct
+from medtl.report import fnum, fpct, fseconds
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +75,19 @@ class DataView:
     summary: dict[str, Any]
     examples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (class, image in [0, 1])
     skipped: list[dict[str, str]] = field(default_factory=list)
+    split_unit: str = "image"  # "patient", "image" or "given" (medtl.experiment.split_unit)
+    n_patients: int = 0
 
 
 def describe_dataset(path: str | Path, *, examples_per_class: int = 2) -> DataView:
     """Load a dataset, summarise it (data card facts) and read a few example images correctly."""
     from medtl.data import load_dataset, summarise_dataset
     from medtl.errors import ImageReadError
+    from medtl.experiment import split_unit
     from medtl.io import read_image
 
     try:
+        # private, but it is how compare() reads the phantom (through its manifest, per patient)
         from medtl.experiment import _phantom_manifest
 
         ds = load_dataset(_phantom_manifest(str(path)), min_per_class=2, progress=False)
@@ -82,19 +103,57 @@ def describe_dataset(path: str | Path, *, examples_per_class: int = 2) -> DataVi
                 except ImageReadError:
                     continue
                 examples.append((cname, img))
-    return DataView(Path(path), summary, examples, list(summary.get("skipped", [])))
+    return DataView(
+        Path(path),
+        summary,
+        examples,
+        list(summary.get("skipped", [])),
+        split_unit=split_unit(ds),
+        n_patients=len({s.patient_id for s in ds.samples if s.patient_id}),
+    )
+
+
+def split_sentence(unit: str, n_patients: int = 0) -> str:
+    """Whether training, validation and test images are separated per patient or per image."""
+    if unit == "patient":
+        return (
+            f"**Split per patient**: the {n_patients} patients are each put in one split "
+            "(training, validation or test), so no patient's images are both learned from and "
+            "tested on."
+        )
+    if unit == "given":
+        return (
+            "**Split as given by the dataset's own folders** (train/ and test/); medtl cannot check "
+            "whether a patient appears in both."
+        )
+    return (
+        "**Split per image**: no patient identifiers are known, so two images of the same patient "
+        "may land in training and in test, which can make the results look better than they are. "
+        "Provide a CSV manifest with a patient column to split per patient."
+    )
 
 
 def counts_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows 'class, train, val, test, total' for the data card."""
+    """Rows 'Class, Training, Validation, Test, Total' for the data card (only 'Images' per class
+    when the dataset has no splits of its own yet: they are made when a comparison runs)."""
     counts = summary.get("counts", {})
+    names = {
+        "train": "Training",
+        "val": "Validation",
+        "test": "Test",
+        "unassigned": "Not yet split",
+    }
+    only_unassigned = set(counts) <= {"unassigned"}
     rows = []
     for cname in summary.get("classes", []):
-        row: dict[str, Any] = {"class": cname}
-        for sp in ("train", "val", "test", "unassigned"):
-            if sp in counts:
-                row[sp] = counts[sp].get(cname, 0)
-        row["total"] = summary.get("class_totals", {}).get(cname, 0)
+        row: dict[str, Any] = {"Class": cname}
+        if not only_unassigned:
+            for sp in ("train", "val", "test", "unassigned"):
+                if sp in counts:
+                    row[names[sp]] = counts[sp].get(cname, 0)
+        row["Images" if only_unassigned else "Total"] = summary.get("class_totals", {}).get(
+            cname, 0
+        )
         rows.append(row)
     return rows
 
@@ -119,29 +178,6 @@ def get_advice(data_path: str | Path, work: Path, *, backbone: str, image_size: 
         cache_dir=work / "cache",
         progress=False,
     )
-
-
-def advice_rows(advice: Any) -> list[dict[str, Any]]:
-    """Per-strategy rows: expected AUROC range and estimated minutes."""
-    exp = getattr(advice, "expected_auroc", {}) or {}
-    mins = getattr(advice, "estimated_minutes", {}) or {}
-    rows = []
-    for name in sorted(set(exp) | set(mins)):
-        lo_hi = exp.get(name)
-        rows.append(
-            {
-                "strategy": strategy_label(name, long=True),
-                "expected AUROC": f"{lo_hi[0]:.2f} – {lo_hi[1]:.2f}" if lo_hi else "n/a",
-                "estimated time": _minutes(mins.get(name)),
-            }
-        )
-    return rows
-
-
-def _minutes(m: Any) -> str:
-    if m is None or not math.isfinite(float(m)):
-        return "n/a"
-    return f"{float(m) * 60:.0f} s" if float(m) < 1 else f"{float(m):.1f} min"
 
 
 # -- comparison -----------------------------------------------------------------------------------
@@ -179,122 +215,196 @@ def build_config(
     )
 
 
-def list_runs(work: Path) -> list[Path]:
-    """Run folders under ``work/runs`` that have a summary, newest first."""
-    runs = [p.parent for p in (work / "runs").glob("*/summary.json")]
-    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+def _status_words(r: dict[str, Any]) -> str:
+    st = r.get("status")
+    if st == "done":
+        return "finished"
+    if st == "failed":
+        return "failed: " + str(r.get("error") or "unknown error")[:160]
+    if st == "interrupted":
+        return "INCOMPLETE: stopped"
+    return "INCOMPLETE: not finished"
 
 
-def strategy_rows(summary: dict[str, Any], gap_tol: float = 0.03) -> list[dict[str, Any]]:
-    """One row per strategy: AUROC with CI, validation gap (flagged), time and learning-curve shape."""
+def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per strategy: status, test AUROC with CI, validation gap (flagged), time, curve shape.
+
+    Short column names, so a table never clips them; their meanings are in ``METRIC_HELP``.
+    """
+    from medtl.runs import OVERSTATE_MARGIN
+
     rows = []
     for name, r in (summary.get("strategies") or {}).items():
-        row: dict[str, Any] = {
-            "strategy": strategy_label(name, long=True),
-            "status": r.get("status"),
-        }
+        r = r if isinstance(r, dict) else {}
+        row: dict[str, Any] = {"Strategy": strategy_label(name, long=True)}
+        row["Status"] = _status_words(r)
         if r.get("status") != "done":
-            row["note"] = str(r.get("error") or "")[:200]
             rows.append(row)
             continue
         gap = r.get("val_minus_test")
-        flag = gap is not None and math.isfinite(float(gap)) and float(gap) > gap_tol
+        ok = gap is not None and math.isfinite(float(gap))
+        lo, hi = r.get("test_auroc_ci") or (None, None)
         row.update(
             {
-                "test AUROC": fci(
-                    r.get("test_auroc"), *(r.get("test_auroc_ci") or (None, None)), label="95% CI "
-                ),
-                "validation AUROC": fnum(r.get("val_auroc")),
-                "validation − test": (
-                    f"{float(gap):+.3f}" + (" ⚠ overstated" if flag else "")
-                    if gap is not None and math.isfinite(float(gap))
+                "Test AUROC": fnum(r.get("test_auroc")),
+                "95% CI": f"{fnum(lo)}–{fnum(hi)}" if lo is not None else "n/a",
+                "Validation AUROC": fnum(r.get("val_auroc")),
+                "Validation − test": (
+                    f"{float(gap):+.3f}" + (" ⚠" if float(gap) > OVERSTATE_MARGIN else "")
+                    if ok
                     else "n/a"
                 ),
-                "training time": f"{float(r.get('train_seconds') or 0):.1f} s",
-                "start": fnum(r.get("start")),
-                "slope (per epoch)": fnum(r.get("slope")),
-                "asymptote": fnum(r.get("asymptote")),
+                "Training time": fseconds(r.get("train_seconds")),
+                "Start": fnum(r.get("start")),
+                "Slope / epoch": _slope(r, name),
+                "Best": fnum(r.get("asymptote")),
             }
         )
         rows.append(row)
     return rows
 
 
-def gap_warnings(summary: dict[str, Any], gap_tol: float = 0.03) -> list[str]:
-    """Plain sentences for strategies whose validation AUROC overstates test AUROC by > gap_tol."""
+def _slope(r: dict[str, Any], name: str) -> str:
+    from _app_runs import NETWORK_STRATEGIES
+
+    if name not in NETWORK_STRATEGIES:
+        return "— (no epochs)"
+    return fnum(r.get("slope"))
+
+
+def gap_warnings(summary: dict[str, Any]) -> list[str]:
+    """Plain sentences for strategies whose validation AUROC overstates test AUROC (said once)."""
+    from medtl.runs import OVERSTATE_MARGIN
+
     out = []
     for name, r in (summary.get("strategies") or {}).items():
-        gap = r.get("val_minus_test")
-        ok = r.get("status") == "done" and gap is not None and math.isfinite(float(gap))
-        if ok and float(gap) > gap_tol:
+        gap = (r or {}).get("val_minus_test")
+        ok = (r or {}).get("status") == "done" and gap is not None and math.isfinite(float(gap))
+        if ok and float(gap) > OVERSTATE_MARGIN:
             out.append(
-                f"{strategy_label(name, long=True)}: validation AUROC is {float(gap):.2f} higher "
-                "than on the test images, so validation numbers are optimistic here (the test "
-                "set may differ from the training data)."
+                f"{strategy_label(name)}: the validation AUROC is {float(gap):.2f} higher than on "
+                "the test images (⚠ in the table), so its validation numbers are optimistic; the "
+                "test images may differ from the training images."
             )
     return out
 
 
-def paired_sentences(summary: dict[str, Any]) -> list[str]:
-    """The paired test of each pair of strategies, in words."""
-    out = []
-    for pr in summary.get("paired") or []:
-        text = pr.get("summary")
-        if not text:
-            continue
-        from medtl.strategies import list_strategies
+def run_notes(summary: dict[str, Any]) -> list[str]:
+    """The run's notes in human words, without the gap notes (``gap_warnings`` says those once)."""
+    return [
+        humanise(str(n))
+        for n in summary.get("notes") or []
+        if not str(n).startswith("Validation overstates")
+    ]
 
-        for key in sorted(list_strategies(), key=len, reverse=True):  # partial_fine_tuning first
-            text = text.replace(key, strategy_label(key))
-        out.append(text)
-    return out
+
+def paired_sentences(summary: dict[str, Any]) -> list[str]:
+    """The paired test of each pair of strategies, in words with human names."""
+    return [humanise(str(pr["summary"])) for pr in summary.get("paired") or [] if pr.get("summary")]
 
 
 def curves(run: Any, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """strategy label -> (labels, P(positive)) of one split, for binary runs with predictions."""
+    """strategy label -> (labels, P(positive)) of one split, for finished binary strategies."""
     out = {}
     for name, st in run.strategies.items():
-        if st.predictions is not None and st.predictions.proba.shape[1] == 2:
-            y, p = st.predictions.subset(split)
-            if len(y):
-                out[strategy_label(name)] = (y, p)
+        if not st.finished or st.predictions is None or st.predictions.proba.shape[1] != 2:
+            continue
+        y, p = st.predictions.subset(split)
+        if len(y):
+            out[strategy_label(name)] = (y, p)
     return out
+
+
+def learning_histories(run: Any) -> dict[str, list[dict[str, Any]]]:
+    """Label -> history rows for the learning-curve plot: human names, C to one significant digit
+    (the plot prints it with ``:g``; ``C = 0.03`` reads better than ``C = 0.0316228``)."""
+    out = {}
+    for name, st in run.strategies.items():
+        if not st.finished or not st.history:
+            continue
+        rows = []
+        for r in st.history:
+            r = dict(r)
+            c = r.get("C")
+            if isinstance(c, (int, float)) and math.isfinite(c) and c > 0:
+                r["C"] = float(f"{c:.1g}")
+            rows.append(r)
+        out[strategy_label(name)] = rows
+    return out
+
+
+def integer_epoch_axis(fig: Any, histories: dict[str, list[dict[str, Any]]]) -> Any:
+    """Give the learning-curve figure whole-epoch limits (a one-epoch run otherwise gets an axis
+    from 0.945 to 1.05) and an AUROC axis at least 0.1 tall, so that a difference of 0.02 does
+    not fill the plot."""
+    epochs = [int(r.get("epoch", 0)) for rows in histories.values() for r in rows if "C" not in r]
+    top = max(epochs, default=1)
+    for ax in fig.axes[:1]:
+        ax.set_xlim(0.5, top + 0.5)
+        ax.set_xticks(range(1, top + 1, max(1, top // 10)))
+        lo, hi = ax.get_ylim()
+        if hi - lo < 0.1:
+            mid = (lo + hi) / 2
+            ax.set_ylim(max(0.0, mid - 0.05), min(1.0, max(0.0, mid - 0.05) + 0.1))
+    return fig
 
 
 # -- operating point ------------------------------------------------------------------------------
 
+OP_SAVED, OP_TARGET, OP_THRESHOLD = "saved", "target", "threshold"
+
+
+def thresholds_for(run: Any, mode: str, value: float | None = None) -> dict[str, tuple[float, str]]:
+    """strategy -> (threshold, how it was chosen) for every finished binary strategy.
+
+    ``saved``: each model's own operating point (chosen on the validation images when the run was
+    made); ``target``: the threshold reaching sensitivity ``value`` on the validation images;
+    ``threshold``: the same ``value`` for every model, chosen by the user.
+    """
+    from medtl.metrics import choose_threshold
+
+    out = {}
+    for name, st in run.strategies.items():
+        if not st.finished or st.predictions is None or st.predictions.proba.shape[1] != 2:
+            continue
+        if mode == OP_THRESHOLD:
+            out[name] = (float(value), "your threshold")  # type: ignore[arg-type]
+            continue
+        yv, pv = st.predictions.subset("val")
+        if mode == OP_TARGET:
+            t = choose_threshold(yv, pv, rule="sensitivity", target=float(value))  # type: ignore[arg-type]
+            out[name] = (float(t), f"sensitivity ≥ {float(value):.0%} on validation images")  # type: ignore[arg-type]
+            continue
+        saved = (run.summary.get("strategies") or {}).get(name, {}).get("threshold")
+        rule = run.summary.get("threshold_rule") or "youden"
+        if saved is None:
+            saved = choose_threshold(yv, pv, rule="youden")
+        out[name] = (float(saved), f"the model's own ({rule}, chosen on validation images)")
+    return out
+
 
 def operating_points(
     run: Any,
+    thresholds: dict[str, tuple[float, str]],
     *,
-    threshold: float | None = None,
-    target_sensitivity: float | None = None,
+    split: str = "test",
     prevalence: float | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Test-set operating point of every binary strategy, from the stored predictions only.
+    """Operating point of every strategy in ``thresholds`` on one split's stored predictions.
 
-    Either a common ``threshold`` or a ``target_sensitivity`` (each model's threshold is then chosen
-    on its VALIDATION predictions, so the test numbers stay honest). PPV/NPV at ``prevalence`` get an
-    approximate interval by plugging the Wilson bounds of sensitivity and specificity into Bayes'
-    rule (hand-written: no library offers it; PPV and NPV both increase with sensitivity and
-    specificity, so the bounds are monotone).
+    PPV/NPV at ``prevalence`` get an approximate interval by plugging the Wilson bounds of
+    sensitivity and specificity into Bayes' rule (hand-written: no library offers it; PPV and NPV
+    both increase with sensitivity and specificity, so the bounds are monotone).
     """
-    from medtl.metrics import choose_threshold, operating_point, ppv_npv_at_prevalence
+    from medtl.metrics import operating_point, ppv_npv_at_prevalence
 
-    if (threshold is None) == (target_sensitivity is None):
-        raise AppInputError("Give either a threshold or a target sensitivity.")
     out = {}
-    for name, st in run.strategies.items():
-        if st.predictions is None or st.predictions.proba.shape[1] != 2:
-            continue
-        y, p = st.predictions.subset("test")
+    for name, (thr, how) in thresholds.items():
+        y, p = run.strategies[name].predictions.subset(split)
         if not len(y):
             continue
-        thr = threshold
-        if thr is None:
-            yv, pv = st.predictions.subset("val")
-            thr = choose_threshold(yv, pv, rule="sensitivity", target=float(target_sensitivity))
         op = operating_point(y, p, float(thr), prevalence=prevalence)
+        op["how"] = how
         if prevalence is not None:
             lo = ppv_npv_at_prevalence(op["sensitivity_low"], op["specificity_low"], prevalence)
             hi = ppv_npv_at_prevalence(op["sensitivity_high"], op["specificity_high"], prevalence)
@@ -304,47 +414,43 @@ def operating_points(
     return out
 
 
+NA_REASONS = {
+    "sens": "n/a: no images with the finding",
+    "spec": "n/a: no normal images",
+    "ppv": "n/a: no image called positive",
+    "npv": "n/a: no image called negative",
+}
+
+
+def _pct(o: dict[str, Any], key: str, reason: str, lo: str | None = None, hi: str | None = None):
+    v = o.get(key)
+    if v is None or not math.isfinite(float(v)):
+        return NA_REASONS[reason]
+    return fpct(v, o.get(lo or f"{key}_low"), o.get(hi or f"{key}_high"))
+
+
 def operating_rows(ops: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """A table (rows = measures, one column per model) with 95% CIs, in percent."""
+    """A table (rows = measures, one column per model) with 95% CIs, in percent; every "n/a" says
+    why (e.g. NPV when no image was called negative)."""
     measures = [
         ("Threshold (probability)", lambda o: f"{o['threshold']:.3f}"),
-        (
-            "Sensitivity (cases caught)",
-            lambda o: fpct(o["sensitivity"], o["sensitivity_low"], o["sensitivity_high"]),
-        ),
-        (
-            "Specificity (normals cleared)",
-            lambda o: fpct(o["specificity"], o["specificity_low"], o["specificity_high"]),
-        ),
+        ("Sensitivity (cases caught)", lambda o: _pct(o, "sensitivity", "sens")),
+        ("Specificity (normals cleared)", lambda o: _pct(o, "specificity", "spec")),
     ]
     if any(o.get("deployment_prevalence") for o in ops.values()):
         measures += [
-            (
-                "PPV at your prevalence",
-                lambda o: fpct(
-                    o["ppv_at_prevalence"],
-                    o.get("ppv_at_prevalence_low"),
-                    o.get("ppv_at_prevalence_high"),
-                ),
-            ),
-            (
-                "NPV at your prevalence",
-                lambda o: fpct(
-                    o["npv_at_prevalence"],
-                    o.get("npv_at_prevalence_low"),
-                    o.get("npv_at_prevalence_high"),
-                ),
-            ),
+            ("PPV at your prevalence", lambda o: _pct(o, "ppv_at_prevalence", "ppv")),
+            ("NPV at your prevalence", lambda o: _pct(o, "npv_at_prevalence", "npv")),
         ]
     measures += [
-        ("PPV on the test set", lambda o: fpct(o["ppv"], o["ppv_low"], o["ppv_high"])),
-        ("NPV on the test set", lambda o: fpct(o["npv"], o["npv_low"], o["npv_high"])),
+        ("PPV on these images", lambda o: _pct(o, "ppv", "ppv")),
+        ("NPV on these images", lambda o: _pct(o, "npv", "npv")),
         ("Missed cases (false negatives)", lambda o: str(o["fn"])),
         ("False alarms (false positives)", lambda o: str(o["fp"])),
     ]  # fmt: skip
     rows = []
     for label, fn in measures:
-        row = {"measure": label}
+        row = {"Measure": label}
         for name, op in ops.items():
             row[strategy_label(name)] = fn(op)
         rows.append(row)
@@ -355,29 +461,92 @@ def operating_rows(ops: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def model_dirs(run_dir: Path) -> dict[str, Path]:
-    """strategy -> saved model folder, for the finished strategies of a run."""
+    """strategy -> saved model folder, for the finished strategies of a run (``medtl.runs`` layout)."""
+    from medtl.runs import load_run, model_dir
+
+    run = load_run(run_dir)
     return {
-        d.name: d / "model"
-        for d in sorted(Path(run_dir).iterdir())
-        if d.is_dir() and (d / "model" / "model.json").exists()
+        name: model_dir(run_dir, name)
+        for name, st in run.strategies.items()
+        if st.finished and (model_dir(run_dir, name) / "model.json").is_file()
     }
 
 
-def predict_single(estimator: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(class probabilities, Grad-CAM heatmap for the positive class) of one image file."""
-    from medtl.data import Sample, prepare_images
+@dataclass
+class SinglePrediction:
+    """One model's answer for one image: probabilities, the call at its operating point, heatmap."""
+
+    proba: np.ndarray
+    call: str
+    positive: str | None
+    threshold: float | None
+    threshold_source: str
+    heat: np.ndarray
+
+
+def predict_single(estimator: Any, path: Path) -> SinglePrediction:
+    """Prepare one image exactly as the model's training images were (``estimator.prepare``), and
+    give its probabilities, the call at the model's operating point and a Grad-CAM heatmap."""
+    from medtl.data import Sample
     from medtl.explain import grad_cam
 
-    prep = prepare_images(
-        [Sample(path=str(path), label=-1, uid="upload")],
-        list(estimator.classes_),
-        size=int(estimator.image_size_),
-        channels=1,
-        progress=False,
-    )
+    prep = estimator.prepare([Sample(path=str(path), label=-1, uid="upload")])
     if len(prep) == 0:
         reason = prep.skipped[0].reason if prep.skipped else "unknown reason"
-        raise AppInputError(f"The image could not be prepared for the model: {reason}")
-    proba = estimator.predict_proba(prep)[0]
-    heat = grad_cam(estimator, prep.pixels[0], class_index=min(1, len(proba) - 1))
-    return proba, heat
+        raise AppInputError(f"The image could not be prepared for the model: {plain_error(reason)}")
+    proba = np.asarray(estimator.predict_proba(prep))
+    thr, source = estimator.threshold_for(None)
+    k = int(estimator.decide(proba, None)[0])
+    classes = list(estimator.classes_)
+    pos = estimator.positive_class_
+    heat = grad_cam(estimator, prep.pixels[0], class_index=classes.index(pos) if pos else k)
+    return SinglePrediction(proba[0], classes[k], pos, thr, source, heat)
+
+
+def meta_rows(meta: dict[str, Any]) -> list[dict[str, str]]:
+    """The (already PHI-free) image metadata as 'Property, Value' rows with readable names."""
+    names = {
+        "format": "File format",
+        "modality": "Modality",
+        "photometric_interpretation": "Photometric interpretation",
+        "inverted": "Inverted (MONOCHROME1 → bright = dense)",
+        "bits_stored": "Bits stored",
+        "rows": "Rows (pixels)",
+        "columns": "Columns (pixels)",
+        "n_frames": "Frames in the file",
+        "frame_used": "Frame used",
+        "window_used": "Intensity window used",
+        "transfer_syntax": "Transfer syntax (compression)",
+        "pixel_spacing": "Pixel spacing (mm)",
+        "original_dtype": "Stored pixel type",
+    }
+    rows = []
+    for k, v in safe_meta(meta).items():
+        if isinstance(v, bool):
+            v = "yes" if v else "no"
+        elif isinstance(v, (list, tuple)):
+            v = " × ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+        rows.append({"Property": names.get(k, k.replace("_", " ")), "Value": str(v)})
+    return rows
+
+
+def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str) -> Any:
+    """The image with its Grad-CAM heatmap overlaid (``medtl.explain.overlay``) and a colour bar
+    that says what the colours mean."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    from medtl.explain import overlay
+
+    gray = image if image.ndim == 2 else image.mean(-1)
+    fig = Figure(figsize=(4.2, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(overlay(gray, heat))  # overlay's default colour map is "jet"
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), ax=ax, shrink=0.85)
+    bar.set_ticks([0, 0.5, 1], labels=["none", "some", "strongest"])
+    bar.set_label("influence on the call", fontsize=8)
+    return fig

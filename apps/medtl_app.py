@@ -104,16 +104,16 @@ def page_data(work: Path) -> None:
         f"largest/smallest class ratio {s['imbalance_ratio']:.1f}. "
         f"{s['n_skipped']} file(s) could not be used."
     )
-    st.dataframe(L.counts_table(s), hide_index=True)
+    st.table(L.counts_table(s), hide_index=True, width="content")
+    st.markdown(L.split_sentence(view.split_unit, view.n_patients))
     classes = list(s.get("classes", []))
     if len(classes) == 2:
-        # widget state is dropped when the Data page is not shown: keep the choice under its own key
-        kept = st.session_state.get(f"finding::{path}")
-        st.session_state[f"finding::{path}"] = st.selectbox(
+        st.selectbox(
             "Which class is the finding?",
             classes,
-            index=classes.index(kept) if kept in classes else 1,
+            index=1,
             key=f"positive_class::{path}",  # per dataset: another dataset has other classes
+            persist_state="session",
             help="Sensitivity, PPV and the heatmaps are about this class (e.g. pneumonia, malignant).",
         )
     if view.examples:
@@ -122,7 +122,7 @@ def page_data(work: Path) -> None:
         )
         cols = st.columns(min(6, len(view.examples)))
         for i, (cname, img) in enumerate(view.examples[:6]):
-            cols[i].image(img, caption=cname, clamp=True, use_container_width=True)
+            cols[i].image(img, caption=cname, clamp=True, width="stretch")
     if view.skipped:
         st.subheader("Skipped files")
         st.dataframe(view.skipped, hide_index=True)
@@ -132,60 +132,168 @@ def page_advice(work: Path) -> None:
     st.header("Advice")
     st.write(
         "The advisor looks at your data (how many images, how different they are from everyday "
-        "photographs) and suggests whether to fine-tune or only train a classifier on frozen features."
+        "photographs, how well a frozen network already separates the classes) and suggests "
+        "whether to fine-tune the network or only train a classifier on its frozen features."
     )
     path = st.session_state.get("data_path")
     if not path:
         st.info("Choose a dataset in the Data section first.")
         return
+    backbone = st.session_state.get("backbone", L.DEFAULT_BACKBONE)
+    st.caption(f"Backbone profiled: {backbone} (change it in the Compare section).")
     if st.button("Get advice", key="get_advice"):
         try:
             with st.spinner("Profiling the dataset…"):
                 st.session_state["advice"] = L.get_advice(
                     path,
                     work,
-                    backbone=st.session_state.get("backbone", L.DEFAULT_BACKBONE),
+                    backbone=backbone,
                     image_size=int(st.session_state.get("image_size", 128)),
                 )
+                st.session_state["advice_for"] = path
         except L.AppInputError as exc:
             st.warning(str(exc))
             return
         except Exception as exc:  # the advisor is another module; keep the app alive
-            st.error(f"The advisor failed: {type(exc).__name__}: {exc}")
+            st.error(f"The advisor failed: {type(exc).__name__}: {L.plain_error(str(exc))}")
             return
     adv = st.session_state.get("advice")
-    if adv is None:
+    if adv is None or st.session_state.get("advice_for") != path:
         return
-    label = L.strategy_label(adv.strategy, long=True)
-    st.success(f"Recommended: **{label}** (confidence: {adv.confidence}).")
-    for sentence in adv.rationale or []:
-        st.markdown(f"- {sentence}")
-    st.caption("AUROC (area under the ROC curve): 0.5 = guessing, 1.0 = perfect separation.")
-    st.dataframe(L.advice_rows(adv), hide_index=True)
-    details = getattr(adv, "details", None)
-    if details:
-        with st.expander("Technical details"):
-            for d in details:
-                st.markdown(f"- {d}")
+    try:
+        n_data = int(_describe(path, _stamp(Path(path))).summary["n_images"])
+    except (L.AppInputError, KeyError, TypeError, ValueError):
+        n_data = None
+    view = L.advice_view(adv, data_images=n_data)
+    st.success(view["headline"])
+    st.markdown("\n".join(f"- {line}" for line in view["lines"]))
+    if view["more_data"]:
+        st.markdown(f"**What more data would buy:** {view['more_data']}")
+    st.caption(
+        "Expected AUROC: how well the model would rank a diseased image above a normal one "
+        "(0.5 = guessing, 1.0 = perfect); estimates, not measurements. Times are for this computer."
+    )
+    if view["why"]:
+        st.subheader("Why")
+        st.markdown("\n".join(f"- {s}" for s in view["why"]))
+    if view["profiled"]:
+        st.caption(view["profiled"])
+    for note in view["notes"]:
+        st.caption(note)
+    with st.expander("Technical terms and the measurements behind the advice"):
+        shown = {m["measure"] for m in view["measurements"]}
+        if view["measurements"]:
+            st.table(view["measurements"], hide_index=True)
+        rest = [f"- **{k}**: {v}" for k, v in L.JARGON.items() if k not in shown]
+        st.markdown("\n".join(rest))
+        details = getattr(adv, "details", None)  # the advisor's pilot, curves and signals
+        if details:
+            st.markdown("**The advisor's measurements**")
+            st.markdown("\n".join(f"- {d}" for d in details))
 
 
-def _settings() -> tuple[str, int, int, bool]:
+def _settings() -> tuple[str, int, int, list[str]]:
     from medtl.backbones import list_backbones
 
-    names = [r["name"] for r in list_backbones()]
+    rows = list_backbones()
+    names = [r["name"] for r in rows if r.get("weights_available", True)]
+    missing = [r for r in rows if not r.get("weights_available", True)]
     default = names.index(L.DEFAULT_BACKBONE) if L.DEFAULT_BACKBONE in names else 0
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3 = st.columns(3)
     backbone = c1.selectbox(
         "Backbone (pretrained network)",
         names,
         index=default,
         key="backbone",
+        persist_state="session",
         help="tiny_test is a very small untrained network for a quick look at the workflow only.",
     )
-    epochs = c2.number_input("Epochs (passes over the data)", 1, 50, 3, key="epochs")
-    size = c3.number_input("Image size (pixels)", 32, 512, 128, step=16, key="image_size")
-    scratch = c4.checkbox("Also train from scratch (slow control)", key="scratch")
-    return backbone, int(epochs), int(size), scratch
+    epochs = c2.number_input(
+        "Epochs (passes over the data)", 1, 50, 3, key="epochs", persist_state="session"
+    )
+    size = c3.number_input(
+        "Image size (pixels)", 32, 512, 128, step=16, key="image_size", persist_state="session"
+    )
+    extra = [
+        name
+        for name, text in (
+            ("partial_fine_tuning", "Also partial fine-tuning (only the last stages are trained)"),
+            ("from_scratch", "Also train from scratch (a slow control: what pretraining adds)"),
+        )
+        if st.checkbox(text, key=f"also::{name}", persist_state="session")
+    ]
+    if missing:
+        with st.expander(
+            f"{len(missing)} backbone(s) not offered: their weights are not installed"
+        ):
+            for r in missing:
+                st.markdown(f"- **{r['name']}**: {r.get('weights_source', '')}")
+    return backbone, int(epochs), int(size), extra
+
+
+def _run_new_comparison(path: str, work: Path, backbone: str, epochs: int, size: int,
+                        extra: list[str]) -> None:  # fmt: skip
+    """Run a comparison with a progress bar, the current step, time left and a Stop button."""
+    strategies = ["feature_extraction", "fine_tuning", *extra]
+    cfg = L.build_config(
+        path,
+        work,
+        backbone=backbone,
+        epochs=epochs,
+        image_size=size,
+        strategies=strategies,
+        batch_size=int(st.session_state.get("batch_size", 32)),
+        positive_class=st.session_state.get(f"positive_class::{path}"),
+    )
+    adv = st.session_state.get("advice")
+    advised = (L.advice_dict(adv).get("estimated_minutes") or {}) if adv is not None else {}
+    prog = L.Progress(strategies, epochs, advised_minutes=dict(advised))
+    bar = st.progress(0.0, text="Starting…")
+    st.session_state["running_run"] = cfg.output.out
+    with st.status("Running the comparison…", expanded=True) as status:
+        step = st.empty()
+        eta = st.empty()
+        st.button("Stop", key="stop_compare", help="Stops after the current step; the run is kept "
+                  "and marked incomplete.")  # fmt: skip
+        st.caption(
+            "Stay on this page while it runs: pressing Stop, leaving the page or closing the tab "
+            "stops the comparison (at the end of the current epoch), and the run is then kept, "
+            "marked incomplete."
+        )
+
+        def show() -> None:
+            bar.progress(prog.fraction(), text=f"{prog.fraction():.0%} done")
+            step.markdown(prog.step_text())
+            eta.markdown(f"**{prog.eta_text()}**")
+
+        def on_start(name: str) -> None:
+            prog.start(name)
+            show()
+
+        def on_epoch(name: str, row: dict) -> None:
+            prog.end_epoch(name, row)
+            show()
+
+        show()
+        try:
+            L.run_comparison(cfg, on_start=on_start, on_epoch=on_epoch)
+        except L.ComparisonStopped as stop:
+            st.session_state["run_dir"] = str(stop.run_dir)
+            if stop.cause is not None and not isinstance(stop.cause, KeyboardInterrupt):
+                raise stop.cause from None  # let Streamlit rerun/stop as the user asked
+            status.update(label="Stopped: the run is kept, marked incomplete", state="error")
+            return
+        except Exception as exc:
+            st.session_state.pop("running_run", None)
+            status.update(label="The comparison failed", state="error")
+            st.error(f"The comparison could not run: {L.plain_error(str(exc))}")
+            return
+        bar.progress(1.0, text="Done")
+        step.markdown("All strategies finished; the report is written.")
+        eta.empty()
+        status.update(label="Comparison finished", state="complete", expanded=False)
+    st.session_state.pop("running_run", None)
+    st.session_state["run_dir"] = cfg.output.out
 
 
 def page_compare(work: Path) -> None:
@@ -194,61 +302,39 @@ def page_compare(work: Path) -> None:
         "**Feature extraction** keeps the pretrained network frozen and trains only a final "
         "classifier (fast). **Fine-tuning** adjusts every layer (slower, often better with more data)."
     )
-    backbone, epochs, size, scratch = _settings()
+    backbone, epochs, size, extra = _settings()
     path = st.session_state.get("data_path")
-    if st.button("Run the comparison", key="run_compare", disabled=not path):
-        strategies = ["feature_extraction", "fine_tuning"] + (["from_scratch"] if scratch else [])
-        cfg = L.build_config(
-            path,
-            work,
-            backbone=backbone,
-            epochs=epochs,
-            image_size=size,
-            strategies=strategies,
-            batch_size=int(st.session_state.get("batch_size", 32)),
-            positive_class=st.session_state.get(f"finding::{path}"),
+    stopped = st.session_state.pop("running_run", None)
+    if (
+        stopped
+    ):  # a comparison of this session ended without finishing (Stop, page left, tab closed)
+        st.session_state["run_dir"] = stopped
+        st.warning(
+            "The last comparison was stopped before it finished. It is kept and marked "
+            "incomplete; only the strategies that finished have results."
         )
-        bar = st.progress(0.0, text="Starting…")
-        done = {"n": 0}
-        total = len(strategies)
-
-        def on_start(name: str) -> None:
-            bar.progress(done["n"] / total, text=f"Training: {L.strategy_label(name)}")
-            done["n"] += 1
-
-        def on_epoch(name: str, row: dict) -> None:
-            ep = int(row.get("epoch", 0))
-            frac = min(1.0, (done["n"] - 1 + ep / max(1, epochs)) / total)
-            auc = row.get("val_auroc")
-            extra = f", validation AUROC {auc:.3f}" if isinstance(auc, float) else ""
-            bar.progress(frac, text=f"{L.strategy_label(name)}: epoch {ep}/{epochs}{extra}")
-
-        from medtl.experiment import compare
-
-        with st.status("Running the comparison…", expanded=True) as status:
-            try:
-                compare(
-                    cfg, progress=False, on_strategy_start=on_start, on_epoch_end=on_epoch,
-                    write_html=True,
-                )  # fmt: skip
-            except Exception as exc:
-                status.update(label="The comparison failed", state="error")
-                st.error(f"The comparison could not run: {exc}")
-                return
-            bar.progress(1.0, text="Done")
-            status.update(label="Comparison finished", state="complete")
-        st.session_state["run_dir"] = cfg.output.out
+    if st.button("Run the comparison", key="run_compare", disabled=not path, type="primary"):
+        _run_new_comparison(path, work, backbone, epochs, size, extra)
     elif not path:
         st.caption("Choose a dataset in the Data section to run a new comparison.")
 
     runs = [str(p) for p in L.list_runs(work)]
     if runs:
         current = st.session_state.get("run_dir")
-        idx = runs.index(current) if current in runs else 0
-        chosen = st.selectbox("Or open an earlier run", runs, index=idx, key="run_pick")
-        if chosen != current and st.session_state.get("_last_pick") != chosen:
-            st.session_state["run_dir"] = chosen
-        st.session_state["_last_pick"] = chosen
+        if current not in runs:
+            current = runs[0]
+        # the selector always names the run shown: set it before the widget is drawn
+        st.session_state["run_pick"] = current
+        st.session_state["run_dir"] = current
+
+        def picked() -> None:
+            st.session_state["run_dir"] = st.session_state["run_pick"]
+
+        labels = {r: L.run_label(Path(r)) for r in runs}
+        st.selectbox(
+            "Run shown (newest first)", runs, key="run_pick", format_func=labels.__getitem__,
+            on_change=picked,
+        )  # fmt: skip
     show_run()
 
 
@@ -259,6 +345,17 @@ def _run():
     return _load_run(rd, _stamp(Path(rd)))
 
 
+def _incomplete_banner(run) -> bool:
+    """Say loudly that a run is incomplete; True when it is."""
+    complete, words = L.run_state(run.summary)
+    if not complete:
+        st.error(
+            f"This run is {words.replace('INCOMPLETE', 'incomplete')}. It is not a finished "
+            "comparison: results are shown only for the strategies that finished."
+        )
+    return not complete
+
+
 def show_run() -> None:
     from medtl.report import plot_calibration, plot_decision_curve, plot_learning_curves, plot_roc
 
@@ -267,28 +364,43 @@ def show_run() -> None:
         st.info("No comparison yet: run one above or open an earlier run.")
         return
     st.subheader("Results on the held-out test images")
-    st.dataframe(L.strategy_rows(run.summary), hide_index=True)
-    st.caption(
-        "AUROC: probability that a random positive image scores above a random negative one "
-        "(0.5 = guessing). 95% CI: the range the true value plausibly lies in. Start/slope/asymptote "
-        "describe the learning curve: validation AUROC after the first epoch, gain per epoch, best level."
-    )
+    _incomplete_banner(run)
+    st.table(L.strategy_rows(run.summary), hide_index=True)
+    help_ = L.METRIC_HELP
+    st.caption("\n\n".join(help_[k] for k in ("AUROC", "CI", "gap", "curve")))
     for w in L.gap_warnings(run.summary):
         st.warning(w)
     for sentence in L.paired_sentences(run.summary):
         st.info(f"Paired test on the same test images: {sentence}")
-    for note in run.summary.get("notes", []):
+    for note in L.run_notes(run.summary):
         st.caption(note)
     cur = L.curves(run)
-    if cur:
-        c1, c2 = st.columns(2)
-        c1.pyplot(plot_roc(cur))
-        hist = {n: st_.history for n, st_ in run.strategies.items() if st_.history}
-        if hist:
-            c2.pyplot(plot_learning_curves(hist))
-        c3, c4 = st.columns(2)
-        c3.pyplot(plot_calibration(cur))
-        c4.pyplot(plot_decision_curve(cur))
+    if not cur:
+        return
+    hist = L.learning_histories(run)
+    if hist:
+        c1, c2 = st.columns([3, 1])
+        c1.pyplot(L.integer_epoch_axis(plot_learning_curves(hist), hist))
+        c2.caption(
+            "Learning curves: validation AUROC after each epoch (the star marks the best epoch). "
+            "Feature extraction has no epochs: its dotted line is the best classifier it found "
+            "(C is that classifier's regularisation strength)."
+        )
+    c1, c2 = st.columns(2)
+    c1.pyplot(plot_roc(cur))
+    c1.caption(help_["roc"])
+    c2.pyplot(plot_calibration(cur))
+    c2.caption(help_["calibration"])
+    c3, _ = st.columns(2)
+    c3.pyplot(plot_decision_curve(cur))
+    c3.caption(help_["decision"])
+
+
+MODES = {
+    L.OP_SAVED: "The model's own operating point",
+    L.OP_TARGET: "A target sensitivity",
+    L.OP_THRESHOLD: "A threshold I choose",
+}
 
 
 def page_operating(work: Path) -> None:
@@ -303,44 +415,78 @@ def page_operating(work: Path) -> None:
     if run is None or not L.curves(run):
         st.info("Run or open a comparison (two-class data) in the Compare section first.")
         return
+    _incomplete_banner(run)
     mode = st.radio(
-        "Choose the operating point by", ["Threshold", "Target sensitivity"], key="op_mode",
-        horizontal=True,
+        "Choose the operating point by", list(MODES), format_func=MODES.__getitem__,
+        key="op_mode", horizontal=True, persist_state="session",
     )  # fmt: skip
     c1, c2 = st.columns(2)
-    if mode == "Threshold":
-        thr = c1.slider(
-            "Threshold (probability of the positive class)", 0.01, 0.99, 0.5, 0.01, key="thr"
+    value = None
+    split = "test"
+    if mode == L.OP_THRESHOLD:
+        value = c1.slider(
+            "Threshold (probability of the finding)", 0.01, 0.99, 0.5, 0.01, key="thr"
         )
-        kwargs = {"threshold": float(thr)}
-    else:
-        tgt = c1.slider(
-            "Target sensitivity (chosen on validation images)", 0.5, 1.0, 0.9, 0.01, key="tgt"
-        )
-        kwargs = {"target_sensitivity": float(tgt)}
+        split = c1.radio(
+            "Numbers on", ["val", "test"], key="op_split", horizontal=True,
+            format_func={"val": "Validation images (to choose)",
+                         "test": "Test images (final check)"}.__getitem__,
+        )  # fmt: skip
+    elif mode == L.OP_TARGET:
+        value = c1.slider(
+            "Target sensitivity (reached on the validation images)", 0.5, 1.0, 0.9, 0.01,
+            key="tgt",
+        )  # fmt: skip
     prev = c2.number_input(
         "Prevalence where the model will be used (%)", 0.1, 99.9, 10.0, 0.5, key="prev",
         help="PPV/NPV depend on how common the condition is in your patients.",
     )  # fmt: skip
-    ops = L.operating_points(run, prevalence=float(prev) / 100.0, **kwargs)
+    thresholds = L.thresholds_for(run, mode, value)
+    ops = L.operating_points(run, thresholds, split=split, prevalence=float(prev) / 100.0)
     positive = run.classes[1] if len(run.classes) > 1 else "positive"
-    st.caption(f"Positive class: **{positive}**. Values in brackets are 95% confidence intervals.")
-    st.dataframe(L.operating_rows(ops), hide_index=True, key="op_table")
+    n = next(iter(ops.values()))["confusion"] if ops else [[0, 0], [0, 0]]
+    n_img = int(sum(map(sum, n)))
+    where = "validation" if split == "val" else "held-out test"
+    st.markdown(f"Finding (positive class): **{positive}**. Numbers on the **{n_img} {where} "
+                "images**; values in brackets are 95% confidence intervals.")  # fmt: skip
+    if mode == L.OP_THRESHOLD and split == "test":
+        st.warning(
+            "These are the TEST images. Choose the threshold on the validation images: moving it "
+            "while watching the test numbers makes them optimistic."
+        )
+    elif mode != L.OP_THRESHOLD:
+        st.caption(
+            "The threshold was chosen on the validation images only, so these test numbers are "
+            "an honest estimate."
+        )
+    st.table(L.operating_rows(ops), hide_index=True)
+    st.caption(
+        "\n\n".join(L.METRIC_HELP[k] for k in ("sensitivity", "specificity", "ppv_npv"))
+        + "\n\nn/a: the measure cannot be computed here, e.g. NPV when no image is called "
+        "negative at this threshold (there is nothing to be right or wrong about)."
+    )
     st.pyplot(
         plot_confusion(
             {L.strategy_label(n): o["confusion"] for n, o in ops.items()},
             class_names=run.classes[:2],
-        )
+        ),
+        width="content",
     )
 
 
 def page_single(work: Path) -> None:
     st.header("Single image")
-    st.write("Upload one DICOM, PNG or JPEG image to see each model's probability and heatmap.")
-    rd = st.session_state.get("run_dir")
-    if not rd or not Path(rd).is_dir():
+    st.write(
+        "Upload one DICOM, PNG or JPEG image to see each model's call at its operating point, its "
+        "probability, and a heatmap of the regions that drove it."
+    )
+    run = _run()
+    if run is None:
         st.info("Run or open a comparison in the Compare section first.")
         return
+    rd = Path(run.run_dir)
+    st.caption(f"Models from the run: **{L.run_label(rd)}** (change it in the Compare section).")
+    _incomplete_banner(run)
     up = st.file_uploader(f"One image (max {L.MAX_IMAGE_MB} MB)", type=None, key="single_upload")
     if up is None:
         return
@@ -348,30 +494,39 @@ def page_single(work: Path) -> None:
         path = L.save_single_upload(up.getvalue(), up.name, work)
         img, meta = L.read_single(path)
     except L.AppInputError as exc:
-        _show_error(exc)
+        _show_error(L.AppInputError(L.plain_error(str(exc))))
         return
-    models = L.model_dirs(Path(rd))
+    models = L.model_dirs(rd)
+    if not models:
+        st.warning("This run has no finished models to apply.")
+        return
     cols = st.columns(1 + len(models))
-    cols[0].image(img, caption="Uploaded image", clamp=True, use_container_width=True)
-    cols[0].json(meta, expanded=False)
-    from medtl.explain import overlay
-
+    cols[0].image(img, caption="Uploaded image (as the models see it)", clamp=True, width="stretch")
     for col, (name, mdir) in zip(cols[1:], models.items()):
         label = L.strategy_label(name)
         try:
             est = _load_model(str(mdir), _stamp(mdir))
-            proba, heat = L.predict_single(est, path)
+            res = L.predict_single(est, path)
         except Exception as exc:  # one model failing must not hide the others
-            col.error(f"{label}: {exc}")
+            col.error(f"{label}: {L.plain_error(str(exc))}")
             continue
-        k = min(1, len(proba) - 1)
-        col.metric(f"{label}: P({est.classes_[k]})", f"{100 * proba[k]:.1f}%")
-        col.image(overlay(img if img.ndim == 2 else img.mean(-1), heat), caption=f"{label}: heatmap",
-                  use_container_width=True)  # fmt: skip
+        classes = list(est.classes_)
+        k = classes.index(res.positive) if res.positive in classes else int(res.proba.argmax())
+        col.metric(f"{label}: call", res.call, border=True)
+        col.markdown(f"P({classes[k]}) = **{100 * res.proba[k]:.1f}%**")
+        if res.threshold is not None:
+            col.caption(
+                f"Called {classes[k]} at ≥ {100 * res.threshold:.1f}%: the "
+                f"{L.threshold_source(res.threshold_source)}."
+            )
+        col.pyplot(L.heatmap_figure(img, res.heat, f"{label}: regions pointing to {classes[k]}"))
     st.caption(
-        "Heatmap (Grad-CAM): red areas pushed the model towards the positive class. It is a coarse "
-        "hint, not a lesion outline. Only technical image metadata is shown, never patient details."
+        "Heatmap (Grad-CAM): the colour scale runs from blue (no influence) to red (the regions "
+        "that pushed the model most towards the finding). It is a coarse hint, not a lesion "
+        "outline. Only technical image metadata is shown, never patient details."
     )
+    with st.expander("Image metadata (technical, no patient details)"):
+        st.table(L.meta_rows(meta), hide_index=True)
 
 
 def main() -> None:
@@ -390,6 +545,9 @@ def main() -> None:
         pages[section](work)
     except L.AppInputError as exc:
         _show_error(exc)
+    rd = st.session_state.get("run_dir")  # after the page: a new run may just have been made
+    if rd and Path(rd).is_dir():
+        st.sidebar.caption(f"Run shown: {L.run_label(Path(rd))}")
 
 
 main()

@@ -20,10 +20,10 @@ PHI = ("Fake^Patient", "PHI-123456", "19700101")
 
 def _texts(at: AppTest) -> str:
     parts = []
-    for kind in ("markdown", "caption", "error", "warning", "info", "success", "metric", "json"):
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "metric"):
         for el in getattr(at, kind):
             parts.append(str(getattr(el, "value", "")) + " " + str(getattr(el, "label", "")))
-    for df in at.dataframe:
+    for df in [*at.dataframe, *at.table]:
         parts.append(df.value.to_string())
     return "\n".join(parts)
 
@@ -93,7 +93,8 @@ def test_main_flow(app, tmp_path, monkeypatch):
     assert not at.exception
     assert "Feature extraction" in at.success[0].value
     text = _texts(at)
-    assert "Few images per class." in text and "0.70 – 0.80" in text and "4.0 min" in text
+    assert "Few images per class." in text and "0.70–0.80" in text and "~4 min" in text
+    assert "about 0.75" in text  # plain language first: the expected AUROC as one number
     assert str(tmp_path / "work") in str(calls["cache_dir"])
 
     # Compare: quick run on the tiny backbone
@@ -104,24 +105,41 @@ def test_main_flow(app, tmp_path, monkeypatch):
     at.button(key="run_compare").click().run(timeout=180)
     assert not at.exception, at.exception
     run_dir = Path(at.session_state["run_dir"])
+    assert at.selectbox(key="run_pick").value == str(run_dir)  # the selector names the run shown
     assert run_dir.is_relative_to(tmp_path / "work")
     header = (run_dir / "fine_tuning" / "predictions.csv").read_text().splitlines()[0]
     assert header.endswith("p_opacity,p_normal")  # "normal" was named the finding: index 1
     text = _texts(at)
     assert "Feature extraction" in text and "Fine-tuning" in text and "95% CI" in text
-    assert len(at.get("imgs")) >= 2 or len(at.main.children) > 5  # figures rendered
+    for term in ("AUROC:", "95% CI (confidence interval)", "Calibration:"):
+        assert term in text  # each metric explained where it appears
+    assert "fine_tuning" not in text.replace("partial_fine_tuning", "")
 
-    # Operating point: moving the threshold changes the numbers
+    # a second, one-epoch comparison: the selector follows it (it used to name the previous run)
+    at.number_input(key="epochs").set_value(1)
+    at.button(key="run_compare").click().run(timeout=180)
+    assert not at.exception, at.exception
+    second = at.session_state["run_dir"]
+    assert second != str(run_dir) and at.selectbox(key="run_pick").value == second
+    assert "complete" in at.selectbox(key="run_pick").format_func(second)
+
+    # Operating point: the model's own (validation-chosen) threshold first, then the user's own
     at = _goto(at, "Operating point")
     assert not at.exception
-    low = at.dataframe[0].value.to_string()
+    text = _texts(at)
+    assert "held-out test images" in text and "chosen on the validation images only" in text
+    at.radio(key="op_mode").set_value("threshold").run()
+    assert "validation images" in _texts(at)  # a chosen threshold is looked at on validation
+    low = at.table[0].value.to_string()
     at.slider(key="thr").set_value(0.95).run()
-    high = at.dataframe[0].value.to_string()
+    high = at.table[0].value.to_string()
     assert low != high and "Sensitivity" in high
+    at.radio(key="op_split").set_value("test").run()
+    assert "TEST images" in at.warning[0].value  # said clearly when the test set is shown
     at.number_input(key="prev").set_value(50.0).run()
-    assert at.dataframe[0].value.to_string() != high
-    at.radio(key="op_mode").set_value("Target sensitivity").run()
-    assert not at.exception and "Sensitivity" in at.dataframe[0].value.to_string()
+    assert at.table[0].value.to_string() != high
+    at.radio(key="op_mode").set_value("target").run()
+    assert not at.exception and "Sensitivity" in at.table[0].value.to_string()
 
     # Single image: a DICOM with fake PHI gets both predictions, and no PHI is shown
     at = _goto(at, "Single image")
@@ -130,8 +148,10 @@ def test_main_flow(app, tmp_path, monkeypatch):
     assert not at.exception
     labels = [m.label for m in at.metric]
     assert len(labels) == 2 and any("Feature extraction" in x for x in labels)
-    assert all(0.0 <= float(m.value.rstrip("%")) <= 100.0 for m in at.metric)
+    assert all(m.value in ("normal", "opacity") for m in at.metric)  # the call, not only a number
     text = _texts(at)
+    assert "Called" in text and "validation images" in text and "Models from the run" in text
+    assert "Rows (pixels)" in text  # metadata as a readable table
     for phi in PHI:
         assert phi not in text
     for f in (tmp_path / "work").rglob("*"):
@@ -170,3 +190,31 @@ def test_advisor_missing_and_bad_zip(app, tmp_path, monkeypatch):
 
     at.get("file_uploader")[0].set_value(("x.zip", b"PK not really", "application/zip")).run()
     assert not at.exception and "not a zip file" in at.error[0].value
+
+
+def test_incomplete_run_is_shown_as_incomplete(app, tmp_path):
+    """A run whose process ended mid-way (status still 'running', complete: false) is never shown
+    as a finished result: the selector, the sidebar and every page say it is incomplete."""
+    import json
+
+    run = tmp_path / "work" / "runs" / "run_cut"
+    run.mkdir(parents=True)
+    summary = {
+        "name": "run_cut",
+        "created": "2026-12-01T10:00:00",
+        "complete": False,
+        "backbone": "tiny_test",
+        "dataset": {"classes": ["normal", "opacity"], "counts": {"test": {"normal": 2}}},
+        "strategies": {
+            "feature_extraction": {"status": "done", "test_auroc": 0.7, "val_auroc": 0.7},
+            "fine_tuning": {"status": "running"},
+        },
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    at = _goto(app, "Compare")
+    assert not at.exception, at.exception
+    assert at.selectbox(key="run_pick").value == str(run)
+    label = at.selectbox(key="run_pick").format_func(str(run))
+    assert "INCOMPLETE" in label and "Fine-tuning not finished" in label
+    assert "not a finished comparison" in at.error[0].value
+    assert "INCOMPLETE: not finished" in at.table[0].value.to_string()
