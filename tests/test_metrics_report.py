@@ -117,7 +117,7 @@ def test_learning_curve_summary():
     assert s["slope_per_second"] == pytest.approx(0.01)
     assert s["seconds_to_best"] == 40 and s["total_seconds"] == 50
     one = learning_curve_summary([0.7])
-    assert one["slope"] == 0.0 and one["asymptote"] == 0.7 and one["best_epoch"] == 1
+    assert np.isnan(one["slope"]) and one["asymptote"] == 0.7 and one["best_epoch"] == 1
     assert learning_curve_summary([0.5, 0.9], k=5)["slope"] == pytest.approx(0.4)
     with pytest.raises(MetricInputError, match="values_per_epoch"):
         learning_curve_summary([])

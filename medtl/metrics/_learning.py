@@ -13,10 +13,11 @@ _NAN = float("nan")
 
 
 def _slope(x: np.ndarray, v: np.ndarray) -> float:
-    """Least-squares slope of v on x over finite points (0 with fewer than two points)."""
+    """Least-squares slope of v on x over finite points (NaN with fewer than two: no slope to
+    measure, which a table must show as n/a rather than as a flat 0)."""
     ok = np.isfinite(v) & np.isfinite(x)
     if ok.sum() < 2 or np.ptp(x[ok]) == 0:
-        return 0.0
+        return _NAN
     return float(np.polyfit(x[ok], v[ok], 1)[0])
 
 
@@ -38,7 +39,7 @@ def learning_curve_summary(
 
     Returns:
         dict(start, slope, asymptote, best_epoch, n_epochs): ``start`` is the value after epoch 1;
-        ``slope`` the least-squares gain per epoch over the first min(k, n) epochs (0 for one
+        ``slope`` the least-squares gain per epoch over the first min(k, n) epochs (NaN for one
         epoch); ``asymptote`` the best value; ``best_epoch`` its 1-based epoch (None if all NaN).
         With ``seconds`` also ``slope_per_second`` (same fit against cumulative time),
         ``seconds_to_best`` and ``total_seconds``.
