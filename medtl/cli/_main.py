@@ -22,7 +22,7 @@ specificity, PPV/NPV, calibration). Everything runs offline.
 
 EPILOG = """\
 examples:
-  medtl demo                                   # synthetic data, offline backbone, ~5 min on 2 CPU cores
+  medtl demo                                   # synthetic data, offline backbone, ~1 min on 2 CPU cores
   medtl data card ./my_xrays                   # what is in a dataset
   medtl advise --data ./my_xrays               # which strategy, and why
   medtl compare --data ./my_xrays --out runs/cmp --epochs 5
