@@ -113,7 +113,9 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     ds = load_dataset(
         path,
         val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
+        # with an external test set nothing is carved for a test split: those images would be
+        # neither trained on nor scored (15% of the user's labelled images thrown away)
+        test_fraction=0.0 if cfg.data.test else cfg.data.test_fraction,
         seed=cfg.data.split_seed,
         min_per_class=cfg.data.min_per_class,
         patient_id_pattern=cfg.data.patient_id_pattern,

@@ -120,6 +120,9 @@ def test_validation_and_test_from_other_sites(tmp_path):
     )
     summary = compare(cfg, progress=False, write_html=False)
     assert summary["dataset"]["n_val"] == 12 and summary["dataset"]["n_test"] == 10
+    # no test split is carved from the own data when the test set is external: every one of the
+    # 48 own images trains (none is set aside to be neither trained on nor scored)
+    assert summary["dataset"]["n_train"] == 48
     assert any("Validation on another dataset" in n for n in summary["notes"])
     row = summary["strategies"]["feature_extraction"]
     assert row["status"] == "done" and row["val_auroc"] is not None
