@@ -183,11 +183,12 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
 
 
 def _phantom_manifest(path: str) -> str:
-    """Kept for callers of the earlier name: :func:`medtl.data.phantom_manifest` (which
-    ``load_dataset`` now applies itself)."""
-    from medtl.data._load import phantom_manifest
-
-    return str(phantom_manifest(path))
+    """A phantom folder is read through its ``manifest.csv``, which knows each image's patient (two
+    images per fake patient), so no patient spans splits; any other path is returned unchanged."""
+    p = Path(path)
+    if p.is_dir() and (p / "phantom.json").is_file() and (p / "manifest.csv").is_file():
+        return str(p / "manifest.csv")
+    return path
 
 
 def split_unit(ds: Dataset) -> str:

@@ -278,18 +278,3 @@ def test_resume_refuses_other_data(run, tmp_path):
     with pytest.raises(DatasetError, match="dataset differs"):
         compare(config_from_dict(cfg), progress=False, resume=True, write_html=False)
     assert np is not None and csv is not None
-
-
-def test_a_phantom_folder_is_read_per_patient_whoever_loads_it(tmp_path):
-    """load_dataset itself reads a phantom folder through its manifest (data check, data card and
-    the app load the folder directly): no fake patient on two sides of a carved split."""
-    from medtl.data import load_dataset
-    from medtl.data.synth import make_phantom
-
-    root = make_phantom(tmp_path / "ph", n_per_class=20, size=32, seed=3)
-    ds = load_dataset(root, progress=False, verify=False)
-    assert all(s.patient_id for s in ds.samples)
-    sides: dict[str, set] = {}
-    for s in ds.samples:
-        sides.setdefault(s.patient_id, set()).add(s.split)
-    assert all(len(v) == 1 for v in sides.values())

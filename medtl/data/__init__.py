@@ -18,7 +18,7 @@ from medtl.data._ids import (
     project_salt,
     write_id_map,
 )
-from medtl.data._load import load_dataset, phantom_manifest
+from medtl.data._load import load_dataset
 from medtl.data._prepare import prepare_images
 from medtl.data._sources import register_source
 from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
@@ -42,7 +42,6 @@ __all__ = [
     "hash_patient_id",
     "keyed_uid",
     "load_dataset",
-    "phantom_manifest",
     "load_splits",
     "make_phantom",
     "prepare_images",

@@ -205,16 +205,6 @@ def patient_ids_from_names(
     return out
 
 
-def phantom_manifest(path: str | Path) -> str | Path:
-    """A folder written by :func:`medtl.data.synth.make_phantom` is read through its ``manifest.csv``,
-    which knows each image's (fake) patient, so carved splits never put one patient on two sides;
-    any other path is returned unchanged. ``load_dataset`` applies it, so no caller can forget."""
-    p = Path(path)
-    if p.is_dir() and (p / "phantom.json").is_file() and (p / "manifest.csv").is_file():
-        return str(p / "manifest.csv")
-    return path
-
-
 def load_dataset(
     path: str | Path,
     *,
@@ -282,7 +272,7 @@ def load_dataset(
             f"val_fraction + test_fraction must be below 1. Got {val_fraction} + {test_fraction}."
         )
     check_range("min_per_class", min_per_class, 1)
-    scan = scan_source(phantom_manifest(path), class_names, salt)
+    scan = scan_source(path, class_names, salt)
     logger.info(
         "Found %d image(s) in %d class(es) (%s layout)",
         len(scan.samples),
