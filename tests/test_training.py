@@ -275,3 +275,36 @@ def test_affine_resample_is_the_monai_layer_it_replaced():
         normalized=True, mode="bilinear", padding_mode="border", align_corners=False
     )(x, theta)
     torch.testing.assert_close(affine_resample(x, theta), ref, atol=1e-6, rtol=0)
+
+
+def test_cpu_training_steps_run_in_fp32_unless_bf16_is_asked_for():
+    """'auto' = fp32 for CPU training steps (bf16 autocast was slower there; see training_precision),
+    while inference keeps bf16 where the CPU has it; the summary says both."""
+    from medtl.training import describe_precision, training_precision
+
+    cpu = torch.device("cpu")
+    assert training_precision(cpu) == "fp32" and training_precision(cpu, "bf16") == "bf16"
+    assert training_precision(torch.device("cuda"), "auto") == "auto"
+    loss_auto, params_auto = _step_once(5, None, freeze_bn=True)  # precision fp32 in the helper
+    torch.manual_seed(0)
+    from torch import nn
+
+    from medtl.backbones import create_backbone
+    from medtl.training import training_step
+
+    model, _ = create_backbone("tiny_test", num_classes=2)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, 32, 32, generator=g)
+    y = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1])
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1, reduction="sum")
+    loss = training_step(model, opt, loss_fn, x, y, micro_batch=5, precision="auto")
+    assert loss == loss_auto  # bit-identical to an explicit fp32 step
+    for a, b in zip(params_auto, model.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    text = describe_precision(cpu)
+    assert "fp32" in text and ("training" in text or text == "fp32 (CPU has no native bf16)")

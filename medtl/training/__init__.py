@@ -10,6 +10,7 @@ from medtl.training._device import (
     micro_batch_size,
     resolve_device,
     to_device,
+    training_precision,
 )
 from medtl.training._loop import (
     LoopSettings,
@@ -39,6 +40,7 @@ __all__ = [
     "to_device",
     "to_model_input",
     "train_network",
+    "training_precision",
     "training_step",
     "val_auroc",
 ]

@@ -99,8 +99,32 @@ def autocast_context(
     return contextlib.nullcontext()
 
 
+def training_precision(device: torch.device, precision: str = "auto") -> str:
+    """The precision a training step uses: ``"auto"`` means fp32 on a CPU.
+
+    bf16 autocast pays off for inference on CPUs with native bf16 but not for training steps: on this
+    project's 2-core CPU (AMX/AVX512-BF16), a 32-image EfficientNet-Lite0 step at 224 px in 4-image passes
+    took 1.03-1.28 s in fp32 against 1.52-1.89 s with bf16 autocast (6 alternating steps each, after
+    warm-up), while inference of 64 images took 0.31-0.34 s in bf16 against 0.40-0.49 s in fp32. On CUDA
+    ``"auto"`` keeps mixed precision. An explicit ``"bf16"`` is honoured everywhere.
+    """
+    precision = look_up_option("precision", precision, ["auto", "bf16", "fp16", "fp32"])
+    if precision == "auto" and device.type == "cpu":
+        return "fp32"
+    return precision
+
+
 def describe_precision(device: torch.device, precision: str = "auto") -> str:
-    """Human-readable name of the precision :func:`autocast_context` will use."""
+    """Human-readable name of the precision :func:`autocast_context` will use (inference), and of
+    the training steps' when they differ (see :func:`training_precision`)."""
+    inference = _describe_inference(device, precision)
+    training = _describe_inference(device, training_precision(device, precision))
+    if training != inference:
+        return f"{inference} for inference, {training.split(' (')[0]} for training"
+    return inference
+
+
+def _describe_inference(device: torch.device, precision: str) -> str:
     if precision == "fp32":
         return "fp32"
     if device.type == "cuda":

@@ -48,6 +48,7 @@ from medtl.training._device import (
     micro_batch_size,
     resolve_device,
     to_device,
+    training_precision,
 )
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ def training_step(
             x = x.contiguous(memory_format=torch.channels_last)
         sync = model.no_sync() if ddp and not last else contextlib.nullcontext()
         with sync:
-            with autocast_context(device, precision):
+            with autocast_context(device, training_precision(device, precision)):
                 logits = model(x)
             loss = loss_fn(logits.float(), yb[i : i + micro]) / denom
             total += float(loss.detach())
