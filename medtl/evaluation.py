@@ -387,8 +387,11 @@ def predict(
     id_map: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Predict with a saved model on image files and folders (recursively); writes a CSV.
+
+    ``device`` (``cpu``, ``cuda``, ``auto``) is where the model predicts.
 
     Images are prepared as the model records (size, channels, window...). Each row holds a
     de-identified ``id``, the class probabilities and the ``call``: for two classes, the positive class
@@ -406,7 +409,7 @@ def predict(
     """
     from medtl.strategies import load_model
 
-    est = load_model(model_dir)
+    est = load_model(model_dir, device=device)
     t, source = est.threshold_for(threshold)
     from medtl.data import DEFAULT_CACHE_DIR
 

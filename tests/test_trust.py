@@ -278,3 +278,17 @@ def test_resume_refuses_other_data(run, tmp_path):
     with pytest.raises(DatasetError, match="dataset differs"):
         compare(config_from_dict(cfg), progress=False, resume=True, write_html=False)
     assert np is not None and csv is not None
+
+
+def test_predict_on_a_device_that_is_not_there_is_a_named_error(run, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    tmp, rd, _ = run
+    image = next((tmp / "cache" / "phantom_n24_d0.5").rglob("*.dcm"))
+    code = main(["predict", str(rd / "fine_tuning" / "model"), str(image), "--device", "cuda",
+                 "--out", str(tmp_path / "p.csv"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 3 and "cuda" in err and "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()

@@ -284,6 +284,7 @@ def evaluate(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         prevalence=args.prevalence,
         progress=_progress(args),
+        device=args.device,
     )
     if args.json:
         _print_json(table)
@@ -303,6 +304,7 @@ def predict(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         id_map=args.id_map,
         progress=_progress(args),
+        device=args.device,
     )
     print(f"{res['n']} images predicted -> {res['out']}")
     if res["threshold"] is not None:

@@ -127,6 +127,10 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
     _add_output_args(p, json_=True)
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="where the models predict: cpu, cuda or auto")
+
+
 def _add_positive_class(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--positive-class",
@@ -219,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="operating threshold (default: the one chosen on validation when the model was trained)",
     )
     p.add_argument("--prevalence", type=float, help="deployment prevalence for PPV/NPV")
+    _add_device(p)
     _add_output_args(p, json_=True)
 
     p = _sub(
@@ -241,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--id-map",
         help="also write id -> file path to this CSV (it contains identifiers; keep it private)",
     )
+    _add_device(p)
     _add_output_args(p)
 
     p = _sub(
