@@ -25,13 +25,12 @@ import numpy as np
 
 from medtl.advisor._curve import INTERVAL, MODEL_ERROR, CurvePrediction, paired_difference
 from medtl.advisor._profile import Profile, _json_safe
+from medtl.strategies import strategy_description, strategy_label
 
 STRATEGIES = ("feature_extraction", "fine_tuning")
-LABELS = {
-    "feature_extraction": "feature extraction (frozen backbone + linear head)",
-    "fine_tuning": "fine-tuning (LP-FT, every layer)",
-}
-SHORT = {"feature_extraction": "feature extraction", "fine_tuning": "fine-tuning"}
+# human names from their one owner, medtl.strategies
+LABELS = {s: f"{strategy_label(s).lower()} ({strategy_description(s)})" for s in STRATEGIES}
+SHORT = {s: strategy_label(s).lower() for s in STRATEGIES}
 
 # A gain below half a point of AUROC is not visible in a clinical validation of a few hundred cases.
 MIN_GAIN = 0.005
@@ -145,7 +144,8 @@ class Advice:
         """Multi-line text for the terminal: the clinician's summary first, details after."""
         lines = [
             f"Recommendation: {LABELS[self.strategy]}",
-            f"Confidence: {self.confidence} ({self.confidence_score:.2f})",
+            # the label only: the score (a bootstrap share) read "low (1.00)" on a tie
+            f"Confidence: {self.confidence}",
             "",
             *[f"  - {s}" for s in self.rationale],
             "",
@@ -158,7 +158,7 @@ class Advice:
             lo, hi = self.expected_auroc[s]
             mark = " <-" if s == self.strategy else ""
             lines.append(
-                f"  {s:<20}{self.predicted_auroc[s]:>7.3f}{f'{lo:.2f}-{hi:.2f}':>13}"
+                f"  {SHORT[s]:<20}{self.predicted_auroc[s]:>7.3f}{f'{lo:.2f}-{hi:.2f}':>13}"
                 f"{self.gain_2x[s][0]:>+9.3f}{self.estimated_minutes[s]:>9.1f}{mark}"
             )
         lines += ["", "Details:", *[f"  - {d}" for d in self.details]]

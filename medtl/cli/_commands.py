@@ -355,7 +355,7 @@ def advise(args: argparse.Namespace) -> int:
         kwargs["positive_class"] = args.positive_class
     advice = run_advise(args.data, **kwargs)
     if args.json:
-        print(json.dumps(advice.to_dict(), default=str))
+        _print_json(advice.to_dict())
     else:
         print(advice.explain())
     return 0
