@@ -92,6 +92,7 @@ def test_help_shows_each_default_once_and_never_breaks_a_name():
     flat = " ".join(text.split())
     assert not re.search(r"default[^()]*\)\s*\(default:", flat)  # written default + argparse's
     assert "partial_fine_tuning" in text and "partia l" not in text
+    assert "phantom (default: 0)" in " ".join(text.split())  # 0 == False, but is a default
     assert "exit codes:" in text
 
 

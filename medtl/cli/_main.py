@@ -48,7 +48,8 @@ class _Fmt(argparse.RawDescriptionHelpFormatter):
             "default" in text
             or action.required
             or not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
+            # identity, not ==: a default of 0 equals False and must still be shown
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
             or action.default == []
         ):
             return text
