@@ -188,3 +188,32 @@ def test_feature_extraction_refits_on_train_and_val_but_keeps_validation_held_ou
     back = load_model(tmp_path / "m")
     assert back.refit_on_ == "train+val" and plain.refit_on_ == "train"
     np.testing.assert_array_equal(back.predict_proba(test), refit.predict_proba(test))
+
+
+def test_extraction_speedups_leave_the_embeddings_unchanged():
+    """BatchNorm folding, channels-last memory and cache-sized passes (issue 17: no speed trick may
+    change a result): fp32 embeddings equal the untouched model's plain forward, whatever the pass."""
+    from medtl.backbones import create_backbone
+    from medtl.strategies._feature_extraction import extract_embeddings
+    from medtl.training import to_model_input
+    from medtl.training._inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    model, cfg = create_backbone("tiny_test", num_classes=2)
+    model.train()
+    x = torch.randn(8, 3, 32, 32)
+    for _ in range(3):  # non-trivial running statistics, so that folding has work to do
+        model(x)
+    model.eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
+    _, n_folded = fold_batchnorm(model, to_model_input(torch.rand(2, 3, 32, 32), cfg.mean, cfg.std))
+    assert n_folded == 3  # every conv + BN pair of the tiny network
+    with torch.no_grad():
+        xb = to_model_input(torch.from_numpy(pixels).float() / 255.0, cfg.mean, cfg.std)
+        plain = model.forward_head(model.forward_features(xb), pre_logits=True).numpy()
+    for bs in (1, 4, 10):
+        fast = extract_embeddings(
+            model, cfg, pixels, batch_size=bs, precision="fp32", progress=False
+        )
+        np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
+    assert next(model.parameters()).is_contiguous()  # the model itself is left as it was
