@@ -24,7 +24,8 @@ from medtl.report._plots import (
     save_figure,
 )
 from medtl.report._render import SECTION_TITLES
-from medtl.report._run import (
+from medtl.report._write import build_report, write_report
+from medtl.runs import (
     OVERSTATE_MARGIN,
     Predictions,
     RunData,
@@ -32,7 +33,6 @@ from medtl.report._run import (
     load_run,
     read_predictions,
 )
-from medtl.report._write import build_report, write_report
 
 __all__ = [
     "OVERSTATE_MARGIN",

@@ -11,8 +11,7 @@ import platform
 from typing import Any
 
 from medtl.report._content import fin, rule_text
-from medtl.report._run import RunData
-from medtl.runs import read_model_meta
+from medtl.runs import RunData, read_model_meta
 from medtl.strategies import strategy_label
 
 TODO = "TO COMPLETE"

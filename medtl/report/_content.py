@@ -12,11 +12,12 @@ from medtl.errors import MedtlError
 from medtl.metrics import clinical_report, format_p_value, multiclass_auroc_ci
 from medtl.report._html import fpct
 from medtl.report._plots import history_summary
-from medtl.report._run import RunData, StrategyRun
 from medtl.runs import (
     GAP_OVERSTATES,
     GAP_UNDERSTATES,
     STATUS_DONE,
+    RunData,
+    StrategyRun,
     gap_flag,
     paired_comparisons,
 )

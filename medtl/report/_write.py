@@ -31,8 +31,7 @@ from medtl.report._plots import (
     plot_roc,
 )
 from medtl.report._render import render_html
-from medtl.report._run import RunData, load_run
-from medtl.runs import gap_sentence
+from medtl.runs import RunData, gap_sentence, load_run
 
 logger = logging.getLogger(__name__)
 
