@@ -42,6 +42,15 @@ DATA = {
     ),
     "brain": ("/work/shared/data/brain_tumor_mri", "Training", "Testing", [100, 500, None]),
 }
+# Patient ids in Kermany file names (person123_bacteria_4.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-1427-0001):
+# the advisor's pilot holdout, the cells' train/val split and the dev holdout are grouped by patient.
+PATIENT_PATTERN = {"kermany": r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"}
+# The dev holdout: a fixed tenth of each training folder (grouped by patient, or by file bytes where the
+# folder has no patient ids), the same for every cell and seed and never part of any cell. It is the
+# in-distribution target where the rule may be inspected and its constants chosen; the test folder is
+# only reported.
+DEV_FOLDS = 10
+DEV_SEED = 20261202
 log = logging.getLogger("advisor_eval")
 
 
@@ -49,27 +58,51 @@ def _sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_cell_data(name: str, seed: int, n: int | None) -> tuple[Any, Any, dict[str, Any]]:
-    """(train+val Dataset for the cell, test Dataset, notes) with test duplicates of training dropped."""
+def _groups(samples: list[Any]) -> list[str]:
+    """Patient id where known, else the file's bytes (duplicates stay together)."""
+    return [s.patient_id or _sha(s.path) for s in samples]
+
+
+def _group_split(samples: list[Any], folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held) indices: one fold of a stratified, grouped k-fold (scikit-learn's)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    rest, held = next(
+        cv.split(np.zeros(len(samples)), [s.label for s in samples], _groups(samples))
+    )
+    return rest, held
+
+
+def load_cell_data(name: str, seed: int, n: int | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(train+val Dataset for the cell, dev holdout, test Dataset, notes).
+
+    The cell is a stratified subsample of the training folder minus the dev holdout ("all" = all of
+    it), split ~86/14 into train/val grouped by patient; the test folder loses the files whose bytes
+    equal a training-folder file.
+    """
     from sklearn.model_selection import train_test_split
 
     from medtl.data import load_dataset
     from medtl.data._types import Dataset, Sample
 
     root, tr_dir, te_dir, _ = DATA[name]
-    train = load_dataset(str(Path(root, tr_dir)), progress=False)
+    pat = PATIENT_PATTERN.get(name)
+    train = load_dataset(str(Path(root, tr_dir)), progress=False, patient_id_pattern=pat)
     test = load_dataset(str(Path(root, te_dir)), progress=False)
     if train.classes != test.classes:
         raise SystemExit(f"{name}: class folders differ: {train.classes} vs {test.classes}")
     samples = list(train.samples)
-    labels = [s.label for s in samples]
-    idx = np.arange(len(samples))
-    if n is not None and n < len(samples):
-        idx, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
-    sub = [samples[i] for i in sorted(idx)]
-    tr, va = train_test_split(
-        np.arange(len(sub)), test_size=0.15, stratify=[s.label for s in sub], random_state=seed
-    )
+    rest, held = _group_split(samples, DEV_FOLDS, DEV_SEED)
+    dev = [Sample(**{**samples[i].__dict__, "split": "test"}) for i in held]
+    pool = [samples[i] for i in rest]
+    idx = np.arange(len(pool))
+    if n is not None and n < len(pool):
+        idx, _ = train_test_split(
+            idx, train_size=n, stratify=[s.label for s in pool], random_state=seed
+        )
+    sub = [pool[i] for i in sorted(idx)]
+    tr, va = _group_split(sub, 7, seed)
     split = {int(i): "train" for i in tr} | {int(i): "val" for i in va}
     cell = Dataset(
         train.root,
@@ -85,8 +118,14 @@ def load_cell_data(name: str, seed: int, n: int | None) -> tuple[Any, Any, dict[
     notes = {
         "test_files": len(test.samples),
         "test_dropped_duplicates": len(test.samples) - len(kept),
+        "dev_images": len(dev),
     }
-    return cell, Dataset(test.root, test.source, test.classes, kept), notes
+    return (
+        cell,
+        Dataset(train.root, train.source, train.classes, dev),
+        Dataset(test.root, test.source, test.classes, kept),
+        notes,
+    )
 
 
 def paired_test(y: np.ndarray, p_fe: np.ndarray, p_ft: np.ndarray, seed: int) -> dict[str, Any]:
@@ -103,26 +142,27 @@ def paired_test(y: np.ndarray, p_fe: np.ndarray, p_ft: np.ndarray, seed: int) ->
     return {"method": "bootstrap_macro", "diff": d["diff"], "p_value": d["p_value"]}
 
 
-def run_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from medtl.advisor import advise
+def _aurocs(y: np.ndarray, p_fe: np.ndarray, p_ft: np.ndarray, seed: int) -> dict[str, Any]:
     from medtl.advisor._curve import weighted_auroc
+
+    ones = np.ones((1, len(y)))
+    return {
+        "auroc": {
+            "feature_extraction": float(weighted_auroc(y, p_fe, ones)[0]),
+            "fine_tuning": float(weighted_auroc(y, p_ft, ones)[0]),
+        },
+        "paired": paired_test(y, p_fe, p_ft, seed),
+        "n": len(y),
+    }
+
+
+def train_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train both strategies on the cell and score them on the dev holdout and the test folder."""
     from medtl.data import prepare_images
     from medtl.strategies import FeatureExtraction, FineTuning
 
-    cell, test, notes = load_cell_data(name, seed, n)
-    cache = Path(args.work) / "cache"
-    t0 = time.perf_counter()
-    advice = advise(
-        cell,
-        backbone=args.backbone,
-        image_size=args.image_size,
-        cache_dir=cache,
-        seed=seed,
-        progress=False,
-        pilot_minutes=args.pilot_minutes,
-        epochs=args.epochs,
-    )
-    advise_s = time.perf_counter() - t0
+    cell, dev, test, notes = load_cell_data(name, seed, n)
+    cache = Path(args.cache or Path(args.work) / "cache")
 
     def prep(samples: list[Any]) -> Any:
         return prepare_images(
@@ -135,76 +175,135 @@ def run_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -> d
             progress=False,
         )
 
-    tr, va, te = prep(cell.split("train")), prep(cell.split("val")), prep(test.samples)
+    tr, va = prep(cell.split("train")), prep(cell.split("val"))
+    targets = {"dev": prep(dev.samples), "test": prep(test.samples)}
     kw = {"backbone": args.backbone, "seed": seed, "cache_dir": str(cache), "progress": False}
     t0 = time.perf_counter()
-    p_fe = FeatureExtraction(**kw).fit(tr, va).predict_proba(te)
+    fe = FeatureExtraction(**kw).fit(tr, va)
     t1 = time.perf_counter()
-    p_ft = FineTuning(epochs=args.epochs, **kw).fit(tr, va).predict_proba(te)
+    ft = FineTuning(epochs=args.epochs, **kw).fit(tr, va)
     t2 = time.perf_counter()
-    y = np.asarray(te.labels)
-    ones = np.ones((1, len(y)))
-    aucs = {
-        "feature_extraction": float(weighted_auroc(y, p_fe, ones)[0]),
-        "fine_tuning": float(weighted_auroc(y, p_ft, ones)[0]),
-    }
-    pt = paired_test(y, p_fe, p_ft, seed)
-    best = max(aucs, key=aucs.get)
-    pick = advice.strategy
-    covered = {
-        s: bool(advice.expected_auroc[s][0] <= aucs[s] <= advice.expected_auroc[s][1]) for s in aucs
+    scores = {
+        k: _aurocs(np.asarray(d.labels), fe.predict_proba(d), ft.predict_proba(d), seed)
+        for k, d in targets.items()
     }
     return {
         "dataset": name,
         "n": n or "all",
         "n_train_val": len(cell.samples),
+        "patients_known": any(s.patient_id for s in cell.samples),
         "seed": seed,
         **notes,
-        "test_auroc": aucs,
-        "paired": pt,
-        "significant": bool(pt["p_value"] is not None and pt["p_value"] < 0.05),
-        "best": best,
-        "pick": pick,
-        "confidence": advice.confidence,
-        "regret": aucs[best] - aucs[pick],
-        "predicted": advice.predicted_auroc,
-        "interval": advice.expected_auroc,
-        "covered": covered,
-        "width": {s: advice.expected_auroc[s][1] - advice.expected_auroc[s][0] for s in aucs},
-        "branch": advice.decision["branch"],
-        "predicted_gain": advice.decision["predicted_gain"],
-        "seconds": {"advise": advise_s, "fe": t1 - t0, "ft": t2 - t1},
-        "advice_budget": advice.budget,
+        **scores,
+        "ft_epochs_run": int(ft.epochs_run_),
+        "seconds": {"fe": t1 - t0, "ft": t2 - t1},
     }
 
 
-def report(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| cell | FE test | FT test | FT-FE (p) | pick (conf) | FE pred [interval] | "
-        "FT pred [interval] | regret | advise s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        a, p, i = r["test_auroc"], r["predicted"], r["interval"]
-        lines.append(
-            f"| {r['dataset']}_n{r['n']}_s{r['seed']} | {a['feature_extraction']:.3f} | "
-            f"{a['fine_tuning']:.3f} | {r['paired']['diff']:+.3f} ({r['paired']['p_value']:.3f}) | "
-            f"{r['pick']} ({r['confidence']}) | {p['feature_extraction']:.3f} "
-            f"[{i['feature_extraction'][0]:.3f}, {i['feature_extraction'][1]:.3f}] | "
-            f"{p['fine_tuning']:.3f} [{i['fine_tuning'][0]:.3f}, {i['fine_tuning'][1]:.3f}] | "
-            f"{r['regret']:.3f} | {r['seconds']['advise']:.0f} |"
-        )
-    sig = [r for r in rows if r["significant"]]
-    cov = [c for r in rows for c in r["covered"].values()]
-    wid = [w for r in rows for w in r["width"].values()]
-    lines += [
-        "",
-        f"- cells: {len(rows)}; with a significant winner: {len(sig)}; advisor picked it in "
-        f"{sum(r['pick'] == r['best'] for r in sig)} of {len(sig)} (target >= 90%)",
-        f"- mean AUROC regret: {np.mean([r['regret'] for r in rows]):.4f} (target <= 0.005)",
+def advise_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The advisor on the cell's train+val only (never the dev holdout or the test folder)."""
+    from medtl.advisor import advise
+
+    cell, _, _, _ = load_cell_data(name, seed, n)
+    t0 = time.perf_counter()
+    advice = advise(
+        cell,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        cache_dir=Path(args.cache or Path(args.work) / "cache"),
+        seed=seed,
+        progress=False,
+        pilot_minutes=args.pilot_minutes,
+        epochs=args.epochs,
+    )
+    return {
+        "pick": advice.strategy,
+        "confidence": advice.confidence,
+        "predicted": advice.predicted_auroc,
+        "interval": advice.expected_auroc,
+        "branch": advice.decision["branch"],
+        "predicted_gain": advice.decision["predicted_gain"],
+        "measured_pilot": advice.decision.get("paired"),
+        "seconds": time.perf_counter() - t0,
+        "budget": advice.budget,
+    }
+
+
+def score(cell: dict[str, Any], adv: dict[str, Any], target: str) -> dict[str, Any]:
+    """Agreement, regret and coverage of one cell's advice against one target (dev or test)."""
+    t = cell[target]
+    aucs, pt = t["auroc"], t["paired"]
+    best = max(aucs, key=aucs.get)
+    iv = adv["interval"]
+    return {
+        "significant": bool(pt["p_value"] is not None and pt["p_value"] < 0.05),
+        "best": best,
+        "right": adv["pick"] == best,
+        "regret": aucs[best] - aucs[adv["pick"]],
+        "covered": {s: bool(iv[s][0] <= aucs[s] <= iv[s][1]) for s in aucs},
+        "width": {s: iv[s][1] - iv[s][0] for s in aucs},
+    }
+
+
+def summary(rows: list[tuple[dict[str, Any], dict[str, Any]]], target: str) -> list[str]:
+    """The issue's four numbers on one target."""
+    sc = [score(c, a, target) for c, a in rows]
+    sig = [x for x in sc if x["significant"]]
+    cov = [v for x in sc for v in x["covered"].values()]
+    wid = [v for x in sc for v in x["width"].values()]
+    return [
+        f"- cells: {len(sc)}; with a significant winner: {len(sig)}; advisor picked it in "
+        f"{sum(x['right'] for x in sig)} of {len(sig)} (target >= 90%)",
+        f"- mean AUROC regret: {np.mean([x['regret'] for x in sc]):.4f} (target <= 0.005)",
         f"- coverage: {np.mean(cov):.0%} of {len(cov)} intervals (target >= 80%); "
         f"sharpness (mean width): {np.mean(wid):.3f} (target <= 0.08)",
     ]
+
+
+def report(results: dict[str, Any]) -> str:
+    rows = [(r["train"], r["advice"]) for r in results.values() if "advice" in r and "train" in r]
+    lines = [
+        "| cell | n dev/test | FE dev | FT dev | FT-FE dev (p) | FE test | FT test | FT-FE test (p) | "
+        "pick (conf) | FE pred [interval] | FT pred [interval] | advise s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c, a in rows:
+        p, i = a["predicted"], a["interval"]
+        cells = []
+        for t in ("dev", "test"):
+            au, pt = c[t]["auroc"], c[t]["paired"]
+            cells += [
+                f"{au['feature_extraction']:.3f}",
+                f"{au['fine_tuning']:.3f}",
+                f"{pt['diff']:+.3f} ({pt['p_value']:.3f})",
+            ]
+        lines.append(
+            f"| {c['dataset']}_n{c['n']}_s{c['seed']} | {c['dev']['n']}/{c['test']['n']} | "
+            + " | ".join(cells)
+            + f" | {a['pick']} ({a['confidence']}) | {p['feature_extraction']:.3f} "
+            f"[{i['feature_extraction'][0]:.3f}, {i['feature_extraction'][1]:.3f}] | "
+            f"{p['fine_tuning']:.3f} [{i['fine_tuning'][0]:.3f}, {i['fine_tuning'][1]:.3f}] | "
+            f"{a['seconds']:.0f} |"
+        )
+    for t, what in (
+        (
+            "dev",
+            "dev holdout (in-distribution: what the advisor predicts; rules may be chosen here)",
+        ),
+        ("test", "test folder (reported only; Kermany's test is shifted)"),
+    ):
+        lines += ["", f"On the {what}:", *summary(rows, t)]
+        by: dict[str, list[Any]] = {}
+        for c, a in rows:
+            by.setdefault(f"{c['dataset']} n={c['n']}", []).append((c, a))
+        for k, sub in by.items():
+            sc = [score(c, a, t) for c, a in sub]
+            lines.append(
+                f"  - {k}: {sum(x['right'] for x in sc if x['significant'])}/"
+                f"{sum(x['significant'] for x in sc)} right, regret "
+                f"{np.mean([x['regret'] for x in sc]):.3f}, coverage "
+                f"{np.mean([v for x in sc for v in x['covered'].values()]):.0%}"
+            )
     return "\n".join(lines)
 
 
@@ -221,6 +320,12 @@ def main() -> None:
     ap.add_argument("--pilot-minutes", type=float, default=2.0)
     ap.add_argument("--smoke", action="store_true", help="kermany, 200 images, 64 px, 1 seed")
     ap.add_argument("--work", default="runs/advisor_eval")
+    ap.add_argument("--cache", help="embedding/image cache folder (default: <work>/cache)")
+    ap.add_argument(
+        "--readvise",
+        action="store_true",
+        help="re-run the advisor on every cell, keep the training",
+    )
     args = ap.parse_args()
     if args.smoke:
         args.datasets, args.sizes, args.seeds = ["kermany"], [200], [0]
@@ -240,12 +345,16 @@ def main() -> None:
         for n in sizes:
             for seed in args.seeds:
                 cid = f"{name}_n{n or 'all'}_s{seed}_{args.image_size}px"
-                if cid in results:
-                    continue
-                log.info("%s: running", cid)
-                results[cid] = run_cell(name, n, seed, args)
-                atomic_write_json(out, results)
-    table = report(list(results.values()))
+                r = results.setdefault(cid, {})
+                if "train" not in r:
+                    log.info("%s: training both strategies", cid)
+                    r["train"] = train_cell(name, n, seed, args)
+                    atomic_write_json(out, results)
+                if "advice" not in r or args.readvise:
+                    log.info("%s: advising", cid)
+                    r["advice"] = advise_cell(name, n, seed, args)
+                    atomic_write_json(out, results)
+    table = report(results)
     print(table)
     out.with_suffix(".md").write_text(table + "\n")
 

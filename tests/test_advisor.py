@@ -212,6 +212,28 @@ def test_advise_multiclass_png_folder(tmp_path):
     assert a.predicted_auroc["feature_extraction"] > 0.7  # the bands are easy to see
 
 
+def test_advise_imbalanced_small_set_runs(tmp_path):
+    """13 vs 37 images: the pilot's sizes keep >= 4 of the rarer class (this raised a scikit-learn
+    ValueError traceback on 50 Kermany images in benchmarks/advisor_eval.py)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "imb"
+    for c, (name, n) in enumerate([("normal", 13), ("lesion", 37)]):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.normal(100, 25, (32, 32))
+            img[10:20, 10:20] += 70 * c
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    a = advise(
+        root, backbone="tiny_test", cache_dir=tmp_path / "c", progress=False, image_size=32,
+        pilot_minutes=PILOT,
+    )  # fmt: skip
+    assert a.strategy in STRATEGIES
+    sizes = a.to_dict()["profile"]["pilot"]["plan"]["ft_sizes"]
+    assert sizes and all(s * 13 / 50 >= 4 for s in sizes)
+
+
 def test_cli_advise_json_prints_one_object(phantom_dir, tmp_path, monkeypatch, capsys):
     from medtl.cli import main
 

@@ -256,3 +256,13 @@ def test_pilot_plan_is_deterministic_and_grows_with_the_budget():
     assert tiny.ft_sizes[-1] == 60 - tiny.n_eval and tiny.repeats >= 1
     m = cost.full_minutes(4000, 700, 8)
     assert m["feature_extraction"] < m["fine_tuning"]
+
+
+def test_pilot_sizes_hold_enough_of_the_rarest_class():
+    """50 images with 13 of the rarer class: every pilot size must hold >= 4 of it (a 9-image size held
+    one, and the pilot's stratified split raised a traceback: benchmarks/advisor_eval.py, 50 images)."""
+    from medtl.advisor._pilot import MIN_PER_CLASS
+
+    plan = plan_pilot(50, 2, 13, CostModel(macs=200_000), 2.0)
+    assert plan.ft_sizes and all(s * 13 / 50 >= MIN_PER_CLASS for s in plan.ft_sizes)
+    assert max(plan.ft_sizes) <= 50 - plan.n_eval

@@ -155,15 +155,20 @@ def plan_pilot(
     n_avail = n_pool - n_eval
     budget = PILOT_SHARE * 60.0 * pilot_minutes
 
+    # the smallest pilot size whose (stratified) prefix holds MIN_PER_CLASS of the rarest class: with
+    # 13 normal among 50 images, 4 per class overall left one normal image in a 9-image pilot, and the
+    # pilot's stratified train/val split failed (found by benchmarks/advisor_eval.py at 50 images)
+    least = max(MIN_PER_CLASS * n_classes, math.ceil(MIN_PER_CLASS * n_pool / max(min_class, 1)))
+
     def cost_of(top: int, repeats: int) -> float:
-        sizes = _sizes(top, n_classes)
+        sizes = _sizes(top, least)
         per = sum(
             cost.ft_fit_seconds(s, n_eval, PILOT_EPOCHS, PILOT_MIN_STEPS, PILOT_BATCH)
             for s in sizes
         )
         return repeats * per
 
-    lo_n = MIN_PER_CLASS * n_classes * 4  # the smallest top size with 3 usable fractions
+    lo_n = least * 4  # the smallest top size with 3 usable fractions
     top = n_avail
     while top > lo_n and cost_of(top, 1) > budget:
         top = int(top * 0.9)
@@ -171,7 +176,7 @@ def plan_pilot(
     repeats = 1
     while repeats < MAX_REPEATS and top == n_avail and cost_of(top, repeats + 1) <= budget:
         repeats += 1
-    ft_sizes = _sizes(top, n_classes)
+    ft_sizes = _sizes(top, least)
     fe_sizes = sorted(set(ft_sizes) | ({n_avail} if n_avail > 1.4 * top else set()))
     planned = {
         "embed": n_pool * (cost.decode_s + cost.extract_s),
@@ -188,8 +193,8 @@ def plan_pilot(
     )
 
 
-def _sizes(top: int, n_classes: int) -> list[int]:
-    least = MIN_PER_CLASS * n_classes
+def _sizes(top: int, least: int) -> list[int]:
+    """The pilot's training sizes: FRACTIONS of ``top``, dropping those under ``least`` images."""
     return sorted({round(f * top) for f in FRACTIONS if round(f * top) >= least}) or [top]
 
 
@@ -257,6 +262,11 @@ def run_pilot(
         rec: dict[str, Any] = {"eval_idx": ev_idx, "y_eval": y[ev_idx], "fe": {}, "ft": {}}
         for size in sorted(set(plan.fe_sizes) | set(plan.ft_sizes)):
             sub = order[:size]
+            if np.bincount(y[sub], minlength=int(y.max()) + 1).min() < 2:
+                # a stratified train/val split needs 2 of every class; the plan's sizes ensure it
+                # for stratified prefixes, this catches a grouped holdout that took most of a class
+                log.info("advisor pilot: size %d skipped (a class has < 2 images in it)", size)
+                continue
             a, b = train_test_split(
                 np.arange(len(sub)), test_size=0.2, stratify=y[sub], random_state=rs
             )

@@ -417,7 +417,16 @@ def measured_from_pilot(
     curves: dict[str, CurvePrediction] = {}
     at: dict[str, dict[int, np.ndarray]] = {}
     for key, name in (("fe", "feature_extraction"), ("ft", "fine_tuning")):
-        sizes = sorted(reps[0][key])
+        # sizes every repeat ran (the pilot skips a size whose subset lost a class)
+        sizes = sorted(set.intersection(*(set(r[key]) for r in reps)))
+        if not sizes:
+            from medtl.errors import ConfigError
+
+            raise ConfigError(
+                "The advisor's pilot could not train at any size: a class has fewer than 2 images in "
+                "every pilot subset. Add labelled images of the rarest class (the pilot needs about "
+                "6 per class after holding out its evaluation images)."
+            )
         with warnings.catch_warnings():  # a replicate that lost a class is NaN in every repeat
             warnings.simplefilter("ignore", RuntimeWarning)
             table = _table(reps, key, sizes, weights)
