@@ -217,3 +217,28 @@ def test_extraction_speedups_leave_the_embeddings_unchanged():
         )
         np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
     assert next(model.parameters()).is_contiguous()  # the model itself is left as it was
+
+
+def test_feature_extraction_predicts_from_cached_embeddings(splits, tmp_path, monkeypatch):
+    """Issue 17: a warm re-run predicts its test images from the embedding cache (no forward pass),
+    and the result equals the network's own forward pass (BatchNorm unfolded, the classifier in the
+    network) within float tolerance, for prepared images and for a bare array alike."""
+    from medtl.strategies import _feature_extraction as fx
+    from medtl.training import logits_to_proba, predict_logits
+
+    train, val, test = splits
+    # fp32: bf16 autocast (the CPU default where supported) rounds the two paths differently
+    est = make("feature_extraction", cache_dir=str(tmp_path), precision="fp32").fit(train, val)
+    first = est.predict_proba(test)  # computes and caches the test embeddings
+    ref = logits_to_proba(
+        predict_logits(est.model_, test.pixels, est.backbone_config_.mean, est.backbone_config_.std,
+                       precision="fp32")
+    )  # fmt: skip
+    np.testing.assert_allclose(first, ref, atol=1e-5)
+    np.testing.assert_allclose(est.predict_proba(test.pixels), first, atol=1e-6)  # no cache
+
+    def boom(*a, **k):
+        raise AssertionError("the network ran although every embedding was cached")
+
+    monkeypatch.setattr(fx, "extract_embeddings", boom)
+    np.testing.assert_array_equal(est.predict_proba(test), first)

@@ -158,14 +158,25 @@ class FeatureExtraction(Strategy):
         return params
 
     # -- embeddings ------------------------------------------------------------------------------------
-    def embed(self, images: PreparedImages, model: nn.Module, cfg: Any, desc: str) -> np.ndarray:
+    def embed(
+        self,
+        images: PreparedImages,
+        model: nn.Module,
+        cfg: Any,
+        desc: str,
+        *,
+        progress: bool | None = None,
+        collective: bool = True,
+    ) -> np.ndarray:
         """Embeddings of ``images``, from the content-keyed cache where possible.
 
-        In a distributed job (a collective: every process calls it with the same images) each process
-        embeds its contiguous share of the images to compute and every process gets all of them, in
-        order; only rank 0 writes the cache.
+        In a distributed job with ``collective`` (every process calls it with the same images) each
+        process embeds its contiguous share of the images to compute and every process gets all of
+        them, in order; only rank 0 writes the cache. ``collective=False`` embeds everything here.
         """
         from medtl import distributed
+
+        show = self.progress if progress is None else progress
 
         def compute_here(idx: np.ndarray) -> np.ndarray:
             return extract_embeddings(
@@ -174,12 +185,12 @@ class FeatureExtraction(Strategy):
                 images.pixels[idx],
                 batch_size=self.batch_size,
                 precision=self.precision,
-                progress=self.progress and distributed.is_main(),
+                progress=show and distributed.is_main(),
                 desc=desc,
             )
 
         def compute(idx: np.ndarray) -> np.ndarray:
-            if distributed.world_size() == 1:
+            if distributed.world_size() == 1 or not collective:
                 return compute_here(idx)
             out = distributed.map_shards(lambda j: compute_here(idx[j]), len(idx))
             return out if len(out) else np.zeros((0, cfg.feature_dim), np.float32)
@@ -362,6 +373,38 @@ class FeatureExtraction(Strategy):
                     break
         lin.load_state_dict(best[1])
         return lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy(), history
+
+    # -- prediction ----------------------------------------------------------------------------------
+    def predict_logits(
+        self, images: PreparedImages | np.ndarray, *, progress: bool = False, shard: bool = False
+    ) -> np.ndarray:
+        """Logits (N, K, float64): the head applied to the backbone's embeddings.
+
+        The embeddings come from the same extraction as :meth:`fit` (BatchNorm folded, one function
+        for both) and the same content-keyed cache, so the test images of a re-run with warm caches
+        never go through the network again, and a prediction equals the one made at training time.
+        ``shard``: a collective in a distributed job (see :meth:`Strategy.predict_logits`).
+        """
+        self._check_fitted()
+        px = self._pixels(images)
+        if not isinstance(images, PreparedImages):  # a bare array: no content keys, no cache
+            images = PreparedImages(
+                pixels=px, labels=np.full(len(px), -1), uids=[], keys=[], classes=self.classes_
+            )
+        self._device  # noqa: B018 (moves the model to the estimator's device)
+        cache_dir = self.cache_dir if images.keys else None
+        saved, self.cache_dir = self.cache_dir, cache_dir
+        try:
+            emb = self.embed(
+                images, self.model_, self.backbone_config_, "predict", progress=progress,
+                collective=shard,
+            )  # fmt: skip
+        finally:
+            self.cache_dir = saved
+        clf = self.model_.get_classifier()
+        W = clf.weight.detach().cpu().double().numpy()
+        b = clf.bias.detach().cpu().double().numpy()
+        return emb.astype(np.float64) @ W.T + b
 
     def _extra_state(self) -> dict[str, Any]:
         return {
