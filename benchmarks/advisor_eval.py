@@ -2,19 +2,24 @@
 
 Cells: Kermany chest X-rays (``train/`` -> ``test/``; 50, 200, 1000, all training images) and the brain MRI
 set (``Training/`` -> ``Testing/``, 4 classes; 100, 500, all; the test copies of byte-identical training
-files are dropped before scoring, see that folder's README), x seeds (default 0 1 2). In every cell:
+files are dropped before scoring, see that folder's README), x seeds (default 0 1 2). A fixed tenth of
+each training folder (grouped by patient for Kermany, by file bytes for brain MRI; the same for every cell
+and seed) is the **dev holdout**: never part of a cell, it is the in-distribution target on which the rule
+may be inspected and chosen. "all" is the rest of the training folder. In every cell:
 
-1. a stratified subsample of the training folder (the cell's size) is split 85/15 into train/val;
-2. ``medtl.advise`` sees only that train+val (never the test folder) and predicts each strategy's AUROC
-   at the cell's size with an interval, and picks;
+1. a stratified subsample of the training folder minus the dev holdout (the cell's size) is split ~86/14
+   into train/val, grouped by patient where ids are known;
+2. ``medtl.advise`` sees only that train+val (never the dev holdout or the test folder) and predicts each
+   strategy's AUROC at the cell's size with an interval, and picks;
 3. feature extraction and fine-tuning (the default LP-FT recipe, ``--epochs``) are trained on the same
-   train/val and scored on the test folder; the paired test is DeLong's for two classes and a paired
-   bootstrap of the macro one-vs-rest AUROC for more.
+   train/val and scored on the dev holdout and on the test folder; the paired test is DeLong's for two
+   classes and a paired bootstrap of the macro one-vs-rest AUROC for more.
 
-Reported: agreement with the significant winner (p < 0.05), mean AUROC regret (best test AUROC minus the
-pick's), coverage (how often each predicted interval contains the measured test AUROC) and sharpness (mean
-interval width). Targets (issue 13): agreement >= 90%, regret <= 0.005, coverage >= 80% at width <= 0.08.
-Constants are never tuned on these test splits.
+Reported on both targets: agreement with the significant winner (p < 0.05), mean AUROC regret (best
+AUROC minus the pick's), coverage (how often each predicted interval contains the measured AUROC) and
+sharpness (mean interval width). Targets (issue 13): agreement >= 90%, regret <= 0.005, coverage >= 80% at
+width <= 0.08. Constants are never tuned on the test folders. Training results and advice are stored
+apart, so ``--readvise`` re-runs only the advisor after a change to the rule.
 
 Usage (the full grid is hours on a 2-core CPU; --smoke runs one small cell):
     python benchmarks/advisor_eval.py --datasets kermany brain --seeds 0 1 2

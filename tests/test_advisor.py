@@ -304,3 +304,27 @@ def test_real_brain_mri_cell_end_to_end(tmp_path):
     assert a.strategy in STRATEGIES
     assert a.predicted_auroc["feature_extraction"] > 0.75  # frozen ImageNet features see tumours
     assert np.isfinite(a.decision["measured_paired"]["diff"])
+
+
+def test_advisor_caches_the_embeddings_feature_extraction_computes(tmp_path):
+    """A compare after advise must equal a compare alone: the advisor's cached embeddings come from
+    the same (BatchNorm-folded) extraction, not from the hooked network it uses for BN statistics."""
+    from medtl.advisor._profile import measure
+    from medtl.strategies import FeatureExtraction
+    from tests._helpers import blob_images
+
+    train, val = blob_images(40, seed=4), blob_images(20, seed=5, offset=100)
+    both = type(train)(
+        pixels=np.concatenate([train.pixels, val.pixels]),
+        labels=np.concatenate([train.labels, val.labels]),
+        uids=[*train.uids, *val.uids],
+        keys=[*train.keys, *val.keys],
+        classes=train.classes,
+    )
+    m = measure(both, backbone="tiny_test", cache_dir=tmp_path, seed=0, progress=False)
+    assert m["bn_layers"] > 0 and np.isfinite(m["bn_kl"])  # the statistics still come along
+    warm = FeatureExtraction(backbone="tiny_test", cache_dir=str(tmp_path), progress=False)
+    warm.fit(train, val)
+    assert warm.cache_hits_ == len(both)  # every embedding came from the advisor
+    alone = FeatureExtraction(backbone="tiny_test", progress=False).fit(train, val)
+    np.testing.assert_array_equal(warm.predict_proba(val.pixels), alone.predict_proba(val.pixels))

@@ -172,12 +172,16 @@ def measure(
         cache_dir=None if cache_dir is None else str(cache_dir),
         progress=progress,
     )
+    # The embeddings come from FeatureExtraction's own (BatchNorm-folded) extraction, so the cache
+    # holds the numbers a following `medtl compare` would compute itself: hooks on the BatchNorm
+    # layers would force the unfolded network, whose embeddings differ (by ~1e-3 under bf16), and a
+    # compare after advise would then not equal a compare alone. The BN statistics get their own
+    # short hooked pass over an evenly spaced subset.
+    emb = fe.embed(images, model, cfg, "advisor: embed")
     rec = BNStatsRecorder(model).attach()
     try:
-        emb = fe.embed(images, model, cfg, "advisor: embed")
-        need = min(len(images), BN_MIN_IMAGES)
-        if rec.layers and rec.images_seen < need:
-            # embeddings came from the cache: one short forward pass just for the BN statistics
+        if rec.layers:
+            need = min(len(images), BN_MIN_IMAGES)
             idx = np.linspace(0, len(images) - 1, need).round().astype(int)
             extract_embeddings(model, cfg, images.pixels[idx], progress=False)
     finally:
