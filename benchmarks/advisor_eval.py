@@ -228,7 +228,9 @@ def advise_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -
         "interval": advice.expected_auroc,
         "branch": advice.decision["branch"],
         "predicted_gain": advice.decision["predicted_gain"],
-        "measured_pilot": advice.decision.get("paired"),
+        "measured_pilot": advice.decision.get("measured_paired"),
+        "decision": advice.to_dict()["decision"],
+        "minutes": advice.estimated_minutes,
         "seconds": time.perf_counter() - t0,
         "budget": advice.budget,
     }

@@ -111,12 +111,28 @@ def test_clear_predicted_gain_gives_fine_tuning_and_significance_gives_high_conf
     assert b.strategy == "fine_tuning" and b.confidence == "medium"
 
 
-def test_gain_whose_lower_bound_is_below_zero_gives_feature_extraction():
-    a = decide(make_profile(), measured(0.85, 0.853, own_noise=0.02))
-    assert a.decision["predicted_gain"]["low"] < 0
-    assert a.strategy == "feature_extraction" and a.decision["branch"] == "uncertain"
+def test_expected_gain_with_an_uncertain_range_still_fine_tunes_with_low_confidence():
+    """The pick maximises expected AUROC net of cost; the interval only sets the confidence."""
+    a = decide(make_profile(), measured(0.85, 0.87, own_noise=0.03))
+    g = a.decision["predicted_gain"]
+    assert g["low"] < 0 < a.decision["needed_gain"] <= g["diff"]
+    assert a.strategy == "fine_tuning" and a.decision["branch"] == "likely_gain"
     assert a.confidence == "low"
     assert "includes no gain" in " ".join(a.rationale)
+
+
+def test_no_expected_gain_gives_feature_extraction():
+    a = decide(make_profile(), measured(0.86, 0.85, own_noise=0.02))
+    assert a.decision["predicted_gain"]["diff"] < 0
+    assert a.strategy == "feature_extraction" and a.decision["branch"] == "no_gain"
+    assert a.confidence == "low"  # the interval straddles 0
+    assert "no expected gain" in " ".join(a.rationale)
+
+
+def test_tiny_gain_below_its_cost_gives_feature_extraction():
+    a = decide(make_profile(), measured(0.85, 0.853, own_noise=0.02))
+    assert 0 < a.decision["predicted_gain"]["diff"] < a.decision["needed_gain"]
+    assert a.strategy == "feature_extraction" and a.decision["branch"] == "not_worth"
 
 
 def test_small_sure_gain_not_worth_many_extra_hours():
