@@ -282,3 +282,19 @@ def test_pilot_sizes_hold_enough_of_the_rarest_class():
     plan = plan_pilot(50, 2, 13, CostModel(macs=200_000), 2.0)
     assert plan.ft_sizes and all(s * 13 / 50 >= MIN_PER_CLASS for s in plan.ft_sizes)
     assert max(plan.ft_sizes) <= 50 - plan.n_eval
+
+
+def test_pilot_holdout_does_not_depend_on_the_salted_patient_ids():
+    """The same files under another project salt (other hashed ids, same patients) give the same
+    held-out images, so the advice repeats across projects."""
+    from medtl.advisor._pilot import _holdout
+
+    rng = np.random.default_rng(0)
+    patients = rng.integers(0, 40, 120)
+    y = (patients % 3 == 0).astype(int)
+    a = [f"pid-{(p * 7919) % 1000:04d}" for p in patients]  # one salt's hashes
+    b = [f"pid-{(p * 104729) % 997:04d}x" for p in patients]  # another's: other order
+    tr_a, te_a = _holdout(y, a, 30, seed=3)
+    _, te_b = _holdout(y, b, 30, seed=3)
+    np.testing.assert_array_equal(np.sort(te_a), np.sort(te_b))
+    assert not set(patients[te_a]) & set(patients[tr_a])  # grouped by patient

@@ -120,6 +120,17 @@ def imagenet_entropy(model: nn.Module, embeddings: np.ndarray) -> float | None:
     return float(ent.mean())
 
 
+def group_codes(groups: Sequence[str | None]) -> np.ndarray:
+    """Integer group per image, numbered in order of first appearance (an image without an id is its
+    own group). Patient ids are salted hashes, so their sorted order - what scikit-learn's grouped
+    splitters shuffle - differs between projects; numbering by appearance (files are listed in sorted
+    path order) keeps the advisor's folds, and so its advice, the same for the same files and seed."""
+    codes: dict[str, int] = {}
+    return np.array(
+        [codes.setdefault(gid if gid else f"\0{i}", len(codes)) for i, gid in enumerate(groups)]
+    )
+
+
 # -- transferability of frozen features --------------------------------------------------------------
 
 PROBE_CS = (0.01, 0.1, 1.0)
@@ -179,7 +190,7 @@ def probe_transferability(
         return {"n_splits": 0, "error": "fewer than 2 images in some class: no cross-validation"}
     rng = np.random.default_rng(seed)
     if groups is not None and any(groups):
-        g = np.array([gid or f"\0{i}" for i, gid in enumerate(groups)])
+        g = group_codes(groups)
         k = min(k, len(np.unique(g)))
         cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
         folds = list(cv.split(emb, y, g))

@@ -216,7 +216,9 @@ def _holdout(
 
     idx = np.arange(len(y))
     if groups is not None and any(groups):
-        g = np.array([gid or f"\0{i}" for i, gid in enumerate(groups)])
+        from medtl.advisor._measure import group_codes
+
+        g = group_codes(groups)
         frac = n_eval / len(y)
         split = GroupShuffleSplit(1, test_size=frac, random_state=seed)
         tr, te = next(split.split(idx, y, g))
