@@ -282,8 +282,11 @@ def run_strategy(
         est.save(mdir)
         # the saved model is what users get: evaluate exactly that (the other processes of a
         # distributed job hold the same weights in memory)
-        est = load_model(mdir, device=str(getattr(est, "device_", "cpu")))
-        est.heldout_val_proba_ = held_out
+        loaded = load_model(mdir, device=str(getattr(est, "device_", "cpu")))
+        loaded.heldout_val_proba_ = held_out
+        if hasattr(loaded, "cache_dir"):  # not recorded in the folder (a machine path): reattach,
+            loaded.cache_dir = getattr(est, "cache_dir", None)  # so cached test embeddings serve
+        est = loaded
     # each process predicts its share of the images; every process gets all of them, in order
     if held_out is not None and len(held_out) == len(data.val):
         p_val = est.validation_proba(data.val)  # the held-out predictions made before a refit
