@@ -202,12 +202,15 @@ def main() -> None:
             print(
                 f"feature extraction, warm caches: medtl {tw:.1f} s | ratio to plain {tp / tw:.2f}x"
             )
+            print(f"  medtl phases: {fmt(medtl_phases(cell / 'fe_warm', 'feature_extraction'))}")
         if "advise" in jobs:
             ta, outa = run(
                 [*medtl, "advise", "--data", str(cell / "train"), "--json", "--quiet"], cell
             )
-            pick = json.loads(outa.stdout).get("strategy") if outa.returncode == 0 else None
-            print(f"advise: {ta:.1f} s (target <= 120 s), pick {pick}")
+            adv = json.loads(outa.stdout) if outa.returncode == 0 else {}
+            print(f"advise: {ta:.1f} s (target <= 120 s), pick {adv.get('strategy')}")
+            parts = (adv.get("budget") or {}).get("seconds") or {}
+            print(f"  advise phases: {fmt({k: v for k, v in parts.items() if k != 'total'})}")
         if "ft" in jobs:
             tp, outp = run([*py, "ft", str(cell / "train"), str(cell / "test")], cell)
             plain = json.loads(outp.stdout.strip().splitlines()[-1]) if outp.returncode == 0 else {}

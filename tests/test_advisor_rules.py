@@ -298,3 +298,26 @@ def test_pilot_holdout_does_not_depend_on_the_salted_patient_ids():
     _, te_b = _holdout(y, b, 30, seed=3)
     np.testing.assert_array_equal(np.sort(te_a), np.sort(te_b))
     assert not set(patients[te_a]) & set(patients[tr_a])  # grouped by patient
+
+
+def test_auroc_standard_error_matches_simulation_and_floors_small_sets():
+    """Hanley-McNeil against the spread of simulated AUROCs (binormal, 40 + 40 images), and the floor
+    it puts under a predicted interval measured on 15 nearly separable images."""
+    from medtl.advisor._curve import auroc_standard_error
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(40), np.ones(40)].astype(int)
+    aucs = []
+    for _ in range(2000):
+        s = np.r_[rng.normal(0, 1, 40), rng.normal(1.5, 1, 40)]
+        aucs.append(weighted_auroc(y, np.c_[1 - s, s], np.ones((1, 80)))[0])
+    se = auroc_standard_error(float(np.mean(aucs)), [40, 40])
+    assert se == pytest.approx(np.std(aucs), rel=0.2)
+    # 15 held-out images, 4 positives, every bootstrap replicate ~1.0: the interval is still wide
+    boot = np.r_[[[0.98, 0.99]], np.clip(0.99 + rng.normal(0, 0.005, (200, 2)), 0, 1)]
+    narrow = predict_curve([18, 35], boot, 50)
+    floored = predict_curve([18, 35], boot, 50, eval_counts=[11, 4])
+    assert (
+        floored.interval[1] - floored.interval[0] > 0.15 > narrow.interval[1] - narrow.interval[0]
+    )
+    assert floored.at_full == narrow.at_full  # the point prediction is not touched

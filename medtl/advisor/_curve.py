@@ -26,6 +26,31 @@ MIN_HALF_WIDTH = 0.01
 FALLBACK_GAIN_PER_DOUBLING = 0.03
 
 
+def auroc_standard_error(auc: float, counts: list[int] | tuple[int, ...]) -> float:
+    """Hanley & McNeil (1982) standard error of an AUROC measured on images with these class counts.
+
+    Two classes: ``counts = [negatives, positives]``. More classes (macro one-vs-rest): the root mean
+    square of the per-class errors. The percentile bootstrap of a nearly separable set of a few
+    images collapses (every replicate scores ~1.0); this analytic error does not. With the AUROC
+    capped at ``1 - 1/(2 n_min)`` (``n_min``: the smaller side) - an AUROC of 1.0 on four positives
+    does not show a perfect test - it stays positive. A floor for the predicted intervals; not fitted.
+    """
+    counts = [int(c) for c in counts]
+    total = sum(counts)
+    sides = [(total - c, c) for c in counts] if len(counts) > 2 else [tuple(counts)]
+    var = []
+    for n_neg, n_pos in sides:
+        if n_neg < 1 or n_pos < 1:
+            continue
+        a = float(np.clip(auc, 0.5, 1.0 - 0.5 / min(n_neg, n_pos)))
+        q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+        v = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (
+            n_pos * n_neg
+        )
+        var.append(max(v, 0.0))
+    return float(math.sqrt(np.mean(var))) if var else float("nan")
+
+
 def weighted_auroc(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUROC (binary: column 1; multi-class: macro one-vs-rest) for each row of ``weights``.
 
@@ -156,7 +181,9 @@ def _quantiles(x: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def predict_curve(sizes: list[int], boot: np.ndarray, n_full: int) -> CurvePrediction:
+def predict_curve(
+    sizes: list[int], boot: np.ndarray, n_full: int, eval_counts: list[int] | None = None
+) -> CurvePrediction:
     """Fit the point curve and one curve per bootstrap replicate; predict at ``n_full`` and twice that.
 
     Args:
@@ -164,6 +191,8 @@ def predict_curve(sizes: list[int], boot: np.ndarray, n_full: int) -> CurvePredi
         boot: (B + 1, len(sizes)) AUROCs; row 0 the plain estimate, the rest bootstrap replicates of the
             same evaluation images (shared with the other strategy, so differences stay paired).
         n_full: the training size the user has.
+        eval_counts: images per class in the evaluation set; the interval is then at least
+            +- z x :func:`auroc_standard_error` wide (the bootstrap understates a small set's error).
     """
     sizes_arr = np.asarray(sizes, dtype=np.float64)
     point = boot[0]
@@ -199,7 +228,14 @@ def predict_curve(sizes: list[int], boot: np.ndarray, n_full: int) -> CurvePredi
         gain = 0.0
         g_interval = [0.0, FALLBACK_GAIN_PER_DOUBLING]
         params = None
-    half = max((interval[1] - interval[0]) / 2, MIN_HALF_WIDTH)
+    floor = MIN_HALF_WIDTH
+    if eval_counts is not None and np.isfinite(full):
+        from scipy.stats import norm
+
+        se = auroc_standard_error(full, eval_counts)
+        if np.isfinite(se):
+            floor = max(floor, float(norm.ppf((1 + INTERVAL) / 2)) * se)
+    half = max((interval[1] - interval[0]) / 2, floor)
     mid = (interval[0] + interval[1]) / 2
     interval = [max(mid - half, 0.0), min(mid + half, 1.0)]
     interval = [min(interval[0], full), max(interval[1], full)]

@@ -438,7 +438,9 @@ def measured_from_pilot(
             warnings.simplefilter("ignore", RuntimeWarning)
             table = _table(reps, key, sizes, weights)
         at[name] = {s: table[:, i] for i, s in enumerate(sizes)}
-        curves[name] = predict_curve(sizes, table, n_full)
+        y0 = np.asarray(reps[0]["y_eval"])
+        counts = [int((y0 == c).sum()) for c in range(int(y0.max()) + 1)]
+        curves[name] = predict_curve(sizes, table, n_full, eval_counts=counts)
     common = sorted(set(at["feature_extraction"]) & set(at["fine_tuning"]))
     top = common[-1]
     paired = paired_difference(at["fine_tuning"][top], at["feature_extraction"][top])
