@@ -56,6 +56,10 @@ PATIENT_PATTERN = {"kermany": r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"}
 # only reported.
 DEV_FOLDS = 10
 DEV_SEED = 20261202
+# A fixed salt for the hashed patient ids: with the default per-process salt the grouped splits below
+# (which sort the hashed ids) drew a different cell in every process, so a --readvise saw other images
+# than the training run had.
+SALT = b"medtl-advisor-eval-fixed-salt-v1"
 log = logging.getLogger("advisor_eval")
 
 
@@ -93,8 +97,8 @@ def load_cell_data(name: str, seed: int, n: int | None) -> tuple[Any, Any, Any, 
 
     root, tr_dir, te_dir, _ = DATA[name]
     pat = PATIENT_PATTERN.get(name)
-    train = load_dataset(str(Path(root, tr_dir)), progress=False, patient_id_pattern=pat)
-    test = load_dataset(str(Path(root, te_dir)), progress=False)
+    train = load_dataset(str(Path(root, tr_dir)), progress=False, patient_id_pattern=pat, salt=SALT)
+    test = load_dataset(str(Path(root, te_dir)), progress=False, salt=SALT)
     if train.classes != test.classes:
         raise SystemExit(f"{name}: class folders differ: {train.classes} vs {test.classes}")
     samples = list(train.samples)
