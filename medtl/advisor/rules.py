@@ -341,13 +341,13 @@ def _clinician_sentences(
     g = f"{_signed(gain['diff'])} (90% range {gain['low']:+.3f} to {gain['high']:+.3f})"
     extra = _fmt_min(mins["fine_tuning"] - mins["feature_extraction"])
     why = {
-        "gain": f"{trial}: a significant gain, worth the extra {extra} (it needed at least "
+        "gain": f"{trial}: a significant gain, worth the extra time ({extra}; it needed at least "
         f"{needed:+.3f}). At your full size the gain is predicted to be {g}.",
-        "likely_gain": f"{trial}: not significant, but the gain is worth the extra {extra} (it "
-        f"needed at least {needed:+.3f}), so fine-tuning is the better bet; compare both on your "
+        "likely_gain": f"{trial}: not significant, but the gain is worth the extra time ({extra}; "
+        f"it needed at least {needed:+.3f}), so fine-tuning is the better bet; compare both on your "
         f"validation images before relying on it. At your full size: predicted {g}.",
-        "not_worth": f"{trial}: too small for the {needed:+.3f} that fine-tuning's extra {extra} "
-        f"should buy, so feature extraction is the better use of time. At your full size: "
+        "not_worth": f"{trial}: too small for the {needed:+.3f} that fine-tuning's extra time "
+        f"({extra}) should buy, so feature extraction is the better use of time. At your full size: "
         f"predicted {g}.",
         "no_gain": f"{trial}: no gain from fine-tuning, so the cheaper feature extraction is "
         f"recommended. At your full size: predicted {g}.",
