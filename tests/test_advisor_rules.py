@@ -136,8 +136,15 @@ def test_the_measured_difference_picks_not_the_extrapolated_one():
     assert a.decision["predicted_gain"]["diff"] > 0.04
     assert a.strategy == "feature_extraction" and a.decision["branch"] == "no_gain"
     assert a.decision["gain_weighed"] == pytest.approx(-0.01)
+    assert a.decision["curves_disagree"] and a.confidence == "low"
     b = decide(make_profile(), measured(0.85, 0.84, paired_diff=0.02))
     assert b.strategy == "fine_tuning"
+    # its own predicted AUROC is below feature extraction's: said in plain words, confidence low
+    assert b.predicted_auroc["fine_tuning"] < b.predicted_auroc["feature_extraction"]
+    assert b.decision["curves_disagree"] and b.confidence == "low"
+    assert any("predict the other order" in r for r in b.rationale)
+    c = decide(make_profile(), measured(0.85, 0.90, significant=True))
+    assert not c.decision["curves_disagree"] and not any("other order" in r for r in c.rationale)
 
 
 def test_tiny_gain_below_its_cost_gives_feature_extraction():

@@ -248,8 +248,13 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
     side_ok = (strategy == "fine_tuning" and gain["low"] > 0) or (
         strategy == "feature_extraction" and gain["high"] < 0
     )
+    # the measured trial and the extrapolated curves can point different ways: say so, never hide it
+    # (a pick whose own predicted AUROC is below the other strategy's reads as a contradiction)
+    conflict = branch != "budget" and (strategy == "fine_tuning") != (gain["diff"] >= needed)
     if sig and agrees:
         confidence = "high"
+    elif conflict:
+        confidence = "low"
     elif side_ok or branch == "budget" or (branch == "not_worth" and sig):
         confidence = "medium"
     else:
@@ -280,12 +285,23 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
 
     fe, ft = m.curves["feature_extraction"], m.curves["fine_tuning"]
     rationale = _clinician_sentences(p, m, strategy, branch, gain, needed, budget_minutes)
+    if conflict:
+        fe_full, ft_full = m.curves["feature_extraction"].at_full, m.curves["fine_tuning"].at_full
+        rationale.insert(
+            3,
+            f"Note: the learning curves predict the other order at your full size (fine-tuning "
+            f"{ft_full:.2f}, feature extraction {fe_full:.2f}). They extrapolate from a few small "
+            "noisy trials; the direct comparison above is the better guide (on the development grid "
+            "it picked the better strategy in 12 of 16 cases, the curves in 9), but the two are "
+            "close: validate both if you can.",
+        )
     details = _detail_sentences(p, m, gain)
     decision = {
         "rule": "fine-tune iff it fits the budget and the pilot's measured paired gain >= "
         "MIN_GAIN + GAIN_PER_HOUR x extra hours; significance and the predicted gain's 90% "
         "interval set the confidence",
         "gain_weighed": basis,
+        "curves_disagree": conflict,
         "branch": branch,
         "predicted_gain": gain,
         "needed_gain": needed,
