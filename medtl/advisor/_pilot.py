@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl.advisor._measure import group_codes
 from medtl.data._types import PreparedImages
 
 log = logging.getLogger(__name__)
@@ -216,8 +217,6 @@ def _holdout(
 
     idx = np.arange(len(y))
     if groups is not None and any(groups):
-        from medtl.advisor._measure import group_codes
-
         g = group_codes(groups)
         frac = n_eval / len(y)
         split = GroupShuffleSplit(1, test_size=frac, random_state=seed)

@@ -286,11 +286,10 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
     fe, ft = m.curves["feature_extraction"], m.curves["fine_tuning"]
     rationale = _clinician_sentences(p, m, strategy, branch, gain, needed, budget_minutes)
     if conflict:
-        fe_full, ft_full = m.curves["feature_extraction"].at_full, m.curves["fine_tuning"].at_full
         rationale.insert(
             3,
             f"Note: the learning curves predict the other order at your full size (fine-tuning "
-            f"{ft_full:.2f}, feature extraction {fe_full:.2f}). They extrapolate from a few small "
+            f"{ft.at_full:.2f}, feature extraction {fe.at_full:.2f}). They extrapolate from a few small "
             "noisy trials; the direct comparison above is the better guide (on the development grid "
             "it picked the better strategy in 12 of 16 cases, the curves in 9), but the two are "
             "close: validate both if you can.",
@@ -444,6 +443,7 @@ def measured_from_pilot(
     weights = [bootstrap_weights(len(r["y_eval"]), n_boot, rng) for r in reps]
     curves: dict[str, CurvePrediction] = {}
     at: dict[str, dict[int, np.ndarray]] = {}
+    counts = np.bincount(np.asarray(reps[0]["y_eval"])).tolist()  # held-out images per class
     for key, name in (("fe", "feature_extraction"), ("ft", "fine_tuning")):
         # sizes every repeat ran (the pilot skips a size whose subset lost a class)
         sizes = sorted(set.intersection(*(set(r[key]) for r in reps)))
@@ -459,8 +459,6 @@ def measured_from_pilot(
             warnings.simplefilter("ignore", RuntimeWarning)
             table = _table(reps, key, sizes, weights)
         at[name] = {s: table[:, i] for i, s in enumerate(sizes)}
-        y0 = np.asarray(reps[0]["y_eval"])
-        counts = [int((y0 == c).sum()) for c in range(int(y0.max()) + 1)]
         curves[name] = predict_curve(sizes, table, n_full, eval_counts=counts)
     common = sorted(set(at["feature_extraction"]) & set(at["fine_tuning"]))
     top = common[-1]

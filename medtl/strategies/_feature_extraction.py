@@ -167,12 +167,14 @@ class FeatureExtraction(Strategy):
         *,
         progress: bool | None = None,
         collective: bool = True,
+        use_cache: bool = True,
     ) -> np.ndarray:
         """Embeddings of ``images``, from the content-keyed cache where possible.
 
         In a distributed job with ``collective`` (every process calls it with the same images) each
         process embeds its contiguous share of the images to compute and every process gets all of
         them, in order; only rank 0 writes the cache. ``collective=False`` embeds everything here.
+        ``use_cache=False`` (images without content keys) neither reads nor writes the cache.
         """
         from medtl import distributed
 
@@ -195,7 +197,7 @@ class FeatureExtraction(Strategy):
             out = distributed.map_shards(lambda j: compute_here(idx[j]), len(idx))
             return out if len(out) else np.zeros((0, cfg.feature_dim), np.float32)
 
-        if self.cache_dir is None:
+        if self.cache_dir is None or not use_cache:
             return compute(np.arange(len(images)))
         from medtl.backbones import backbone_fingerprint
 
@@ -392,15 +394,10 @@ class FeatureExtraction(Strategy):
                 pixels=px, labels=np.full(len(px), -1), uids=[], keys=[], classes=self.classes_
             )
         self._device  # noqa: B018 (moves the model to the estimator's device)
-        cache_dir = self.cache_dir if images.keys else None
-        saved, self.cache_dir = self.cache_dir, cache_dir
-        try:
-            emb = self.embed(
-                images, self.model_, self.backbone_config_, "predict", progress=progress,
-                collective=shard,
-            )  # fmt: skip
-        finally:
-            self.cache_dir = saved
+        emb = self.embed(
+            images, self.model_, self.backbone_config_, "predict", progress=progress,
+            collective=shard, use_cache=bool(images.keys),
+        )  # fmt: skip
         clf = self.model_.get_classifier()
         W = clf.weight.detach().cpu().double().numpy()
         b = clf.bias.detach().cpu().double().numpy()
