@@ -1,7 +1,5 @@
 """``python -m medtl`` runs the command line."""
 
-import sys
+from medtl.cli import entry
 
-from medtl.cli import main
-
-sys.exit(main())
+entry()

@@ -123,6 +123,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         read_options=read_options,
         progress=progress,
         salt=salt,
+        cache_dir=cache,
         # every file is decoded exactly once, by prepare_images below (which skips and reports bad
         # files); the class counts are checked on what decoded, before any training
         verify=False,

@@ -371,3 +371,33 @@ def test_copies_across_given_splits_or_labels_are_reported(tmp_path: Path) -> No
     assert "1 group(s) of byte-identical image files sit in more than one" in messages
     assert "1 group(s) of byte-identical image files carry different labels" in messages
     assert "trainA" not in messages and "relabel" not in messages  # counts only, no file names
+
+
+def test_grouped_split_memo_is_identical_and_skips_the_split(tmp_path: Path, monkeypatch) -> None:
+    """Issue 17: a duplicate- or patient-grouped carve (seconds for thousands of groups) is memoised
+    under the project's cache folder; the memoised split equals scikit-learn's on the group names."""
+    import sklearn.model_selection
+
+    from medtl.data._splits import _carve_grouped, _grouped_fold
+
+    rng = np.random.default_rng(0)
+    for trial in range(8):
+        n = int(rng.integers(20, 600))
+        labels = rng.integers(0, int(rng.integers(2, 5)), n)
+        groups = np.array(
+            [f"g{x}" for x in rng.integers(0, max(3, n // int(rng.integers(1, 4))), n)]
+        )
+        pos = np.arange(n) * 3
+        keep, carved = _grouped_fold(labels, groups, 0.15, trial, ())  # on the names themselves
+        want = (sorted(pos[keep].tolist()), sorted(pos[carved].tolist()))
+        assert _carve_grouped(pos, labels, groups, 0.15, trial) == want
+        assert _carve_grouped(pos, labels, groups, 0.15, trial, tmp_path) == want
+
+    class Boom:
+        def __init__(self, *a, **k):
+            raise AssertionError("the split was recomputed although it was memoised")
+
+    monkeypatch.setattr(sklearn.model_selection, "StratifiedGroupKFold", Boom)
+    assert _carve_grouped(pos, labels, groups, 0.15, trial, tmp_path) == want
+    with pytest.raises(AssertionError, match="memoised"):
+        _carve_grouped(pos, labels, groups, 0.15, trial + 1, tmp_path)  # another seed: computed

@@ -242,3 +242,33 @@ def test_feature_extraction_predicts_from_cached_embeddings(splits, tmp_path, mo
 
     monkeypatch.setattr(fx, "extract_embeddings", boom)
     np.testing.assert_array_equal(est.predict_proba(test), first)
+
+
+def test_feature_extraction_head_memo_is_identical_and_skips_the_fit(splits, tmp_path, monkeypatch):
+    """Issue 17: the regularisation path and the refit are memoised under the cache folder. A re-run
+    reads them back bit for bit equal to a fit without any cache, and runs no logistic regression."""
+    import sklearn.linear_model
+
+    train, val, _ = splits
+    plain = make("feature_extraction").fit(train, val)
+    first = make("feature_extraction", cache_dir=str(tmp_path)).fit(train, val)
+    assert (tmp_path / "results").is_dir()
+
+    class Boom:
+        def __init__(self, *a, **k):
+            raise AssertionError("a logistic regression ran although its result was memoised")
+
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegression", Boom)
+    again = make("feature_extraction", cache_dir=str(tmp_path)).fit(train, val)
+    for est in (first, again):
+        assert est.C_ == plain.C_
+        for a, b in zip(est.model_.get_classifier().parameters(),
+                        plain.model_.get_classifier().parameters()):  # fmt: skip
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        np.testing.assert_array_equal(est.validation_proba(val), plain.validation_proba(val))
+        assert [{k: v for k, v in r.items() if k != "elapsed"} for r in est.history_] == [
+            {k: v for k, v in r.items() if k != "elapsed"} for r in plain.history_
+        ]
+    # another setting is another memo entry, not a stale one
+    with pytest.raises(AssertionError, match="memoised"):
+        make("feature_extraction", cache_dir=str(tmp_path), Cs=[0.1, 1.0]).fit(train, val)

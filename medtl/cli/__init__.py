@@ -1,5 +1,5 @@
 """The ``medtl`` command line: thin over the Python API."""
 
-from medtl.cli._main import build_parser, main
+from medtl.cli._main import build_parser, entry, main
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "entry", "main"]

@@ -220,6 +220,7 @@ def load_dataset(
     patient_id_pattern: str | None = None,
     positive_class: str | None = None,
     salt: bytes | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Dataset:
     """Load a labelled image dataset and give every image a train/val/test split.
 
@@ -252,6 +253,8 @@ def load_dataset(
         salt: the project's secret (``medtl.data.project_salt(cache_dir)``) keying the
             de-identified uids and patient-id hashes, so they are stable across the project's runs.
             None: a random per-process salt (uids then hold only within this process).
+        cache_dir: the project's cache folder; a patient- or duplicate-grouped split (seconds for
+            thousands of groups) is memoised there and read back by the next run (None: computed).
 
     Returns:
         The Dataset, with ``split`` set on every sample. Every file under the dataset is a sample,
@@ -300,7 +303,11 @@ def load_dataset(
         logger.warning("%d file(s) skipped (see Dataset.skipped)", len(skipped))
     check_class_counts(classes, samples, min_per_class)
     samples = assign_splits(
-        samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        samples,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        cache_dir=cache_dir,
     )
     # after splitting: the choice never moves an image between splits
     if positive_class is not None:

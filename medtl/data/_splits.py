@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medtl._fileio import atomic_write_json
+from medtl._memo import library_versions, memoized
 from medtl.data._types import SPLITS, Dataset, Sample, SkippedFile
 from medtl.errors import DatasetError
 
@@ -111,11 +112,13 @@ def _carve(
     fraction: float,
     seed: int,
     dups: Sequence[int | None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[list[int], list[int]]:
     """Split positions of ``samples`` into (keep, carved) with about ``fraction`` carved.
 
     Stratified by label; grouped by patient when samples have patient ids (samples without one count
-    as their own patient) and by duplicate group (``dups``, from :func:`duplicate_groups`).
+    as their own patient) and by duplicate group (``dups``, from :func:`duplicate_groups`). The grouped
+    split is memoised under ``cache_dir`` (seconds for thousands of groups; identical when read back).
     """
     n = len(samples)
     if fraction <= 0 or n == 0:
@@ -124,7 +127,7 @@ def _carve(
     positions = np.arange(n)
     keys = _group_keys(samples, dups if dups is not None else [None] * n)
     if keys is not None:
-        return _carve_grouped(positions, labels, np.array(keys), fraction, seed)
+        return _carve_grouped(positions, labels, np.array(keys), fraction, seed, cache_dir)
     from sklearn.model_selection import train_test_split
 
     n_carve = max(1, round(n * fraction))
@@ -148,16 +151,37 @@ def _carve(
 
 
 def _carve_grouped(
-    positions: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+    positions: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    fraction: float,
+    seed: int,
+    cache_dir: str | Path | None = None,
 ) -> tuple[list[int], list[int]]:
-    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
-
     n_groups = len(set(groups.tolist()))
     if n_groups < 2:
         raise DatasetError(
             f"All {len(positions)} images belong to one patient, so no patient-level split is "
             "possible. Check the manifest's patient_id column."
         )
+    # the memo key holds only numbers: group names become their rank in sorted order, the order
+    # scikit-learn's own np.unique gives them, so the folds are those of the names themselves
+    codes = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    keep, carved = memoized(_grouped_fold, cache_dir)(
+        labels.astype(np.int64), codes.astype(np.int64), float(fraction), int(seed),
+        library_versions("scikit-learn"),
+    )  # fmt: skip
+    return sorted(positions[keep].tolist()), sorted(positions[carved].tolist())
+
+
+def _grouped_fold(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, versions: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, carved) indices: one of k stratified group folds (k ~ 1/fraction). Pure (memoised)."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    positions = np.arange(len(labels))
     # k folds, one of them carved: a fraction of about 1/k (StratifiedGroupKFold has no test_size).
     k = int(min(max(2, round(1.0 / fraction)), n_groups))
     stratified = None
@@ -171,11 +195,9 @@ def _carve_grouped(
             except ValueError:  # more folds than members of some class (tiny data)
                 stratified = None
     if stratified is not None:
-        keep, carved = stratified
-    else:
-        cv2 = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-        keep, carved = next(iter(cv2.split(positions, labels, groups)))
-    return sorted(positions[keep].tolist()), sorted(positions[carved].tolist())
+        return stratified
+    cv2 = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    return next(iter(cv2.split(positions, labels, groups)))
 
 
 def assign_splits(
@@ -184,8 +206,9 @@ def assign_splits(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> list[Sample]:
-    """Fill in missing splits.
+    """Fill in missing splits (a grouped split is memoised under ``cache_dir`` when given).
 
     * No sample has a split: ``test_fraction`` of all images go to test and ``val_fraction`` of all to
       val (both stratified, grouped by patient when known); the rest is train.
@@ -205,7 +228,9 @@ def assign_splits(
     dups = duplicate_groups(samples) if needs_carve or len(given) > 1 else [None] * len(samples)
 
     def carve(pool: list[int], fraction: float, carve_seed: int) -> tuple[list[int], list[int]]:
-        return _carve([samples[i] for i in pool], fraction, carve_seed, [dups[i] for i in pool])
+        return _carve(
+            [samples[i] for i in pool], fraction, carve_seed, [dups[i] for i in pool], cache_dir
+        )
 
     if not given:
         # fractions relative to the whole set: carve test, then val from the rest

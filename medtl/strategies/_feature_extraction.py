@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl._memo import library_versions, memoized
 from medtl._options import look_up_option
 from medtl.data._types import PreparedImages
 from medtl.strategies._base import Strategy, _build_network, register_strategy
@@ -280,63 +281,22 @@ class FeatureExtraction(Strategy):
         return self
 
     def _fit_logreg(self, z_tr, y_tr, z_va, y_va, n_classes):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.utils.class_weight import compute_sample_weight
-
-        from medtl.training import val_auroc
-
-        cw = "balanced" if self.class_weighting == "balanced" else None
-        # The regularisation is chosen by the validation log-loss (weighted like the training loss)
-        # rather than the AUROC: a proper scoring rule keeps discriminating when in-distribution
-        # validation AUROC saturates (0.997 on Kermany for every C from 3e-3 to 10). With the
-        # one-standard-error rule (Breiman et al. 1984; glmnet's lambda.1se) the strongest
-        # regularisation whose loss is within one standard error of the best is taken: validation
-        # cannot tell those apart, and the simpler head transfers better to shifted data.
-        w_va = compute_sample_weight(cw, y_va) if cw else np.ones(len(y_va))
-        history, fits = [], []
-        t0 = time.perf_counter()
-        # Walk the regularisation path from strong to weak with warm starts: each fit starts from the
-        # previous solution, so the whole path costs little more than one fit.
-        clf = LogisticRegression(
-            class_weight=cw, max_iter=2000, warm_start=True, random_state=self.seed
-        )
-        for i, C in enumerate(sorted(float(c) for c in self.Cs)):
-            clf.set_params(C=C)
-            clf.fit(z_tr, y_tr)
-            proba = clf.predict_proba(z_va)
-            auc = val_auroc(y_va, proba)
-            col = np.searchsorted(clf.classes_, y_va)
-            per_sample = -np.log(np.clip(proba[np.arange(len(y_va)), col], 1e-15, 1.0))
-            loss = float(np.sum(w_va * per_sample) / np.sum(w_va))
-            se = float(np.sqrt(np.sum(w_va**2 * (per_sample - loss) ** 2)) / np.sum(w_va))
-            history.append(
-                {
-                    "epoch": i + 1,
-                    "C": C,
-                    "val_auroc": auc,
-                    "val_loss": loss,
-                    "val_loss_se": se,
-                    "elapsed": time.perf_counter() - t0,
-                }
-            )
-            fits.append((clf.coef_.copy(), clf.intercept_.copy()))
-        pick = _choose_regularisation(history, self.select_by)
-        history[pick]["chosen"] = True
-        coef, intercept = fits[pick]
-        self.C_ = history[pick]["C"]
-        W, b = _as_head(coef, intercept, n_classes)
+        """The regularisation path on train, C chosen on val (memoised under ``cache_dir``)."""
+        W, b, history, self.C_ = memoized(_logreg_path, self.cache_dir)(
+            z_tr, np.asarray(y_tr), z_va, np.asarray(y_va), n_classes,
+            tuple(sorted(float(c) for c in self.Cs)), self.class_weighting, self.select_by,
+            self.seed, library_versions("scikit-learn", "numpy"),
+        )  # fmt: skip
         return W, b, history
 
     def _logreg_head(
         self, z: np.ndarray, y: np.ndarray, C: float, n_classes: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """One logistic-regression head at a fixed C (the refit), as (W, b) over all classes."""
-        from sklearn.linear_model import LogisticRegression
-
-        cw = "balanced" if self.class_weighting == "balanced" else None
-        clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=self.seed)
-        clf.fit(z, y)
-        return _as_head(clf.coef_, clf.intercept_, n_classes)
+        return memoized(_logreg_refit, self.cache_dir)(
+            z, np.asarray(y), float(C), n_classes, self.class_weighting, self.seed,
+            library_versions("scikit-learn", "numpy"),
+        )  # fmt: skip
 
     def _fit_linear(self, z_tr, y_tr, z_va, y_va, n_classes, epochs: int = 200, patience: int = 20):
         from medtl.training import logits_to_proba, val_auroc
@@ -416,6 +376,86 @@ class FeatureExtraction(Strategy):
         self.refit_on_ = extra.get("head_fitted_on", "train")
         self.extract_seconds_ = extra.get("extract_seconds")
         self.cache_hits_ = int(extra.get("cache_hits") or 0)
+
+
+def _logreg_path(
+    z_tr: np.ndarray,
+    y_tr: np.ndarray,
+    z_va: np.ndarray,
+    y_va: np.ndarray,
+    n_classes: int,
+    Cs: tuple[float, ...],
+    class_weighting: str | None,
+    select_by: str,
+    seed: int,
+    versions: tuple[str, ...],
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], float]:
+    """Logistic heads along ``Cs`` (ascending) on train; (W, b, history, C) of the one chosen on val.
+
+    A pure function of its arguments (memoised by :meth:`FeatureExtraction._fit_logreg`; ``versions``
+    only keys the memo). The history's ``elapsed`` is the time of the fit that computed it.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from medtl.training import val_auroc
+
+    cw = "balanced" if class_weighting == "balanced" else None
+    # The regularisation is chosen by the validation log-loss (weighted like the training loss)
+    # rather than the AUROC: a proper scoring rule keeps discriminating when in-distribution
+    # validation AUROC saturates (0.997 on Kermany for every C from 3e-3 to 10). With the
+    # one-standard-error rule (Breiman et al. 1984; glmnet's lambda.1se) the strongest
+    # regularisation whose loss is within one standard error of the best is taken: validation
+    # cannot tell those apart, and the simpler head transfers better to shifted data.
+    w_va = compute_sample_weight(cw, y_va) if cw else np.ones(len(y_va))
+    history, fits = [], []
+    t0 = time.perf_counter()
+    # Walk the regularisation path from strong to weak with warm starts: each fit starts from the
+    # previous solution, so the whole path costs little more than one fit.
+    clf = LogisticRegression(class_weight=cw, max_iter=2000, warm_start=True, random_state=seed)
+    for i, C in enumerate(Cs):
+        clf.set_params(C=C)
+        clf.fit(z_tr, y_tr)
+        proba = clf.predict_proba(z_va)
+        auc = val_auroc(y_va, proba)
+        col = np.searchsorted(clf.classes_, y_va)
+        per_sample = -np.log(np.clip(proba[np.arange(len(y_va)), col], 1e-15, 1.0))
+        loss = float(np.sum(w_va * per_sample) / np.sum(w_va))
+        se = float(np.sqrt(np.sum(w_va**2 * (per_sample - loss) ** 2)) / np.sum(w_va))
+        history.append(
+            {
+                "epoch": i + 1,
+                "C": C,
+                "val_auroc": auc,
+                "val_loss": loss,
+                "val_loss_se": se,
+                "elapsed": time.perf_counter() - t0,
+            }
+        )
+        fits.append((clf.coef_.copy(), clf.intercept_.copy()))
+    pick = _choose_regularisation(history, select_by)
+    history[pick]["chosen"] = True
+    coef, intercept = fits[pick]
+    W, b = _as_head(coef, intercept, n_classes)
+    return W, b, history, float(history[pick]["C"])
+
+
+def _logreg_refit(
+    z: np.ndarray,
+    y: np.ndarray,
+    C: float,
+    n_classes: int,
+    class_weighting: str | None,
+    seed: int,
+    versions: tuple[str, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One logistic-regression head at a fixed C as (W, b) over all classes. Pure (memoised)."""
+    from sklearn.linear_model import LogisticRegression
+
+    cw = "balanced" if class_weighting == "balanced" else None
+    clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=seed)
+    clf.fit(z, y)
+    return _as_head(clf.coef_, clf.intercept_, n_classes)
 
 
 def _as_head(

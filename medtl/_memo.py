@@ -1,0 +1,52 @@
+"""Memoised pure computations on disk, under a project's cache folder (``<cache>/results``).
+
+A warm re-run (same images, same settings; say, another report option) reads the carved split and the
+fitted linear heads back instead of recomputing them. Only pure functions of their arguments are memoised,
+and only with numbers as arguments (never paths, names or ids), through ``joblib.Memory``: it hashes the
+arguments and the function's source, so a changed input or a changed function recomputes. Each memoised
+function takes the versions of the libraries its result depends on as an argument, so an upgrade
+recomputes too. A damaged entry is recomputed (joblib reloads or recomputes); a folder that cannot be
+written is not an error, the call just runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+RESULTS_DIR = "results"  # the subfolder of a project's cache folder that holds memoised results
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def memoized(fn: F, cache_dir: str | Path | None) -> F:
+    """``fn`` memoised under ``<cache_dir>/results``; ``fn`` itself when ``cache_dir`` is None.
+
+    The result is identical to calling ``fn``: tests compare both ways.
+    """
+    if cache_dir is None:
+        return fn
+    import joblib
+
+    memory = joblib.Memory(Path(cache_dir).expanduser() / RESULTS_DIR, verbose=0)
+    cached = memory.cache(fn)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return cached(*args, **kwargs)
+        except OSError as exc:  # an unwritable or full cache folder: compute without it
+            log.warning("result cache %s unusable (%s); computing without it", memory.location, exc)
+            return fn(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+def library_versions(*names: str) -> tuple[str, ...]:
+    """``name==version`` of installed libraries, as a memo argument (a new version recomputes)."""
+    from importlib.metadata import version
+
+    return tuple(f"{n}=={version(n)}" for n in names)
