@@ -53,6 +53,33 @@ def atomic_write(
     return path
 
 
+_TMP_COUNTER = iter(range(1 << 62))
+
+
+def write_cache_entry(path: Path, data: bytes | memoryview) -> None:
+    """Atomically write one small cache file: a unique temporary name, one write, one rename.
+
+    For caches of many small files (one decoded image each), where :func:`atomic_write`'s mkstemp,
+    reopen and chmod cost about as much as the decoding (measured: 0.20 ms -> 0.07 ms a file). No
+    fsync: a cache entry lost or truncated by a crash is validated and recomputed when read. The
+    parent folder must exist. The mode is what a plain write gives (``os.open`` applies the umask).
+    """
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
 

@@ -101,6 +101,32 @@ def test_second_call_is_served_from_cache(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(calls) == 3
 
 
+def test_cache_entries_are_plain_files_and_an_unwritable_cache_loses_no_image(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fast cache writer leaves complete files with a plain write's mode and no temporaries; a
+    cache folder that cannot be created costs the cache, never an image (no file is skipped)."""
+    import os
+    import stat
+
+    samples = [s for s in _samples(tmp_path) if not s.path.endswith("bad.png")]
+    cache = tmp_path / "cache"
+    first = prepare_images(samples, ["x", "y"], size=24, cache_dir=cache, progress=False)
+    entries = sorted(cache.rglob("*"))
+    assert not [p for p in entries if p.name.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (p for p in entries if p.is_file()):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+        assert np.load(p).dtype == np.uint8
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should go")
+    with caplog.at_level("WARNING"):
+        out = prepare_images(samples, ["x", "y"], size=24, cache_dir=blocker / "c", progress=False)
+    assert out.skipped == [] and np.array_equal(out.pixels, first.pixels)
+    assert sum("Cannot write the image cache" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_cache_key_follows_file_content(tmp_path: Path) -> None:
     f = tmp_path / "a.png"
     ramp = np.tile(np.arange(10, dtype=np.uint8), (10, 1))  # not constant: blank images are skipped

@@ -9,6 +9,7 @@ the final channel count (embedding caches depend on it).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl._fileio import MAX_FILE_BYTES, atomic_write, open_regular, read_regular_bytes
+from medtl._fileio import MAX_FILE_BYTES, open_regular, read_regular_bytes, write_cache_entry
 from medtl._options import check_range, look_up_option
 from medtl.data._load import (
     constant_reason,
@@ -108,6 +109,8 @@ class _Loader:
         self._opt = _options_bytes(read_options)
         self._npz: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self._folders: set[Path] = set()
+        self._store_failed = False
         self.hits = 0
 
     def _npz_arrays(self, path: str) -> dict:
@@ -149,7 +152,7 @@ class _Loader:
                 return SkippedFile(s.path, reason, s.uid)
             native = to_native_uint8(image, self.size)
             if cpath is not None:
-                atomic_write(cpath, lambda tmp: _save_npy(tmp, native))
+                self._try_store(cpath, native)
             return native, key
         except ConfigError:
             raise
@@ -157,6 +160,31 @@ class _Loader:
             reason = failure_reason(exc)
             log_skip(s, reason)
             return SkippedFile(s.path, reason, s.uid)
+
+    def _store(self, cpath: Path, native: np.ndarray) -> None:
+        folder = cpath.parent
+        if folder not in self._folders:  # one mkdir per cache subfolder, not one per image
+            folder.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._folders.add(folder)
+        buf = io.BytesIO()
+        np.save(buf, native, allow_pickle=False)
+        write_cache_entry(cpath, buf.getbuffer())
+
+    def _try_store(self, cpath: Path, native: np.ndarray) -> None:
+        """Cache a decoded image; a cache that cannot be written (full disk, removed or read-only
+        folder) is warned about once and the image is used anyway, not skipped."""
+        try:
+            self._store(cpath, native)
+        except OSError as exc:
+            with self._lock:
+                warn, self._store_failed = not self._store_failed, True
+            if warn:
+                logger.warning(
+                    "Cannot write the image cache in %s (%s); continuing without caching",
+                    cpath.parent.parent,
+                    exc.strerror or type(exc).__name__,
+                )
 
     def _cached(self, cpath: Path) -> np.ndarray | None:
         """A cache entry if it is a uint8 S×S or S×S×3 array; a bad one is removed (recomputed)."""
@@ -191,11 +219,6 @@ class _Loader:
         except OSError:
             pass
         return None
-
-
-def _save_npy(tmp: str, arr: np.ndarray) -> None:
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
 
 
 def prepare_images(
