@@ -108,7 +108,7 @@ def adapt_model(
     ``data`` is a folder (searched recursively; labels, if any, are ignored) or a list of files. Files that
     cannot be read are skipped and reported. Returns {"out", "n_images", "skipped"}.
     """
-    from medtl.data import project_salt
+    from medtl.data import image_cache_dir, project_salt
     from medtl.evaluation import collect_inputs
     from medtl.strategies import load_model
 
@@ -120,7 +120,7 @@ def adapt_model(
     # prepared exactly as the model's training images were (size, channels, window, ...)
     images = est.prepare(
         samples,
-        cache_dir=None if cache_dir is None else Path(cache_dir) / "images",
+        cache_dir=image_cache_dir(cache_dir),
         progress=progress,
     )
     images.skipped[:0] = skipped

@@ -219,12 +219,12 @@ def _evaluate_one(
     progress: bool,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    from medtl.data import load_dataset, project_salt
+    from medtl.data import image_cache_dir, load_dataset, project_salt
     from medtl.experiment import _phantom_manifest
     from medtl.metrics import clinical_report
     from medtl.strategies import load_model
 
-    est = load_model(model_dir, device=device)
+    est = load_model(model_dir, device=device, cache_dir=cache)
     if split == "val" and getattr(est, "refit_on_", "train") == "train+val":
         raise ConfigError(
             f"--split val: the head of model {model_dir} was refit on train + validation after its "
@@ -247,7 +247,7 @@ def _evaluate_one(
     remap = {i: est.classes_.index(c) for i, c in enumerate(ds.classes)}  # match classes by name
     samples = ds.samples if split == "all" else _run_split(model_dir, ds, split, dataset)
     samples = [dataclasses.replace(s, label=remap[s.label]) for s in samples]
-    images = est.prepare(samples, cache_dir=cache / "images", progress=progress)
+    images = est.prepare(samples, cache_dir=image_cache_dir(cache), progress=progress)
     if len(images) == 0:
         raise DatasetError(
             f"No image of {dataset} ({split}) could be read; see `medtl data check {dataset}`."
@@ -391,7 +391,9 @@ def predict(
 ) -> dict[str, Any]:
     """Predict with a saved model on image files and folders (recursively); writes a CSV.
 
-    ``device`` (``cpu``, ``cuda``, ``auto``) is where the model predicts.
+    ``device`` (``cpu``, ``cuda``, ``auto``) is where the model predicts. ``cache_dir`` is the project's
+    cache folder: its salt keys the ids, and decoded images (and a feature-extraction model's
+    embeddings) are cached there; None: the default folder's salt and no cache.
 
     Images are prepared as the model records (size, channels, window...). Each row holds a
     de-identified ``id``, the class probabilities and the ``call``: for two classes, the positive class
@@ -409,15 +411,15 @@ def predict(
     """
     from medtl.strategies import load_model
 
-    est = load_model(model_dir, device=device)
+    est = load_model(model_dir, device=device, cache_dir=cache_dir)
     t, source = est.threshold_for(threshold)
-    from medtl.data import DEFAULT_CACHE_DIR
+    from medtl.data import DEFAULT_CACHE_DIR, image_cache_dir
 
     salt = _salt(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR)
     samples, skipped, named = collect_inputs(
         [paths] if isinstance(paths, str | Path) else list(paths), salt
     )
-    images = est.prepare(samples, cache_dir=cache_dir, progress=progress)
+    images = est.prepare(samples, cache_dir=image_cache_dir(cache_dir), progress=progress)
     skipped += list(images.skipped)
     proba = est.predict_proba(images) if len(images) else np.zeros((0, len(est.classes_)))
     check_finite(proba, model_dir)

@@ -88,7 +88,7 @@ def resolve_image_size(cfg: ExperimentConfig) -> int:
 
 def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
-    from medtl.data import load_dataset, prepare_images, project_salt
+    from medtl.data import image_cache_dir, load_dataset, prepare_images, project_salt
     from medtl.data._load import check_class_counts
 
     notes: list[str] = []
@@ -169,7 +169,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
             ds.classes,
             size=size,
             channels=1,
-            cache_dir=cache / "images",
+            cache_dir=image_cache_dir(cache),
             read_options=read_options,
             progress=progress,
         )
@@ -283,10 +283,10 @@ def run_strategy(
         est.save(mdir)
         # the saved model is what users get: evaluate exactly that (the other processes of a
         # distributed job hold the same weights in memory)
-        loaded = load_model(mdir, device=str(getattr(est, "device_", "cpu")))
+        loaded = load_model(
+            mdir, device=str(getattr(est, "device_", "cpu")), cache_dir=default_cache_dir(cfg)
+        )
         loaded.heldout_val_proba_ = held_out
-        if hasattr(loaded, "cache_dir"):  # not recorded in the folder (a machine path): reattach,
-            loaded.cache_dir = getattr(est, "cache_dir", None)  # so cached test embeddings serve
         est = loaded
     # each process predicts its share of the images; every process gets all of them, in order
     if held_out is not None and len(held_out) == len(data.val):

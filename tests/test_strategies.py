@@ -272,3 +272,38 @@ def test_feature_extraction_head_memo_is_identical_and_skips_the_fit(splits, tmp
     # another setting is another memo entry, not a stale one
     with pytest.raises(AssertionError, match="memoised"):
         make("feature_extraction", cache_dir=str(tmp_path), Cs=[0.1, 1.0]).fit(train, val)
+
+
+def test_load_model_takes_the_cache_back_and_adabn_never_reads_unadapted_embeddings(
+    splits, tmp_path
+):
+    """The model folder records no paths: ``load_model(cache_dir=)`` gives a feature-extraction model
+    its embedding cache back (a re-run predicts without the network). An AdaBN-adapted copy keys the
+    cache by its own tensors, so it never gets the pretrained backbone's cached embeddings."""
+    import warnings
+
+    from medtl.adapt import adapt_batchnorm
+    from medtl.training import logits_to_proba, predict_logits
+
+    import dataclasses
+
+    train, val, test = splits
+    est = make("feature_extraction", cache_dir=str(tmp_path), precision="fp32").fit(train, val)
+    # as with real pretrained weights, the cache is keyed by the weights file's identity (the tiny
+    # test backbone has no file, so its key would be its tensors and hide the problem)
+    est.backbone_config_ = dataclasses.replace(est.backbone_config_, weights_sha256="ab" * 32)
+    cached = est.predict_proba(test)  # caches the test embeddings
+    est.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").cache_dir is None
+    back = load_model(tmp_path / "m", cache_dir=tmp_path)
+    assert back.cache_dir == str(tmp_path)
+    np.testing.assert_array_equal(back.predict_proba(test), cached)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # AdaBN on feature extraction is warned about; allowed
+        adapted = adapt_batchnorm(est, blob_images(24, seed=9, offset=300), progress=False)
+    cfg = adapted.backbone_config_
+    own = logits_to_proba(
+        predict_logits(adapted.model_, test.pixels, cfg.mean, cfg.std, precision="fp32")
+    )
+    assert not np.allclose(own, cached, atol=1e-3)  # the adaptation changed the predictions
+    np.testing.assert_allclose(adapted.predict_proba(test), own, atol=1e-5)

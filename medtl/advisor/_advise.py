@@ -80,7 +80,7 @@ def advise(
     from medtl._options import check_range
     from medtl.advisor._pilot import CostModel, count_macs, plan_pilot, pool_size, run_pilot
     from medtl.backbones import DEFAULT_BACKBONE, backbone_config, create_backbone
-    from medtl.data import load_dataset, prepare_images
+    from medtl.data import image_cache_dir, load_dataset, prepare_images
     from medtl.strategies import FineTuning
 
     started = time.perf_counter()
@@ -135,7 +135,7 @@ def advise(
         dataset.classes,
         size=size,
         channels=1,
-        cache_dir=None if cache is None else cache / "images",
+        cache_dir=image_cache_dir(cache),
         read_options=read_options,
         progress=progress,
     )

@@ -19,7 +19,7 @@ from medtl.data._ids import (
     write_id_map,
 )
 from medtl.data._load import load_dataset
-from medtl.data._prepare import prepare_images
+from medtl.data._prepare import image_cache_dir, prepare_images
 from medtl.data._sources import register_source
 from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
 from medtl.data._types import SPLITS, Dataset, PreparedImages, Sample, SkippedFile
@@ -40,6 +40,7 @@ __all__ = [
     "default_demo_dataset",
     "duplicate_groups",
     "hash_patient_id",
+    "image_cache_dir",
     "keyed_uid",
     "load_dataset",
     "load_splits",

@@ -36,6 +36,7 @@ from medtl.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = b"medtl-prep-v1"
+IMAGE_CACHE_DIR = "images"  # the subfolder of a project's cache folder that holds decoded images
 # A colour image whose channels differ by less than this (mean |difference|, in [0, 1] units) is
 # treated as grey, e.g. a grey radiograph saved as RGB JPEG.
 GREY_MEAN_TOL = 2.0 / 255.0
@@ -219,6 +220,11 @@ class _Loader:
         except OSError:
             pass
         return None
+
+
+def image_cache_dir(cache_dir: str | Path | None) -> Path | None:
+    """Where a project's cache folder keeps decoded images (``<cache_dir>/images``); None stays None."""
+    return None if cache_dir is None else Path(cache_dir).expanduser() / IMAGE_CACHE_DIR
 
 
 def prepare_images(

@@ -449,9 +449,15 @@ class Strategy:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, device: str = "cpu") -> Strategy:
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> Strategy:
         """Load a model written by :meth:`save` (any strategy; the class is read from model.json)."""
-        return load_model(directory, device=device)
+        return load_model(directory, device=device, cache_dir=cache_dir)
 
 
 def _build_network(backbone: str, n_classes: int, **kwargs: Any) -> tuple[nn.Module, Any]:
@@ -460,11 +466,18 @@ def _build_network(backbone: str, n_classes: int, **kwargs: Any) -> tuple[nn.Mod
     return create_backbone(backbone, num_classes=n_classes, **kwargs)
 
 
-def load_model(directory: str | os.PathLike, *, device: str = "cpu") -> Strategy:
+def load_model(
+    directory: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+) -> Strategy:
     """Load any saved medtl model folder (written by ``Strategy.save``), with everything it records.
 
     ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``) is where the loaded model predicts
-    (its ``device_``).
+    (its ``device_``). ``cache_dir`` is this machine's project cache folder, for strategies that keep
+    one (feature extraction predicts from cached embeddings): the folder records no paths, so the
+    caller gives it back; None: no cache.
 
     The network is rebuilt with random weights (no weight file needed) and then filled from
     ``model.safetensors`` (after its SHA-256 is checked against ``model.json``), so loading works
@@ -490,6 +503,8 @@ def load_model(directory: str | os.PathLike, *, device: str = "cpu") -> Strategy
         )
     cls = _REGISTRY[name]
     est = cls(**{k: v for k, v in meta.get("params", {}).items() if k in cls._param_names()})
+    if cache_dir is not None and "cache_dir" in cls._param_names():
+        est.cache_dir = str(cache_dir)
     bb = meta["backbone"]
     try:
         model, cfg = _build_network(bb["name"], len(meta["classes"]), pretrained=False)

@@ -54,12 +54,15 @@ class EmbeddingCache:
         self,
         keys: Sequence[str],
         compute: Callable[[np.ndarray], np.ndarray],
+        *,
+        collective: bool = True,
     ) -> tuple[np.ndarray, int]:
         """Embeddings for ``keys``; rows not cached are computed by ``compute(indices)`` and stored.
 
-        In a distributed job ``compute`` is a collective, so every process must ask for the same rows:
-        the rows to compute are those missing from the cache of *any* process (caches may differ
-        between machines).
+        In a distributed job with ``collective`` (every process asks for the same rows and ``compute``
+        is a collective) the rows to compute are those missing from the cache of *any* process
+        (caches may differ between machines). ``collective=False``: this process alone (e.g. one
+        row of a sharded ``medtl evaluate``), no communication.
 
         Returns:
             (embeddings (N, D) float32, number of rows that had to be computed).
@@ -69,7 +72,7 @@ class EmbeddingCache:
         missing = np.array([i for i, k in enumerate(ckeys) if k not in index], dtype=np.int64)
         from medtl import distributed
 
-        if distributed.world_size() > 1:
+        if collective and distributed.world_size() > 1:
             every = distributed.all_gather_object(missing.tolist())
             missing = np.array(sorted(set().union(*map(set, every))), dtype=np.int64)
         if len(missing):

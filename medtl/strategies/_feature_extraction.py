@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -202,10 +203,15 @@ class FeatureExtraction(Strategy):
             return compute(np.arange(len(images)))
         from medtl.backbones import backbone_fingerprint
 
+        if getattr(self, "adaptation_", None) is not None:
+            # AdaBN re-estimated the BatchNorm statistics: the weights are no longer the pretrained
+            # file's, so the cache is keyed by the tensors themselves (else the pretrained
+            # backbone's cached embeddings would be served for the adapted one)
+            cfg = dataclasses.replace(cfg, weights_sha256=None)
         size = int(images.pixels.shape[-1])
         fp = f"{backbone_fingerprint(cfg, model)}|{size}|{images.pixels.shape[1]}"
         cache = EmbeddingCache(self.cache_dir, _sha(fp), write=distributed.is_main())
-        emb, n_new = cache.get_or_compute(images.keys, compute)
+        emb, n_new = cache.get_or_compute(images.keys, compute, collective=collective)
         log.info(
             "%s: %d embeddings, %d computed, %d from cache", desc, len(emb), n_new, len(emb) - n_new
         )
