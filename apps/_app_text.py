@@ -143,21 +143,15 @@ def advice_view(advice: Any, *, data_images: int | None = None) -> dict[str, Any
         profiled += "; the test images are kept aside for the final comparison."
         if data_images and int(data_images) != int(n_prof):
             profiled += f" The Data page counts all {data_images} usable images, test included."
-    measurements = []
-    kl = _num(prof.get("bn_kl"))
-    if kl is not None:
-        measurements.append(("KL (BatchNorm divergence)", f"{kl:.2f}"))
-    ent = _num(prof.get("imagenet_entropy"))
-    if ent is not None:
-        measurements.append(("Entropy (ImageNet classifier)", f"{ent:.2f}"))
-    knn = _num(probe.get("knn_auroc"))
-    if knn is not None:
-        measurements.append(("k-NN probe", f"AUROC {knn:.2f}"))
-    lp = _num(probe.get("probe_auroc"))
-    if lp is not None:
-        measurements.append(("Logistic probe", f"AUROC {lp:.2f} (cross-validation)"))
-    if slope is not None:
-        measurements.append(("Learning-curve slope", f"{slope:+.3f} AUROC per doubling"))
+    # (label, value, format): one row per measurement the profile has
+    rows = (
+        ("KL (BatchNorm divergence)", prof.get("bn_kl"), "{:.2f}"),
+        ("Entropy (ImageNet classifier)", prof.get("imagenet_entropy"), "{:.2f}"),
+        ("k-NN probe", probe.get("knn_auroc"), "AUROC {:.2f}"),
+        ("Logistic probe", probe.get("probe_auroc"), "AUROC {:.2f} (cross-validation)"),
+        ("Learning-curve slope", slope, "{:+.3f} AUROC per doubling"),
+    )
+    measurements = [(k, fmt.format(v)) for k, raw, fmt in rows if (v := _num(raw)) is not None]
     return {
         "headline": headline,
         "lines": lines,

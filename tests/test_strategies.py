@@ -280,12 +280,11 @@ def test_load_model_takes_the_cache_back_and_adabn_never_reads_unadapted_embeddi
     """The model folder records no paths: ``load_model(cache_dir=)`` gives a feature-extraction model
     its embedding cache back (a re-run predicts without the network). An AdaBN-adapted copy keys the
     cache by its own tensors, so it never gets the pretrained backbone's cached embeddings."""
+    import dataclasses
     import warnings
 
     from medtl.adapt import adapt_batchnorm
     from medtl.training import logits_to_proba, predict_logits
-
-    import dataclasses
 
     train, val, test = splits
     est = make("feature_extraction", cache_dir=str(tmp_path), precision="fp32").fit(train, val)
