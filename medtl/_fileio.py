@@ -53,9 +53,6 @@ def atomic_write(
     return path
 
 
-_TMP_COUNTER = iter(range(1 << 62))
-
-
 def write_cache_entry(path: Path, data: bytes | memoryview) -> None:
     """Atomically write one small cache file: a unique temporary name, one write, one rename.
 
@@ -64,7 +61,8 @@ def write_cache_entry(path: Path, data: bytes | memoryview) -> None:
     fsync: a cache entry lost or truncated by a crash is validated and recomputed when read. The
     parent folder must exist. The mode is what a plain write gives (``os.open`` applies the umask).
     """
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
+    # random, not pid-based: processes on different machines sharing the cache may have equal pids
+    tmp = path.parent / f".{path.name}.{os.urandom(8).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         try:
