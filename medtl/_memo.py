@@ -36,13 +36,33 @@ def memoized(fn: F, cache_dir: str | Path | None) -> F:
     cached = memory.cache(fn)
 
     def call(*args: Any, **kwargs: Any) -> Any:
+        joblog = logging.getLogger("joblib")  # joblib's Logger namespace (its default name)
+        quiet = _UnreadableEntry(memory.location)
+        joblog.addFilter(quiet)
         try:
             return cached(*args, **kwargs)
         except OSError as exc:  # an unwritable or full cache folder: compute without it
             log.warning("result cache %s unusable (%s); computing without it", memory.location, exc)
             return fn(*args, **kwargs)
+        finally:
+            joblog.removeFilter(quiet)
 
     return call  # type: ignore[return-value]
+
+
+class _UnreadableEntry(logging.Filter):
+    """joblib recomputes a damaged entry but logs the loading traceback (logger ``joblib``); that
+    becomes one plain warning line here (no traceback reaches a user)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__()
+        self.location = location
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Exception while loading results" not in record.getMessage():
+            return True
+        log.warning("a memoised result under %s was unreadable; recomputed it", self.location)
+        return False
 
 
 def library_versions(*names: str) -> tuple[str, ...]:

@@ -401,3 +401,26 @@ def test_grouped_split_memo_is_identical_and_skips_the_split(tmp_path: Path, mon
     assert _carve_grouped(pos, labels, groups, 0.15, trial, tmp_path) == want
     with pytest.raises(AssertionError, match="memoised"):
         _carve_grouped(pos, labels, groups, 0.15, trial + 1, tmp_path)  # another seed: computed
+
+
+def test_a_damaged_memo_entry_is_recomputed_with_one_plain_warning(
+    tmp_path: Path, capsys, caplog
+) -> None:
+    """A memoised result whose file is damaged is recomputed (same answer) and reported as one line,
+    without joblib's traceback."""
+    from medtl._memo import memoized
+
+    def double(x: np.ndarray) -> np.ndarray:
+        return x * 2
+
+    f = memoized(double, tmp_path)
+    want = f(np.arange(5))
+    outputs = list((tmp_path / "results").rglob("output.pkl"))
+    assert len(outputs) == 1
+    outputs[0].write_bytes(b"garbage")
+    with caplog.at_level("WARNING"):
+        got = f(np.arange(5))
+    np.testing.assert_array_equal(got, want)
+    text = capsys.readouterr().err + caplog.text
+    assert "Traceback" not in text
+    assert "unreadable; recomputed" in caplog.text
