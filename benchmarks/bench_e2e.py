@@ -83,8 +83,9 @@ if job == "fe":
     clf = LogisticRegression(C=0.01, max_iter=2000).fit((f_tr - mu) / sd, [y for _, y in tr])
     ph["head"] = time.perf_counter() - t
     t = time.perf_counter()
-    p = clf.predict_proba((f_te - mu) / sd)[:, 1]
-    auc = roc_auc_score([y for _, y in te], p)
+    p = clf.predict_proba((f_te - mu) / sd)
+    y_te = [y for _, y in te]  # macro one-vs-rest AUROC for more than two classes, as medtl reports
+    auc = roc_auc_score(y_te, p[:, 1]) if p.shape[1] == 2 else roc_auc_score(y_te, p, multi_class="ovr")
     ph["prediction"] = time.perf_counter() - t
 else:  # one fine-tuning epoch, fp32, the whole batch in one pass
     model.reset_classifier(len(classes))
