@@ -283,8 +283,11 @@ def run_strategy(
         est.save(mdir)
         # the saved model is what users get: evaluate exactly that (the other processes of a
         # distributed job hold the same weights in memory)
+        # the strategy's own cache folder (a per-strategy `cache_dir: null` in the config stays off)
         loaded = load_model(
-            mdir, device=str(getattr(est, "device_", "cpu")), cache_dir=default_cache_dir(cfg)
+            mdir,
+            device=str(getattr(est, "device_", "cpu")),
+            cache_dir=getattr(est, "cache_dir", None),
         )
         loaded.heldout_val_proba_ = held_out
         est = loaded
