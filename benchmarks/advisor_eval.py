@@ -2,7 +2,8 @@
 
 Cells: Kermany chest X-rays (``train/`` -> ``test/``; 50, 200, 1000, all training images) and the brain MRI
 set (``Training/`` -> ``Testing/``, 4 classes; 100, 500, all; the test copies of byte-identical training
-files are dropped before scoring, see that folder's README), x seeds (default 0 1 2). A fixed tenth of
+files are dropped before scoring, see that folder's README), and the built-in phantom (synthetic DICOM,
+written to ``<work>/phantom``; 100, 400, all), x seeds (default 0 1 2). A fixed tenth of
 each training folder (grouped by patient for Kermany, by file bytes for brain MRI; the same for every cell
 and seed) is the **dev holdout**: never part of a cell, it is the in-distribution target on which the rule
 may be inspected and chosen. "all" is the rest of the training folder. In every cell:
@@ -17,7 +18,7 @@ may be inspected and chosen. "all" is the rest of the training folder. In every 
 
 Reported on both targets: agreement with the significant winner (p < 0.05), mean AUROC regret (best
 AUROC minus the pick's), coverage (how often each predicted interval contains the measured AUROC) and
-sharpness (mean interval width). Targets (issue 13): agreement >= 90%, regret <= 0.005, coverage >= 80% at
+sharpness (mean interval width), and each dataset's profile (BatchNorm KL, entropy, probes). Targets (issue 13): agreement >= 90%, regret <= 0.005, coverage >= 80% at
 width <= 0.08. Constants are never tuned on the test folders. Training results and advice are stored
 apart, so ``--readvise`` re-runs only the advisor after a change to the rule.
 
@@ -46,7 +47,13 @@ DATA = {
         [50, 200, 1000, None],
     ),
     "brain": ("/work/shared/data/brain_tumor_mri", "Training", "Testing", [100, 500, None]),
+    # the built-in phantom (synthetic DICOM chest radiographs, two images per fake patient), written to
+    # <work>/phantom on first use: train 2 x 400 images (seed 11), test 2 x 200 (seed 12, other patients).
+    # Synthetic: it profiles a large domain gap (KL ~0.26) and checks the grid's plumbing on data any
+    # machine has; it is reported apart and claims nothing about accuracy on real images.
+    "phantom": ("", "train", "test", [100, 400, None]),
 }
+PHANTOM = {"train": (400, 11), "test": (200, 12)}  # split -> (images per class, seed)
 # Patient ids in Kermany file names (person123_bacteria_4.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-1427-0001):
 # the advisor's pilot holdout, the cells' train/val split and the dev holdout are grouped by patient.
 PATIENT_PATTERN = {"kermany": r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"}
@@ -83,7 +90,32 @@ def _group_split(samples: list[Any], folds: int, seed: int) -> tuple[np.ndarray,
     return rest, held
 
 
-def load_cell_data(name: str, seed: int, n: int | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+def data_root(name: str, work: str | Path) -> Path:
+    """The dataset's folder; the phantom's is written under ``work`` on first use (deterministic)."""
+    if name != "phantom":
+        return Path(DATA[name][0])
+    from medtl.data.synth import make_phantom
+
+    root = Path(work) / "phantom"
+    for split, (per_class, seed) in PHANTOM.items():
+        if not (root / split / "manifest.csv").is_file():
+            log.info("writing the phantom's %s split (%d images)", split, 2 * per_class)
+            make_phantom(root / split, n_per_class=per_class, seed=seed)
+    return root
+
+
+def _load(folder: Path, pattern: str | None) -> Any:
+    """A folder, or its ``manifest.csv`` when it has one (the phantom's: it knows the patients)."""
+    from medtl.data import load_dataset
+
+    manifest = folder / "manifest.csv"
+    src = manifest if manifest.is_file() else folder
+    return load_dataset(str(src), progress=False, patient_id_pattern=pattern, salt=SALT)
+
+
+def load_cell_data(
+    name: str, seed: int, n: int | None, work: str | Path = "runs/advisor_eval"
+) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(train+val Dataset for the cell, dev holdout, test Dataset, notes).
 
     The cell is a stratified subsample of the training folder minus the dev holdout ("all" = all of
@@ -92,13 +124,13 @@ def load_cell_data(name: str, seed: int, n: int | None) -> tuple[Any, Any, Any, 
     """
     from sklearn.model_selection import train_test_split
 
-    from medtl.data import load_dataset
     from medtl.data._types import Dataset, Sample
 
-    root, tr_dir, te_dir, _ = DATA[name]
+    _, tr_dir, te_dir, _ = DATA[name]
+    root = data_root(name, work)
     pat = PATIENT_PATTERN.get(name)
-    train = load_dataset(str(Path(root, tr_dir)), progress=False, patient_id_pattern=pat, salt=SALT)
-    test = load_dataset(str(Path(root, te_dir)), progress=False, salt=SALT)
+    train = _load(root / tr_dir, pat)
+    test = _load(root / te_dir, None)
     if train.classes != test.classes:
         raise SystemExit(f"{name}: class folders differ: {train.classes} vs {test.classes}")
     samples = list(train.samples)
@@ -170,7 +202,7 @@ def train_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) ->
     from medtl.data import prepare_images
     from medtl.strategies import FeatureExtraction, FineTuning
 
-    cell, dev, test, notes = load_cell_data(name, seed, n)
+    cell, dev, test, notes = load_cell_data(name, seed, n, args.work)
     cache = Path(args.cache or Path(args.work) / "cache")
 
     def prep(samples: list[Any]) -> Any:
@@ -212,8 +244,9 @@ def train_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) ->
 def advise_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """The advisor on the cell's train+val only (never the dev holdout or the test folder)."""
     from medtl.advisor import advise
+    from medtl.advisor.rules import domain_gap
 
-    cell, _, _, _ = load_cell_data(name, seed, n)
+    cell, _, _, _ = load_cell_data(name, seed, n, args.work)
     t0 = time.perf_counter()
     advice = advise(
         cell,
@@ -234,9 +267,18 @@ def advise_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -
         "predicted_gain": advice.decision["predicted_gain"],
         "measured_pilot": advice.decision.get("measured_paired"),
         "decision": advice.to_dict()["decision"],
+        "curves": advice.curves,
+        "pilot": advice.profile.pilot,
         "minutes": advice.estimated_minutes,
         "seconds": time.perf_counter() - t0,
         "budget": advice.budget,
+        "profile": {
+            "bn_kl": advice.profile.bn_kl,
+            "imagenet_entropy": advice.profile.imagenet_entropy,
+            "knn_auroc": advice.profile.probe.get("knn_auroc"),
+            "probe_auroc": advice.profile.probe.get("probe_auroc"),
+            "gap": domain_gap(advice.profile)[1],
+        },
     }
 
 
@@ -296,6 +338,28 @@ def report(results: dict[str, Any]) -> str:
             f"{p['fine_tuning']:.3f} [{i['fine_tuning'][0]:.3f}, {i['fine_tuning'][1]:.3f}] | "
             f"{a['seconds']:.0f} |"
         )
+    lines += [
+        "",
+        "Profiles (mean over the dataset's cells; descriptive, never voted):",
+        "",
+        "| dataset | BatchNorm KL | ImageNet entropy | k-NN AUROC | probe AUROC | gap |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_data: dict[str, list[dict[str, Any]]] = {}
+    for c, a in rows:
+        if "profile" in a:
+            by_data.setdefault(c["dataset"], []).append(a["profile"])
+    for name, profs in by_data.items():
+
+        def avg(key: str, profs: list[dict[str, Any]] = profs) -> str:
+            v = [p[key] for p in profs if p.get(key) is not None]
+            return f"{np.mean(v):.3f}" if v else "-"
+
+        gaps = sorted({p["gap"].split(" (")[0] for p in profs})
+        lines.append(
+            f"| {name} | {avg('bn_kl')} | {avg('imagenet_entropy')} | {avg('knn_auroc')} | "
+            f"{avg('probe_auroc')} | {', '.join(gaps)} |"
+        )
     for t, what in (
         (
             "dev",
@@ -322,7 +386,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--datasets", nargs="*", default=["kermany", "brain"], choices=list(DATA))
+    ap.add_argument(
+        "--datasets", nargs="*", default=["kermany", "brain", "phantom"], choices=list(DATA)
+    )
     ap.add_argument("--sizes", nargs="*", type=int, help="override every dataset's sizes (0 = all)")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--backbone", default="efficientnet_lite0.in1k")
@@ -349,7 +415,7 @@ def main() -> None:
     from medtl._fileio import atomic_write_json
 
     for name in args.datasets:
-        if not Path(DATA[name][0]).is_dir():
+        if name != "phantom" and not Path(DATA[name][0]).is_dir():
             log.warning("%s: %s not found, skipped", name, DATA[name][0])
             continue
         sizes = [s or None for s in args.sizes] if args.sizes else DATA[name][3]

@@ -67,6 +67,33 @@ def test_bn_divergence_grows_with_intensity_shift():
     assert shifted["mean_shift"] > same["mean_shift"]
 
 
+def test_gradient_early_share_sums_passes_and_leaves_the_model_alone(monkeypatch):
+    """The adaptability signal: a share in (0, 1) over the backbone's stages, the same from
+    cache-sized passes as from one whole pass, and the caller's model unchanged."""
+    import medtl.training
+    from medtl.advisor._measure import gradient_early_share
+    from medtl.strategies import extract_embeddings
+
+    model, cfg, reference = _calibrated_tiny()
+    y = np.arange(64) % 2
+    pixels = reference.copy()
+    pixels[y == 1, :, 8:24, 8:24] = 250
+    emb = extract_embeddings(model, cfg, pixels, progress=False, precision="fp32")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.requires_grad for p in model.parameters()]
+    r = gradient_early_share(model, cfg, pixels, y, emb)
+    assert 0.0 < r["early_share"] < 1.0
+    assert len(r["per_stage"]) == len(cfg.stages) and r["images"] == 64
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == grads
+    assert all(p.grad is None for p in model.parameters())
+    monkeypatch.setattr(medtl.training, "micro_batch_size", lambda *a, **k: 64)
+    whole = gradient_early_share(model, cfg, pixels, y, emb)
+    np.testing.assert_allclose(whole["per_stage"], r["per_stage"], rtol=1e-4)
+    one_class = gradient_early_share(model, cfg, pixels, np.zeros(64, int), emb)
+    assert one_class["early_share"] is None
+
+
 def test_imagenet_entropy_bounds_and_none_without_1000_way_head():
     from medtl.backbones import create_backbone
 

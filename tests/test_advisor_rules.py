@@ -339,3 +339,85 @@ def test_auroc_standard_error_matches_simulation_and_floors_small_sets():
         floored.interval[1] - floored.interval[0] > 0.15 > narrow.interval[1] - narrow.interval[0]
     )
     assert floored.at_full == narrow.at_full  # the point prediction is not touched
+
+
+def test_pilot_repeats_hold_out_disjoint_folds_grouped_by_patient():
+    """Several repeats score different images (cross-fitting), every class in every fold, no patient
+    on both sides, and every training part still holds the pilot's largest size."""
+    from medtl.advisor._pilot import _holdouts
+
+    rng = np.random.default_rng(1)
+    patients = rng.integers(0, 60, 200)
+    y = (patients % 4 == 0).astype(int)
+    ids = [f"p{p}" for p in patients]
+    splits, disjoint = _holdouts(y, ids, n_eval=60, repeats=3, top=120, seed=0)
+    assert disjoint and len(splits) == 3
+    held = [set(ev.tolist()) for _, ev in splits]
+    assert not (held[0] & held[1] or held[0] & held[2] or held[1] & held[2])
+    assert sum(map(len, held)) > 90  # three random 60-image holdouts share ~30% of their images
+    for tr, ev in splits:
+        assert set(y[ev]) == {0, 1} and len(tr) >= 120
+        assert not set(patients[ev]) & set(patients[tr])
+    one, disjoint1 = _holdouts(y, ids, n_eval=60, repeats=1, top=120, seed=0)
+    assert not disjoint1 and len(one) == 1  # a single repeat: the random holdout, as before
+
+
+def test_pilot_holdout_falls_back_when_a_fold_is_too_small_to_train_on():
+    from medtl.advisor._pilot import _holdouts
+
+    y = np.r_[np.zeros(30), np.ones(30)].astype(int)
+    splits, disjoint = _holdouts(y, None, n_eval=18, repeats=3, top=50, seed=0)
+    assert not disjoint and len(splits) == 3  # folds of 15 leave 45 < 50 to train on
+
+
+def test_disjoint_holdouts_sharpen_the_interval_floor():
+    """The Hanley-McNeil floor counts every distinct held-out image: with 3 disjoint folds the
+    intervals are narrower than with one holdout's worth of images."""
+    from medtl.advisor.rules import measured_from_pilot
+
+    rng = np.random.default_rng(0)
+
+    def rep(n: int, shift: float) -> dict:
+        y = np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(int)
+        out = {"y_eval": y, "fe": {}, "ft": {}}
+        for key, extra in (("fe", 0.0), ("ft", 0.2)):
+            for size in (10, 20, 40):
+                s = y * (shift + extra + size / 40) + rng.normal(0, 1, n)
+                p1 = 1 / (1 + np.exp(-s))
+                out[key][size] = np.c_[1 - p1, p1]
+        return out
+
+    reps = [rep(16, 1.0) for _ in range(3)]
+    mins = {"feature_extraction": 1.0, "fine_tuning": 2.0}
+    wide = measured_from_pilot({"repeats": reps}, n_full=60, minutes=mins, seed=0)
+    sharp = measured_from_pilot(
+        {"repeats": reps, "disjoint": True}, n_full=60, minutes=mins, seed=0
+    )
+    assert sharp.n_eval == 48 and wide.n_eval == 16
+    for s in ("feature_extraction", "fine_tuning"):
+        w = np.diff(wide.curves[s].interval)[0]
+        assert np.diff(sharp.curves[s].interval)[0] <= w
+    assert any(
+        np.diff(sharp.curves[s].interval)[0] < np.diff(wide.curves[s].interval)[0] - 0.01
+        for s in ("feature_extraction", "fine_tuning")
+    )
+
+
+def test_pilot_fine_tunes_with_the_real_schedule_when_the_budget_affords_it():
+    """A short pilot measures a weaker fine-tuning than the user will run: small pools (or small
+    images) get the default recipe's own schedule, large ones the short schedule at more images, and
+    every plan stays inside the pilot's share of the budget."""
+    from medtl.advisor._pilot import PILOT_SHARE, SHORT_SCHEDULE, pilot_schedules
+    from medtl.training._loop import LoopSettings
+
+    small = plan_pilot(200, 2, 60, CostModel(macs=30_000_000), 2.0, full_epochs=8)
+    assert small.schedule.epochs == 8
+    assert small.schedule.batch == LoopSettings().batch_size
+    assert small.schedule.min_steps == LoopSettings().min_steps_per_epoch
+    assert small.ft_sizes[-1] == 200 - small.n_eval  # the whole pool
+    large = plan_pilot(5000, 2, 1300, CostModel(macs=400_000_000), 2.0, full_epochs=8)
+    assert large.schedule == SHORT_SCHEDULE and large.ft_sizes[-1] < 5000 - large.n_eval
+    for plan in (small, large):
+        assert plan.planned_seconds["fine_tuning_pilot"] <= PILOT_SHARE * 120 + 1e-6
+    assert [s.epochs for s in pilot_schedules(8)] == [8, 4, 3]
+    assert [s.epochs for s in pilot_schedules(3)] == [3, 3]  # no repeats in the ladder

@@ -159,7 +159,10 @@ def advise(
         patient_ids=patient_ids,
     )
     timings["embed_and_profile"] = time.perf_counter() - t0
-    plan = plan_pilot(len(images), len(dataset.classes), min(counts), cost, float(pilot_minutes))
+    epochs = int(epochs or FineTuning().epochs)
+    plan = plan_pilot(
+        len(images), len(dataset.classes), min(counts), cost, float(pilot_minutes), epochs
+    )
     pilot = run_pilot(
         images,
         plan,
@@ -170,7 +173,6 @@ def advise(
         cost=cost,
     )
     timings.update(pilot["seconds"])
-    epochs = int(epochs or FineTuning().epochs)
     minutes = cost.full_minutes(n_train, n_val, epochs)
     t0 = time.perf_counter()
     m = measured_from_pilot(pilot, n_full=len(samples), minutes=minutes, seed=seed)
@@ -189,13 +191,13 @@ def advise(
         started=started,
         macs_per_image=cost.macs,
     )
-    from medtl.advisor._pilot import PILOT_EPOCHS
-
     profile.pilot = {
         "plan": plan.to_dict(),
-        "epochs": PILOT_EPOCHS,
-        "recipe": "LP-FT (FineTuning defaults, short schedule)",
+        "epochs": plan.schedule.epochs,
+        "recipe": "LP-FT (FineTuning defaults)"
+        + (", its own schedule" if plan.schedule.epochs >= epochs else ", a shortened schedule"),
         "guard_hit": bool(pilot["guard_hit"]),
+        "disjoint": bool(pilot.get("disjoint")),
     }
     profile.timings = {k: round(v, 2) for k, v in timings.items()}
     advice = decide(profile, m, budget_minutes=budget_minutes)

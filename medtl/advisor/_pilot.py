@@ -41,8 +41,9 @@ FIT_OVERHEAD_S = (
     1.0  # network, probe head (11 regularisation strengths) and optimiser, per pilot fit
 )
 # The pilot recipe: the default fine-tuning recipe (LP-FT: probe head, frozen BatchNorm statistics, gentle
-# rates, onecycle schedule) with a short schedule; batches as the default recipe.
-# Batches of 16 (the default recipe uses 32) give a short pilot twice the optimiser steps at equal cost.
+# rates, onecycle schedule) with the most faithful of the schedules in `pilot_schedules` that lets the
+# whole pool fit the budget, else the short one below. Batches of 16 (the default recipe uses 32) give a
+# short pilot twice the optimiser steps at equal cost.
 PILOT_EPOCHS = 3
 PILOT_MIN_STEPS = 2
 PILOT_BATCH = 16
@@ -124,6 +125,43 @@ class CostModel:
         return {"feature_extraction": fe / 60.0, "fine_tuning": ft / 60.0}
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A fine-tuning schedule of the pilot: epochs, images per batch, least optimiser steps per epoch."""
+
+    epochs: int
+    batch: int
+    min_steps: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"epochs": self.epochs, "batch": self.batch, "min_steps": self.min_steps}
+
+
+def pilot_schedules(full_epochs: int) -> list[Schedule]:
+    """The pilot's schedules, most faithful first: the default recipe's own (``full_epochs`` epochs,
+    its batch size and least steps per epoch), half its epochs, then the short pilot schedule.
+
+    Why: a pilot that trains much less than the real run measures a weaker fine-tuning than the user
+    will get. On 50 images the short schedule (3 epochs of 3 steps of 16) sees the data ~3 times; the
+    default recipe (8 epochs of at least 10 steps of 32) sees it ~50 times. Where the budget lets the
+    whole pool train with a longer schedule (small datasets, small images), the pilot uses it.
+    """
+    from medtl.training._loop import LoopSettings
+
+    real = LoopSettings()
+    ladder = [
+        Schedule(int(full_epochs), real.batch_size, real.min_steps_per_epoch),
+        Schedule(
+            max(int(full_epochs) // 2, PILOT_EPOCHS), real.batch_size, real.min_steps_per_epoch
+        ),
+        Schedule(PILOT_EPOCHS, PILOT_BATCH, PILOT_MIN_STEPS),
+    ]
+    return list(dict.fromkeys(ladder))  # in order, without repeats
+
+
+SHORT_SCHEDULE = Schedule(PILOT_EPOCHS, PILOT_BATCH, PILOT_MIN_STEPS)
+
+
 @dataclass
 class PilotPlan:
     """How big the pilot is (all deterministic functions of the data sizes, the backbone and the budget)."""
@@ -135,6 +173,7 @@ class PilotPlan:
     fe_sizes: list[int]
     repeats: int
     planned_seconds: dict[str, float] = field(default_factory=dict)
+    schedule: Schedule = SHORT_SCHEDULE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +183,7 @@ class PilotPlan:
             "ft_sizes": list(self.ft_sizes),
             "fe_sizes": list(self.fe_sizes),
             "repeats": self.repeats,
+            "schedule": self.schedule.to_dict(),
             "planned_seconds": {k: round(v, 1) for k, v in self.planned_seconds.items()},
         }
 
@@ -156,9 +196,20 @@ def pool_size(n_images: int, cost: CostModel, pilot_minutes: float, max_images: 
 
 
 def plan_pilot(
-    n_pool: int, n_classes: int, min_class: int, cost: CostModel, pilot_minutes: float
+    n_pool: int,
+    n_classes: int,
+    min_class: int,
+    cost: CostModel,
+    pilot_minutes: float,
+    full_epochs: int = 8,
 ) -> PilotPlan:
-    """Choose the held-out size, the training sizes and the number of repeats that fit the budget."""
+    """Choose the held-out size, the training sizes, the schedule and the repeats that fit the budget.
+
+    The schedule is the most faithful of :func:`pilot_schedules` (``full_epochs``: the real run's
+    epochs) with which the whole pool trains within the budget; when none does, the short schedule at
+    the largest affordable size (a longer extrapolation, but from more images). Budget left after
+    that buys repeats on disjoint held-out folds.
+    """
     n_eval = int(min(EVAL_MAX, max(round(EVAL_FRACTION * n_pool), 2 * n_classes)))
     n_avail = n_pool - n_eval
     budget = PILOT_SHARE * 60.0 * pilot_minutes
@@ -168,27 +219,28 @@ def plan_pilot(
     # pilot's stratified train/val split failed (found by benchmarks/advisor_eval.py at 50 images)
     least = max(MIN_PER_CLASS * n_classes, math.ceil(MIN_PER_CLASS * n_pool / max(min_class, 1)))
 
-    def cost_of(top: int, repeats: int) -> float:
+    def cost_of(top: int, repeats: int, sch: Schedule) -> float:
         sizes = _sizes(top, least)
         per = sum(
-            cost.ft_fit_seconds(s, n_eval, PILOT_EPOCHS, PILOT_MIN_STEPS, PILOT_BATCH)
-            for s in sizes
+            cost.ft_fit_seconds(s, n_eval, sch.epochs, sch.min_steps, sch.batch) for s in sizes
         )
         return repeats * per
 
+    schedules = pilot_schedules(full_epochs)
+    sch = next((x for x in schedules if cost_of(n_avail, 1, x) <= budget), schedules[-1])
     lo_n = least * 4  # the smallest top size with 3 usable fractions
     top = n_avail
-    while top > lo_n and cost_of(top, 1) > budget:
+    while top > lo_n and cost_of(top, 1, sch) > budget:
         top = int(top * 0.9)
     top = max(min(top, n_avail), min(lo_n, n_avail))
     repeats = 1
-    while repeats < MAX_REPEATS and top == n_avail and cost_of(top, repeats + 1) <= budget:
+    while repeats < MAX_REPEATS and top == n_avail and cost_of(top, repeats + 1, sch) <= budget:
         repeats += 1
     ft_sizes = _sizes(top, least)
     fe_sizes = sorted(set(ft_sizes) | ({n_avail} if n_avail > 1.4 * top else set()))
     planned = {
         "embed": n_pool * (cost.decode_s + cost.extract_s),
-        "fine_tuning_pilot": cost_of(top, repeats),
+        "fine_tuning_pilot": cost_of(top, repeats, sch),
     }
     return PilotPlan(
         pilot_minutes=pilot_minutes,
@@ -198,6 +250,7 @@ def plan_pilot(
         fe_sizes=fe_sizes,
         repeats=repeats,
         planned_seconds=planned,
+        schedule=sch,
     )
 
 
@@ -234,6 +287,48 @@ def _holdout(
     return next(split.split(idx, y))
 
 
+def _holdouts(
+    y: np.ndarray, groups: list[str | None] | None, n_eval: int, repeats: int, top: int, seed: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+    """The ``repeats`` (train, held-out) splits of the pilot, and whether their held-out parts are disjoint.
+
+    One repeat: a random held-out set of ``n_eval`` images (:func:`_holdout`). Several: the first
+    ``repeats`` folds of a stratified (patient-grouped when ids are known) k-fold with folds of at most
+    ``n_eval`` images, so that every held-out image is a different one: three random 30% holdouts of 50
+    images score ~33 distinct images, three folds score 39-50; a larger disjoint evaluation set sharpens
+    the paired difference and the intervals (cross-fitting). A fold that lost a class, or whose training
+    part is smaller than the pilot's largest size ``top``, falls back to a random holdout.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if repeats <= 1:
+        return [_holdout(y, groups, n_eval, seed)], False
+    idx = np.arange(len(y))
+    k = max(repeats, math.ceil(len(y) / max(n_eval, 1)))
+    k = min(k, int(np.bincount(y)[np.bincount(y) > 0].min()))
+    if groups is not None and any(groups):
+        g = group_codes(groups)
+        cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+        folds = list(cv.split(idx, y, g)) if k >= 2 and len(np.unique(g)) >= k else []
+    else:
+        folds = (
+            list(StratifiedKFold(k, shuffle=True, random_state=seed).split(idx, y))
+            if k >= 2
+            else []
+        )
+    n_classes = len(np.unique(y))
+    out, disjoint = [], True
+    for r in range(repeats):
+        if r < len(folds):
+            tr, ev = folds[r]
+            if len(np.unique(y[ev])) == n_classes and len(tr) >= top:
+                out.append((tr, ev))
+                continue
+        out.append(_holdout(y, groups, n_eval, seed + 1000 * r))
+        disjoint = False
+    return out, disjoint
+
+
 def _subset(images: PreparedImages, idx: np.ndarray) -> PreparedImages:
     return images.subset(np.asarray(idx))
 
@@ -252,7 +347,8 @@ def run_pilot(
 
     Returns:
         ``{"repeats": [{"eval_idx", "y_eval", "fe": {size: proba}, "ft": {size: proba}}],
-        "seconds": {...}, "guard_hit": bool}``.
+        "seconds": {...}, "guard_hit": bool, "disjoint": bool}`` (``disjoint``: the repeats' held-out
+        images are different images, see :func:`_holdouts`).
     """
     from sklearn.model_selection import train_test_split
 
@@ -262,9 +358,10 @@ def run_pilot(
     out: list[dict[str, Any]] = []
     seconds = {"feature_extraction_pilot": 0.0, "fine_tuning_pilot": 0.0}
     guard_hit = False
-    for r in range(plan.repeats):
+    top = max([*plan.fe_sizes, *plan.ft_sizes])
+    splits, disjoint = _holdouts(y, patient_ids, plan.n_eval, plan.repeats, top, seed)
+    for r, (tr_idx, ev_idx) in enumerate(splits):
         rs = seed + 1000 * r
-        tr_idx, ev_idx = _holdout(y, patient_ids, plan.n_eval, rs)
         order = tr_idx[_nested_order(y[tr_idx], np.random.default_rng(rs))]
         ev = _subset(images, ev_idx)
         rec: dict[str, Any] = {"eval_idx": ev_idx, "y_eval": y[ev_idx], "fe": {}, "ft": {}}
@@ -287,13 +384,14 @@ def run_pilot(
             seconds["feature_extraction_pilot"] += time.perf_counter() - t0
             if size not in plan.ft_sizes:
                 continue
-            planned = cost.ft_fit_seconds(size, len(ev), PILOT_EPOCHS, PILOT_MIN_STEPS, PILOT_BATCH)
+            sch = plan.schedule
+            planned = cost.ft_fit_seconds(size, len(ev), sch.epochs, sch.min_steps, sch.batch)
             t0 = time.perf_counter()
             ft = FineTuning(
                 backbone=backbone,
-                epochs=PILOT_EPOCHS,
-                batch_size=PILOT_BATCH,
-                min_steps_per_epoch=PILOT_MIN_STEPS,
+                epochs=sch.epochs,
+                batch_size=sch.batch,
+                min_steps_per_epoch=sch.min_steps,
                 patience=None,
                 seed=seed,
                 cache_dir=cache_dir,
@@ -302,9 +400,9 @@ def run_pilot(
                 max_minutes=4 * planned / 60.0,
                 progress=False,
             ).fit(tr, va)
-            guard_hit |= ft.epochs_run_ < PILOT_EPOCHS
+            guard_hit |= ft.epochs_run_ < sch.epochs
             rec["ft"][size] = ft.predict_proba(ev)
             seconds["fine_tuning_pilot"] += time.perf_counter() - t0
             log.info("advisor pilot: repeat %d, size %d done", r, size)
         out.append(rec)
-    return {"repeats": out, "seconds": seconds, "guard_hit": guard_hit}
+    return {"repeats": out, "seconds": seconds, "guard_hit": guard_hit, "disjoint": disjoint}

@@ -41,6 +41,8 @@ class Profile:
         backbone: backbone name; pretrained: whether it has ImageNet weights.
         bn_kl, bn_mean_shift, bn_layers: BatchNorm divergence to ImageNet (see ``BNStatsRecorder``).
         imagenet_entropy: mean normalised entropy of the ImageNet classifier (0..1).
+        grad_early_share: share of the task's relative gradient in the first half of the backbone
+            (see ``gradient_early_share``; an adaptability signal, descriptive only).
         probe: cross-validated probe results (see ``probe_transferability``).
         macs_per_image: multiply-accumulates of one forward pass (the deterministic cost model's input).
         epochs: epochs assumed for the fine-tuning estimates; device: where it ran.
@@ -69,6 +71,7 @@ class Profile:
     bn_mean_shift: float | None = None
     bn_layers: int = 0
     imagenet_entropy: float | None = None
+    grad_early_share: float | None = None
     probe: dict[str, Any] = field(default_factory=dict)
     macs_per_image: int = 0
     epochs: int = 8
@@ -152,6 +155,7 @@ def measure(
 
     from medtl.advisor._measure import (
         BNStatsRecorder,
+        gradient_early_share,
         imagenet_entropy,
         probe_transferability,
     )
@@ -199,7 +203,21 @@ def measure(
         seed=seed,
         groups=None if patient_ids is None else [patient_ids[i] for i in rows],
     )
+    grad = (
+        gradient_early_share(
+            model,
+            cfg,
+            images.pixels,
+            np.asarray(images.labels),
+            emb,
+            C=float(probe.get("probe_C", 0.1)),
+            seed=seed,
+        )
+        if cfg.pretrained
+        else {"early_share": None}
+    )
     return {
+        "grad_early_share": grad["early_share"],
         "bn_kl": div["kl"],
         "bn_mean_shift": div["mean_shift"],
         "bn_layers": int(div["layers"] or 0),
@@ -255,6 +273,7 @@ def build_profile(
         bn_mean_shift=measured["bn_mean_shift"],
         bn_layers=measured["bn_layers"],
         imagenet_entropy=measured["imagenet_entropy"],
+        grad_early_share=measured.get("grad_early_share"),
         probe=measured["probe"],
         macs_per_image=int(macs_per_image),
         epochs=epochs,

@@ -58,7 +58,8 @@ class Measured:
         paired: measured fine-tuning minus feature extraction at ``paired["size"]`` (the largest pilot
             size both ran), from :func:`paired_difference` over the same held-out images.
         minutes: reference minutes of each strategy's full run (deterministic: see ``CostModel``).
-        n_eval: held-out images per repeat; repeats: number of holdouts.
+        n_eval: distinct held-out images scored (all repeats' when their folds are disjoint, else one
+            repeat's); repeats: number of holdouts.
     """
 
     curves: dict[str, CurvePrediction]
@@ -190,6 +191,15 @@ def domain_gap(p: Profile) -> tuple[int, str]:
     if p.bn_kl >= KL_SMALL:
         return 1, f"moderate domain gap ({what})"
     return 0, f"small domain gap ({what})"
+
+
+def _schedule_words(pilot: dict[str, Any]) -> str:
+    """'8 epochs of batches of 32, the LP-FT recipe's own schedule' from the profile's pilot entry."""
+    sch = (pilot.get("plan") or {}).get("schedule") or {}
+    what = f"{pilot.get('epochs')} epochs"
+    if sch:
+        what += f" of batches of {sch['batch']}, at least {sch['min_steps']} steps each"
+    return f"{what}; {pilot.get('recipe', 'LP-FT recipe')}"
 
 
 def _fmt_min(m: float) -> str:
@@ -347,9 +357,10 @@ def _clinician_sentences(
     ]
     pd = m.paired
     trial = (
-        f"In a trial on {pd.get('size')} of your images, both scored on the same {m.n_eval} "
-        f"held-out images, fine-tuning minus feature extraction was {pd['diff']:+.3f} AUROC (95% CI "
-        f"{pd['ci_low']:+.3f} to {pd['ci_high']:+.3f})"
+        f"In a trial on {pd.get('size')} of your images"
+        + (f", repeated {m.repeats} times" if m.repeats > 1 else "")
+        + f", both scored on the same {m.n_eval} held-out images, fine-tuning minus feature "
+        f"extraction was {pd['diff']:+.3f} AUROC (95% CI {pd['ci_low']:+.3f} to {pd['ci_high']:+.3f})"
         if np.isfinite(pd.get("diff", float("nan")))
         else "No paired trial could be measured"
     )
@@ -385,6 +396,12 @@ def _detail_sentences(p: Profile, m: Measured, gain: dict[str, float]) -> list[s
     out = [f"Domain gap to ImageNet: {gap_text} (descriptive; the pick rests on the pilot)."]
     if p.imagenet_entropy is not None:
         out.append(f"ImageNet-classifier normalised entropy {p.imagenet_entropy:.2f}.")
+    if p.grad_early_share is not None:
+        out.append(
+            f"Adaptability: {p.grad_early_share:.0%} of the task's relative gradient falls in the "
+            "first half of the backbone (higher: the task pulls on low-level features that only "
+            "fine-tuning can change; descriptive)."
+        )
     if p.probe_auroc is not None:
         knn = p.knn_auroc
         out.append(
@@ -407,10 +424,15 @@ def _detail_sentences(p: Profile, m: Measured, gain: dict[str, float]) -> list[s
     )
     pl = p.pilot.get("plan") or {}
     if pl:
+        held = (
+            f"{pl.get('repeats')} disjoint held-out folds ({m.n_eval} images, each scored once)"
+            if p.pilot.get("disjoint")
+            else f"{pl.get('repeats')} holdout(s) of {pl.get('n_eval')} images"
+        )
         out.append(
-            f"Pilot: {pl.get('repeats')} holdout(s) of {pl.get('n_eval')} images; fine-tuning at "
+            f"Pilot: {held}; fine-tuning at "
             f"{pl.get('ft_sizes')} images, feature extraction at {pl.get('fe_sizes')} "
-            f"({p.pilot.get('epochs')} epochs of the LP-FT recipe)."
+            f"({_schedule_words(p.pilot)})."
         )
     t = p.timings
     if t:
@@ -443,7 +465,10 @@ def measured_from_pilot(
     weights = [bootstrap_weights(len(r["y_eval"]), n_boot, rng) for r in reps]
     curves: dict[str, CurvePrediction] = {}
     at: dict[str, dict[int, np.ndarray]] = {}
-    counts = np.bincount(np.asarray(reps[0]["y_eval"])).tolist()  # held-out images per class
+    # held-out images per class behind the averaged AUROCs: every repeat's when they are different
+    # images (disjoint folds), else one repeat's (overlapping random holdouts share many images)
+    scored = reps if pilot.get("disjoint") else reps[:1]
+    counts = np.bincount(np.concatenate([np.asarray(r["y_eval"]) for r in scored])).tolist()
     for key, name in (("fe", "feature_extraction"), ("ft", "fine_tuning")):
         # sizes every repeat ran (the pilot skips a size whose subset lost a class)
         sizes = sorted(set.intersection(*(set(r[key]) for r in reps)))
@@ -468,7 +493,7 @@ def measured_from_pilot(
         curves=curves,
         paired=paired,
         minutes=minutes,
-        n_eval=len(reps[0]["y_eval"]),
+        n_eval=sum(len(r["y_eval"]) for r in scored),
         repeats=len(reps),
     )
 
