@@ -275,6 +275,7 @@ def advise_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -
         "profile": {
             "bn_kl": advice.profile.bn_kl,
             "imagenet_entropy": advice.profile.imagenet_entropy,
+            "grad_early_share": advice.profile.grad_early_share,
             "knn_auroc": advice.profile.probe.get("knn_auroc"),
             "probe_auroc": advice.profile.probe.get("probe_auroc"),
             "gap": domain_gap(advice.profile)[1],
@@ -342,8 +343,9 @@ def report(results: dict[str, Any]) -> str:
         "",
         "Profiles (mean over the dataset's cells; descriptive, never voted):",
         "",
-        "| dataset | BatchNorm KL | ImageNet entropy | k-NN AUROC | probe AUROC | gap |",
-        "|---|---|---|---|---|---|",
+        "| dataset | BatchNorm KL | ImageNet entropy | gradient early share | k-NN AUROC | probe AUROC "
+        "| gap |",
+        "|---|---|---|---|---|---|---|",
     ]
     by_data: dict[str, list[dict[str, Any]]] = {}
     for c, a in rows:
@@ -357,7 +359,8 @@ def report(results: dict[str, Any]) -> str:
 
         gaps = sorted({p["gap"].split(" (")[0] for p in profs})
         lines.append(
-            f"| {name} | {avg('bn_kl')} | {avg('imagenet_entropy')} | {avg('knn_auroc')} | "
+            f"| {name} | {avg('bn_kl')} | {avg('imagenet_entropy')} | {avg('grad_early_share')} | "
+            f"{avg('knn_auroc')} | "
             f"{avg('probe_auroc')} | {', '.join(gaps)} |"
         )
     for t, what in (

@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     ap.add_argument("--images", type=int, default=600, help="images decoded for the timings")
     ap.add_argument("--fits", type=int, nargs="+", default=[40, 160, 320], help="pilot fit sizes")
+    ap.add_argument(
+        "--schedule-fit", type=int, default=60, help="pool of the longer schedules' timed fits"
+    )
     ap.add_argument("--backbone", default="efficientnet_lite0.in1k")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -96,6 +99,23 @@ def main() -> None:
                 continue
             print(
                 f"{size}px pilot fit on {n}: {took:.1f} s (model planned {planned:.1f} s, {planned / took:.1f}x)"
+            )
+        # the longer pilot schedules (the recipe's own, half its epochs): planned vs measured on one
+        # small pool, where the planner picks them (a per-epoch cost the model lacks would show here)
+        n = min(args.schedule_fit, len(images) - n_eval)
+        idx = order[:n]
+        tr, va = images.subset(idx[n // 5 :]), images.subset(idx[: n // 5])
+        for sch in P.pilot_schedules(8)[:-1]:
+            t = time.perf_counter()
+            FineTuning(
+                backbone=args.backbone, epochs=sch.epochs, batch_size=sch.batch,
+                min_steps_per_epoch=sch.min_steps, patience=None, seed=0, progress=False,
+            ).fit(tr, va).predict_proba(ev)  # fmt: skip
+            took = time.perf_counter() - t
+            planned = cost.ft_fit_seconds(n, n_eval, sch.epochs, sch.min_steps, sch.batch)
+            print(
+                f"{size}px schedule {sch.epochs} epochs x >= {sch.min_steps} steps of {sch.batch} on "
+                f"{n}: {took:.1f} s (model planned {planned:.1f} s, {planned / took:.2f}x)"
             )
         # took - evals * extract_s = fixed + passes * train_s  (least squares over the fits)
         fits = fits[1:]

@@ -201,12 +201,12 @@ def plan_pilot(
     min_class: int,
     cost: CostModel,
     pilot_minutes: float,
-    full_epochs: int = 8,
+    full_epochs: int | None = None,
 ) -> PilotPlan:
     """Choose the held-out size, the training sizes, the schedule and the repeats that fit the budget.
 
     The schedule is the most faithful of :func:`pilot_schedules` (``full_epochs``: the real run's
-    epochs) with which the whole pool trains within the budget; when none does, the short schedule at
+    epochs, default ``FineTuning``'s) with which the whole pool trains within the budget; when none does, the short schedule at
     the largest affordable size (a longer extrapolation, but from more images). Budget left after
     that buys repeats on disjoint held-out folds.
     """
@@ -226,6 +226,10 @@ def plan_pilot(
         )
         return repeats * per
 
+    if full_epochs is None:
+        from medtl.strategies import FineTuning
+
+        full_epochs = FineTuning().epochs
     schedules = pilot_schedules(full_epochs)
     sch = next((x for x in schedules if cost_of(n_avail, 1, x) <= budget), schedules[-1])
     lo_n = least * 4  # the smallest top size with 3 usable fractions

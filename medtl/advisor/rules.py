@@ -207,7 +207,10 @@ def _fmt_min(m: float) -> str:
         return "unknown time"
     if m >= 90:
         return f"about {m / 60:.1f} hours"
-    return f"about {m:.0f} minutes" if m >= 1.5 else f"about {max(m * 60, 1):.0f} seconds"
+    if m >= 1.5:
+        return f"about {m:.0f} minutes"
+    sec = max(round(m * 60), 1)
+    return f"about {sec} second{'s' if sec > 1 else ''}"
 
 
 def _signed(x: float) -> str:
@@ -301,8 +304,8 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
             f"Note: the learning curves predict the other order at your full size (fine-tuning "
             f"{ft.at_full:.2f}, feature extraction {fe.at_full:.2f}). They extrapolate from a few small "
             "noisy trials; the direct comparison above is the better guide (on the development grid "
-            "it picked the better strategy in 12 of 16 cases, the curves in 9), but the two are "
-            "close: validate both if you can.",
+            "it picked the better strategy more often than the curves did), but the two are close: "
+            "validate both if you can.",
         )
     details = _detail_sentences(p, m, gain)
     decision = {
