@@ -403,7 +403,8 @@ def _detail_sentences(p: Profile, m: Measured, gain: dict[str, float]) -> list[s
         out.append(
             f"Adaptability: {p.grad_early_share:.0%} of the task's relative gradient falls in the "
             "first half of the backbone (higher: the task pulls on low-level features that only "
-            "fine-tuning can change; descriptive)."
+            "fine-tuning can change; descriptive: on the development grid it did not predict which "
+            "strategy won)."
         )
     if p.probe_auroc is not None:
         knn = p.knn_auroc
