@@ -41,6 +41,9 @@ JARGON: dict[str, str] = {
     "the everyday photographs the network was trained on (0 = alike; larger = bigger domain gap).",
     "Entropy (ImageNet classifier)": "How unsure the original photo classifier is about your "
     "images (near 1 = they look like nothing it knows, another sign of a domain gap).",
+    "Adaptability (gradient)": "Share of the training signal that lands in the first half of "
+    "the network (higher = the task pulls on low-level features only fine-tuning can change); "
+    "descriptive, it did not predict the winner on our test datasets.",
     "k-NN probe": "A nearest-neighbour classifier on the frozen features: a quick check of how "
     "well the features already separate your classes.",
     "Logistic probe": "A simple linear classifier on the frozen features, cross-validated: "
@@ -147,6 +150,7 @@ def advice_view(advice: Any, *, data_images: int | None = None) -> dict[str, Any
     rows = (
         ("KL (BatchNorm divergence)", prof.get("bn_kl"), "{:.2f}"),
         ("Entropy (ImageNet classifier)", prof.get("imagenet_entropy"), "{:.2f}"),
+        ("Adaptability (gradient)", prof.get("grad_early_share"), "{:.0%} in the first half"),
         ("k-NN probe", probe.get("knn_auroc"), "AUROC {:.2f}"),
         ("Logistic probe", probe.get("probe_auroc"), "AUROC {:.2f} (cross-validation)"),
         ("Learning-curve slope", slope, "{:+.3f} AUROC per doubling"),

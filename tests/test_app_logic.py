@@ -243,6 +243,7 @@ def test_advice_view_plain_language_and_jargon(tmp_path):
                 "n_images": 68,
                 "n_profiled": 68,
                 "bn_kl": 2.08,
+                "grad_early_share": 0.55,
                 "probe": {"knn_auroc": 0.6, "probe_auroc": 0.7, "slope_per_doubling": 0.04},
             },
         }
@@ -256,6 +257,7 @@ def test_advice_view_plain_language_and_jargon(tmp_path):
     assert "Profiled 68" in v["profiled"] and "80 usable images" in v["profiled"]
     meas = {m["measure"]: m for m in v["measurements"]}
     assert meas["KL (BatchNorm divergence)"]["value"] == "2.08"
+    assert meas["Adaptability (gradient)"]["value"] == "55% in the first half"
     assert meas["k-NN probe"]["meaning"]  # every jargon term has a one-line meaning
     assert "LP-FT" in L.JARGON
     empty = L.advice_view(SimpleNamespace(strategy="fine_tuning"))
