@@ -421,3 +421,23 @@ def test_pilot_fine_tunes_with_the_real_schedule_when_the_budget_affords_it():
         assert plan.planned_seconds["fine_tuning_pilot"] <= PILOT_SHARE * 120 + 1e-6
     assert [s.epochs for s in pilot_schedules(8)] == [8, 4, 3]
     assert [s.epochs for s in pilot_schedules(3)] == [3, 3]  # no repeats in the ladder
+
+
+def test_low_confidence_from_a_shortened_pilot_suggests_a_longer_one():
+    """A budget-limited trial (part of the pool, or a shortened schedule) says how to measure more;
+    a trial that already ran the real recipe on the whole pool does not."""
+    m = measured(0.85, 0.87, own_noise=0.03)
+    short = make_profile()
+    short.pilot = {
+        "plan": {"n_pool": 400, "n_eval": 120, "ft_sizes": [70, 140, 280], "schedule": {"epochs": 3}},
+        "epochs": 3,
+    }
+    a = decide(short, m)
+    assert a.confidence == "low" and any("--pilot-minutes" in n for n in a.notes)
+    full = make_profile()
+    full.pilot = {
+        "plan": {"n_pool": 400, "n_eval": 120, "ft_sizes": [70, 140, 280], "schedule": {"epochs": 8}},
+        "epochs": 8,
+    }
+    b = decide(full, m)
+    assert b.confidence == "low" and not any("--pilot-minutes" in n for n in b.notes)

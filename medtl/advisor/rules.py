@@ -193,11 +193,23 @@ def domain_gap(p: Profile) -> tuple[int, str]:
     return 0, f"small domain gap ({what})"
 
 
+def _pilot_was_shortened(p: Profile) -> bool:
+    """True when the fine-tuning pilot trained on part of the pool or with fewer epochs than the real
+    run: the budget, not the data, limited the measurement."""
+    plan = p.pilot.get("plan") or {}
+    if not plan:
+        return False
+    epochs = (plan.get("schedule") or {}).get("epochs", p.pilot.get("epochs"))
+    top = max(plan.get("ft_sizes") or [0])
+    pool = int(plan.get("n_pool", 0)) - int(plan.get("n_eval", 0))
+    return bool((epochs is not None and epochs < p.epochs) or top < pool or p.subsampled)
+
+
 def _schedule_words(pilot: dict[str, Any]) -> str:
     """'8 epochs of batches of 32, the LP-FT recipe's own schedule' from the profile's pilot entry."""
     sch = (pilot.get("plan") or {}).get("schedule") or {}
     what = f"{pilot.get('epochs')} epochs"
-    if sch:
+    if sch.get("batch") and sch.get("min_steps"):
         what += f" of batches of {sch['batch']}, at least {sch['min_steps']} steps each"
     return f"{what}; {pilot.get('recipe', 'LP-FT recipe')}"
 
@@ -289,6 +301,12 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
         notes.append(
             f"Measured on a stratified {p.n_profiled} of {p.n_images} images to fit the time budget "
             "(raise --pilot-minutes to measure more)."
+        )
+    if confidence == "low" and _pilot_was_shortened(p):
+        notes.append(
+            "The fine-tuning trial was shortened to fit the advisor's time budget (fewer images or "
+            "epochs than your real run): a longer pilot measures the difference more precisely. "
+            "Raise --pilot-minutes (e.g. 5) if the choice matters."
         )
     if p.pilot.get("guard_hit"):
         notes.append(
