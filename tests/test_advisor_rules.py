@@ -429,14 +429,24 @@ def test_low_confidence_from_a_shortened_pilot_suggests_a_longer_one():
     m = measured(0.85, 0.87, own_noise=0.03)
     short = make_profile()
     short.pilot = {
-        "plan": {"n_pool": 400, "n_eval": 120, "ft_sizes": [70, 140, 280], "schedule": {"epochs": 3}},
+        "plan": {
+            "n_pool": 400,
+            "n_eval": 120,
+            "ft_sizes": [70, 140, 280],
+            "schedule": {"epochs": 3},
+        },
         "epochs": 3,
     }
     a = decide(short, m)
     assert a.confidence == "low" and any("--pilot-minutes" in n for n in a.notes)
     full = make_profile()
     full.pilot = {
-        "plan": {"n_pool": 400, "n_eval": 120, "ft_sizes": [70, 140, 280], "schedule": {"epochs": 8}},
+        "plan": {
+            "n_pool": 400,
+            "n_eval": 120,
+            "ft_sizes": [70, 140, 280],
+            "schedule": {"epochs": 8},
+        },
         "epochs": 8,
     }
     b = decide(full, m)
