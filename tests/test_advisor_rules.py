@@ -427,27 +427,14 @@ def test_low_confidence_from_a_shortened_pilot_suggests_a_longer_one():
     """A budget-limited trial (part of the pool, or a shortened schedule) says how to measure more;
     a trial that already ran the real recipe on the whole pool does not."""
     m = measured(0.85, 0.87, own_noise=0.03)
-    short = make_profile()
-    short.pilot = {
-        "plan": {
-            "n_pool": 400,
-            "n_eval": 120,
-            "ft_sizes": [70, 140, 280],
-            "schedule": {"epochs": 3},
-        },
-        "epochs": 3,
-    }
-    a = decide(short, m)
+
+    def advice_with_pilot_epochs(epochs: int):
+        p = make_profile()  # 400 images; the real run's 8 epochs
+        plan = {"n_pool": 400, "n_eval": 120, "ft_sizes": [70, 140, 280]}
+        p.pilot = {"plan": {**plan, "schedule": {"epochs": epochs}}, "epochs": epochs}
+        return decide(p, m)
+
+    a = advice_with_pilot_epochs(3)
     assert a.confidence == "low" and any("--pilot-minutes" in n for n in a.notes)
-    full = make_profile()
-    full.pilot = {
-        "plan": {
-            "n_pool": 400,
-            "n_eval": 120,
-            "ft_sizes": [70, 140, 280],
-            "schedule": {"epochs": 8},
-        },
-        "epochs": 8,
-    }
-    b = decide(full, m)
+    b = advice_with_pilot_epochs(8)
     assert b.confidence == "low" and not any("--pilot-minutes" in n for n in b.notes)

@@ -137,6 +137,9 @@ class Schedule:
         return {"epochs": self.epochs, "batch": self.batch, "min_steps": self.min_steps}
 
 
+SHORT_SCHEDULE = Schedule(PILOT_EPOCHS, PILOT_BATCH, PILOT_MIN_STEPS)
+
+
 def pilot_schedules(full_epochs: int) -> list[Schedule]:
     """The pilot's schedules, most faithful first: the default recipe's own (``full_epochs`` epochs,
     its batch size and least steps per epoch), half its epochs, then the short pilot schedule.
@@ -154,12 +157,9 @@ def pilot_schedules(full_epochs: int) -> list[Schedule]:
         Schedule(
             max(int(full_epochs) // 2, PILOT_EPOCHS), real.batch_size, real.min_steps_per_epoch
         ),
-        Schedule(PILOT_EPOCHS, PILOT_BATCH, PILOT_MIN_STEPS),
+        SHORT_SCHEDULE,
     ]
     return list(dict.fromkeys(ladder))  # in order, without repeats
-
-
-SHORT_SCHEDULE = Schedule(PILOT_EPOCHS, PILOT_BATCH, PILOT_MIN_STEPS)
 
 
 @dataclass
@@ -206,9 +206,9 @@ def plan_pilot(
     """Choose the held-out size, the training sizes, the schedule and the repeats that fit the budget.
 
     The schedule is the most faithful of :func:`pilot_schedules` (``full_epochs``: the real run's
-    epochs, default ``FineTuning``'s) with which the whole pool trains within the budget; when none does, the short schedule at
-    the largest affordable size (a longer extrapolation, but from more images). Budget left after
-    that buys repeats on disjoint held-out folds.
+    epochs, default ``FineTuning``'s) with which the whole pool trains within the budget; when none
+    does, the short schedule at the largest affordable size (a longer extrapolation, but from more
+    images). Budget left after that buys repeats on disjoint held-out folds.
     """
     n_eval = int(min(EVAL_MAX, max(round(EVAL_FRACTION * n_pool), 2 * n_classes)))
     n_avail = n_pool - n_eval
@@ -308,8 +308,8 @@ def _holdouts(
     if repeats <= 1:
         return [_holdout(y, groups, n_eval, seed)], False
     idx = np.arange(len(y))
-    k = max(repeats, math.ceil(len(y) / max(n_eval, 1)))
-    k = min(k, int(np.bincount(y)[np.bincount(y) > 0].min()))
+    counts = np.bincount(y)
+    k = min(max(repeats, math.ceil(len(y) / max(n_eval, 1))), int(counts[counts > 0].min()))
     if groups is not None and any(groups):
         g = group_codes(groups)
         cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
