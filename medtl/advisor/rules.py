@@ -202,11 +202,13 @@ def _pilot_was_shortened(p: Profile) -> bool:
     epochs = (plan.get("schedule") or {}).get("epochs", p.pilot.get("epochs"))
     top = max(plan.get("ft_sizes") or [0])
     pool = int(plan.get("n_pool", 0)) - int(plan.get("n_eval", 0))
-    return bool((epochs is not None and epochs < p.epochs) or top < pool or p.subsampled)
+    # (a subsampled profile has its own note saying the same)
+    return bool((epochs is not None and epochs < p.epochs) or top < pool)
 
 
 def _schedule_words(pilot: dict[str, Any]) -> str:
-    """'8 epochs of batches of 32, the LP-FT recipe's own schedule' from the profile's pilot entry."""
+    """'8 epochs of batches of 32, at least 10 steps each; LP-FT (...), its own schedule' from the
+    profile's pilot entry (the epochs and recipe alone when the plan has no schedule)."""
     sch = (pilot.get("plan") or {}).get("schedule") or {}
     what = f"{pilot.get('epochs')} epochs"
     if sch.get("batch") and sch.get("min_steps"):
