@@ -133,7 +133,9 @@ def group_codes(groups: Sequence[str | None]) -> np.ndarray:
 
 # -- adaptability: where the target task's gradient falls --------------------------------------------
 
-GRAD_IMAGES = 64  # images of the one backward pass (stratified, evenly spaced)
+# images of the one backward pass, evenly spaced over the profiled images (listed by class folder, so
+# the classes come in about their proportions)
+GRAD_IMAGES = 64
 
 
 def gradient_early_share(
@@ -190,7 +192,7 @@ def gradient_early_share(
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(coef).float())
         head.bias.copy_(torch.from_numpy(bias).float())
-    idx = _stratified_fraction(np.asarray(y), 1.0, np.random.default_rng(seed))
+    idx = np.arange(len(y))
     if len(idx) > GRAD_IMAGES:
         idx = idx[np.linspace(0, len(idx) - 1, GRAD_IMAGES).round().astype(int)]
     x = torch.from_numpy(np.ascontiguousarray(pixels[idx])).to(device).float().div_(255.0)
