@@ -19,8 +19,9 @@ may be inspected and chosen. "all" is the rest of the training folder. In every 
 Reported on both targets: agreement with the significant winner (p < 0.05), mean AUROC regret (best
 AUROC minus the pick's), coverage (how often each predicted interval contains the measured AUROC) and
 sharpness (mean interval width), and each dataset's profile (BatchNorm KL, entropy, gradient share,
-probes). Targets (issue 13): agreement >= 90%, regret <= 0.005, coverage >= 80% at width <= 0.08. Constants are never tuned on the test folders. Training results and advice are stored
-apart, so ``--readvise`` re-runs only the advisor after a change to the rule.
+probes). Targets (issue 13): agreement >= 90%, regret <= 0.005, coverage >= 80% at width <= 0.08.
+Constants are never tuned on the test folders. Training results and advice are stored apart, so
+``--readvise`` re-runs only the advisor after a change to the rule.
 
 Usage (the full grid is hours on a 2-core CPU; --smoke runs one small cell):
     python benchmarks/advisor_eval.py --datasets kermany brain --seeds 0 1 2
