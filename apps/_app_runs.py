@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtl.formatting import format_duration
+
 NETWORK_STRATEGIES = ("fine_tuning", "partial_fine_tuning", "from_scratch")  # trained in epochs
 
 
@@ -89,12 +91,6 @@ def run_label(run_dir: Path) -> str:
 
 
 # -- progress and time left -------------------------------------------------------------------------
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{max(5, 5 * round(seconds / 5)):.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.1f} min"
 
 
 @dataclass
@@ -188,7 +184,7 @@ class Progress:
         if left is None:
             return "Time left: estimated after the first epoch."
         source = "" if self.epoch_seconds else " (advisor's estimate)"
-        return f"About {_duration(left)} left{source}, then the report is written."
+        return f"About {format_duration(left, 'left')} left{source}, then the report is written."
 
 
 # -- running a comparison that can be stopped -------------------------------------------------------

@@ -7,9 +7,10 @@ object's attributes): any field may be missing.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
+
+from medtl.formatting import finite_or_none, format_duration
 
 #: One line per metric, shown where the metric appears.
 METRIC_HELP: dict[str, str] = {
@@ -68,20 +69,10 @@ def humanise(text: str) -> str:
     return out[:1].upper() + out[1:] if out else out
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def minutes_text(m: Any) -> str:
-    """'~40 s', '~2 min', or 'n/a'."""
-    f = _num(m)
-    if f is None:
-        return "n/a"
-    return f"~{max(5, 5 * round(f * 12)):.0f} s" if f < 1 else f"~{f:.0f} min"
+    """'~40 s', '~2 min', or 'n/a' for a number of minutes."""
+    f = finite_or_none(m)
+    return "n/a" if f is None else format_duration(60 * f, "rough")
 
 
 def advice_dict(advice: Any) -> dict[str, Any]:
@@ -118,7 +109,7 @@ def advice_view(advice: Any, *, data_images: int | None = None) -> dict[str, Any
     lines = []
     for name in sorted(set(exp) | set(mins), key=lambda n: (n != rec, n)):
         rng = exp.get(name) or []
-        lo, hi = (_num(rng[0]), _num(rng[1])) if len(rng) == 2 else (None, None)
+        lo, hi = (finite_or_none(rng[0]), finite_or_none(rng[1])) if len(rng) == 2 else (None, None)
         auc = (
             f"expected AUROC about {(lo + hi) / 2:.2f} (likely {lo:.2f}–{hi:.2f})"
             if lo is not None and hi is not None
@@ -127,7 +118,7 @@ def advice_view(advice: Any, *, data_images: int | None = None) -> dict[str, Any
         star = " ← recommended" if name == rec else ""
         lines.append(f"**{strategy_label(name)}**: {auc}, {minutes_text(mins.get(name))}{star}")
     probe = prof.get("probe") or {}
-    slope = _num(probe.get("slope_per_doubling"))
+    slope = finite_or_none(probe.get("slope_per_doubling"))
     more = None
     if slope is not None:
         if slope < 0.01:
@@ -155,7 +146,9 @@ def advice_view(advice: Any, *, data_images: int | None = None) -> dict[str, Any
         ("Logistic probe", probe.get("probe_auroc"), "AUROC {:.2f} (cross-validation)"),
         ("Learning-curve slope", slope, "{:+.3f} AUROC per doubling"),
     )
-    measurements = [(k, fmt.format(v)) for k, raw, fmt in rows if (v := _num(raw)) is not None]
+    measurements = [
+        (k, fmt.format(v)) for k, raw, fmt in rows if (v := finite_or_none(raw)) is not None
+    ]
     return {
         "headline": headline,
         "lines": lines,

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from medtl.formatting import json_safe
+
 _UMASK: int | None = None
 
 
@@ -112,29 +114,8 @@ def _json_default(obj: Any) -> Any:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (numpy scalars/arrays allowed; NaN written as null)."""
-    text = json.dumps(_nan_to_none(obj), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(json_safe(obj), indent=2, default=_json_default, allow_nan=False)
     return atomic_write_text(path, text + "\n")
-
-
-def _nan_to_none(obj: Any) -> Any:
-    import math
-
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_nan_to_none(v) for v in obj]
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.floating) and not np.isfinite(obj):
-            return None
-        if isinstance(obj, np.ndarray):
-            return _nan_to_none(obj.tolist())
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 # -- reading untrusted files -----------------------------------------------------------------------

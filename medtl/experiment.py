@@ -30,7 +30,8 @@ from medtl.config import ExperimentConfig, load_config, save_config
 from medtl.data._ids import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
 from medtl.data._types import Dataset, PreparedImages, Sample
 from medtl.errors import ConfigError, DatasetError
-from medtl.runs import auroc_of, evaluate_probabilities, num
+from medtl.formatting import num
+from medtl.runs import auroc_of, evaluate_probabilities
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from medtl.errors import DatasetError
+from medtl.formatting import num
 
 logger = logging.getLogger(__name__)
 
@@ -520,14 +521,6 @@ def auroc_of(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | 
         lo, hi = mc.get("macro_low"), mc.get("macro_high")
         return num(mc.get("macro")), ([num(lo), num(hi)] if lo is not None else None)
     return float("nan"), None
-
-
-def num(x: Any) -> float:
-    """``x`` as a float (None -> NaN)."""
-    try:
-        return float("nan") if x is None else float(x)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def dataset_summary(s: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from medtl.data._types import Dataset, PreparedImages, Sample
+from medtl.data import Dataset, PreparedImages, Sample
+from medtl.formatting import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +103,7 @@ class Profile:
         return None if v is None or not np.isfinite(v) else float(v)
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(dataclasses.asdict(self))
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
+        return json_safe(dataclasses.asdict(self))
 
 
 def stratified_cap(samples: list[Sample], max_images: int, seed: int) -> list[Sample]:

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from medtl.advisor._curve import INTERVAL, MODEL_ERROR, CurvePrediction, paired_difference
-from medtl.advisor._profile import Profile, _json_safe
+from medtl.advisor._profile import Profile
+from medtl.formatting import json_safe
 from medtl.strategies import strategy_description, strategy_label
 
 STRATEGIES = ("feature_extraction", "fine_tuning")
@@ -125,7 +126,7 @@ class Advice:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN/inf become None)."""
-        return _json_safe(
+        return json_safe(
             {
                 "strategy": self.strategy,
                 "confidence": self.confidence,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medtl.cli import _exit
+from medtl.formatting import format_duration
 
 DEMO_CONFIG: dict[str, Any] = {
     # The embedded demo: synthetic phantom DICOMs, the offline default backbone, CPU-sized settings.
@@ -63,9 +64,9 @@ def _tty() -> bool:
 
 def _print_json(obj: Any) -> None:
     """The one machine-readable document on stdout (NaN written as null: valid JSON)."""
-    from medtl._fileio import _nan_to_none
+    from medtl.formatting import json_safe
 
-    print(json.dumps(_nan_to_none(obj), default=str, indent=1))
+    print(json.dumps(json_safe(obj), default=str, indent=1))
 
 
 def _print_summary(summary: dict[str, Any], out: str) -> None:
@@ -161,7 +162,7 @@ class _Eta:
         self.done: dict[str, int] = {}
         try:
             total = _seconds_per_epoch(cfg) * sum(self.units.values())
-            _note(f"estimated time on this machine: about {_minutes(total)}", args)
+            _note(f"estimated time on this machine: about {format_duration(total, 'left')}", args)
         except Exception as exc:  # an estimate must never stop the demo
             _note(f"(no time estimate: {exc})", args)
 
@@ -182,7 +183,7 @@ class _Eta:
         left = (time.perf_counter() - self.t0) / max(done, 1) * max(total - done, 0)
         _note(
             f"  {row.get('epoch')}/{self.epochs} epochs of {_label(name)} done; "
-            f"about {_minutes(left)} left",
+            f"about {format_duration(left, 'left')} left",
             self.args,
         )
 
@@ -191,10 +192,6 @@ def _label(name: str) -> str:
     from medtl.strategies import strategy_label
 
     return strategy_label(name).lower()
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _seconds_per_epoch(cfg: Any) -> float:

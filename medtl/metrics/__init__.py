@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from medtl.formatting import format_p_value, json_safe
 from medtl.metrics._auroc import (
     auprc,
     auroc,
@@ -30,11 +31,10 @@ from medtl.metrics._calibration import (
     reliability_bins,
     reliability_curve,
 )
-from medtl.metrics._format import format_p_value
 from medtl.metrics._learning import learning_curve_summary
 from medtl.metrics._multiclass import compare_paired_multiclass, multiclass_auroc_ci
 from medtl.metrics._paired import compare_paired, mcnemar_test
-from medtl.metrics._report import ClinicalReport, clinical_report, json_safe
+from medtl.metrics._report import ClinicalReport, clinical_report
 from medtl.metrics._threshold import (
     choose_threshold,
     operating_point,

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from medtl.formatting import format_p_value
 from medtl.metrics._auroc import bootstrap_auc_diff, delong_test
-from medtl.metrics._format import format_p_value
 from medtl.metrics._validate import check_alpha, check_pair
 
 _NAN = float("nan")

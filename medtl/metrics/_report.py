@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from medtl._options import check_range, look_up_option
+from medtl.formatting import json_safe
 from medtl.metrics._auroc import auprc, auroc_ci
 from medtl.metrics._calibration import (
     apply_temperature,
@@ -24,21 +25,6 @@ from medtl.metrics._threshold import RULES, choose_threshold, operating_point
 from medtl.metrics._validate import MetricInputError, check_pair
 
 TEST_FALLBACK_SOURCE = "test (no validation split given; optimistic)"
-
-
-def json_safe(obj: Any) -> Any:
-    """Recursively convert numpy scalars/arrays to Python and NaN/inf to None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _calibration(

@@ -9,6 +9,8 @@ from typing import Any
 from sklearn.metrics import confusion_matrix
 
 from medtl.errors import MedtlError
+from medtl.formatting import finite as fin
+from medtl.formatting import num
 from medtl.metrics import clinical_report, format_p_value, multiclass_auroc_ci
 from medtl.report._html import fpct
 from medtl.report._plots import history_summary
@@ -54,18 +56,6 @@ def rule_text(rule: Any, target: Any = None) -> str:
         if target is not None and rule in ("sensitivity", "specificity")
         else text
     )
-
-
-def num(v: Any) -> float:
-    """``v`` as a float; None, strings and other non-numbers become NaN."""
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def fin(v: Any) -> bool:
-    return math.isfinite(num(v))
 
 
 def _get(d: Any, *keys: str) -> Any:

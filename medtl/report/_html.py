@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from medtl.formatting import format_duration
+from medtl.formatting import format_interval as fci  # noqa: F401  (the report's short names)
+from medtl.formatting import format_number as fnum  # noqa: F401
+from medtl.formatting import format_percent as fpct  # noqa: F401
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;
@@ -55,58 +59,9 @@ def tag(name: str, content: Any = "", **attrs: Any) -> Raw:
     return Raw(f"<{name}{a}>{esc(content)}</{name}>")
 
 
-def _finite(v: Any) -> float | None:
-    """``float(v)`` when it is a finite number, else None (None, text, NaN, infinity)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def fnum(v: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; None, NaN and non-numbers become "n/a"."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    if math.isinf(f):
-        return "∞" if f > 0 else "−∞"
-    return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
-
-
-def fci(v: Any, lo: Any, hi: Any, digits: int = 3, label: str = "", sep: str = "–") -> str:
-    """ "0.912 (0.881–0.940)", or just the value when the CI is unknown.
-
-    ``label`` goes inside the bracket before the interval, e.g. ``"95% CI "``; pass
-    ``sep=" to "`` for quantities that can be negative ("-0.86 to 1.67", not "-0.86–1.67").
-    """
-    s = fnum(v, digits)
-    if s == "n/a":
-        return s
-    lo_s, hi_s = fnum(lo, digits), fnum(hi, digits)
-    return s if "n/a" in (lo_s, hi_s) else f"{s} ({label}{lo_s}{sep}{hi_s})"
-
-
-def fpct(v: Any, lo: Any = None, hi: Any = None) -> str:
-    """A proportion as a whole percent, "87% (81–92%)"; the interval only when both ends are known."""
-    f, a, b = _finite(v), _finite(lo), _finite(hi)
-    if f is None:
-        return "n/a"
-    s = f"{100 * f:.0f}%"
-    return s if a is None or b is None else f"{s} ({100 * a:.0f}–{100 * b:.0f}%)"
-
-
 def fseconds(v: Any) -> str:
-    """Seconds as "45 s", "3 min 20 s" or "1 h 05 min"."""
-    s = _finite(v)
-    if s is None:
-        return "n/a"
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60):02d} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+    """A measured time ("45.0 s", "3 min 20 s"): :func:`medtl.formatting.format_duration`."""
+    return format_duration(v, "measured")
 
 
 def table(
