@@ -84,10 +84,10 @@ def check_size(name: str, nbytes: int, limit_mb: float) -> None:
 
 def demo_dataset(work: Path, *, n_per_class: int = 40, size: int = 128, seed: int = 0) -> Path:
     """The built-in synthetic phantom (DICOM, two classes) under ``work/data`` (made once, reused)."""
-    from medtl.data import make_phantom
+    from medtl.data import is_phantom, make_phantom
 
     dest = work / "data" / f"phantom_n{n_per_class}_s{size}_seed{seed}"
-    if (dest / "phantom.json").exists():  # written last by make_phantom
+    if is_phantom(dest):  # its parameters file is written last
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".phantom.", dir=dest.parent))

@@ -48,12 +48,11 @@ from _app_text import (  # noqa: F401  (re-exported for the page)
     threshold_source,
 )
 
+from medtl.backbones import DEFAULT_BACKBONE
 from medtl.errors import MedtlError
 from medtl.report import fnum, fpct, fseconds
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
 
 
 def strategy_label(name: str, *, long: bool = False) -> str:
@@ -88,9 +87,9 @@ def describe_dataset(path: str | Path, *, examples_per_class: int = 2) -> DataVi
 
     try:
         # private, but it is how compare() reads the phantom (through its manifest, per patient)
-        from medtl.experiment import _phantom_manifest
+        from medtl.data import phantom_manifest
 
-        ds = load_dataset(_phantom_manifest(str(path)), min_per_class=2, progress=False)
+        ds = load_dataset(phantom_manifest(str(path)), min_per_class=2, progress=False)
     except MedtlError as exc:
         raise AppInputError(f"This dataset cannot be used: {exc}") from exc
     summary = summarise_dataset(ds, max_files=16)
@@ -307,7 +306,7 @@ def curves(run: Any, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndar
     """strategy label -> (labels, P(positive)) of one split, for finished binary strategies."""
     out = {}
     for name, st in run.strategies.items():
-        if not st.finished or st.predictions is None or st.predictions.proba.shape[1] != 2:
+        if not st.finished or st.predictions is None or not st.predictions.task.thresholded:
             continue
         y, p = st.predictions.subset(split)
         if len(y):
@@ -365,7 +364,7 @@ def thresholds_for(run: Any, mode: str, value: float | None = None) -> dict[str,
 
     out = {}
     for name, st in run.strategies.items():
-        if not st.finished or st.predictions is None or st.predictions.proba.shape[1] != 2:
+        if not st.finished or st.predictions is None or not st.predictions.task.thresholded:
             continue
         if mode == OP_THRESHOLD:
             out[name] = (float(value), "your threshold")  # type: ignore[arg-type]

@@ -47,7 +47,9 @@ def _data_name(run_dir: Path) -> str:
         path = Path(str((cfg.get("data") or {}).get("path") or ""))
     except (OSError, ValueError, AttributeError):
         return "unknown data"
-    if path.name == "manifest.csv":
+    from medtl.data import PHANTOM_MANIFEST_FILE
+
+    if path.name == PHANTOM_MANIFEST_FILE:
         path = path.parent
     if path.name.startswith("phantom_") or str(path) == "synthetic":
         return "Synthetic demo"

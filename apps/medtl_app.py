@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _app_logic as L
 
+from medtl.tasks import task_for
+
 TITLE = "medtl — transfer learning for medical images"
 SECTIONS = ["Data", "Advice", "Compare", "Operating point", "Single image"]
 
@@ -42,7 +44,11 @@ def _load_model(model_dir: str, _stamp: float):
 
 def _stamp(path: Path) -> float:
     """Cache key part that changes when a run/model folder is rewritten."""
-    for f in ("summary.json", "model.json", "phantom.json"):
+    from medtl.data import PHANTOM_INFO_FILE
+    from medtl.runs import SUMMARY_FILE
+    from medtl.strategies import META_FILE
+
+    for f in (SUMMARY_FILE, META_FILE, PHANTOM_INFO_FILE):
         if (path / f).exists():
             return (path / f).stat().st_mtime
     return path.stat().st_mtime if path.exists() else 0.0
@@ -107,7 +113,7 @@ def page_data(work: Path) -> None:
     st.table(L.counts_table(s), hide_index=True, width="content")
     st.markdown(L.split_sentence(view.split_unit, view.n_patients))
     classes = list(s.get("classes", []))
-    if len(classes) == 2:
+    if len(classes) >= 2 and task_for(classes, s.get("task")).positive_class is not None:
         st.selectbox(
             "Which class is the finding?",
             classes,

@@ -211,7 +211,7 @@ def main(argv=None) -> int:
             return step
 
         from medtl.training import LoopSettings
-        from medtl.training._loop import _resolve_micro_batch
+        from medtl.training import micro_batch_for as _resolve_micro_batch
 
         probe = copy.deepcopy(model).eval()  # BatchNorm frozen, as in the default recipe
         step_micro = _resolve_micro_batch(

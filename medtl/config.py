@@ -25,7 +25,14 @@ from typing import Any
 from medtl._options import look_up_option
 from medtl.errors import ConfigError
 
-STRATEGY_NAMES = ("feature_extraction", "fine_tuning", "partial_fine_tuning", "from_scratch")
+
+def _strategy_names(**tags: Any) -> list[str]:
+    """Registered strategy names (the registry in :mod:`medtl.strategies` owns them)."""
+    from medtl.strategies import list_strategies
+
+    return list_strategies(**tags)
+
+
 MAX_CONFIG_BYTES = 1024**2  # a config file is a few KB
 
 
@@ -87,9 +94,7 @@ class ExperimentConfig:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    strategies: list[str] = field(
-        default_factory=lambda: ["feature_extraction", "fine_tuning", "from_scratch"]
-    )
+    strategies: list[str] = field(default_factory=lambda: _strategy_names(default=True))
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-strategy overrides
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -100,14 +105,13 @@ class ExperimentConfig:
 
     def validate(self) -> ExperimentConfig:
         """Check values that types alone cannot; raises ConfigError naming the field."""
+        names = _strategy_names()
         if not self.strategies:
-            raise ConfigError(
-                f"The 'strategies' field is empty; name at least one of {list(STRATEGY_NAMES)}."
-            )
+            raise ConfigError(f"The 'strategies' field is empty; name at least one of {names}.")
         for s in self.strategies:
-            look_up_option("strategies", s, STRATEGY_NAMES)
+            look_up_option("strategies", s, names)
         for s in self.params:
-            look_up_option("params", s, STRATEGY_NAMES)
+            look_up_option("params", s, names)
         look_up_option("data.window", self.data.window, ["header", "full", "percentile"])
         if self.data.patient_id_pattern:
             from medtl.data._load import compile_patient_id_pattern

@@ -93,14 +93,6 @@ def _row_key(model_dir: Path, dataset: str, split: str, threshold: Any, prevalen
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
-def _get(d: dict, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def evaluate(
     models: list[str] | None = None,
     datasets: list[str] | None = None,
@@ -219,20 +211,18 @@ def _evaluate_one(
     progress: bool,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    from medtl.data import image_cache_dir, load_dataset, project_salt
-    from medtl.experiment import _phantom_manifest
-    from medtl.metrics import clinical_report
+    from medtl.data import image_cache_dir, load_dataset, phantom_manifest, project_salt
     from medtl.strategies import load_model
 
     est = load_model(model_dir, device=device, cache_dir=cache)
-    if split == "val" and getattr(est, "refit_on_", "train") == "train+val":
+    if split == "val" and est.trains_on_validation():
         raise ConfigError(
             f"--split val: the head of model {model_dir} was refit on train + validation after its "
             "settings were chosen, so the validation images are training data for it. Score "
             "--split test (held out), or retrain with refit: false to keep a clean validation split."
         )
     ds = load_dataset(
-        _phantom_manifest(str(dataset)),
+        phantom_manifest(str(dataset)),
         val_fraction=0.0,
         test_fraction=0.0,
         min_per_class=1,
@@ -262,48 +252,11 @@ def _evaluate_one(
         "n": len(images),
         "n_skipped": len(ds.skipped) + len(images.skipped),
     }
-    if est.positive_class_ is None:  # more than two classes: macro AUROC (one-vs-rest)
-        from medtl.metrics import multiclass_auroc_ci
-
-        # per class DeLong, macro with a seeded class-stratified bootstrap CI (as the run reports)
-        mc = multiclass_auroc_ci(images.labels, proba, est.classes_, seed=0)
-        return {
-            **common,
-            "auroc": mc.get("macro"),
-            "auroc_low": mc.get("macro_low"),
-            "auroc_high": mc.get("macro_high"),
-            "threshold_source": "most probable class (more than two classes)",
-        }
     t, source = est.threshold_for(threshold)
-    rep = clinical_report(
-        images.labels, proba[:, 1], rule="fixed", target=t, prevalence=prevalence
-    ).to_dict()
-    op = rep.get("operating_point", {})
     return {
         **common,
-        "n_pos": int((images.labels == 1).sum()),
-        "prevalence": float(np.mean(images.labels == 1)),
-        "auroc": _get(rep, "auroc", "auroc"),
-        "auroc_low": _get(rep, "auroc", "low"),
-        "auroc_high": _get(rep, "auroc", "high"),
-        "auprc": rep.get("auprc"),
-        "threshold": t,
+        **est.task_.score(images.labels, proba, threshold=t, prevalence=prevalence),
         "threshold_source": source,
-        "sensitivity": _get(op, "sensitivity"),
-        "sens_low": _get(op, "sensitivity_low"),
-        "sens_high": _get(op, "sensitivity_high"),
-        "specificity": _get(op, "specificity"),
-        "spec_low": _get(op, "specificity_low"),
-        "spec_high": _get(op, "specificity_high"),
-        "ppv": _get(op, "ppv"),
-        "npv": _get(op, "npv"),
-        "ppv_deploy": _get(op, "ppv_at_prevalence"),
-        "npv_deploy": _get(op, "npv_at_prevalence"),
-        "lr_pos": _get(op, "lr_pos"),
-        "lr_neg": _get(op, "lr_neg"),
-        "f1": _get(op, "f1"),
-        "brier": _get(rep, "calibration", "brier"),
-        "ece": _get(rep, "calibration", "ece"),
     }
 
 

@@ -27,8 +27,8 @@ import numpy as np
 from medtl import distributed, runs
 from medtl._fileio import atomic_write_json, atomic_write_text
 from medtl.config import ExperimentConfig, load_config, save_config
-from medtl.data._ids import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
-from medtl.data._types import Dataset, PreparedImages, Sample
+from medtl.data import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
+from medtl.data import PHANTOM_INFO_FILE, Dataset, PreparedImages, Sample, phantom_manifest
 from medtl.errors import ConfigError, DatasetError
 from medtl.formatting import num
 from medtl.runs import auroc_of, evaluate_probabilities
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 #: where decoded images, embeddings and the project's id salt live unless output.cache_dir says
 #: (owned by medtl.data, re-exported here)
 DEFAULT_CACHE_DIR = _DEFAULT_CACHE_DIR
-
-NETWORK_STRATEGIES = {"fine_tuning", "partial_fine_tuning", "from_scratch"}
 
 
 @dataclass
@@ -101,7 +99,9 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         from medtl.data.synth import make_phantom
 
         target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
-        if not (target / "phantom.json").exists():  # written last, so its presence means complete
+        if not (
+            target / PHANTOM_INFO_FILE
+        ).exists():  # written last, so its presence means complete
             make_phantom(
                 target,
                 n_per_class=cfg.data.synthetic_per_class,
@@ -110,7 +110,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
             )
         path = str(target)
         notes.append("Synthetic phantom data: results say nothing about clinical accuracy.")
-    path = _phantom_manifest(path)
+    path = phantom_manifest(path)
     ds = load_dataset(
         path,
         val_fraction=cfg.data.val_fraction,
@@ -184,15 +184,6 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
 
 
-def _phantom_manifest(path: str) -> str:
-    """A phantom folder is read through its ``manifest.csv``, which knows each image's patient (two
-    images per fake patient), so no patient spans splits; any other path is returned unchanged."""
-    p = Path(path)
-    if p.is_dir() and (p / "phantom.json").is_file() and (p / "manifest.csv").is_file():
-        return str(p / "manifest.csv")
-    return path
-
-
 def split_unit(ds: Dataset) -> str:
     """How the splits were made: ``given`` (the dataset's own folders/column), ``patient`` (carved
     with every patient in one split) or ``image`` (carved per image: no patient ids known)."""
@@ -215,7 +206,7 @@ def build_strategy(
     name: str, cfg: ExperimentConfig, run_dir: Path, *, progress: bool, resume: bool
 ):
     """Instantiate strategy ``name`` with the run's common settings and its own overrides."""
-    from medtl.strategies import get_strategy
+    from medtl.strategies import get_strategy, strategy_tags
 
     params: dict[str, Any] = {
         "backbone": cfg.model.backbone,
@@ -226,7 +217,8 @@ def build_strategy(
         "allow_download": cfg.model.allow_download,
         "progress": progress,
     }
-    if name in NETWORK_STRATEGIES:
+    tags = strategy_tags(name)
+    if tags.trains_in_epochs:
         params.update(
             epochs=cfg.train.epochs,
             batch_size=cfg.train.batch_size,
@@ -235,7 +227,7 @@ def build_strategy(
             resume=resume,
         )
     params["cache_dir"] = str(default_cache_dir(cfg))
-    if name == "from_scratch":
+    if not tags.pretrained:
         params.pop("weights_path")
         params.pop("allow_download")
     params.update(cfg.params.get(name, {}))
@@ -253,7 +245,7 @@ def run_strategy(
     on_epoch_end: Callable[[str, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Fit one strategy, evaluate it, and write ``<run>/<name>/``; returns its summary row."""
-    from medtl.strategies import load_model
+    from medtl.strategies import strategy_tags
 
     sdir = runs.strategy_dir(run_dir, name)
     done_file = sdir / runs.STRATEGY_SUMMARY_FILE
@@ -271,32 +263,21 @@ def run_strategy(
     est = build_strategy(name, cfg, run_dir, progress=progress, resume=resume)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
-    if name in NETWORK_STRATEGIES:
+    if strategy_tags(name).trains_in_epochs:
         kwargs["history_path"] = sdir / runs.HISTORY_FILE
         if on_epoch_end is not None:
             kwargs["on_epoch_end"] = lambda row: on_epoch_end(name, row)
     est.fit(data.train, data.val, **kwargs)
     train_seconds = time.perf_counter() - t0
-    # held out: a head refit on train + val must not choose its threshold on its own training data
-    held_out = getattr(est, "heldout_val_proba_", None)
     mdir = runs.model_dir(run_dir, name)
     if distributed.is_main():
-        est.save(mdir)
         # the saved model is what users get: evaluate exactly that (the other processes of a
         # distributed job hold the same weights in memory)
-        # the strategy's own cache folder (a per-strategy `cache_dir: null` in the config stays off)
-        loaded = load_model(
-            mdir,
-            device=str(getattr(est, "device_", "cpu")),
-            cache_dir=getattr(est, "cache_dir", None),
-        )
-        loaded.heldout_val_proba_ = held_out
-        est = loaded
-    # each process predicts its share of the images; every process gets all of them, in order
-    if held_out is not None and len(held_out) == len(data.val):
-        p_val = est.validation_proba(data.val)  # the held-out predictions made before a refit
-    else:
-        p_val = est.predict_proba(data.val, progress=progress, shard=True)
+        est = est.save_and_reload(mdir)
+    # each process predicts its share of the images; every process gets all of them, in order.
+    # A head refit on train + val gives its held-out predictions: it must not choose its threshold
+    # on its own training data.
+    p_val = est.validation_proba(data.val, progress=progress, shard=True)
     p_test = est.predict_proba(data.test, progress=progress, shard=True)
     return distributed.on_main(
         lambda: _write_strategy(name, cfg, data, est, sdir, mdir, p_val, p_test, train_seconds)
@@ -340,20 +321,12 @@ def _write_strategy(
         learning_curve_summary(
             [num(r.get("val_auroc")) for r in hist], [num(r.get("elapsed")) for r in hist]
         )
-        if hist and name in NETWORK_STRATEGIES
+        if hist and est.tags.trains_in_epochs
         # no epochs: no curve (a 0.0 slope would read as "trained and stopped improving")
         else {"start": None, "slope": None, "asymptote": None, "best_epoch": None}
     )
-    n_images = (  # images pushed through a training step (or embedded now, not read from the cache)
-        sum(int(r.get("images", len(data.train))) for r in hist)
-        if name in NETWORK_STRATEGIES
-        else len(data.train) + len(data.val) - int(getattr(est, "cache_hits_", 0) or 0)
-    )
-    work_seconds = (
-        sum(num(r.get("train_seconds", r.get("seconds", 0))) for r in hist)
-        if name in NETWORK_STRATEGIES
-        else (getattr(est, "extract_seconds_", None) or train_seconds)
-    )
+    # images pushed through a training step (or embedded now, not read from the cache)
+    n_images, work_seconds = est.work_done(len(data.train), len(data.val), train_seconds)
     row = {
         "status": runs.STATUS_DONE,
         "error": None,
@@ -362,9 +335,9 @@ def _write_strategy(
         "val_auroc": val_auc,
         "val_minus_test": val_auc - test_auc,
         "train_seconds": float(est.fit_seconds_ or train_seconds),
-        "epochs_run": len(hist) if name in NETWORK_STRATEGIES else 0,
+        "epochs_run": len(hist) if est.tags.trains_in_epochs else 0,
         # for feature extraction, best_epoch is the index of the chosen regularisation C
-        "best_epoch": est.best_epoch_ if name in NETWORK_STRATEGIES else None,
+        "best_epoch": est.best_epoch_ if est.tags.trains_in_epochs else None,
         # None when nothing was computed (every embedding came from the cache): no throughput to show
         "images_per_s": n_images / work_seconds if work_seconds and n_images > 0 else None,
         "start": curve.get("start"),

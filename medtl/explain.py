@@ -25,6 +25,7 @@ import numpy as np
 
 from medtl.data._types import PreparedImages
 from medtl.errors import ConfigError, NotFittedError
+from medtl.tasks import task_for
 
 __all__ = ["grad_cam", "overlay"]
 
@@ -113,7 +114,10 @@ def grad_cam(estimator: Any, image: Any, *, class_index: int = 1) -> np.ndarray:
                     f"The 'class_index' parameter must be in [0, {n_classes - 1}] for this model. "
                     f"Got {class_index!r} instead."
                 )
-            target = torch.log_softmax(logits.float(), dim=1)[0, class_index]
+            # the model's own task (log-softmax for one label, log-sigmoid per finding); a bare
+            # network wrapper without one is read as single-label
+            task = getattr(estimator, "task_", None) or task_for([str(k) for k in range(n_classes)])
+            target = task.log_proba(logits.float())[0, class_index]
             (grads,) = torch.autograd.grad(target, feats)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = torch.relu((weights * feats.detach()).sum(dim=1, keepdim=True))

@@ -33,6 +33,7 @@ import yaml
 
 from medtl.errors import DatasetError
 from medtl.formatting import num
+from medtl.tasks import Task, metrics_auroc, task_for
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +131,18 @@ class Predictions:
     label: np.ndarray
     proba: np.ndarray
     class_names: list[str]
+    task: Task | None = None
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = task_for(self.class_names)
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, probabilities) of one split; probabilities are (n,) P(class 1) if binary."""
+        """(labels, scores) of one split; scores as the task draws ROC curves from them
+        (``Task.scores``: (n,) P(positive) for two classes, (n, K) otherwise)."""
         m = self.split == split
-        p = self.proba[m]
-        return self.label[m], (p[:, 1] if p.shape[1] == 2 else p)
+        assert self.task is not None
+        return self.label[m], self.task.scores(self.proba[m])
 
 
 @dataclasses.dataclass
@@ -183,8 +190,9 @@ class RunData:
     notes: list[str]
 
     @property
-    def binary(self) -> bool:
-        return len(self.classes) == 2
+    def task(self) -> Task:
+        """The run's task kind (recorded in ``summary.json``; older runs: from their classes)."""
+        return task_for(self.classes, (self.summary.get("dataset") or {}).get("task"))
 
     @property
     def complete(self) -> bool:
@@ -456,40 +464,17 @@ def evaluate_probabilities(
     cfg: Any,
     *,
     class_names: list[str] | None = None,
+    task: Task | None = None,
 ) -> dict[str, Any]:
-    """Clinical metrics on test and on validation, both at the threshold chosen on validation.
+    """``metrics.json``: clinical metrics on test and on validation, both at the operating point
+    chosen on validation, as the task defines them (:meth:`medtl.tasks.Task.evaluate`).
 
-    Two classes: a :func:`~medtl.metrics.clinical_report` per split. More classes: per split,
-    ``multiclass`` (per-class one-vs-rest AUROC with DeLong CIs, macro AUROC with a bootstrap CI
-    seeded by ``cfg.train.seed``) and the older ``multiclass_auroc`` summary (per_class, macro,
-    macro_low, macro_high). ``class_names`` key the per-class numbers (default: "0", "1", ...).
+    ``task`` defaults to the single-label task of ``class_names`` (default "0", "1", ...).
     """
-    from medtl.metrics import clinical_report, json_safe, multiclass_auroc_ci
-
-    m = cfg.metrics
-    if p_test.shape[1] == 2:
-
-        def report(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-            # the operating threshold is always chosen on validation, for both splits' numbers
-            return clinical_report(
-                y, p[:, 1], y_val=y_val, p_val=p_val[:, 1], rule=m.threshold_rule,
-                target=m.target, prevalence=m.prevalence, ci_method=m.ci_method,
-                seed=cfg.train.seed,
-            ).to_dict()  # fmt: skip
-
-        test, val = report(y_test, p_test), report(y_val, p_val)
-        return {"test": test, "val": val, "threshold": test.get("threshold")}
-    names = list(class_names) if class_names else [str(k) for k in range(p_test.shape[1])]
-
-    def multiclass(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-        mc = multiclass_auroc_ci(y, p, names, seed=cfg.train.seed)
-        short = {
-            "per_class": {c: v["auroc"] for c, v in mc["per_class"].items()},
-            **{k: mc[k] for k in ("macro", "macro_low", "macro_high")},
-        }
-        return json_safe({"multiclass": mc, "multiclass_auroc": short, "n": int(y.size)})
-
-    return {"test": multiclass(y_test, p_test), "val": multiclass(y_val, p_val), "threshold": None}
+    if task is None:
+        names = list(class_names) if class_names else [str(k) for k in range(p_test.shape[1])]
+        task = task_for(names)
+    return task.evaluate(y_val, p_val, y_test, p_test, metrics=cfg.metrics, seed=cfg.train.seed)
 
 
 def operating_point_record(metrics: dict[str, Any], n_val: int) -> dict[str, Any] | None:
@@ -511,21 +496,14 @@ def operating_point_record(metrics: dict[str, Any], n_val: int) -> dict[str, Any
 
 
 def auroc_of(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
-    """(AUROC, [low, high] or None) of one split of a ``metrics.json``; macro AUROC for K > 2."""
-    part = metrics.get(split, {})
-    if "auroc" in part and isinstance(part["auroc"], dict):
-        a = part["auroc"]
-        return num(a.get("auroc")), [num(a.get("low")), num(a.get("high"))]
-    mc = part.get("multiclass") or part.get("multiclass_auroc")
-    if isinstance(mc, dict):
-        lo, hi = mc.get("macro_low"), mc.get("macro_high")
-        return num(mc.get("macro")), ([num(lo), num(hi)] if lo is not None else None)
-    return float("nan"), None
+    """(AUROC, [low, high] or None) of one split of a ``metrics.json``; the macro AUROC for the
+    kinds with several classes or findings (:func:`medtl.tasks.metrics_auroc`)."""
+    return metrics_auroc(metrics, split)
 
 
 def dataset_summary(s: dict[str, Any]) -> dict[str, Any]:
     """The part of ``summarise_dataset`` a run's summary keeps (no root path: it may name people)."""
-    keep = ("source", "classes", "counts", "n_skipped", "patient_ids", "imbalance_ratio")
+    keep = ("source", "task", "classes", "counts", "n_skipped", "patient_ids", "imbalance_ratio")
     out = {k: s[k] for k in keep if k in s}
     out.setdefault("n_skipped", len(s.get("skipped", [])))
     return out
@@ -551,12 +529,12 @@ def paired_comparisons(
 ) -> list[dict[str, Any]]:
     """Paired tests on the shared test images: every pair of finished strategies.
 
-    Two classes: DeLong, paired bootstrap and McNemar (:func:`~medtl.metrics.compare_paired`).
-    More classes: paired bootstrap of the macro AUROC difference and DeLong per class
-    (:func:`~medtl.metrics.compare_paired_multiclass`). Computed once, when the run finishes, and
+    The tests are the task's (:meth:`medtl.tasks.Task.compare_paired`: DeLong, paired bootstrap
+    and McNemar for two classes; paired bootstrap of the macro AUROC and DeLong per class for
+    more). Computed once, when the run finishes, and
     stored in ``summary.json["paired"]``; the report, the app and the CLI read them from there.
     """
-    from medtl.metrics import compare_paired, compare_paired_multiclass, json_safe
+    from medtl.formatting import json_safe
     from medtl.strategies import strategy_label
 
     done = [n for n, r in summary["strategies"].items() if r.get("status") == STATUS_DONE]
@@ -577,21 +555,17 @@ def paired_comparisons(
             ub = [u for u, k in zip(pb.uid, mb) if k]
             if ua != ub or pa.proba.shape[1] != pb.proba.shape[1]:
                 continue
-            names = {"name_a": strategy_label(a), "name_b": strategy_label(b)}
-            if pa.proba.shape[1] == 2:
-                res = compare_paired(
-                    pa.label[ma],
-                    pa.proba[ma][:, 1],
-                    pb.proba[mb][:, 1],
-                    threshold_a=num(summary["strategies"][a].get("threshold") or 0.5),
-                    threshold_b=num(summary["strategies"][b].get("threshold") or 0.5),
-                    seed=seed,
-                    **names,
-                )
-            else:
-                res = compare_paired_multiclass(
-                    pa.label[ma], pa.proba[ma], pb.proba[mb], pa.class_names, seed=seed, **names
-                )
+            assert pa.task is not None
+            res = pa.task.compare_paired(
+                pa.label[ma],
+                pa.proba[ma],
+                pb.proba[mb],
+                threshold_a=summary["strategies"][a].get("threshold"),
+                threshold_b=summary["strategies"][b].get("threshold"),
+                seed=seed,
+                name_a=strategy_label(a),
+                name_b=strategy_label(b),
+            )
             out.append(json_safe({"a": a, "b": b, **res}))
     return out
 

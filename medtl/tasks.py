@@ -60,7 +60,7 @@ def task_for(classes: Sequence[str], kind: str | None = None) -> Task:
     """The task that ``classes`` (class or finding names) define.
 
     ``kind`` is what a run or model folder recorded; without it (older folders, single-label data)
-    two classes are ``binary`` and more are ``multiclass``. This is the only place in medtl that
+    two classes are ``binary`` and more are ``multiclass`` (no names at all: ``binary``). This is the only place in medtl that
     tells the kind from the number of classes.
 
     Example:
@@ -69,7 +69,8 @@ def task_for(classes: Sequence[str], kind: str | None = None) -> Task:
     """
     names = [str(c) for c in classes]
     if kind is None:
-        kind = BinaryTask.kind if len(names) == 2 else MultiClassTask.kind
+        # fewer than two names: a run folder that never recorded its classes reads as binary
+        kind = MultiClassTask.kind if len(names) > 2 else BinaryTask.kind
     if kind not in _KINDS:
         from medtl._options import look_up_option
 
@@ -128,11 +129,48 @@ class Task:
 
         return softmax(_as_float64(logits), axis=1)
 
-    def loss(self, class_weights: Any = None, *, reduction: str = "mean") -> Any:
-        """The training loss as a torch module (cross-entropy, class-weighted when given)."""
+    def class_weights(self, labels: np.ndarray) -> Any:
+        """Balanced class weights (a float32 tensor): total / (K * count), absent classes as 1."""
+        import torch
+
+        k = len(self.classes)
+        counts = np.bincount(np.asarray(labels), minlength=k).astype(np.float64)
+        counts[counts == 0] = 1.0
+        return torch.tensor(counts.sum() / (k * counts), dtype=torch.float32)
+
+    def log_proba(self, logits: Any) -> Any:
+        """Log-probabilities of torch logits, differentiable (heatmaps): log-softmax here."""
+        import torch
+
+        return torch.log_softmax(logits, dim=1)
+
+    def loss(
+        self, class_weights: Any = None, *, label_smoothing: float = 0.0, reduction: str = "mean"
+    ) -> Any:
+        """The training loss as a torch module (cross-entropy, class-weighted when given).
+
+        With ``reduction="sum"`` the training step divides by :meth:`batch_weight`, which makes it
+        PyTorch's weighted mean over the whole batch however the batch is split into passes.
+        """
         from torch import nn
 
-        return nn.CrossEntropyLoss(weight=class_weights, reduction=reduction)
+        return nn.CrossEntropyLoss(
+            weight=class_weights, label_smoothing=label_smoothing, reduction=reduction
+        )
+
+    def batch_weight(self, labels: Any, class_weights: Any = None) -> float:
+        """The total weight of a batch's labels (the denominator of a summed loss)."""
+        if class_weights is None:
+            return float(len(labels))
+        return float(class_weights[labels].sum())
+
+    def mean_loss(self, logits: Any, labels: np.ndarray) -> float:
+        """The unweighted mean loss of (N, K) logits against labels (validation loss)."""
+        import torch
+        from torch import nn
+
+        z = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+        return float(nn.functional.cross_entropy(z, torch.from_numpy(np.asarray(labels))))
 
     # -- metrics ----------------------------------------------------------------------------------
     def headline_auroc(self, y: np.ndarray, proba: np.ndarray) -> float:  # pragma: no cover
@@ -172,8 +210,17 @@ class Task:
         """Paired comparison of two models' (N, K) probabilities on the same images."""
         raise NotImplementedError
 
+    def score(
+        self, y: np.ndarray, proba: np.ndarray, *, threshold: float | None, prevalence: float | None
+    ) -> dict[str, Any]:  # pragma: no cover
+        """One evaluation row (``medtl evaluate``): the headline AUROC with its interval and, for a
+        thresholded task, the clinical numbers at ``threshold`` (fixed, not re-chosen)."""
+        raise NotImplementedError
+
     #: the paired tests' names, for reports and checklists
     paired_tests: ClassVar[str] = ""
+    #: the metrics and their intervals, for reports and checklists
+    metrics_text: ClassVar[str] = ""
 
     # -- operating point --------------------------------------------------------------------------
     def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -183,6 +230,17 @@ class Task:
     def scores(self, proba: np.ndarray) -> np.ndarray:
         """The scores a ROC curve is drawn from: (N,) P(positive) for two classes, (N, K) otherwise."""
         return np.asarray(proba)
+
+    def questions(
+        self, y: np.ndarray, proba: np.ndarray
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The yes/no questions whose AUROCs make the headline metric, as (name, positive, score):
+        ``positive`` is 1.0/0.0 per image (NaN where the image is not labelled for that question),
+        ``score`` the probability ranked for it. Binary: one question (the positive class); several
+        classes: one-vs-rest per class; several findings: one per finding."""
+        y = np.asarray(y)
+        proba = np.asarray(proba)
+        return [(c, (y == k).astype(np.float64), proba[:, k]) for k, c in enumerate(self.classes)]
 
     def label_of(self, index: int) -> str:
         """The name of class ``index``."""
@@ -203,7 +261,7 @@ def _as_float64(logits: Any) -> np.ndarray:
 def metrics_auroc(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
     """(AUROC, [low, high] or None) of one split of a ``metrics.json`` of any kind: the binary
     ``auroc`` block, else the ``macro`` of a ``multiclass`` / ``multilabel`` summary."""
-    from medtl._fileio import num
+    from medtl.formatting import num
 
     part = metrics.get(split) or {}
     if isinstance(part.get("auroc"), dict):
@@ -227,17 +285,18 @@ class BinaryTask(Task):
     ci_name = "95% CI"
     thresholded = True
     paired_tests = "DeLong, paired bootstrap, McNemar"
+    metrics_text = "AUROC (DeLong 95% CI), sensitivity/specificity/PPV/NPV (Wilson 95% CI)"
 
     def __init__(self, classes: Sequence[str]) -> None:
         super().__init__(classes)
-        if len(self.classes) != 2:
+        if len(self.classes) > 2:
             raise ConfigError(
                 f"A binary task has two classes; got {len(self.classes)} ({self.classes})."
             )
 
     @property
     def positive_class(self) -> str | None:
-        return self.classes[-1]
+        return self.classes[-1] if len(self.classes) == 2 else None
 
     def headline_auroc(self, y: np.ndarray, proba: np.ndarray) -> float:
         from sklearn.metrics import roc_auc_score
@@ -296,6 +355,42 @@ class BinaryTask(Task):
             name_b=name_b,
         )
 
+    def score(
+        self, y: np.ndarray, proba: np.ndarray, *, threshold: float | None, prevalence: float | None
+    ) -> dict[str, Any]:
+        from medtl.metrics import clinical_report
+
+        rep = clinical_report(
+            y, proba[:, 1], rule="fixed", target=threshold, prevalence=prevalence
+        ).to_dict()
+        op = rep.get("operating_point", {})
+        cal = rep.get("calibration") or {}
+        auc = rep.get("auroc") or {}
+        return {
+            "n_pos": int((np.asarray(y) == 1).sum()),
+            "prevalence": float(np.mean(np.asarray(y) == 1)),
+            "auroc": auc.get("auroc"),
+            "auroc_low": auc.get("low"),
+            "auroc_high": auc.get("high"),
+            "auprc": rep.get("auprc"),
+            "threshold": threshold,
+            "sensitivity": op.get("sensitivity"),
+            "sens_low": op.get("sensitivity_low"),
+            "sens_high": op.get("sensitivity_high"),
+            "specificity": op.get("specificity"),
+            "spec_low": op.get("specificity_low"),
+            "spec_high": op.get("specificity_high"),
+            "ppv": op.get("ppv"),
+            "npv": op.get("npv"),
+            "ppv_deploy": op.get("ppv_at_prevalence"),
+            "npv_deploy": op.get("npv_at_prevalence"),
+            "lr_pos": op.get("lr_pos"),
+            "lr_neg": op.get("lr_neg"),
+            "f1": op.get("f1"),
+            "brier": cal.get("brier"),
+            "ece": cal.get("ece"),
+        }
+
     def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Positive (1) when P(positive) >= ``threshold`` (0.5 when None), else 0."""
         t = 0.5 if threshold is None else float(threshold)
@@ -303,6 +398,11 @@ class BinaryTask(Task):
 
     def scores(self, proba: np.ndarray) -> np.ndarray:
         return np.asarray(proba)[:, 1]
+
+    def questions(
+        self, y: np.ndarray, proba: np.ndarray
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        return [(self.classes[1], (np.asarray(y) == 1).astype(np.float64), np.asarray(proba)[:, 1])]
 
 
 @register_task
@@ -315,6 +415,10 @@ class MultiClassTask(Task):
     ci_name = "95% bootstrap CI"
     thresholded = False
     paired_tests = "paired bootstrap of the macro AUROC, DeLong per class, McNemar"
+    metrics_text = (
+        "per-class one-vs-rest AUROC (DeLong 95% CI), macro AUROC (class-stratified bootstrap "
+        "95% CI)"
+    )
 
     def headline_auroc(self, y: np.ndarray, proba: np.ndarray) -> float:
         from sklearn.metrics import roc_auc_score
@@ -350,6 +454,19 @@ class MultiClassTask(Task):
             return json_safe({"multiclass": mc, "multiclass_auroc": short, "n": int(y.size)})
 
         return {"test": summary(y_test, p_test), "val": summary(y_val, p_val), "threshold": None}
+
+    def score(
+        self, y: np.ndarray, proba: np.ndarray, *, threshold: float | None, prevalence: float | None
+    ) -> dict[str, Any]:
+        from medtl.metrics import multiclass_auroc_ci
+
+        # per class DeLong, macro with a seeded class-stratified bootstrap CI (as the run reports)
+        mc = multiclass_auroc_ci(y, proba, self.classes, seed=0)
+        return {
+            "auroc": mc.get("macro"),
+            "auroc_low": mc.get("macro_low"),
+            "auroc_high": mc.get("macro_high"),
+        }
 
     def compare_paired(
         self,

@@ -181,7 +181,7 @@ def test_micro_batched_step_equals_whole_batch_step(weights):
 
 def test_micro_batch_only_when_batchnorm_is_frozen():
     from medtl.backbones import create_backbone
-    from medtl.training._loop import _resolve_micro_batch
+    from medtl.training import micro_batch_for as _resolve_micro_batch
 
     model, _ = create_backbone("tiny_test", num_classes=2)
     cpu = torch.device("cpu")

@@ -98,11 +98,10 @@ def advise(
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, str | Path):
-        from medtl.data import project_salt
-        from medtl.experiment import _phantom_manifest
+        from medtl.data import phantom_manifest, project_salt
 
         dataset = load_dataset(
-            _phantom_manifest(str(data)),
+            phantom_manifest(str(data)),
             read_options=read_options,
             progress=progress,
             patient_id_pattern=patient_id_pattern,

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from medtl.tasks import Task, task_for
+
 # 90% two-sided intervals: their lower bound is a one-sided 95% bound, which is what the rule reads.
 INTERVAL = 0.90
 # Extrapolation beyond the measured sizes is a model assumption, not a measurement: intervals are widened
@@ -51,25 +53,29 @@ def auroc_standard_error(auc: float, counts: list[int] | tuple[int, ...]) -> flo
     return float(math.sqrt(np.mean(var))) if var else float("nan")
 
 
-def weighted_auroc(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC (binary: column 1; multi-class: macro one-vs-rest) for each row of ``weights``.
+def weighted_auroc(
+    y: np.ndarray, proba: np.ndarray, weights: np.ndarray, task: Task | None = None
+) -> np.ndarray:
+    """The task's headline AUROC (binary: the positive class; several classes or findings: the
+    macro over :meth:`medtl.tasks.Task.questions`) for each row of ``weights``.
 
     Args:
-        y: (n,) integer labels.
-        proba: (n, K) class probabilities.
+        y: labels as the task keeps them ((n,) class indices; (n, K) for several findings).
+        proba: (n, K) probabilities.
         weights: (B, n) non-negative multiplicities (a bootstrap replicate per row; ones = the plain AUROC).
+        task: default: the single-label task of ``proba``'s columns.
 
     Returns:
         (B,) AUROCs; NaN where a class is absent from a replicate.
     """
-    y = np.asarray(y)
     proba = np.asarray(proba, dtype=np.float64)
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    classes = [1] if proba.shape[1] == 2 else list(range(proba.shape[1]))
+    w_all = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    task = task or task_for([str(k) for k in range(proba.shape[1])])
     out = []
-    for c in classes:
-        score = proba[:, c]
-        pos = (y == c).astype(np.float64)
+    for _, pos_all, score in task.questions(y, proba):
+        known = ~np.isnan(pos_all)  # an unlabelled image weighs nothing for this question
+        w = np.where(known, w_all, 0.0)
+        pos = np.nan_to_num(pos_all)
         order = np.argsort(score, kind="stable")
         s = score[order]
         starts = np.flatnonzero(np.r_[True, np.diff(s) > 0])

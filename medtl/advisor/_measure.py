@@ -374,9 +374,15 @@ def time_strategies(
     ``model``, 2 repeats after one warm-up. The caller's model is not changed.
     """
     from medtl.backbones import set_trainable_stages
-    from medtl.training import autocast_context, micro_batch_size, to_model_input, training_step
+    from medtl.training import (
+        LoopSettings,
+        autocast_context,
+        micro_batch_for,
+        micro_batch_size,
+        to_model_input,
+        training_step,
+    )
     from medtl.training._inference import fold_batchnorm
-    from medtl.training._loop import LoopSettings, _resolve_micro_batch
 
     net = copy.deepcopy(model)
     net.reset_classifier(n_classes)
@@ -412,7 +418,7 @@ def time_strategies(
                 m.eval()
 
         mode()
-        micro = _resolve_micro_batch(net, LoopSettings(batch_size=bs), device, pixels.shape[-1])
+        micro = micro_batch_for(net, LoopSettings(batch_size=bs), device, pixels.shape[-1])
 
         def step() -> None:
             mode()

@@ -24,11 +24,20 @@ from medtl.data._sources import register_source
 from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
 from medtl.data._types import SPLITS, Dataset, PreparedImages, Sample, SkippedFile
 from medtl.data.card import data_card, summarise_dataset
-from medtl.data.synth import default_demo_dataset, make_phantom
+from medtl.data.synth import (
+    PHANTOM_INFO_FILE,
+    PHANTOM_MANIFEST_FILE,
+    default_demo_dataset,
+    is_phantom,
+    make_phantom,
+    phantom_manifest,
+)
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "ID_MAP_BANNER",
+    "PHANTOM_INFO_FILE",
+    "PHANTOM_MANIFEST_FILE",
     "SPLITS",
     "Dataset",
     "PreparedImages",
@@ -41,10 +50,12 @@ __all__ = [
     "duplicate_groups",
     "hash_patient_id",
     "image_cache_dir",
+    "is_phantom",
     "keyed_uid",
     "load_dataset",
     "load_splits",
     "make_phantom",
+    "phantom_manifest",
     "prepare_images",
     "project_salt",
     "register_source",

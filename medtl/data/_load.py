@@ -18,6 +18,7 @@ from medtl.data._sources import scan_source
 from medtl.data._splits import assign_splits
 from medtl.data._types import Dataset, Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError, ImageReadError
+from medtl.tasks import task_for
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _put_positive_last(
             f"The 'positive_class' parameter is {positive!r}, but the dataset's classes are "
             f"{classes}. Use one of those names."
         )
-    if len(classes) != 2:
+    if task_for(classes).positive_class is None:
         raise ConfigError(
             f"The 'positive_class' parameter applies to two-class data; this dataset has "
             f"{len(classes)} classes ({classes}). Remove positive_class."

@@ -39,6 +39,10 @@ __all__ = ["PROFILES", "ScannerProfile", "default_demo_dataset", "make_phantom"]
 logger = logging.getLogger(__name__)
 
 PHANTOM_VERSION = 1
+#: the phantom folder's layout: its parameters (written last: present means complete) and its
+#: manifest (patient ids, so no patient spans splits). The one owner of these names.
+PHANTOM_INFO_FILE = "phantom.json"
+PHANTOM_MANIFEST_FILE = "manifest.csv"
 CLASSES = ("normal", "opacity")  # sorted order makes the positive class index 1
 IMAGES_PER_PATIENT = 2
 _SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
@@ -245,9 +249,9 @@ def make_phantom(
                 rows.append(row)
                 k += 1
                 image_no += 1
-    _write_manifest(out / "manifest.csv", rows)
+    _write_manifest(out / PHANTOM_MANIFEST_FILE, rows)
     atomic_write_json(
-        out / "phantom.json",
+        out / PHANTOM_INFO_FILE,
         {
             "generator": "medtl.data.synth.make_phantom",
             "version": PHANTOM_VERSION,
@@ -282,6 +286,21 @@ def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def is_phantom(path: str | Path) -> bool:
+    """True when ``path`` is a complete phantom folder written by :func:`make_phantom`."""
+    p = Path(path)
+    return (
+        p.is_dir() and (p / PHANTOM_INFO_FILE).is_file() and (p / PHANTOM_MANIFEST_FILE).is_file()
+    )
+
+
+def phantom_manifest(path: str | Path) -> str:
+    """The path to read a dataset from: a phantom folder through its manifest, which knows each
+    image's patient (two images per fake patient, so no patient spans splits); any other path
+    unchanged."""
+    return str(Path(path) / PHANTOM_MANIFEST_FILE) if is_phantom(path) else str(path)
+
+
 def default_demo_dataset(cache_root: str | Path) -> Path:
     """The built-in demo phantom under ``cache_root`` (made on first use, reused afterwards).
 
@@ -291,7 +310,7 @@ def default_demo_dataset(cache_root: str | Path) -> Path:
     params = {"n_per_class": 40, "size": 256, "difficulty": 0.5, "seed": 0}
     name = f"phantom_v{PHANTOM_VERSION}_n40_s256_d0.5_seed0"
     dest = Path(cache_root).expanduser() / name
-    if (dest / "phantom.json").exists():
+    if (dest / PHANTOM_INFO_FILE).exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest.parent))
@@ -300,7 +319,7 @@ def default_demo_dataset(cache_root: str | Path) -> Path:
         try:
             os.replace(tmp, dest)
         except OSError:  # another process finished first (dest exists and is not empty)
-            if not (dest / "phantom.json").exists():
+            if not (dest / PHANTOM_INFO_FILE).exists():
                 raise
     finally:
         if tmp.exists():

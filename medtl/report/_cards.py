@@ -248,7 +248,7 @@ def model_card(
     """Model card sections: list of {heading, fields: [{name, value, auto}]}."""
     s = run.summary
     b = strat.get(best) if best else None
-    task = f"{'binary' if run.binary else 'multi-class'} classification into {', '.join(run.classes) or 'n/a'}"
+    task = run.task.describe()
 
     def f(name: str, value: Any, auto: bool = True) -> dict[str, Any]:
         return {"name": name, "value": str(value), "auto": auto}
@@ -291,7 +291,7 @@ def model_card(
         metrics.append(
             f("Test AUROC", _ci(b["test_auroc"], b["test_auroc_low"], b["test_auroc_high"]))
         )
-        if run.binary:
+        if run.task.thresholded:
             metrics += [
                 f("Sensitivity", _ci(b["sensitivity"], b["sensitivity_low"], b["sensitivity_high"])),
                 f("Specificity", _ci(b["specificity"], b["specificity_low"], b["specificity_high"])),
@@ -371,11 +371,11 @@ def checklist(
         ("Model architecture and pretraining", "TRIPOD+AI, CLAIM", f"{s['backbone']} backbone, ImageNet-pretrained (except training from scratch); compared: {', '.join(v['display'] for v in strat.values())}" if s.get("backbone") else None),
         ("Training details (optimiser, learning rates, schedule, augmentation, epochs, early stopping)", "TRIPOD+AI, CLAIM", training_text(run, strat)),
         ("Model selection on validation data", "CLAIM", "networks: the epoch with the best validation AUROC; feature extraction: the regularisation C by validation log-loss" if done else None),
-        ("Performance metrics with confidence intervals", "TRIPOD+AI, CLAIM", ("AUROC (DeLong 95% CI), sensitivity/specificity/PPV/NPV (Wilson 95% CI)" if run.binary else "per-class one-vs-rest AUROC (DeLong 95% CI), macro AUROC (class-stratified bootstrap 95% CI)") if done else None),
-        ("Calibration", "TRIPOD+AI", "calibration slope and intercept (logistic recalibration, 95% CI), reliability diagram with bins of equal counts (about 30 images each) and Wilson intervals, Brier score, ECE" if run.binary and done else None),
-        ("Operating point selection", "TRIPOD+AI, CLAIM", f"{rule_text(rule)}; threshold chosen on {source or 'validation'}" if rule and run.binary else None),
-        ("Statistical comparison of models", "CLAIM", (f"{len(paired)} paired comparison(s): DeLong, paired bootstrap, McNemar" if run.binary else f"{len(paired)} paired comparison(s): paired bootstrap of the macro AUROC, DeLong per class, McNemar") if paired else None),
-        ("Clinical utility (decision curve)", "TRIPOD+AI", (f"decision curve analysis at the deployment prevalence {s['prevalence']:.1%}" if fin(s.get("prevalence")) else "decision curve analysis at the test set's prevalence (no deployment prevalence given)") if run.binary and done else None),
+        ("Performance metrics with confidence intervals", "TRIPOD+AI, CLAIM", run.task.metrics_text if done else None),
+        ("Calibration", "TRIPOD+AI", "calibration slope and intercept (logistic recalibration, 95% CI), reliability diagram with bins of equal counts (about 30 images each) and Wilson intervals, Brier score, ECE" if run.task.thresholded and done else None),
+        ("Operating point selection", "TRIPOD+AI, CLAIM", f"{rule_text(rule)}; threshold chosen on {source or 'validation'}" if rule and run.task.thresholded else None),
+        ("Statistical comparison of models", "CLAIM", f"{len(paired)} paired comparison(s): {run.task.paired_tests}" if paired else None),
+        ("Clinical utility (decision curve)", "TRIPOD+AI", (f"decision curve analysis at the deployment prevalence {s['prevalence']:.1%}" if fin(s.get("prevalence")) else "decision curve analysis at the test set's prevalence (no deployment prevalence given)") if run.task.thresholded and done else None),
         ("Sample size justification", "TRIPOD+AI, CLAIM", None),
         ("External validation", "TRIPOD+AI, CLAIM", None),
         ("Subgroup / fairness analysis", "TRIPOD+AI, CLAIM", None),

@@ -69,7 +69,7 @@ def _get(d: Any, *keys: str) -> Any:
 def _recompute_metrics(run: RunData, st: StrategyRun, notes: list[str]) -> dict[str, Any] | None:
     """ClinicalReport dict from predictions.csv when metrics.json is missing (binary only)."""
     pr = st.predictions
-    if pr is None or not run.binary:
+    if pr is None or not run.task.thresholded:
         return None
     yt, pt = pr.subset("test")
     yv, pv = pr.subset("val")
@@ -119,7 +119,7 @@ def strategy_numbers(run: RunData, st: StrategyRun, notes: list[str]) -> dict[st
     out["per_class_auroc"] = None
     out["per_class_ci"] = None
     out["confusion"] = _get(test, "operating_point", "confusion")
-    if not run.binary:
+    if not run.task.thresholded:
         mc = _get(test, "multiclass")
         yt, pt = pr.subset("test") if pr is not None else (None, None)
         if mc is None and yt is not None and yt.size and pt.ndim == 2:
@@ -301,9 +301,7 @@ def headline(run: RunData, strat: dict[str, dict], paired: list[dict]) -> list[s
         (n for n, s in strat.items() if s["status"] != "failed" and fin(s["test_auroc"])),
         key=lambda n: -strat[n]["test_auroc"],
     )
-    multiclass = len(run.classes) > 2
-    metric = "test macro AUROC (one-vs-rest)" if multiclass else "test AUROC"
-    ci_kind = "95% bootstrap CI" if multiclass else "95% CI"
+    metric, ci_kind = f"test {run.task.metric_name}", run.task.ci_name
     if not done:
         lines.append(f"No strategy produced a {metric}; see the errors and notes below.")
     else:
@@ -347,7 +345,7 @@ def headline(run: RunData, strat: dict[str, dict], paired: list[dict]) -> list[s
                     f"significant ({format_p_value(pair['p'])}): on this test set the two cannot "
                     "be told apart."
                 )
-        if run.binary and fin(best["sensitivity"]):
+        if run.task.thresholded and fin(best["sensitivity"]):
             lines.append(
                 f"At the threshold chosen on validation, {best['display']} finds "
                 f"{fpct(best['sensitivity'])} of positive images (sensitivity) and correctly clears "

@@ -69,7 +69,7 @@ def _figures(
             lambda: plot_learning_curves(hist, "elapsed", kept=kept),
             "The same curves against wall-clock training time: what each strategy costs.",
         )
-    curves = _curves(run, strat) if run.binary else {}
+    curves = _curves(run, strat) if run.task.thresholded else {}
     if curves:
         ops = {
             s["display"]: (1 - s["specificity"], s["sensitivity"])
@@ -146,7 +146,7 @@ def build_report(run: RunData, *, title: str | None = None) -> dict[str, Any]:
             k: s.get(k)
             for k in ("name", "created", "backbone", "image_size", "device", "precision")
         },
-        "task": "binary" if run.binary else "multiclass",
+        "task": run.task.kind,
         "classes": run.classes,
         "threshold_rule": s.get("threshold_rule"),
         "deployment_prevalence": s.get("prevalence"),

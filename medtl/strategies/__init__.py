@@ -3,17 +3,20 @@
 Registered: ``feature_extraction``, ``fine_tuning``, ``partial_fine_tuning``, ``from_scratch``.
 """
 
+from medtl.backbones import DEFAULT_BACKBONE
 from medtl.strategies._base import (
     Strategy,
+    StrategyTags,
     get_strategy,
     list_strategies,
     load_model,
     register_strategy,
     strategy_description,
     strategy_label,
+    strategy_tags,
 )
 from medtl.strategies._feature_extraction import FeatureExtraction, extract_embeddings
-from medtl.strategies._network import DEFAULT_BACKBONE, FineTuning, FromScratch, PartialFineTuning
+from medtl.strategies._network import FineTuning, FromScratch, PartialFineTuning
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -22,6 +25,7 @@ __all__ = [
     "FromScratch",
     "PartialFineTuning",
     "Strategy",
+    "StrategyTags",
     "extract_embeddings",
     "get_strategy",
     "list_strategies",
@@ -29,4 +33,5 @@ __all__ = [
     "register_strategy",
     "strategy_description",
     "strategy_label",
+    "strategy_tags",
 ]

@@ -15,6 +15,7 @@ run there.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -39,12 +40,21 @@ from medtl.strategies._modelfile import (
     sha256_file,
     write_meta,
 )
+from medtl.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 
-__all__ = ["META_FILE", "MODEL_FILE", "Strategy", "load_model", "preprocessing_of"]
+__all__ = [
+    "META_FILE",
+    "MODEL_FILE",
+    "Strategy",
+    "StrategyTags",
+    "load_model",
+    "preprocessing_of",
+    "strategy_tags",
+]
 
 
 def preprocessing_of(images: PreparedImages) -> dict[str, Any]:
@@ -69,15 +79,59 @@ def preprocessing_of(images: PreparedImages) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class StrategyTags:
+    """What a strategy is, declared on its class (in the spirit of scikit-learn's estimator tags).
+
+    Everything outside ``medtl/strategies/`` asks these instead of branching on strategy names.
+
+    Attributes:
+        trains_in_epochs: an epoch loop (epochs, batch size, checkpoints, a per-epoch history and a
+            learning curve); False for a one-pass extraction and a fitted head.
+        pretrained: starts from ImageNet weights (takes ``weights_path`` / ``allow_download``).
+        freezes_batchnorm: BatchNorm statistics are never re-estimated in training.
+        reads_embedding_cache: reuses cached frozen-backbone embeddings.
+        default: part of the default comparison (``medtl compare`` without ``--strategies``).
+        control: a control that shows what pretraining adds, not a candidate for deployment.
+        summary: one sentence for the app and the CLI's help on what the strategy trains.
+    """
+
+    trains_in_epochs: bool = True
+    pretrained: bool = True
+    freezes_batchnorm: bool = False
+    reads_embedding_cache: bool = False
+    default: bool = False
+    control: bool = False
+    summary: str = ""
+
+
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy available by its ``name`` (CLI, configs, ``get_strategy``)."""
+    """Class decorator: make a strategy available by its ``name`` (CLI, configs, ``get_strategy``).
+
+    A second class under a name already taken is refused (as the backbone registry does).
+    """
+    old = _REGISTRY.get(cls.name)
+    if old is not None and old.__qualname__ != cls.__qualname__:
+        raise ValueError(
+            f"A strategy named {cls.name!r} is already registered ({old.__qualname__}); "
+            "choose another name."
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
 
-def list_strategies() -> list[str]:
-    """Names of the registered strategies."""
-    return sorted(_REGISTRY)
+def list_strategies(**tags: Any) -> list[str]:
+    """Names of the registered strategies, in registration order, optionally only those whose
+    tags match (e.g. ``list_strategies(default=True)``, ``list_strategies(trains_in_epochs=True)``)."""
+    return [
+        n for n, c in _REGISTRY.items() if all(getattr(c.tags, k) == v for k, v in tags.items())
+    ]
+
+
+def strategy_tags(name: str) -> StrategyTags:
+    """The tags of a registered strategy (did-you-mean error for an unknown name)."""
+    look_up_option("strategy", name, list_strategies())
+    return _REGISTRY[name].tags
 
 
 def strategy_label(name: str) -> str:
@@ -129,6 +183,8 @@ class Strategy:
     label: ClassVar[str] = "Base"
     #: one line on what is trained
     description: ClassVar[str] = ""
+    #: what the strategy is (see :class:`StrategyTags`)
+    tags: ClassVar[StrategyTags] = StrategyTags()
 
     # -- parameters ----------------------------------------------------------------------------------
     @classmethod
@@ -163,6 +219,29 @@ class Strategy:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    def freezes_batchnorm(self) -> bool:
+        """True when this estimator (as configured) never re-estimates BatchNorm statistics."""
+        return self.tags.freezes_batchnorm
+
+    def trains_on_validation(self) -> bool:
+        """True when the fitted model was (re)fitted on the validation images too, so they are
+        training data for it (feature extraction's refit on train + validation)."""
+        return getattr(self, "refit_on_", "train") == "train+val"
+
+    def work_done(self, n_train: int, n_val: int, fit_seconds: float) -> tuple[int, float]:
+        """(images computed by the last fit, seconds of that work), for the run's throughput.
+
+        An epoch loop counts the images pushed through training steps; a strategy that reads cached
+        embeddings counts those it computed now.
+        """
+        hist = getattr(self, "history_", None) or []
+        if self.tags.trains_in_epochs:
+            images = sum(int(r.get("images", n_train)) for r in hist)
+            seconds = sum(float(r.get("train_seconds", r.get("seconds", 0)) or 0) for r in hist)
+            return images, seconds
+        images = n_train + n_val - int(getattr(self, "cache_hits_", 0) or 0)
+        return images, float(getattr(self, "extract_seconds_", None) or fit_seconds)
+
     # -- fitted state ----------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if getattr(self, "model_", None) is None:
@@ -192,6 +271,7 @@ class Strategy:
                 "training needs at least two classes."
             )
         self.preprocessing_ = preprocessing_of(train)
+        self.task_kind_ = task_for(train.classes, getattr(train, "task_kind", None)).kind
         self.operating_point_ = None
         self.calibration_ = None
 
@@ -258,12 +338,12 @@ class Strategy:
         float64 so that confident predictions near 0 or 1 keep their order (see ``logits_to_proba``).
         ``shard``: see :meth:`predict_logits`.
         """
-        from medtl.training import logits_to_proba
-
         extra = {"shard": True} if shard else {}  # overrides of predict_logits may not know shard
-        return logits_to_proba(self.predict_logits(images, progress=progress, **extra))
+        return self.task_.proba_from_logits(self.predict_logits(images, progress=progress, **extra))
 
-    def validation_proba(self, val: PreparedImages, *, progress: bool = False) -> np.ndarray:
+    def validation_proba(
+        self, val: PreparedImages, *, progress: bool = False, shard: bool = False
+    ) -> np.ndarray:
         """Probabilities on the validation images ``val`` given to :meth:`fit`, from a model that
         did not train on them.
 
@@ -274,7 +354,7 @@ class Strategy:
         held = getattr(self, "heldout_val_proba_", None)
         if held is not None and len(held) == len(val):
             return np.asarray(held, dtype=np.float64)
-        return self.predict_proba(val, progress=progress)
+        return self.predict_proba(val, progress=progress, shard=shard)
 
     def predict(self, images: PreparedImages | np.ndarray) -> np.ndarray:
         """Class index per image: the call at the operating point for two classes (see
@@ -312,9 +392,15 @@ class Strategy:
         )
 
     @property
+    def task_(self) -> Task:
+        """The model's task kind (:mod:`medtl.tasks`), from its classes and recorded kind."""
+        self._check_fitted()
+        return task_for(self.classes_, getattr(self, "task_kind_", None))
+
+    @property
     def positive_class_(self) -> str | None:
-        """The finding of a two-class model (the last class), None for more classes."""
-        return self.classes_[-1] if len(self.classes_) == 2 else None
+        """The finding of a two-class model (the last class), None for the other kinds."""
+        return self.task_.positive_class
 
     def set_operating_point(
         self,
@@ -337,10 +423,10 @@ class Strategy:
             extra: further JSON-safe facts (e.g. the sensitivity it gave there).
         """
         self._check_fitted()
-        if self.positive_class_ is None:
+        if not self.task_.thresholded:
             raise ConfigError(
-                f"An operating threshold applies to two-class models; this one has "
-                f"{len(self.classes_)} classes ({self.classes_})."
+                f"An operating threshold applies to two-class models; this one is "
+                f"{self.task_.title} with {len(self.classes_)} classes ({self.classes_})."
             )
         t = float(threshold)
         if not (0.0 <= t <= 1.0):
@@ -359,8 +445,8 @@ class Strategy:
     def threshold_for(self, override: float | None = None) -> tuple[float | None, str]:
         """(threshold, where it comes from) for two-class calls: ``override`` if given, else the
         model's operating point, else 0.5 (said so). (None, "argmax") for more classes."""
-        if self.positive_class_ is None:
-            return None, "most probable class (more than two classes)"
+        if not self.task_.thresholded:
+            return None, f"most probable class ({self.task_.title})"
         if override is not None:
             t = float(override)
             if not (0.0 <= t <= 1.0) or np.isnan(t):
@@ -379,13 +465,11 @@ class Strategy:
         return 0.5, "0.5 default (the model records no operating point)"
 
     def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Class index per row of ``proba``: positive when P(positive) >= the operating threshold
-        (two classes), else the most probable class."""
-        proba = np.asarray(proba)
+        """Calls per row of ``proba`` as the task makes them (:meth:`medtl.tasks.Task.decide`):
+        positive when P(positive) >= the operating threshold for two classes, else the most
+        probable class."""
         t, _ = self.threshold_for(threshold)
-        if t is None:
-            return proba.argmax(1)
-        return (proba[:, 1] >= t).astype(np.int64)
+        return self.task_.decide(np.asarray(proba), t)
 
     # -- persistence -----------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -415,6 +499,19 @@ class Strategy:
         self.save_meta(d)
         return d
 
+    def save_and_reload(self, directory: str | os.PathLike) -> Strategy:
+        """Save to ``directory`` and return the folder loaded back, as users get it: on the same
+        device, with the same cache folder (a ``cache_dir: None`` stays off), and carrying the
+        held-out validation predictions of a refit (see :meth:`validation_proba`)."""
+        self.save(directory)
+        loaded = load_model(
+            directory,
+            device=str(getattr(self, "device_", "cpu")),
+            cache_dir=getattr(self, "cache_dir", None),
+        )
+        loaded.heldout_val_proba_ = getattr(self, "heldout_val_proba_", None)
+        return loaded
+
     def save_meta(self, directory: str | os.PathLike) -> Path:
         """(Re)write ``model.json`` only, e.g. after :meth:`set_operating_point` on a saved model."""
         import medtl
@@ -434,6 +531,7 @@ class Strategy:
             },
             "weights": {"file": MODEL_FILE, "sha256": sha256_file(d / MODEL_FILE)},
             "preprocessing": self.preprocessing_,
+            "task": self.task_.kind,
             "classes": list(self.classes_),
             "positive_class": self.positive_class_,
             "operating_point": getattr(self, "operating_point_", None),
@@ -542,6 +640,7 @@ def load_model(
     est.preprocessing_ = dict(meta["preprocessing"])
     est.image_size_ = int(meta["preprocessing"]["image_size"])
     est.classes_ = list(meta["classes"])
+    est.task_kind_ = meta.get("task")  # None in folders written before the task kind was recorded
     est.operating_point_ = meta.get("operating_point")
     est.calibration_ = meta.get("calibration")
     est.history_ = meta.get("history", [])

@@ -14,10 +14,10 @@ from torch import nn
 
 from medtl._memo import library_versions, memoized
 from medtl._options import look_up_option
+from medtl.backbones import DEFAULT_BACKBONE
 from medtl.data._types import PreparedImages
-from medtl.strategies._base import Strategy, _build_network, register_strategy
+from medtl.strategies._base import Strategy, StrategyTags, _build_network, register_strategy
 from medtl.strategies._embeddings import EmbeddingCache
-from medtl.strategies._network import DEFAULT_BACKBONE
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,14 @@ class FeatureExtraction(Strategy):
     name = "feature_extraction"
     label = "Feature extraction"
     description = "frozen backbone"
+    tags = StrategyTags(
+        trains_in_epochs=False,
+        freezes_batchnorm=True,
+        reads_embedding_cache=True,
+        default=True,
+        summary="one pass of the images through the frozen network, then a classifier fitted on "
+        "its features (no epochs)",
+    )
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from typing import Any
 
 from medtl._fileio import atomic_write_json
 from medtl.errors import ConfigError
+from medtl.tasks import list_task_kinds, task_for
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -146,7 +147,7 @@ def _upgrade_v1(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
     out["weights"] = {"file": MODEL_FILE, "sha256": None}
     missing.append("the weights' SHA-256 (not verified)")
     classes = meta.get("classes") or []
-    out["positive_class"] = classes[-1] if len(classes) == 2 else None
+    out["positive_class"] = task_for(classes).positive_class if len(classes) >= 2 else None
     if meta.get("operating_point") is None:
         out["operating_point"] = None
         missing.append("the operating point (0.5 is used unless you pass a threshold)")
@@ -175,6 +176,8 @@ def _validate(meta: dict[str, Any], path: Path) -> None:
     need(
         isinstance(bb, dict) and isinstance(bb.get("name"), str), "backbone", "must name a backbone"
     )
+    kind = meta.get("task")
+    need(kind is None or kind in list_task_kinds(), "task", f"must be one of {list_task_kinds()}")
     classes = meta.get("classes")
     need(
         isinstance(classes, list)

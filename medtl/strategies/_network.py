@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from medtl._options import look_up_option
+from medtl.backbones import DEFAULT_BACKBONE
 from medtl.data._types import PreparedImages
-from medtl.strategies._base import Strategy, _build_network, register_strategy
+from medtl.strategies._base import Strategy, StrategyTags, _build_network, register_strategy
+from medtl.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -165,6 +166,10 @@ class _TrainedNetwork(Strategy):
             ratio = 0.3 if probe else 0.1
         return float(lr), float(ratio)
 
+    def freezes_batchnorm(self) -> bool:
+        """LP-FT (the probe head) keeps BatchNorm statistics frozen unless told otherwise."""
+        return self._freeze_bn()
+
     def _freeze_bn(self) -> bool:
         """``freeze_batchnorm`` or, when None, True exactly for LP-FT (``head_init="probe"``)."""
         if self.freeze_batchnorm is None:
@@ -240,6 +245,7 @@ class _TrainedNetwork(Strategy):
 
         self._check_params()
         self._check_fit_inputs(train, val)
+        task = task_for(train.classes, self.task_kind_)
         self.device_ = resolve_device(
             self.device
         )  # resolved once: training, alpha search, prediction
@@ -307,11 +313,14 @@ class _TrainedNetwork(Strategy):
             on_epoch_end=on_epoch_end,
             on_batch_end=on_batch_end,
             regularizer=regularizer,
+            task=task,
         )
         model.eval()  # stays on self.device_: the alpha search and predictions run there
         self.alpha_ = None
         if self.interpolate:
-            self.alpha_, self.interpolation_ = self._choose_alpha(model, cfg, start_state, val)
+            self.alpha_, self.interpolation_ = self._choose_alpha(
+                model, cfg, start_state, val, task
+            )
             log.info("%s: interpolation alpha %.2f chosen on validation", self.name, self.alpha_)
         self.model_ = model
         self.backbone_config_ = cfg
@@ -320,7 +329,7 @@ class _TrainedNetwork(Strategy):
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.best_val_auroc_ = (
-            float(val_auroc(val.labels, self.predict_proba(val, shard=True)))
+            float(val_auroc(val.labels, self.predict_proba(val, shard=True), task))
             if self.interpolate
             else result.best_val_auroc
         )
@@ -348,7 +357,12 @@ class _TrainedNetwork(Strategy):
         return reg
 
     def _choose_alpha(
-        self, model: nn.Module, cfg: Any, start: dict[str, torch.Tensor], val: PreparedImages
+        self,
+        model: nn.Module,
+        cfg: Any,
+        start: dict[str, torch.Tensor],
+        val: PreparedImages,
+        task: Task,
     ) -> tuple[float, list[dict[str, float]]]:
         """WiSE-FT: pick the mixing coefficient with the best validation AUROC (ties -> closer to 0).
 
@@ -375,7 +389,7 @@ class _TrainedNetwork(Strategy):
                 ),
                 len(val),
             )
-            auc = val_auroc(val.labels, logits_to_proba(logits))
+            auc = val_auroc(val.labels, logits_to_proba(logits, task), task)
             scores.append({"alpha": a, "val_auroc": auc})
             if np.nan_to_num(auc, nan=-1.0) > best[0] + 1e-4:
                 best = (float(np.nan_to_num(auc, nan=-1.0)), a, state)
@@ -430,6 +444,11 @@ class FineTuning(_TrainedNetwork):
     name = "fine_tuning"
     label = "Fine-tuning"
     description = "all layers"
+    tags = StrategyTags(
+        reads_embedding_cache=True,  # LP-FT's probe starts from the cached embeddings
+        default=True,
+        summary="every layer trained from ImageNet weights, the backbone at a smaller rate",
+    )
 
 
 @register_strategy
@@ -443,6 +462,12 @@ class FromScratch(_TrainedNetwork):
     label = "From scratch"
     description = "no pretraining"
     pretrained = False
+    tags = StrategyTags(
+        pretrained=False,
+        default=True,
+        control=True,
+        summary="a slow control: what pretraining adds",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("lr", 3e-3)
@@ -474,6 +499,10 @@ class PartialFineTuning(_TrainedNetwork):
     name = "partial_fine_tuning"
     label = "Partial fine-tuning"
     description = "last stages and head"
+    tags = StrategyTags(
+        reads_embedding_cache=True,
+        summary="only the last stages are trained",
+    )
 
     def __init__(self, *args: Any, trainable_stages: int = 2, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -40,7 +40,8 @@ from medtl import distributed
 from medtl._fileio import atomic_write, atomic_write_json
 from medtl._options import look_up_option
 from medtl.backbones._preprocess import to_model_input
-from medtl.data._types import PreparedImages
+from medtl.data import PreparedImages
+from medtl.tasks import Task, task_for
 from medtl.training._augment import AugmentSettings, BatchAugment
 from medtl.training._device import (
     autocast_context,
@@ -109,33 +110,26 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def logits_to_proba(logits: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Softmax of (N, K) logits in float64.
+def logits_to_proba(logits: np.ndarray | torch.Tensor, task: Task | None = None) -> np.ndarray:
+    """Probabilities from (N, K) logits in float64, as the task defines them (softmax for one
+    label per image; :meth:`medtl.tasks.Task.proba_from_logits`).
 
     Why float64: a confident network's float32 softmax rounds p to exactly 1.0 once the logit margin
     passes about 17, so such images tie and AUROC drops. Measured on Kermany: a 10-epoch fine-tuned
     model put 308 of 624 test images at p = 1.0 in float32, which read as AUROC 0.970 where its actual
     ranking gives 0.977. float64 keeps them apart up to a margin of about 36.
     """
-    from scipy.special import softmax
-
-    if isinstance(logits, torch.Tensor):
-        logits = logits.detach().cpu().numpy()
-    return softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    if task is None:
+        task = task_for([str(k) for k in range(np.shape(logits)[1])])
+    return task.proba_from_logits(logits)
 
 
-def val_auroc(labels: np.ndarray, proba: np.ndarray) -> float:
-    """AUROC on validation (binary: positive = class 1; multi-class: macro one-vs-rest); NaN if undefined."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    if proba.shape[1] == 2:
-        return float(roc_auc_score(labels, proba[:, 1]))
-    try:
-        return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro"))
-    except ValueError:
-        return float("nan")
+def val_auroc(labels: np.ndarray, proba: np.ndarray, task: Task | None = None) -> float:
+    """The task's headline AUROC (binary: positive = class 1; multi-class: macro one-vs-rest);
+    NaN if undefined. ``task`` defaults to the single-label task of ``proba``'s columns."""
+    if task is None:
+        task = task_for([str(k) for k in range(np.shape(proba)[1])])
+    return task.headline_auroc(labels, proba)
 
 
 @torch.inference_mode()
@@ -181,13 +175,6 @@ def predict_logits(
     return torch.cat(out).numpy()
 
 
-def _class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    counts[counts == 0] = 1.0
-    w = counts.sum() / (n_classes * counts)
-    return torch.tensor(w, dtype=torch.float32)
-
-
 def _make_scheduler(opt: torch.optim.Optimizer, s: LoopSettings, steps_per_epoch: int):
     total = max(1, s.epochs * steps_per_epoch)
     if s.schedule == "onecycle" and total >= 4:  # OneCycleLR needs a few steps per phase
@@ -219,7 +206,7 @@ def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
         m.eval()
 
 
-def _resolve_micro_batch(
+def micro_batch_for(
     model: nn.Module, s: LoopSettings, device: torch.device, image_size: int
 ) -> int:
     """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch)."""
@@ -247,6 +234,7 @@ def training_step(
     channels_last: bool = True,
     denominator: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    task: Task | None = None,
 ) -> float:
     """One optimiser step on the batch ``(xb, yb)``, its gradients accumulated over micro-batches.
 
@@ -262,6 +250,8 @@ def training_step(
     synchronised once per step (``no_sync`` on all but the last micro-batch).
 
     ``scaler``: a ``torch.amp.GradScaler`` for fp16 training on CUDA (None elsewhere).
+    ``task``: the task kind, which says what a batch's total weight is (default: class-weighted
+    single-label counting).
 
     Returns:
         the batch's loss (including the regulariser); for a share of a distributed batch, that share's
@@ -274,6 +264,8 @@ def training_step(
     micro = n if not micro_batch else min(int(micro_batch), n)
     if denominator is not None:
         denom = float(denominator)
+    elif task is not None:
+        denom = task.batch_weight(yb, class_weights)
     else:
         denom = float(class_weights[yb].sum()) if class_weights is not None else float(n)
     ddp = isinstance(model, DistributedDataParallel)
@@ -321,6 +313,248 @@ def training_step(
     return total
 
 
+@dataclass
+class _Loop:
+    """What :func:`train_network` sets up once and every epoch uses."""
+
+    s: LoopSettings
+    task: Task
+    device: torch.device
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: Any
+    loss_fn: nn.Module
+    weights_cpu: torch.Tensor | None
+    weights: torch.Tensor | None
+    aug: BatchAugment
+    steps_per_epoch: int
+    n_ranks: int
+
+
+@dataclass
+class _Progress:
+    """The state that an end-of-epoch checkpoint saves and a resumed run restores."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    start_epoch: int = 0
+    elapsed_before: float = 0.0
+
+
+def _set_up(
+    model: nn.Module,
+    param_groups: list[dict[str, Any]],
+    train: PreparedImages,
+    s: LoopSettings,
+    task: Task,
+    augment: AugmentSettings | None,
+) -> _Loop:
+    """Device, optimiser, schedule, loss (the task's, class-balanced when asked) and augmentation."""
+    n_ranks = distributed.world_size()
+    if n_ranks > 1 and s.batch_size % n_ranks:
+        raise distributed.DistributedError(
+            f"The 'batch_size' is {s.batch_size}, which the world size {n_ranks} does not divide. "
+            f"Use a multiple of {n_ranks}."
+        )
+    device = resolve_device(s.device)
+    model.to(device)
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size), s.min_steps_per_epoch)
+    weights_cpu = task.class_weights(train.labels) if s.class_weighting == "balanced" else None
+    weights = None if weights_cpu is None else weights_cpu.to(device)
+    return _Loop(
+        s=s,
+        task=task,
+        device=device,
+        net=model,
+        opt=opt,
+        sched=_make_scheduler(opt, s, steps_per_epoch),
+        scaler=grad_scaler(device, s.precision),
+        # summed per micro-batch, divided by the whole batch's weight in training_step (= the mean)
+        loss_fn=task.loss(weights, label_smoothing=s.label_smoothing, reduction="sum"),
+        weights_cpu=weights_cpu,
+        weights=weights,
+        aug=BatchAugment(augment or AugmentSettings()),
+        steps_per_epoch=steps_per_epoch,
+        n_ranks=n_ranks,
+    )
+
+
+def _resume(model: nn.Module, lp: _Loop, ckpt: Path | None, resume: bool) -> _Progress:
+    """The progress saved in ``ckpt`` (model, optimiser, schedule and scaler restored), or a fresh one."""
+    state = None
+    if resume and ckpt is not None:
+        # rank 0 owns the run folder: it reads the checkpoint and every other rank gets its content
+        if distributed.is_main() and ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = distributed.broadcast_object(state)
+    if state is None:
+        return _Progress()
+    model.load_state_dict(state["model"])
+    lp.opt.load_state_dict(state["optimizer"])
+    lp.sched.load_state_dict(state["scheduler"])
+    if lp.scaler is not None and state.get("scaler"):
+        lp.scaler.load_state_dict(state["scaler"])
+    meta = state["meta"]
+    log.info("resumed from %s at epoch %d", ckpt, int(meta["epoch"]) + 2)
+    return _Progress(
+        history=list(meta["history"]),
+        best_score=meta["best_score"],
+        best_epoch=meta["best_epoch"],
+        bad_epochs=meta["bad_epochs"],
+        best_state=state["best_state"],
+        start_epoch=int(meta["epoch"]) + 1,
+        elapsed_before=float(meta["elapsed"]),
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    lp: _Loop,
+    train: PreparedImages,
+    epoch: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    frozen_modules: Sequence[nn.Module],
+    regularizer: Callable[[nn.Module], torch.Tensor] | None,
+    first: bool,
+    progress: bool,
+    desc: str,
+    on_batch_end: Callable[[int, int], None] | None,
+) -> tuple[float, int]:
+    """One epoch of optimiser steps; (summed loss over the global batches, images seen).
+
+    The order, augmentation and dropout of epoch ``epoch`` derive from ``(seed, epoch)`` only.
+    """
+    from tqdm.auto import tqdm
+
+    s = lp.s
+    torch.manual_seed(s.seed * 100_003 + epoch)
+    gen = torch.Generator().manual_seed(s.seed * 7_919 + epoch)
+    rng = np.random.default_rng([s.seed, epoch])
+    passes = math.ceil(lp.steps_per_epoch * s.batch_size / max(1, len(train)))
+    order = np.concatenate([rng.permutation(len(train)) for _ in range(passes)])
+    _set_train_mode(model, frozen_modules)
+    micro = micro_batch_for(model, s, lp.device, int(train.pixels.shape[-1]))
+    if first and micro < s.batch_size:
+        log.info("%s: %d images per pass, %d per optimiser step", desc, micro, s.batch_size)
+    total_loss, seen = 0.0, 0
+    bar = tqdm(
+        range(lp.steps_per_epoch),
+        desc=f"{desc} epoch {epoch + 1}/{s.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    for b in bar:
+        idx = order[b * s.batch_size : (b + 1) * s.batch_size]
+        if len(idx) < 2 and len(train) >= 2:  # a batch of one breaks BatchNorm; fold it away
+            continue
+        denom = None
+        if lp.n_ranks > 1:  # this process's contiguous share of the global batch
+            lo, hi = distributed.shard_bounds(len(idx))
+            denom = lp.task.batch_weight(torch.from_numpy(train.labels[idx]), lp.weights_cpu)
+            mine = idx[lo:hi]
+        else:
+            lo, hi, mine = 0, len(idx), idx
+        xb = to_device(train.pixels[mine], lp.device).float().div_(255.0)
+        yb = to_device(train.labels[mine], lp.device)
+        xb = to_model_input(lp.aug(xb, gen, rows=slice(lo, hi), n_total=len(idx)), mean, std)
+        loss_value = training_step(
+            lp.net,
+            lp.opt,
+            lp.loss_fn,
+            xb,
+            yb,
+            micro_batch=micro,
+            class_weights=lp.weights,
+            regularizer=regularizer,
+            grad_clip=s.grad_clip,
+            precision=s.precision,
+            channels_last=s.channels_last,
+            denominator=denom,
+            scaler=lp.scaler,
+            task=lp.task,
+        )
+        lp.sched.step()
+        total_loss += loss_value * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total_loss / max(1, seen):.4f}")
+        if on_batch_end is not None:
+            on_batch_end(b, lp.steps_per_epoch)
+    bar.close()
+    return distributed.all_reduce_sum(total_loss), seen  # each process summed its share
+
+
+def _validate(
+    model: nn.Module, lp: _Loop, val: PreparedImages, mean: Sequence[float], std: Sequence[float]
+) -> tuple[float, float]:
+    """(validation AUROC as the task scores it, validation loss), predictions sharded and gathered."""
+    s = lp.s
+    logits = distributed.map_shards(
+        lambda i: predict_logits(
+            model,
+            val.pixels[i],
+            mean,
+            std,
+            batch_size=s.eval_batch_size,
+            device=lp.device,
+            precision=s.precision,
+            channels_last=s.channels_last,
+        ),
+        len(val),
+    )
+    auc = lp.task.headline_auroc(val.labels, lp.task.proba_from_logits(logits))
+    return auc, lp.task.mean_loss(logits, val.labels)
+
+
+def _save_checkpoint(
+    ckpt: Path, model: nn.Module, lp: _Loop, pg: _Progress, epoch: int, elapsed: float
+) -> None:
+    """The end-of-epoch checkpoint (written atomically) from which a resumed run replays exactly."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": lp.opt.state_dict(),
+        "scheduler": lp.sched.state_dict(),
+        "scaler": lp.scaler.state_dict() if lp.scaler is not None else None,
+        "best_state": pg.best_state,
+        "meta": {
+            "epoch": epoch,
+            "history": pg.history,
+            "best_score": pg.best_score,
+            "best_epoch": pg.best_epoch,
+            "bad_epochs": pg.bad_epochs,
+            "elapsed": elapsed,
+            "settings": asdict(lp.s),
+        },
+    }
+    atomic_write(ckpt, lambda tmp, p=payload: torch.save(p, tmp))
+
+
+def _record_epoch(
+    model: nn.Module, pg: _Progress, auc: float, vloss: float, elapsed: float, s: LoopSettings
+) -> tuple[bool, bool]:
+    """The stopping rule's bookkeeping: (improved, over the time budget). The best weights are kept
+    on improvement (validation AUROC; the validation loss when AUROC is undefined)."""
+    score = auc if not math.isnan(auc) else -vloss
+    improved = score > pg.best_score + 1e-6
+    over_budget = s.max_minutes is not None and elapsed > 60 * s.max_minutes
+    # every rank saw the same gathered predictions; rank 0's decision is still the one all follow
+    improved, over_budget = distributed.broadcast_object((improved, over_budget))
+    if improved:
+        pg.best_score, pg.bad_epochs = score, 0
+        pg.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    else:
+        pg.bad_epochs += 1
+    return improved, over_budget
+
+
 def train_network(
     model: nn.Module,
     param_groups: list[dict[str, Any]],
@@ -340,8 +574,12 @@ def train_network(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     on_batch_end: Callable[[int, int], None] | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    task: Task | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train``, early-stop on validation AUROC, and load the best weights back.
+
+    Steps: :func:`_set_up`, :func:`_resume`, then per epoch :func:`_train_epoch`, :func:`_validate`,
+    :func:`_record_epoch` (the stopping rule) and :func:`_save_checkpoint`.
 
     Args:
         model: network mapping normalised (N, 3, S, S) inputs to logits (N, K).
@@ -357,165 +595,43 @@ def train_network(
         on_epoch_end: called with each epoch's history row (e.g. a progress element in the app).
         on_batch_end: called with (batch index, number of batches) (tests use it to simulate a crash).
         regularizer: extra loss term computed from the model (e.g. L2-SP).
+        task: the task kind (loss, validation AUROC); default: the single-label task of
+            ``train.classes``.
     """
     from tqdm.auto import tqdm
 
     s = settings
+    task = task or task_for(train.classes)
     progress = progress and distributed.is_main()  # one progress bar per job, not per process
-    n_ranks = distributed.world_size()
-    if n_ranks > 1 and s.batch_size % n_ranks:
-        raise distributed.DistributedError(
-            f"The 'batch_size' is {s.batch_size}, which the world size {n_ranks} does not divide. "
-            f"Use a multiple of {n_ranks}."
-        )
-    device = resolve_device(s.device)
-    n_classes = len(train.classes)
-    model.to(device)
-    if s.channels_last:
-        model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
-    scaler = grad_scaler(device, s.precision)
-    steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size), s.min_steps_per_epoch)
-    sched = _make_scheduler(opt, s, steps_per_epoch)
-    weights_cpu = (
-        _class_weights(train.labels, n_classes) if s.class_weighting == "balanced" else None
-    )
-    weights = None if weights_cpu is None else weights_cpu.to(device)
-    # summed per micro-batch, divided by the whole batch's weight in training_step (= PyTorch's mean)
-    loss_fn = nn.CrossEntropyLoss(
-        weight=weights, label_smoothing=s.label_smoothing, reduction="sum"
-    )
-    aug = BatchAugment(augment or AugmentSettings())
-
-    history: list[dict[str, Any]] = []
-    best_score, best_epoch, bad_epochs = -math.inf, 0, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch = 0
-    elapsed_before = 0.0
+    lp = _set_up(model, param_groups, train, s, task, augment)
     ckpt = Path(checkpoint_path) if checkpoint_path else None
-    state = None
-    if resume and ckpt is not None:
-        # rank 0 owns the run folder: it reads the checkpoint and every other rank gets its content
-        if distributed.is_main() and ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        state = distributed.broadcast_object(state)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        best_state = state["best_state"]
-        meta = state["meta"]
-        history = list(meta["history"])
-        best_score, best_epoch, bad_epochs = (
-            meta["best_score"],
-            meta["best_epoch"],
-            meta["bad_epochs"],
-        )
-        start_epoch = int(meta["epoch"]) + 1
-        elapsed_before = float(meta["elapsed"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        log.info("resumed from %s at epoch %d", ckpt, start_epoch + 1)
-    net: nn.Module = model
-    if n_ranks > 1:
+    pg = _resume(model, lp, ckpt, resume)
+    if lp.n_ranks > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         # construction broadcasts rank 0's parameters and buffers: every replica starts identical
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+        lp.net = DistributedDataParallel(
+            model, device_ids=[lp.device.index] if lp.device.type == "cuda" else None
         )
 
     t0 = time.perf_counter()
     stopped_early = False
-    train_pixels, train_labels = train.pixels, train.labels
-    for epoch in range(start_epoch, s.epochs):
-        if s.patience is not None and bad_epochs >= s.patience:
+    for epoch in range(pg.start_epoch, s.epochs):
+        if s.patience is not None and pg.bad_epochs >= s.patience:
             stopped_early = True
             break
         te = time.perf_counter()
-        torch.manual_seed(s.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(s.seed * 7_919 + epoch)
-        rng = np.random.default_rng([s.seed, epoch])
-        passes = math.ceil(steps_per_epoch * s.batch_size / max(1, len(train)))
-        order = np.concatenate([rng.permutation(len(train)) for _ in range(passes)])
-        _set_train_mode(model, frozen_modules)
-        micro = _resolve_micro_batch(model, s, device, int(train_pixels.shape[-1]))
-        if epoch == start_epoch and micro < s.batch_size:
-            log.info("%s: %d images per pass, %d per optimiser step", desc, micro, s.batch_size)
-        total_loss, seen = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{desc} epoch {epoch + 1}/{s.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for b in bar:
-            idx = order[b * s.batch_size : (b + 1) * s.batch_size]
-            if len(idx) < 2 and len(train) >= 2:  # a batch of one breaks BatchNorm; fold it away
-                continue
-            denom = None
-            if n_ranks > 1:  # this process's contiguous share of the global batch
-                lo, hi = distributed.shard_bounds(len(idx))
-                gy = torch.from_numpy(train_labels[idx])
-                denom = float(weights_cpu[gy].sum()) if weights_cpu is not None else len(idx)
-                mine = idx[lo:hi]
-            else:
-                lo, hi, mine = 0, len(idx), idx
-            xb = to_device(train_pixels[mine], device).float().div_(255.0)
-            yb = to_device(train_labels[mine], device)
-            xb = to_model_input(aug(xb, gen, rows=slice(lo, hi), n_total=len(idx)), mean, std)
-            loss_value = training_step(
-                net,
-                opt,
-                loss_fn,
-                xb,
-                yb,
-                micro_batch=micro,
-                class_weights=weights,
-                regularizer=regularizer,
-                grad_clip=s.grad_clip,
-                precision=s.precision,
-                channels_last=s.channels_last,
-                denominator=denom,
-                scaler=scaler,
-            )
-            sched.step()
-            total_loss += loss_value * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / max(1, seen):.4f}")
-            if on_batch_end is not None:
-                on_batch_end(b, steps_per_epoch)
-        bar.close()
-        total_loss = distributed.all_reduce_sum(total_loss)  # each process summed its share
+        total_loss, seen = _train_epoch(
+            model, lp, train, epoch, mean=mean, std=std, frozen_modules=frozen_modules,
+            regularizer=regularizer, first=epoch == pg.start_epoch, progress=progress, desc=desc,
+            on_batch_end=on_batch_end,
+        )  # fmt: skip
         train_seconds = time.perf_counter() - te
-        logits = distributed.map_shards(
-            lambda i: predict_logits(
-                model,
-                val.pixels[i],
-                mean,
-                std,
-                batch_size=s.eval_batch_size,
-                device=device,
-                precision=s.precision,
-                channels_last=s.channels_last,
-            ),
-            len(val),
-        )
-        auc = val_auroc(val.labels, logits_to_proba(logits))
-        vloss = float(
-            nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels))
-        )
-        score = auc if not math.isnan(auc) else -vloss
-        improved = score > best_score + 1e-6
-        # every rank saw the same gathered predictions; rank 0's decision is still the one all follow
-        elapsed = elapsed_before + time.perf_counter() - t0
-        over_budget = s.max_minutes is not None and elapsed > 60 * s.max_minutes
-        improved, over_budget = distributed.broadcast_object((improved, over_budget))
+        auc, vloss = _validate(model, lp, val, mean, std)
+        elapsed = pg.elapsed_before + time.perf_counter() - t0
+        improved, over_budget = _record_epoch(model, pg, auc, vloss, elapsed, s)
         if improved:
-            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-            best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
+            pg.best_epoch = epoch + 1
         row = {
             "epoch": epoch + 1,
             "train_loss": total_loss / max(1, seen),
@@ -525,18 +641,14 @@ def train_network(
             "train_seconds": train_seconds,
             "images": seen,
             "elapsed": elapsed,
-            "lr": [g["lr"] for g in opt.param_groups],
+            "lr": [g["lr"] for g in lp.opt.param_groups],
             "best": improved,
         }
-        history.append(row)
+        pg.history.append(row)
         log.info(
             "%s epoch %d: train loss %.4f, val AUROC %.4f, %.1fs",
-            desc,
-            epoch + 1,
-            row["train_loss"],
-            auc,
-            row["seconds"],
-        )
+            desc, epoch + 1, row["train_loss"], auc, row["seconds"],
+        )  # fmt: skip
         if progress:
             tqdm.write(
                 f"{desc} epoch {epoch + 1}/{s.epochs}: train loss {row['train_loss']:.4f}  "
@@ -544,25 +656,9 @@ def train_network(
                 file=sys.stderr,  # stdout is for results
             )
         if history_path is not None and distributed.is_main():
-            atomic_write_json(history_path, history)
+            atomic_write_json(history_path, pg.history)
         if ckpt is not None and distributed.is_main():
-            payload = {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "best_state": best_state,
-                "meta": {
-                    "epoch": epoch,
-                    "history": history,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "elapsed": row["elapsed"],
-                    "settings": asdict(s),
-                },
-            }
-            atomic_write(ckpt, lambda tmp, p=payload: torch.save(p, tmp))
+            _save_checkpoint(ckpt, model, lp, pg, epoch, elapsed)
         if on_epoch_end is not None:
             on_epoch_end(row)
         if over_budget:
@@ -571,19 +667,20 @@ def train_network(
             )
             stopped_early = True
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if pg.best_state is not None:
+        model.load_state_dict(pg.best_state)
     model.to(memory_format=torch.contiguous_format)
     best_auc = max(
-        (r["val_auroc"] for r in history if not math.isnan(r["val_auroc"])), default=float("nan")
+        (r["val_auroc"] for r in pg.history if not math.isnan(r["val_auroc"])),
+        default=float("nan"),
     )
     return TrainResult(
-        history=history,
-        best_epoch=best_epoch,
+        history=pg.history,
+        best_epoch=pg.best_epoch,
         best_val_auroc=best_auc,
-        seconds=elapsed_before + time.perf_counter() - t0,
+        seconds=pg.elapsed_before + time.perf_counter() - t0,
         stopped_early=stopped_early,
-        resumed_from_epoch=start_epoch,
+        resumed_from_epoch=pg.start_epoch,
     )
 
 
