@@ -55,6 +55,26 @@ from medtl.report import fnum, fpct, fseconds
 logger = logging.getLogger(__name__)
 
 
+def candidate_strategies() -> list[str]:
+    """The strategies the app compares by default: the registry's default comparison without its
+    controls (from scratch is offered as an extra)."""
+    from medtl.strategies import list_strategies, strategy_tags
+
+    return [n for n in list_strategies(default=True) if not strategy_tags(n).control]
+
+
+def extra_strategies() -> list[tuple[str, str]]:
+    """(name, checkbox text) of every other registered strategy, described by its tags."""
+    from medtl.strategies import list_strategies, strategy_tags
+
+    core = set(candidate_strategies())
+    return [
+        (n, f"Also {strategy_label(n).lower()} ({strategy_tags(n).summary})")
+        for n in list_strategies()
+        if n not in core
+    ]
+
+
 def strategy_label(name: str, *, long: bool = False) -> str:
     """Human name of a strategy (owned by medtl.strategies); ``long`` adds what it trains."""
     from medtl.strategies import strategy_description
@@ -80,7 +100,7 @@ class DataView:
 
 def describe_dataset(path: str | Path, *, examples_per_class: int = 2) -> DataView:
     """Load a dataset, summarise it (data card facts) and read a few example images correctly."""
-    from medtl.data import load_dataset, summarise_dataset
+    from medtl.data import load_dataset, source_info, summarise_dataset
     from medtl.errors import ImageReadError
     from medtl.experiment import split_unit
     from medtl.io import read_image
@@ -94,7 +114,7 @@ def describe_dataset(path: str | Path, *, examples_per_class: int = 2) -> DataVi
         raise AppInputError(f"This dataset cannot be used: {exc}") from exc
     summary = summarise_dataset(ds, max_files=16)
     examples: list[tuple[str, np.ndarray]] = []
-    if ds.source != "npz":
+    if not source_info(ds.source).images_in_file:
         for ci, cname in enumerate(ds.classes):
             for s in [s for s in ds.samples if s.label == ci][:examples_per_class]:
                 try:
@@ -207,7 +227,7 @@ def build_config(
                 "positive_class": positive_class,
             },
             "model": {"backbone": backbone, "image_size": int(image_size)},
-            "strategies": list(strategies or ["feature_extraction", "fine_tuning"]),
+            "strategies": list(strategies or candidate_strategies()),
             "train": {"epochs": int(epochs), "batch_size": int(batch_size), "seed": 0},
             "output": {"out": str(work / "runs" / name), "cache_dir": str(work / "cache")},
         }
@@ -264,9 +284,9 @@ def strategy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _slope(r: dict[str, Any], name: str) -> str:
-    from _app_runs import NETWORK_STRATEGIES
+    from _app_runs import in_epochs
 
-    if name not in NETWORK_STRATEGIES:
+    if not in_epochs(name):
         return "— (no epochs)"
     return fnum(r.get("slope"))
 

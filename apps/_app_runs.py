@@ -16,7 +16,12 @@ from typing import Any
 
 from medtl.formatting import format_duration
 
-NETWORK_STRATEGIES = ("fine_tuning", "partial_fine_tuning", "from_scratch")  # trained in epochs
+
+def in_epochs(name: str) -> bool:
+    """True for a strategy trained in epochs (its tags say so)."""
+    from medtl.strategies import strategy_tags
+
+    return strategy_tags(name).trains_in_epochs
 
 
 def _label(name: str) -> str:
@@ -141,7 +146,7 @@ class Progress:
         """Share of the work done, counting each strategy as one unit."""
         if self.index < 0:
             return 0.0
-        part = self.epoch / max(1, self.epochs) if self.current in NETWORK_STRATEGIES else 0.0
+        part = self.epoch / max(1, self.epochs) if in_epochs(self.current) else 0.0
         return min(1.0, (self.index + part) / max(1, len(self.strategies)))
 
     def seconds_left(self) -> float | None:
@@ -150,10 +155,10 @@ class Progress:
         if self.epoch_seconds:
             per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds)
             total = 0.0
-            if self.current in NETWORK_STRATEGIES:
+            if in_epochs(self.current):
                 total += (self.epochs - self.epoch) * per_epoch
             for n in left:
-                if n in NETWORK_STRATEGIES:
+                if in_epochs(n):
                     total += self.epochs * per_epoch
                 else:
                     total += 60.0 * float(self.advised_minutes.get(n, 0.0) or 0.0)
@@ -170,7 +175,7 @@ class Progress:
         if self.current is None:
             return "Reading and preparing the images…"
         head = f"Step {self.index + 1} of {len(self.strategies)} — {_label(self.current)}"
-        if self.current not in NETWORK_STRATEGIES:
+        if not in_epochs(self.current):
             return (
                 f"{head}: one pass of the images through the frozen network, then fitting the "
                 "classifier (no epochs)."

@@ -222,10 +222,7 @@ def _settings() -> tuple[str, int, int, list[str]]:
     )
     extra = [
         name
-        for name, text in (
-            ("partial_fine_tuning", "Also partial fine-tuning (only the last stages are trained)"),
-            ("from_scratch", "Also train from scratch (a slow control: what pretraining adds)"),
-        )
+        for name, text in L.extra_strategies()
         if st.checkbox(text, key=f"also::{name}", persist_state="session")
     ]
     if missing:
@@ -240,7 +237,7 @@ def _settings() -> tuple[str, int, int, list[str]]:
 def _run_new_comparison(path: str, work: Path, backbone: str, epochs: int, size: int,
                         extra: list[str]) -> None:  # fmt: skip
     """Run a comparison with a progress bar, the current step, time left and a Stop button."""
-    strategies = ["feature_extraction", "fine_tuning", *extra]
+    strategies = [*L.candidate_strategies(), *extra]
     cfg = L.build_config(
         path,
         work,

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtl.data._ids import DEFAULT_CACHE_DIR
-from medtl.data._types import PreparedImages
+from medtl.data import DEFAULT_CACHE_DIR, PreparedImages
 from medtl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,7 @@ def adapt_batchnorm(
             "Point --data at a folder of unlabelled images from the target site."
         )
     estimator._pixels(pixels)  # checks dtype and size
-    frozen_bn = getattr(estimator, "name", "") == "feature_extraction" or (
-        getattr(estimator, "_freeze_bn", lambda: False)()
-    )
+    frozen_bn = estimator.freezes_batchnorm()
     if frozen_bn:
         warnings.warn(
             "AdaBN on a model whose BatchNorm statistics were never re-estimated in training (feature "

@@ -114,7 +114,7 @@ class ExperimentConfig:
             look_up_option("params", s, names)
         look_up_option("data.window", self.data.window, ["header", "full", "percentile"])
         if self.data.patient_id_pattern:
-            from medtl.data._load import compile_patient_id_pattern
+            from medtl.data import compile_patient_id_pattern
 
             compile_patient_id_pattern(
                 self.data.patient_id_pattern,
@@ -481,3 +481,15 @@ def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> Path:
     from medtl._fileio import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict as dotted keys ("train.epochs": 5); per-strategy ``params`` stay whole."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "params":
+            out.update(flatten_config(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -155,20 +155,14 @@ def shutdown() -> None:
             dist.destroy_process_group()
 
 
-def device_for(device: str = "auto") -> torch.device:
-    """The device this rank uses: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-GPU job."""
-    from medtl.training import resolve_device
-
-    return resolve_device(device)
-
-
 # -- checks before any work --------------------------------------------------------------------------
-def check_config(cfg: Any) -> None:
+def check_config(cfg: Any, batched: Sequence[str] | None = None) -> None:
     """Refuse, before data loading or training, a config that cannot run on this job's processes.
 
     Checks that the world size divides ``train.batch_size`` (each rank takes an equal share of every
     global batch, so the result does not depend on the number of processes) and that CUDA exists when
-    ``train.device`` asks for it.
+    ``train.device`` asks for it. ``batched``: the strategies whose batch the processes share
+    (those trained in epochs; None: every strategy with a ``batch_size``).
     """
     n = world_size()
     device = str(cfg.train.device)
@@ -187,7 +181,7 @@ def check_config(cfg: Any) -> None:
         )
     for name, params in (getattr(cfg, "params", None) or {}).items():
         b = params.get("batch_size") if isinstance(params, dict) else None
-        if n > 1 and isinstance(b, int) and name != "feature_extraction" and b % n:
+        if n > 1 and isinstance(b, int) and (batched is None or name in batched) and b % n:
             raise DistributedError(
                 f"The 'params.{name}.batch_size' is {b}, which the world size {n} does not divide. "
                 f"Use a multiple of {n}."

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl.data._types import Sample, SkippedFile
+from medtl.data import Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError
-from medtl.strategies._modelfile import META_FILE, MODEL_FILE, ModelFileError
+from medtl.strategies import META_FILE, MODEL_FILE, ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ def collect_inputs(
     (see ``medtl.data.unlabelled_files``), and the paths of the files named explicitly."""
     import os
 
-    from medtl.data._files import unlabelled_files
+    from medtl.data import unlabelled_files
 
     samples, skipped = unlabelled_files(paths, salt=salt)
     named = [str(Path(p).absolute()) for p in paths if not os.path.isdir(p)]

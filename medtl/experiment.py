@@ -26,12 +26,20 @@ import numpy as np
 
 from medtl import distributed, runs
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl.config import ExperimentConfig, load_config, save_config
+from medtl.config import ExperimentConfig, flatten_config, load_config, save_config
 from medtl.data import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
-from medtl.data import PHANTOM_INFO_FILE, Dataset, PreparedImages, Sample, phantom_manifest
+from medtl.data import (
+    PHANTOM_INFO_FILE,
+    Dataset,
+    PreparedImages,
+    Sample,
+    phantom_manifest,
+    source_info,
+)
 from medtl.errors import ConfigError, DatasetError
 from medtl.formatting import num
 from medtl.runs import auroc_of, evaluate_probabilities
+from medtl.strategies import get_strategy, list_strategies, strategy_tags
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +95,13 @@ def resolve_image_size(cfg: ExperimentConfig) -> int:
 
 def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
-    from medtl.data import image_cache_dir, load_dataset, prepare_images, project_salt
-    from medtl.data._load import check_class_counts
+    from medtl.data import (
+        check_class_counts,
+        image_cache_dir,
+        load_dataset,
+        prepare_images,
+        project_salt,
+    )
 
     notes: list[str] = []
     read_options = {"window": cfg.data.window}
@@ -187,7 +200,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
 def split_unit(ds: Dataset) -> str:
     """How the splits were made: ``given`` (the dataset's own folders/column), ``patient`` (carved
     with every patient in one split) or ``image`` (carved per image: no patient ids known)."""
-    if ds.source == "folder_splits":
+    if source_info(ds.source).splits_given:
         return "given"
     if ds.samples and all(s.patient_id for s in ds.samples):
         return "patient"
@@ -206,7 +219,6 @@ def build_strategy(
     name: str, cfg: ExperimentConfig, run_dir: Path, *, progress: bool, resume: bool
 ):
     """Instantiate strategy ``name`` with the run's common settings and its own overrides."""
-    from medtl.strategies import get_strategy, strategy_tags
 
     params: dict[str, Any] = {
         "backbone": cfg.model.backbone,
@@ -245,7 +257,6 @@ def run_strategy(
     on_epoch_end: Callable[[str, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Fit one strategy, evaluate it, and write ``<run>/<name>/``; returns its summary row."""
-    from medtl.strategies import strategy_tags
 
     sdir = runs.strategy_dir(run_dir, name)
     done_file = sdir / runs.STRATEGY_SUMMARY_FILE
@@ -376,7 +387,7 @@ def resume_config(
             "there). Drop --resume to start a new run."
         )
     saved = load_config(saved_path)
-    given, kept = _flatten(cfg.to_dict()), _flatten(saved.to_dict())
+    given, kept = flatten_config(cfg.to_dict()), flatten_config(saved.to_dict())
     keys = set(given) if explicit is None else set(explicit)
     conflicts = [
         f"{k}: saved {kept.get(k)!r}, given {given.get(k)!r}"
@@ -419,9 +430,8 @@ def _check_same_data(run_dir: Path, summary: dict[str, Any], fingerprint: str) -
 def _require_weights(cfg: ExperimentConfig) -> None:
     """Missing pretrained weights stop the run before any data is read (not after, as N failures)."""
     from medtl.backbones import require_weights
-    from medtl.strategies import get_strategy
 
-    if any(getattr(get_strategy(n), "pretrained", True) for n in cfg.strategies):
+    if any(strategy_tags(n).pretrained for n in cfg.strategies):
         require_weights(
             cfg.model.backbone,
             weights_path=cfg.model.weights_path,
@@ -461,14 +471,16 @@ def compare(
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg, overrides)
     elif overrides:
-        cfg = load_config(None, {**_flatten(cfg.to_dict()), **overrides})
+        cfg = load_config(None, {**flatten_config(cfg.to_dict()), **overrides})
     run_dir = Path(cfg.output.out).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(
             f"'output.out' is {str(run_dir)!r}, which is a file. Give a folder path for the run."
         )
     if not resume:
-        distributed.check_config(cfg)  # before any work: world size vs batch, CUDA
+        distributed.check_config(
+            cfg, list_strategies(trains_in_epochs=True)
+        )  # before any work: world size vs batch, CUDA
 
     def start() -> tuple[dict[str, Any] | None, ExperimentConfig]:
         previous = runs.read_summary(run_dir) if resume else None
@@ -479,7 +491,9 @@ def compare(
 
     previous, cfg = distributed.on_main(start)  # rank 0 owns the run folder
     if resume:
-        distributed.check_config(cfg)  # the resumed run's own config
+        distributed.check_config(
+            cfg, list_strategies(trains_in_epochs=True)
+        )  # the resumed run's own config
     progress = progress and distributed.is_main()
     with distributed.main_first():  # rank 0 decodes into the cache; the others then read it
         data = load_data(cfg, progress=progress)
@@ -611,17 +625,6 @@ def _check_ranks_agree(value: Any, what: str = "the dataset fingerprint") -> Non
         )
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "params":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def train(
     cfg: ExperimentConfig | str | Path,
     *,
@@ -637,7 +640,7 @@ def train(
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg, overrides)
     else:
-        cfg = load_config(None, {**_flatten(cfg.to_dict()), **overrides})
+        cfg = load_config(None, {**flatten_config(cfg.to_dict()), **overrides})
     if strategy is None and len(cfg.strategies) > 1:
         cfg.strategies = cfg.strategies[:1]
     return compare(cfg, progress=progress, resume=resume)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl.data._types import PreparedImages
+from medtl.data import PreparedImages
 from medtl.errors import ConfigError, NotFittedError
 from medtl.tasks import task_for
 

@@ -393,7 +393,7 @@ def read_model_meta(run_dir: str | os.PathLike, name: str) -> dict[str, Any] | N
     import warnings
 
     from medtl.errors import MedtlError
-    from medtl.strategies._modelfile import read_meta
+    from medtl.strategies import read_meta
 
     folder = model_dir(run_dir, name)
     if not folder.is_dir():
@@ -446,7 +446,7 @@ def predictions_csv(parts: list[tuple[str, Any, np.ndarray]], classes: list[str]
 def skipped_csv(skipped: list[Any], salt: bytes | None = None) -> str:
     """``skipped.csv`` text: a de-identified id and the reason per unused file (no paths: file and
     folder names in hospital exports carry names and record numbers)."""
-    from medtl.data._ids import keyed_uid
+    from medtl.data import keyed_uid
 
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -9,8 +9,7 @@ from typing import Any
 
 from medtl.advisor._profile import advice_samples, build_profile, measure, stratified_cap
 from medtl.advisor.rules import Advice, decide, measured_from_pilot
-from medtl.data._ids import DEFAULT_CACHE_DIR
-from medtl.data._types import Dataset
+from medtl.data import DEFAULT_CACHE_DIR, Dataset
 from medtl.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -377,12 +377,12 @@ def time_strategies(
     from medtl.training import (
         LoopSettings,
         autocast_context,
+        fold_batchnorm,
         micro_batch_for,
         micro_batch_size,
         to_model_input,
         training_step,
     )
-    from medtl.training._inference import fold_batchnorm
 
     net = copy.deepcopy(model)
     net.reset_classifier(n_classes)

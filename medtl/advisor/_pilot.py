@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medtl.advisor._measure import group_codes
-from medtl.data._types import PreparedImages
+from medtl.data import PreparedImages
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def pilot_schedules(full_epochs: int) -> list[Schedule]:
     default recipe (8 epochs of at least 10 steps of 32) sees it ~50 times. Where the budget lets the
     whole pool train with a longer schedule (small datasets, small images), the pilot uses it.
     """
-    from medtl.training._loop import LoopSettings
+    from medtl.training import LoopSettings
 
     real = LoopSettings()
     ladder = [

@@ -38,6 +38,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0.in1k"
 # Names whose modules import torch load on first use, so that listing backbones (and `medtl backbones`)
 # does not pay torch's ~2 s import.
 _LAZY = {
+    "to_model_input": "medtl.backbones._preprocess",
     "FeatureNet": "medtl.backbones._adapter",
     "imagenet_classes": "medtl.backbones._preprocess",
     "preprocess": "medtl.backbones._preprocess",
@@ -72,5 +73,6 @@ __all__ = [
     "sha256_file",
     "stage_index",
     "state_dict_sha256",
+    "to_model_input",
     "verify_sha256",
 ]

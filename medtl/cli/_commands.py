@@ -17,7 +17,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
     "data": {"path": "synthetic", "synthetic_per_class": 100, "synthetic_difficulty": 0.6},
     "model": {"backbone": "efficientnet_lite0.in1k", "image_size": 128},
-    "strategies": ["feature_extraction", "fine_tuning", "from_scratch"],
+    # strategies: the registry's default comparison (feature extraction, fine-tuning, from scratch)
     "train": {"epochs": 6, "batch_size": 16},
 }
 
@@ -158,7 +158,11 @@ class _Eta:
         self.args = args
         self.t0 = time.perf_counter()
         self.epochs = int(cfg.train.epochs)
-        self.units = {n: (1 if n == "feature_extraction" else self.epochs) for n in cfg.strategies}
+        from medtl.strategies import strategy_tags
+
+        self.units = {
+            n: (self.epochs if strategy_tags(n).trains_in_epochs else 1) for n in cfg.strategies
+        }
         self.done: dict[str, int] = {}
         try:
             total = _seconds_per_epoch(cfg) * sum(self.units.values())
@@ -227,11 +231,11 @@ def _explicit(args: argparse.Namespace, ov: dict[str, Any]) -> set[str]:
     if args.config:
         import yaml
 
-        from medtl.experiment import _flatten
+        from medtl.config import flatten_config
 
         loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
         if isinstance(loaded, dict):
-            keys |= set(_flatten(loaded))
+            keys |= set(flatten_config(loaded))
     return keys
 
 
@@ -376,13 +380,6 @@ def backbones(args: argparse.Namespace) -> int:
             f"{r['name']:<28}{r.get('feature_dim', ''):>9}{r.get('input_size', ''):>6}  {avail:<11}"
             f"{r.get('weights_source', '')}"
         )
-    return 0
-
-
-def data_help(args: argparse.Namespace) -> int:
-    from medtl.cli._main import build_parser
-
-    build_parser().parse_args(["data", "--help"])
     return 0
 
 

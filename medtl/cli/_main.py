@@ -73,6 +73,16 @@ def _sub(subs, name: str, help_: str, examples: str, func) -> argparse.ArgumentP
     return p
 
 
+def _print_help(parser: argparse.ArgumentParser):
+    """A command function that prints ``parser``'s help (``medtl data`` without a subcommand)."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 0
+
+    return show
+
+
 def _add_output_args(p: argparse.ArgumentParser, *, json_: bool = False) -> None:
     """Options every long-running command shares, so that one option set works everywhere."""
     p.add_argument(
@@ -314,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Dataset tools: synthesise the phantom, write a data card, check files.",
         "  medtl data synth --out phantom/\n  medtl data card ./xrays --out card.md\n"
         "  medtl data check ./xrays",
-        cmd.data_help,
+        None,
     )
+    p.set_defaults(func=_print_help(p))
     dsubs = p.add_subparsers(dest="data_command", metavar="<data command>")
     q = _sub(
         dsubs,

@@ -18,9 +18,9 @@ from medtl.data._ids import (
     project_salt,
     write_id_map,
 )
-from medtl.data._load import load_dataset
+from medtl.data._load import check_class_counts, compile_patient_id_pattern, load_dataset
 from medtl.data._prepare import image_cache_dir, prepare_images
-from medtl.data._sources import register_source
+from medtl.data._sources import SourceInfo, register_source, source_info
 from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
 from medtl.data._types import SPLITS, Dataset, PreparedImages, Sample, SkippedFile
 from medtl.data.card import data_card, summarise_dataset
@@ -43,7 +43,10 @@ __all__ = [
     "PreparedImages",
     "Sample",
     "SkippedFile",
+    "SourceInfo",
     "assign_splits",
+    "check_class_counts",
+    "compile_patient_id_pattern",
     "data_card",
     "dataset_fingerprint",
     "default_demo_dataset",
@@ -60,6 +63,7 @@ __all__ = [
     "project_salt",
     "register_source",
     "save_splits",
+    "source_info",
     "summarise_dataset",
     "unlabelled_files",
     "write_id_map",

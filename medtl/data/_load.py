@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from medtl._fileio import display_path
 from medtl._options import check_range
 from medtl.data._ids import hash_patient_id, salt_check
-from medtl.data._sources import scan_source
+from medtl.data._sources import scan_source, source_info
 from medtl.data._splits import assign_splits
 from medtl.data._types import Dataset, Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError, ImageReadError
@@ -291,13 +291,13 @@ def load_dataset(
     if positive_class is not None:
         _put_positive_last(classes, [], positive_class)  # a wrong name fails before any decoding
     if patient_id_pattern:
-        if scan.source == "npz":
+        if source_info(scan.source).images_in_file:
             raise ConfigError(
                 "The 'patient_id_pattern' parameter reads patient ids from file names, but a .npz "
                 "holds every image in one file. Remove patient_id_pattern for this dataset."
             )
         samples = patient_ids_from_names(samples, patient_id_pattern, salt)
-    if verify and scan.source != "npz":
+    if verify and not source_info(scan.source).images_in_file:
         samples, bad = _verify(samples, read_options, progress, num_workers)
         skipped.extend(bad)
     if skipped:

@@ -66,21 +66,92 @@ class ScanResult:
 
 
 SourceFn = Callable[[Path, "Sequence[str] | None", "bytes | None"], ScanResult]
-_SOURCES: dict[str, SourceFn] = {}
 
 
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    """Register a dataset source under ``name`` (used by :func:`scan_source`).
+@dataclass(frozen=True)
+class SourceInfo:
+    """A registered dataset source: how it claims a path, how it scans, and what it is.
 
-    A source is ``fn(path, class_names, salt) -> ScanResult``; it names samples and skipped files
-    with :func:`make_uid` and the salt it is given.
+    Attributes:
+        name: the source's name (``Dataset.source``).
+        scan: ``fn(path, class_names, salt) -> ScanResult``.
+        claims: ``fn(path) -> bool``: True when this source reads ``path``; asked in ``priority``
+            order (highest first) by :func:`detect_source`.
+        file_patterns: the dataset is one file of these kinds (a manifest, an archive); a folder
+            holding such files is searched for them when a run is re-scanned.
+        images_in_file: the pixels live inside the dataset file (no image files to verify, no file
+            names to read patient ids from).
+        splits_given: the layout names its own splits (folders train/val/test).
     """
 
+    name: str
+    scan: SourceFn
+    claims: Callable[[Path], bool]
+    file_patterns: tuple[str, ...] = ()
+    images_in_file: bool = False
+    splits_given: bool = False
+    priority: int = 0
+
+
+_SOURCES: dict[str, SourceInfo] = {}
+
+
+def register_source(
+    name: str,
+    *,
+    claims: Callable[[Path], bool] | None = None,
+    file_patterns: Sequence[str] = (),
+    images_in_file: bool = False,
+    splits_given: bool = False,
+    priority: int = 0,
+) -> Callable[[SourceFn], SourceFn]:
+    """Register a dataset source under ``name`` (used by :func:`detect_source` and
+    :func:`scan_source`); a name already taken is refused.
+
+    A source is ``fn(path, class_names, salt) -> ScanResult``; it names samples and skipped files
+    with :func:`make_uid` and the salt it is given. ``claims(path)`` says whether it reads ``path``
+    (default: a file matching ``file_patterns``). See :class:`SourceInfo` for the rest.
+    """
+    if name in _SOURCES:
+        raise ValueError(f"A dataset source named {name!r} is already registered.")
+    pats = tuple(file_patterns)
+
+    suffixes = {Path(p).suffix.lower() for p in pats}
+
+    def by_pattern(path: Path) -> bool:  # a file with one of the patterns' suffixes, any case
+        return path.is_file() and path.suffix.lower() in suffixes
+
     def deco(fn: SourceFn) -> SourceFn:
-        _SOURCES[name] = fn
+        _SOURCES[name] = SourceInfo(
+            name=name,
+            scan=fn,
+            claims=claims or by_pattern,
+            file_patterns=pats,
+            images_in_file=images_in_file,
+            splits_given=splits_given,
+            priority=priority,
+        )
         return fn
 
     return deco
+
+
+def source_info(name: str) -> SourceInfo:
+    """What the registered source ``name`` is (see :class:`SourceInfo`)."""
+    from medtl._options import look_up_option
+
+    look_up_option("source", name, sorted(_SOURCES))
+    return _SOURCES[name]
+
+
+def _has_split_folders(path: Path) -> bool:
+    return path.is_dir() and any(
+        d.name.lower() in ("train", "training") for d in _visible_dirs(path)
+    )
+
+
+def _has_class_folders(path: Path) -> bool:
+    return path.is_dir() and bool(_visible_dirs(path))
 
 
 def make_uid(relpath: str | os.PathLike | bytes, salt: bytes | None = None) -> str:
@@ -242,21 +313,14 @@ def detect_source(path: Path) -> str:
             f"Dataset path {display_path(path)!r} does not exist. Give a folder of class folders, a folder with "
             "train/ (and optional val/, test/), a CSV manifest or a MedMNIST .npz file."
         )
+    for info in sorted(_SOURCES.values(), key=lambda i: -i.priority):
+        if info.claims(path):
+            return info.name
     if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in (".csv", ".tsv"):
-            return "csv"
-        if suffix == ".npz":
-            return "npz"
         raise DatasetError(
             f"Dataset file {display_path(path)!r} is neither a CSV manifest (.csv) nor a MedMNIST .npz. "
             "Give a folder, a .csv with columns path,label or a .npz file."
         )
-    subdirs = _visible_dirs(path)
-    if any(d.name.lower() == "train" or d.name.lower() == "training" for d in subdirs):
-        return "folder_splits"
-    if subdirs:
-        return "folder_classes"
     manifests = sorted(path.glob("*.csv"))
     npzs = sorted(path.glob("*.npz"))
     hint = ""
@@ -276,7 +340,7 @@ def scan_source(
     """Detect the layout of ``path`` and list its labelled files (uids keyed with ``salt``)."""
     p = Path(path).expanduser().resolve()
     kind = detect_source(p)
-    return _SOURCES[kind](p, class_names, salt)
+    return _SOURCES[kind].scan(p, class_names, salt)
 
 
 def _class_folder_samples(
@@ -306,7 +370,7 @@ def _check_class_names(classes: list[str], class_names: Sequence[str] | None, wh
         )
 
 
-@register_source("folder_classes")
+@register_source("folder_classes", claims=_has_class_folders)
 def _scan_folder_classes(
     root: Path, class_names: Sequence[str] | None, salt: bytes | None = None
 ) -> ScanResult:
@@ -318,7 +382,7 @@ def _scan_folder_classes(
     return ScanResult(str(root), "folder_classes", classes, samples, walk.skipped, walk.ignored)
 
 
-@register_source("folder_splits")
+@register_source("folder_splits", claims=_has_split_folders, splits_given=True, priority=1)
 def _scan_folder_splits(
     root: Path, class_names: Sequence[str] | None, salt: bytes | None = None
 ) -> ScanResult:
@@ -398,7 +462,7 @@ def _read_manifest_rows(csv_path: Path, delimiter: str) -> tuple[list[str], list
     return header or [], rows
 
 
-@register_source("csv")
+@register_source("csv", file_patterns=("*.csv", "*.tsv"))
 def _scan_csv(
     csv_path: Path, class_names: Sequence[str] | None, salt: bytes | None = None
 ) -> ScanResult:
@@ -493,7 +557,7 @@ def _scan_csv(
 MAX_NPZ_CLASSES = 1000
 
 
-@register_source("npz")
+@register_source("npz", file_patterns=("*.npz",), images_in_file=True)
 def _scan_npz(
     npz_path: Path, class_names: Sequence[str] | None, salt: bytes | None = None
 ) -> ScanResult:

@@ -349,16 +349,16 @@ def save_splits(dataset: Dataset, path: str | Path, *, salt: bytes | None = None
 
 def _rescan(dataset_root: Path, source: str, classes: list[str], salt: bytes | None) -> Any:
     """Scan ``dataset_root`` again; for a manifest or .npz source a folder may hold the file."""
-    from medtl.data._sources import scan_source
+    from medtl.data._sources import scan_source, source_info
 
     candidates = [dataset_root]
-    if dataset_root.is_dir() and source in ("csv", "npz"):
-        patterns = ("*.csv", "*.tsv") if source == "csv" else ("*.npz",)
+    patterns = source_info(source).file_patterns
+    if dataset_root.is_dir() and patterns:
         candidates = sorted(f for pat in patterns for f in dataset_root.glob(pat))
     scans = []
     for cand in candidates:
         try:
-            scans.append(scan_source(cand, classes if source in ("csv", "npz") else None, salt))
+            scans.append(scan_source(cand, classes if patterns else None, salt))
         except DatasetError:
             if len(candidates) == 1:
                 raise

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medtl.data._prepare import is_near_grey
+from medtl.data._sources import source_info
 from medtl.data._types import Dataset, Sample
 
 __all__ = ["data_card", "summarise_dataset"]
@@ -51,7 +52,7 @@ def _image_facts(dataset: Dataset, max_files: int) -> dict[str, Any]:
     colour = 0
     unread = 0
     chosen = _sample_evenly(list(dataset.samples), max_files)
-    if dataset.source == "npz":
+    if source_info(dataset.source).images_in_file:
         from medtl.io import read_npz
 
         by_file: dict[str, dict] = {}

@@ -41,7 +41,7 @@ from medtl.metrics._threshold import (
     ppv_npv_at_prevalence,
     wilson_ci,
 )
-from medtl.metrics._validate import MetricInputError
+from medtl.metrics._validate import MetricInputError, check_pair
 
 __all__ = [
     "ClinicalReport",
@@ -52,6 +52,7 @@ __all__ = [
     "auroc_ci",
     "brier",
     "calibration_slope_intercept",
+    "check_pair",
     "choose_threshold",
     "clinical_report",
     "compare_paired",

@@ -30,12 +30,12 @@ from medtl.metrics import (
     auroc_ci,
     brier,
     calibration_slope_intercept,
+    check_pair,
     decision_curve,
     expected_calibration_error,
     learning_curve_summary,
     reliability_curve,
 )
-from medtl.metrics._validate import check_pair
 from medtl.report._html import fseconds
 
 WIDTH_IN = 8.0

@@ -16,13 +16,17 @@ from medtl.strategies._base import (
     strategy_tags,
 )
 from medtl.strategies._feature_extraction import FeatureExtraction, extract_embeddings
+from medtl.strategies._modelfile import META_FILE, MODEL_FILE, ModelFileError, read_meta
 from medtl.strategies._network import FineTuning, FromScratch, PartialFineTuning
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "META_FILE",
+    "MODEL_FILE",
     "FeatureExtraction",
     "FineTuning",
     "FromScratch",
+    "ModelFileError",
     "PartialFineTuning",
     "Strategy",
     "StrategyTags",
@@ -30,6 +34,7 @@ __all__ = [
     "get_strategy",
     "list_strategies",
     "load_model",
+    "read_meta",
     "register_strategy",
     "strategy_description",
     "strategy_label",

@@ -29,7 +29,7 @@ from torch import nn
 
 from medtl._fileio import atomic_write
 from medtl._options import look_up_option
-from medtl.data._types import PreparedImages, Sample
+from medtl.data import PreparedImages, Sample
 from medtl.errors import ConfigError, NotFittedError
 from medtl.strategies._modelfile import (
     META_FILE,

@@ -15,7 +15,7 @@ from torch import nn
 from medtl._memo import library_versions, memoized
 from medtl._options import look_up_option
 from medtl.backbones import DEFAULT_BACKBONE
-from medtl.data._types import PreparedImages
+from medtl.data import PreparedImages
 from medtl.strategies._base import Strategy, StrategyTags, _build_network, register_strategy
 from medtl.strategies._embeddings import EmbeddingCache
 
@@ -46,8 +46,7 @@ def extract_embeddings(
     """
     from tqdm.auto import tqdm
 
-    from medtl.training import autocast_context, to_device, to_model_input
-    from medtl.training._inference import fold_batchnorm
+    from medtl.training import autocast_context, fold_batchnorm, to_device, to_model_input
 
     if len(pixels) == 0:
         return np.zeros((0, cfg.feature_dim), np.float32)

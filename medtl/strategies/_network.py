@@ -28,7 +28,7 @@ from torch import nn
 
 from medtl._options import look_up_option
 from medtl.backbones import DEFAULT_BACKBONE
-from medtl.data._types import PreparedImages
+from medtl.data import PreparedImages
 from medtl.strategies._base import Strategy, StrategyTags, _build_network, register_strategy
 from medtl.tasks import Task, task_for
 

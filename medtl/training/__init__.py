@@ -12,6 +12,7 @@ from medtl.training._device import (
     to_device,
     training_precision,
 )
+from medtl.training._inference import fold_batchnorm
 from medtl.training._loop import (
     LoopSettings,
     TrainResult,
@@ -33,6 +34,7 @@ __all__ = [
     "cpu_has_fast_bf16",
     "cuda_dtype",
     "describe_precision",
+    "fold_batchnorm",
     "grad_scaler",
     "logits_to_proba",
     "micro_batch_for",

@@ -39,7 +39,7 @@ from torch import nn
 from medtl import distributed
 from medtl._fileio import atomic_write, atomic_write_json
 from medtl._options import look_up_option
-from medtl.backbones._preprocess import to_model_input
+from medtl.backbones import to_model_input
 from medtl.data import PreparedImages
 from medtl.tasks import Task, task_for
 from medtl.training._augment import AugmentSettings, BatchAugment
