@@ -90,6 +90,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
     from medtl.data import image_cache_dir, load_dataset, prepare_images, project_salt
     from medtl.data._load import check_class_counts
+    from medtl.subgroups import SITE_EXTERNAL_TEST, SITE_EXTERNAL_VAL, with_site
 
     notes: list[str] = []
     read_options = {"window": cfg.data.window}
@@ -127,6 +128,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         # every file is decoded exactly once, by prepare_images below (which skips and reports bad
         # files); the class counts are checked on what decoded, before any training
         verify=False,
+        subgroups=cfg.data.subgroups,
     )
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
 
@@ -134,11 +136,15 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         """Every image of another dataset, as one split (another site's validation or test data)."""
         ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
                            min_per_class=1, progress=progress, verify=False, salt=salt,
-                           positive_class=cfg.data.positive_class)  # fmt: skip
+                           positive_class=cfg.data.positive_class,
+                           subgroups=cfg.data.subgroups)  # fmt: skip
         _check_same_classes(ds, ext, field)
         ds.skipped.extend(ext.skipped)
         prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
-        return [dataclasses.replace(s, split=split, uid=prefix + s.uid) for s in ext.samples]
+        site = SITE_EXTERNAL_VAL if split == "val" else SITE_EXTERNAL_TEST  # the subgroup "site"
+        return [dataclasses.replace(s, split=split, uid=prefix + s.uid,
+                                    attributes=with_site(s.attributes, site))
+                for s in ext.samples]  # fmt: skip
 
     if cfg.data.val:
         train_s = train_s + val_s  # the own-site validation split goes back to training
