@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medtl import _subgroup_results as _subgroups
 from medtl import distributed, runs
 from medtl._fileio import atomic_write_json, atomic_write_text
 from medtl.config import ExperimentConfig, load_config, save_config
@@ -333,6 +334,8 @@ def _write_strategy(
     metrics = evaluate_probabilities(
         data.val.labels, p_val, data.test.labels, p_test, cfg, class_names=data.dataset.classes
     )
+    if data.test.attributes:  # performance by subgroup on the test set, at the same threshold
+        metrics["subgroups"] = _subgroups.test_block(data, p_test, metrics.get("threshold"))
     atomic_write_json(sdir / runs.METRICS_FILE, metrics)
     op = runs.operating_point_record(metrics, len(data.val))
     if op is not None:  # the model folder carries the operating point it was validated at
@@ -436,6 +439,8 @@ def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) 
     atomic_write_text(
         run_dir / runs.SKIPPED_FILE, runs.skipped_csv(data.dataset.skipped, data.salt)
     )
+    if data.test.attributes:
+        _subgroups.write_attributes(run_dir, data)
 
 
 def _check_same_data(run_dir: Path, summary: dict[str, Any], fingerprint: str) -> None:
@@ -614,6 +619,8 @@ def _finish(
     """Paired comparisons, gaps, ``complete``, the HTML report: the end of :func:`compare`."""
     summary_path = run_dir / runs.SUMMARY_FILE
     summary["paired"] = runs.paired_comparisons(run_dir, summary, seed=cfg.train.seed)
+    if (run_dir / runs.SUBGROUPS_FILE).is_file():
+        summary["subgroups"] = _subgroups.run_subgroups(run_dir, summary)
     runs.flag_gaps(summary)
     summary["complete"] = True
     atomic_write_json(summary_path, summary)

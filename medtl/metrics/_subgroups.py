@@ -18,8 +18,8 @@ rest of the images (all other groups of the attribute together):
   family-wise error at ``alpha`` per attribute and metric.
 
 A group with fewer than ``min_positives`` positives or ``min_negatives`` negatives is marked
-``too_small`` (its numbers are still given, with their wide intervals) and is not tested: it is
-shown as "too small to judge", never dropped. Images without a value form the group ``unknown``.
+``too_small`` (its numbers are still given, with their wide intervals) and is not tested (nor is a
+group whose rest is that small): it is shown as "too small to judge", never dropped. Images without a value form the group ``unknown``.
 
 :func:`subgroup_paired` asks whether strategy A's AUROC gain over B holds in every group (paired
 DeLong within each group, :func:`~medtl.metrics.delong_test`). :func:`subgroup_report_multiclass`
@@ -262,8 +262,8 @@ def subgroup_table(
             )
 
         row = {"group": g, **part(m)}
-        if not row["too_small"] and (~m).any():
-            rest = part(~m)
+        rest = part(~m) if (~m).any() else None
+        if not row["too_small"] and rest is not None and not rest["too_small"]:
             row.update(
                 _auroc_gap(row, rest, alpha), **_fnr_gap(row, rest), rest_auroc=rest["auroc"]
             )
@@ -466,9 +466,11 @@ def gap_sentences(
             ):
                 gap = r.get(key)
                 # the groups the model fails: a two-group attribute would otherwise say it twice
+                p_holm = r.get(f"{key}_p_holm")
                 if gap is None or not math.isfinite(gap) or np.sign(gap) != worse:
                     continue
-                p_holm = r.get(f"{key}_p_holm")
+                if p_holm is None or not math.isfinite(p_holm):
+                    continue
                 rank = p_holm if p_holm is not None and math.isfinite(p_holm) else 1.0
                 found.append(((rank, -abs(gap)), attr, r, key, what, worse))
     found.sort(key=lambda t: t[0])  # the most convincing gaps first, then the largest
@@ -477,10 +479,15 @@ def gap_sentences(
         gap = r[key]
         p_holm = r.get(f"{key}_p_holm")
         signif = p_holm is not None and math.isfinite(p_holm) and p_holm < alpha
-        ci = f"{100 * (1 - alpha):g}% CI {r[key + '_low']:+.3f} to {r[key + '_high']:+.3f}"
+        lo, hi = r.get(f"{key}_low"), r.get(f"{key}_high")
+        ci = (
+            f"{100 * (1 - alpha):g}% CI {lo:+.3f} to {hi:+.3f}, "
+            if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+            else ""
+        )
         out.append(
             f"{label} is worse for {attr} = {r['group']} than for the rest: {what} "
-            f"{gap:+.3f} ({ci}, Holm-adjusted {format_p_value(p_holm)}), "
+            f"{gap:+.3f} ({ci}Holm-adjusted {format_p_value(p_holm)}), "
             + ("a gap unlikely to be chance." if signif else "not distinguishable from chance.")
         )
     if small:
