@@ -86,6 +86,61 @@ def write_attributes(run_dir: str | Path, data: Any) -> None:
     atomic_write_text(Path(run_dir) / runs.SUBGROUPS_FILE, attributes_csv(parts, names))
 
 
+#: numbers of a subgroup row copied into ``medtl evaluate``'s table under the same names
+_EVAL_KEYS = (
+    "auroc", "auroc_low", "auroc_high", "sensitivity", "specificity", "too_small", "fnr",
+    "fnr_low", "fnr_high", "auroc_gap", "auroc_gap_low", "auroc_gap_high", "auroc_gap_p_holm",
+    "fnr_gap", "fnr_gap_p_holm",
+)  # fmt: skip
+
+
+def evaluation_rows(
+    images: Any,
+    proba: np.ndarray,
+    threshold: float | None,
+    class_names: Sequence[str],
+    common: Mapping[str, Any],
+    samples: Sequence[Any],
+) -> list[dict[str, Any]]:
+    """``medtl evaluate --by`` rows: one per group of each attribute, with the evaluation table's
+    columns (binary; several classes: the macro one-vs-rest AUROC) and the gap to the rest."""
+    block = subgroup_block(
+        images.attributes,
+        images.labels,
+        proba,
+        threshold=threshold,
+        class_names=class_names,
+        patient_ids=patient_ids_of(samples, images.uids),
+    )
+    if block is None:
+        return []
+    out = []
+    if block["kind"] != "binary":
+        for attr, rows in block["macro"].items():
+            for r in rows:
+                out.append({**common, "subgroup": f"{attr}={r['group']}", "n": r["n"],
+                            "auroc": r["auroc"], "too_small": r["too_small"]})  # fmt: skip
+        return out
+    for attr, rows in block["attributes"].items():
+        for r in rows:
+            out.append(
+                {
+                    **common,
+                    "subgroup": f"{attr}={r['group']}",
+                    "n": r["n"],
+                    "n_pos": r["n_pos"],
+                    "prevalence": r["prevalence"],
+                    "threshold": threshold,
+                    "sens_low": r.get("sensitivity_low"),
+                    "sens_high": r.get("sensitivity_high"),
+                    "spec_low": r.get("specificity_low"),
+                    "spec_high": r.get("specificity_high"),
+                    **{k: r.get(k) for k in _EVAL_KEYS},
+                }
+            )
+    return out
+
+
 def patient_ids_of(samples: Sequence[Any], uids: Sequence[str]) -> list[str | None]:
     """The (hashed) patient id of each uid, from the samples that hold them (None if unknown)."""
     by_uid = {s.uid: s.patient_id for s in samples}
