@@ -68,6 +68,7 @@ ALIASES = {
     "vendor": "manufacturer",
     "manufacturer_model": "model",
     "manufacturermodelname": "model",
+    "manufacturer_model_name": "model",
     "bodypart": "body_part",
     "bodypartexamined": "body_part",
     "body_part_examined": "body_part",
@@ -137,7 +138,8 @@ _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([ymwd]?)\w*\s*$", re.IGNORECASE)
 def canonical_name(name: str) -> str:
     """The attribute name medtl uses for ``name`` (``"Gender"`` -> ``"sex"``); others are kept
     (lower case, spaces as underscores), e.g. a manifest column ``ethnicity``."""
-    key = re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+    camel = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name).strip())  # PatientName -> Patient_Name
+    key = re.sub(r"[\s\-]+", "_", camel.lower())
     return ALIASES.get(key, key)
 
 
