@@ -412,3 +412,19 @@ def test_nih_cxr14_subgroups(tmp_path: Path) -> None:
     rows_age = {r["group"]: r for r in rep["attributes"]["age"]}
     assert rows_age["80+"]["too_small"] and rows_age["80+"]["n"] == 9
     assert rep["overall"]["n_pos"] == 80
+
+
+def test_app_subgroups_view(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    tmp, _, _ = run
+    monkeypatch.setenv("MEDTL_APP_WORK", str(tmp_path / "work"))
+    app = str(Path(__file__).resolve().parents[1] / "apps" / "medtl_app.py")
+    at = AppTest.from_file(app, default_timeout=60)
+    at.session_state["run_dir"] = str(tmp / "run")
+    at.run()
+    at = at.sidebar.radio(key="section").set_value("Subgroups").run()
+    assert not at.exception
+    assert len(at.table) == 2  # one table per strategy
+    text = " ".join(str(m.value) for m in at.markdown)
+    assert "Operating point" in text and "FNR" in text
