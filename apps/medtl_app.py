@@ -14,11 +14,12 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _app_logic as L
+from _app_subgroups import page_subgroups
 
 from medtl.tasks import task_for
 
 TITLE = "medtl — transfer learning for medical images"
-SECTIONS = ["Data", "Advice", "Compare", "Operating point", "Single image"]
+SECTIONS = ["Data", "Advice", "Compare", "Operating point", "Subgroups", "Single image"]
 
 st.set_page_config(page_title="medtl", layout="wide")
 
@@ -542,6 +543,7 @@ def main() -> None:
         "Advice": page_advice,
         "Compare": page_compare,
         "Operating point": page_operating,
+        "Subgroups": lambda work: page_subgroups(_run(), L.strategy_label, L.thresholds_for),
         "Single image": page_single,
     }
     try:

@@ -53,6 +53,8 @@ class DataConfig:
     max_train: int | None = None  # stratified subsample of the training split (learning curves)
     synthetic_per_class: int = 60  # size of the built-in phantom when path == "synthetic"
     synthetic_difficulty: float = 0.5
+    # subgroup attributes reported per group (manifest columns or DICOM headers): "sex,age,view"
+    subgroups: list[str] | str = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +115,9 @@ class ExperimentConfig:
         for s in self.params:
             look_up_option("params", s, names)
         look_up_option("data.window", self.data.window, ["header", "full", "percentile"])
+        from medtl.subgroups import parse_subgroups
+
+        self.data.subgroups = parse_subgroups(self.data.subgroups, "data.subgroups")
         if self.data.patient_id_pattern:
             from medtl.data import compile_patient_id_pattern
 

@@ -61,6 +61,18 @@ COLUMNS = [
     "brier",
     "ece",
     "n_skipped",
+    # with --by: one extra row per subgroup ("all" on the dataset's own row)
+    "subgroup",
+    "too_small",
+    "fnr",
+    "fnr_low",
+    "fnr_high",
+    "auroc_gap",
+    "auroc_gap_low",
+    "auroc_gap_high",
+    "auroc_gap_p_holm",
+    "fnr_gap",
+    "fnr_gap_p_holm",
 ]
 
 
@@ -82,7 +94,9 @@ def find_models(paths: list[str]) -> list[Path]:
     return out
 
 
-def _row_key(model_dir: Path, dataset: str, split: str, threshold: Any, prevalence: Any) -> str:
+def _row_key(
+    model_dir: Path, dataset: str, split: str, threshold: Any, prevalence: Any, by: Any = None
+) -> str:
     """One row's identity: the model's files (both, so a changed operating point is a new row), the
     dataset, split, threshold and prevalence."""
     parts = [str(model_dir.resolve())]
@@ -90,6 +104,8 @@ def _row_key(model_dir: Path, dataset: str, split: str, threshold: Any, prevalen
         st = (model_dir / f).stat()
         parts.append(f"{st.st_size}:{st.st_mtime_ns}")
     parts += [str(Path(dataset).resolve()), split, str(threshold), str(prevalence)]
+    if by:
+        parts.append(",".join(by))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -104,6 +120,7 @@ def evaluate(
     prevalence: float | None = None,
     progress: bool = True,
     device: str = "cpu",
+    by: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model on every dataset; returns {"rows", "csv", "markdown"}.
 
@@ -120,6 +137,9 @@ def evaluate(
         prevalence: deployment prevalence for PPV/NPV.
         device: where the models predict (``cpu``, ``cuda``, ``auto``); in a ``torchrun`` job each
             process takes a strided share of the rows (and its own GPU).
+        by: subgroup attributes (``"sex,view"``; manifest columns or DICOM headers, see
+            :mod:`medtl.subgroups`): after each model x dataset row, one row per group with its
+            numbers and its gap to the rest (``subgroup`` column; ``all`` on the main row).
 
     Example:
         >>> medtl.evaluate(["runs/a"], ["site_b/"], out="eval")["csv"]
@@ -132,7 +152,8 @@ def evaluate(
         import yaml
 
         spec = yaml.safe_load(Path(batch_file).read_text()) or {}
-        unknown = set(spec) - {"models", "datasets", "out", "split", "threshold", "prevalence"}
+        known = {"models", "datasets", "out", "split", "threshold", "prevalence", "by"}
+        unknown = set(spec) - known
         if unknown:
             raise ConfigError(f"Unknown field(s) {sorted(unknown)} in batch file {batch_file}.")
         models = (models or []) + list(spec.get("models", []))
@@ -141,7 +162,11 @@ def evaluate(
         split = spec.get("split", split)
         threshold = threshold if threshold is not None else spec.get("threshold")
         prevalence = prevalence if prevalence is not None else spec.get("prevalence")
+        by = by if by is not None else spec.get("by")
     look_up_option("split", split, ["all", "train", "val", "test"])
+    from medtl.subgroups import parse_subgroups
+
+    by = parse_subgroups(by, "by") or None
     if not models or not datasets:
         raise ConfigError(
             "evaluate needs at least one model and one dataset (--data or a --batch file)."
@@ -158,14 +183,14 @@ def evaluate(
     done: list[tuple[int, dict[str, Any] | BaseException]] = []
     show = progress and distributed.is_main()
     for i, (m, d) in tqdm(mine, desc="evaluate", disable=not show):
-        key = _row_key(m, d, split, threshold, prevalence)
+        key = _row_key(m, d, split, threshold, prevalence, by)
         row_file = out_dir / "rows" / f"{key}.json"
         if row_file.exists():
             done.append((i, json.loads(row_file.read_text())))
             continue
         try:
             row = _evaluate_one(
-                m, d, split, threshold, prevalence, out_dir / ".cache", show, device
+                m, d, split, threshold, prevalence, out_dir / ".cache", show, device, by
             )
         except Exception as exc:
             if distributed.world_size() == 1:
@@ -181,7 +206,7 @@ def evaluate(
     for _, r in gathered:
         if isinstance(r, BaseException):
             raise r if isinstance(r, ConfigError) else ConfigError(str(r))
-    rows = [r for _, r in gathered]
+    rows = [x for _, r in gathered for x in (r, *r.get("subgroup_rows", []))]
     result = {"rows": rows, "csv": str(out_dir / "evaluation.csv"), "markdown": _markdown(rows)}
     if distributed.is_main():
         _write_tables(out_dir, rows)
@@ -210,6 +235,7 @@ def _evaluate_one(
     cache: Path,
     progress: bool,
     device: str = "cpu",
+    by: list[str] | None = None,
 ) -> dict[str, Any]:
     from medtl.data import image_cache_dir, load_dataset, phantom_manifest, project_salt
     from medtl.strategies import load_model
@@ -228,6 +254,7 @@ def _evaluate_one(
         min_per_class=1,
         progress=progress,
         salt=project_salt(cache) if split == "all" else _run_salt(model_dir, split),
+        subgroups=by,
     )
     if set(ds.classes) != set(est.classes_):
         raise ConfigError(
@@ -252,6 +279,14 @@ def _evaluate_one(
         "n": len(images),
         "n_skipped": len(ds.skipped) + len(images.skipped),
     }
+    if by:
+        from medtl.subgroup_results import evaluation_rows
+
+        t_by = est.threshold_for(threshold)[0]
+        common["subgroup_rows"] = evaluation_rows(
+            images, proba, t_by, est.classes_, {**common, "subgroup": None}, ds.samples
+        )
+        common["subgroup"] = "all"
     t, source = est.threshold_for(threshold)
     return {
         **common,
@@ -313,6 +348,14 @@ def check_finite(proba: np.ndarray, model_dir: str | Path) -> None:
         )
 
 
+def _sub(r: dict[str, Any]) -> str:
+    """`` [sex=F]`` after the dataset name on a subgroup row of ``--by``."""
+    g = r.get("subgroup")
+    if g in (None, "all"):
+        return ""
+    return f" [{g}]" + (" (too small to judge)" if r.get("too_small") else "")
+
+
 def _markdown(rows: list[dict[str, Any]]) -> str:
     def f(x: Any) -> str:
         return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
@@ -323,10 +366,10 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['dataset']} | {r['n']} | {f(r['auroc'])} ({f(r['auroc_low'])}–{f(r['auroc_high'])}) "
-            f"| {f(r['sensitivity'])} ({f(r['sens_low'])}–{f(r['sens_high'])}) "
-            f"| {f(r['specificity'])} ({f(r['spec_low'])}–{f(r['spec_high'])}) | {f(r['ppv'])} | {f(r['npv'])} "
-            f"| {f(r['threshold'])} |"
+            f"| {r.get('model')} | {r.get('dataset')}{_sub(r)} | {r.get('n')} | {f(r.get('auroc'))} ({f(r.get('auroc_low'))}–{f(r.get('auroc_high'))}) "
+            f"| {f(r.get('sensitivity'))} ({f(r.get('sens_low'))}–{f(r.get('sens_high'))}) "
+            f"| {f(r.get('specificity'))} ({f(r.get('spec_low'))}–{f(r.get('spec_high'))}) | {f(r.get('ppv'))} | {f(r.get('npv'))} "
+            f"| {f(r.get('threshold'))} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medtl import distributed, runs
+from medtl import subgroup_results as _subgroups
 from medtl._fileio import atomic_write_json, atomic_write_text
 from medtl.config import ExperimentConfig, flatten_config, load_config, save_config
 from medtl.data import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
@@ -102,6 +103,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         prepare_images,
         project_salt,
     )
+    from medtl.subgroups import SITE_EXTERNAL_TEST, SITE_EXTERNAL_VAL, with_site
 
     notes: list[str] = []
     read_options = {"window": cfg.data.window}
@@ -141,6 +143,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         # every file is decoded exactly once, by prepare_images below (which skips and reports bad
         # files); the class counts are checked on what decoded, before any training
         verify=False,
+        subgroups=cfg.data.subgroups,
     )
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
 
@@ -148,11 +151,15 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         """Every image of another dataset, as one split (another site's validation or test data)."""
         ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
                            min_per_class=1, progress=progress, verify=False, salt=salt,
-                           positive_class=cfg.data.positive_class)  # fmt: skip
+                           positive_class=cfg.data.positive_class,
+                           subgroups=cfg.data.subgroups)  # fmt: skip
         _check_same_classes(ds, ext, field)
         ds.skipped.extend(ext.skipped)
         prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
-        return [dataclasses.replace(s, split=split, uid=prefix + s.uid) for s in ext.samples]
+        site = SITE_EXTERNAL_VAL if split == "val" else SITE_EXTERNAL_TEST  # the subgroup "site"
+        return [dataclasses.replace(s, split=split, uid=prefix + s.uid,
+                                    attributes=with_site(s.attributes, site))
+                for s in ext.samples]  # fmt: skip
 
     if cfg.data.val:
         train_s = train_s + val_s  # the own-site validation split goes back to training
@@ -320,6 +327,8 @@ def _write_strategy(
     metrics = evaluate_probabilities(
         data.val.labels, p_val, data.test.labels, p_test, cfg, class_names=data.dataset.classes
     )
+    if data.test.attributes:  # performance by subgroup on the test set, at the same threshold
+        metrics["subgroups"] = _subgroups.test_block(data, p_test, metrics.get("threshold"))
     atomic_write_json(sdir / runs.METRICS_FILE, metrics)
     op = runs.operating_point_record(metrics, len(data.val))
     if op is not None:  # the model folder carries the operating point it was validated at
@@ -415,6 +424,8 @@ def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) 
     atomic_write_text(
         run_dir / runs.SKIPPED_FILE, runs.skipped_csv(data.dataset.skipped, data.salt)
     )
+    if data.test.attributes:
+        _subgroups.write_attributes(run_dir, data)
 
 
 def _check_same_data(run_dir: Path, summary: dict[str, Any], fingerprint: str) -> None:
@@ -596,6 +607,8 @@ def _finish(
     """Paired comparisons, gaps, ``complete``, the HTML report: the end of :func:`compare`."""
     summary_path = run_dir / runs.SUMMARY_FILE
     summary["paired"] = runs.paired_comparisons(run_dir, summary, seed=cfg.train.seed)
+    if (run_dir / runs.SUBGROUPS_FILE).is_file():
+        summary["subgroups"] = _subgroups.run_subgroups(run_dir, summary)
     runs.flag_gaps(summary)
     summary["complete"] = True
     atomic_write_json(summary_path, summary)

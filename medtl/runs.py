@@ -6,6 +6,7 @@ A run folder (``runs/<id>/``, written by ``medtl compare`` / ``train`` / ``demo`
     splits.json        which image is in which split (de-identified ids)
     data_card.md       what the dataset holds
     skipped.csv        files that were not used, and why
+    subgroups.csv      subgroup attributes per image (uid, split, sex, age band...), when asked for
     summary.json       one row per strategy, each with a status; "complete" for the whole run
     report.html/json   the report (plots/ beside it)
     <strategy>/        history.json, predictions.csv, metrics.json, summary.json, model/
@@ -42,6 +43,7 @@ CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.json"
 DATA_CARD_FILE = "data_card.md"
 SKIPPED_FILE = "skipped.csv"
+SUBGROUPS_FILE = "subgroups.csv"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 REPORT_JSON_FILE = "report.json"

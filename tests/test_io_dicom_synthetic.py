@@ -199,7 +199,9 @@ def test_metadata_carries_no_patient_identifiers(tmp_path, caplog) -> None:
     _assert_no_phi(caplog.text)
     # Every value is a plain Python type, not a pydicom object that could drag the header along.
     allowed = (str, int, float, bool, tuple, list, type(None))
-    assert all(isinstance(v, allowed) for v in meta.values())
+    assert all(isinstance(v, allowed) for k, v in meta.items() if k != "attributes")
+    # subgroup attributes: a plain dict of group names (no identifier among them)
+    assert all(isinstance(v, str) for v in meta["attributes"].values())
 
 
 def test_error_messages_carry_no_patient_identifiers(tmp_path) -> None:

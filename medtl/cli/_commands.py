@@ -27,6 +27,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data": "data.path",
         "val": "data.val",
         "test": "data.test",
+        "subgroups": "data.subgroups",
         "positive_class": "data.positive_class",
         "patient_id_pattern": "data.patient_id_pattern",
         "out": "output.out",
@@ -286,6 +287,7 @@ def evaluate(args: argparse.Namespace) -> int:
         prevalence=args.prevalence,
         progress=_progress(args),
         device=args.device,
+        by=args.by,
     )
     if args.json:
         _print_json(table)

@@ -103,6 +103,11 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
     )
     p.add_argument("--val", help="validation data from another site (shift-aware model selection)")
     p.add_argument("--test", help="external test data (default: the dataset's own test split)")
+    p.add_argument(
+        "--subgroups",
+        help="report performance by these attributes, e.g. sex,age,view (manifest columns or "
+        "DICOM headers; 'site' = own vs --val/--test data)",
+    )
     _add_positive_class(p)
     p.add_argument(
         "--patient-id-pattern",
@@ -235,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="operating threshold (default: the one chosen on validation when the model was trained)",
     )
     p.add_argument("--prevalence", type=float, help="deployment prevalence for PPV/NPV")
+    p.add_argument(
+        "--by",
+        help="also one row per subgroup of these attributes, e.g. sex,view (see --subgroups)",
+    )
     _add_device(p)
     _add_output_args(p, json_=True)
 

@@ -222,6 +222,7 @@ def load_dataset(
     positive_class: str | None = None,
     salt: bytes | None = None,
     cache_dir: str | Path | None = None,
+    subgroups: Sequence[str] | str | None = None,
 ) -> Dataset:
     """Load a labelled image dataset and give every image a train/val/test split.
 
@@ -256,6 +257,10 @@ def load_dataset(
             None: a random per-process salt (uids then hold only within this process).
         cache_dir: the project's cache folder; a patient- or duplicate-grouped split (seconds for
             thousands of groups) is memoised there and read back by the next run (None: computed).
+        subgroups: attribute names (``"sex,age,view"``) set on every sample's ``attributes`` from
+            the manifest's columns of those names or the DICOM headers (see
+            :func:`medtl.subgroups.attach_subgroups`); ``site`` is ``development`` unless a
+            manifest column gives it.
 
     Returns:
         The Dataset, with ``split`` set on every sample. Every file under the dataset is a sample,
@@ -287,6 +292,12 @@ def load_dataset(
         logger.info("%d file(s) ignored (hidden or documentation; see Dataset.ignored)",
                     len(scan.ignored))  # fmt: skip
     samples, skipped = scan.samples, list(scan.skipped)
+    if subgroups:
+        from medtl.data._attributes import attach_subgroups
+        from medtl.subgroups import parse_subgroups
+
+        manifest = Path(path).expanduser() if scan.source == "csv" else None
+        samples = attach_subgroups(samples, parse_subgroups(subgroups), manifest=manifest)
     classes = list(scan.classes)
     if positive_class is not None:
         _put_positive_last(classes, [], positive_class)  # a wrong name fails before any decoding

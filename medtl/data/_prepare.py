@@ -312,6 +312,7 @@ def prepare_images(
             "channels": int(pixels.shape[1]) if len(pixels) else (channels or 1),
             "read_options": dict(read_options or {}),
         },
+        attributes=[dict(s.attributes) for s in kept] if any(s.attributes for s in kept) else None,
     )
 
 

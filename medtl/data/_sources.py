@@ -462,6 +462,12 @@ def _read_manifest_rows(csv_path: Path, delimiter: str) -> tuple[list[str], list
     return header or [], rows
 
 
+def manifest_row_path(raw_path: str, root: Path) -> Path:
+    """The absolute path a manifest's ``path`` cell names (relative cells are under ``root``)."""
+    f = Path(raw_path).expanduser()
+    return Path(os.path.abspath(f if f.is_absolute() else root / f))
+
+
 @register_source("csv", file_patterns=("*.csv", "*.tsv"))
 def _scan_csv(
     csv_path: Path, class_names: Sequence[str] | None, salt: bytes | None = None
@@ -512,8 +518,7 @@ def _scan_csv(
             )
             continue
         try:
-            f = Path(raw_path).expanduser()
-            f = Path(os.path.abspath(f if f.is_absolute() else root / f))
+            f = manifest_row_path(raw_path, root)
             rel = relative_posix(f, root)
         except (OSError, ValueError) as exc:
             skipped.append(

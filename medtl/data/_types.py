@@ -23,6 +23,9 @@ class Sample:
         patient_id: keyed hash (``pid-...``) of the id given by the user's manifest or found by
             ``patient_id_pattern`` (never taken from DICOM headers, never stored in clear).
         index: position inside a container file (``.npz``), else None.
+        attributes: subgroup attributes (``{"sex": "F", "age": "40-59", ...}``, see
+            :mod:`medtl.subgroups`): group names only, never identifiers or exact ages. Empty unless
+            subgroups were asked for. Not part of the sample's identity (hash, equality).
     """
 
     path: str
@@ -31,6 +34,7 @@ class Sample:
     split: str | None = None
     patient_id: str | None = None
     index: int | None = None
+    attributes: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class PreparedImages:
         skipped: files that could not be decoded.
         preprocessing: how the images were made (image_size, channels, read_options); a fitted model
             records it so that it is served images prepared the same way. None when built by hand.
+        attributes: subgroup attributes per image (see ``Sample.attributes``); None when no
+            subgroups were asked for.
     """
 
     pixels: np.ndarray
@@ -102,6 +108,7 @@ class PreparedImages:
     classes: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
     preprocessing: dict | None = None
+    attributes: list[dict[str, str]] | None = None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -117,4 +124,5 @@ class PreparedImages:
             classes=list(self.classes),
             skipped=list(self.skipped),
             preprocessing=self.preprocessing,
+            attributes=None if self.attributes is None else [self.attributes[i] for i in idx],
         )

@@ -147,7 +147,51 @@ def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any
         "skipped": [{"uid": k.uid, "reason": k.reason} for k in dataset.skipped],
         "n_ignored": len(dataset.ignored),
         "ignored": [{"uid": k.uid, "reason": k.reason} for k in dataset.ignored],
+        "subgroups": _composition(dataset),
     }
+
+
+def _composition(dataset: Dataset) -> dict[str, dict[str, dict[str, int]]] | None:
+    """Images per split and group of each subgroup attribute (who is represented), or None."""
+    from medtl.subgroups import attribute_names, group_of
+
+    names = attribute_names(s.attributes for s in dataset.samples)
+    if not names:
+        return None
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for n in names:
+        table: dict[str, dict[str, int]] = {}
+        for s in dataset.samples:
+            row = table.setdefault(group_of(s.attributes, n), {})
+            sp = s.split or "unassigned"
+            row[sp] = row.get(sp, 0) + 1
+        out[n] = dict(sorted(table.items(), key=lambda kv: (kv[0] == "unknown", kv[0])))
+    return out
+
+
+def _composition_lines(comp: dict[str, dict[str, dict[str, int]]], splits: list[str]) -> list[str]:
+    """Markdown tables: per attribute, images per group and split (with the split's share)."""
+    lines = ["", "## Composition by subgroup", ""]
+    totals = {sp: 0 for sp in splits}
+    first = next(iter(comp.values()))
+    for row in first.values():
+        for sp in splits:
+            totals[sp] += row.get(sp, 0)
+    for name, table in comp.items():
+        lines += [f"### {name}", "", "| group | " + " | ".join(splits) + " |",
+                  "|---|" + "---|" * len(splits)]  # fmt: skip
+        for group, row in table.items():
+            cells = [
+                f"{row.get(sp, 0)} ({row.get(sp, 0) / totals[sp]:.0%})" if totals[sp] else "0"
+                for sp in splits
+            ]
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(
+        "Group names only (ages in bands, never an exact age above 89); `unknown`: no value in "
+        "the manifest or the DICOM header."
+    )
+    return lines
 
 
 def _fmt_counter(d: dict[str, int]) -> str:
@@ -222,6 +266,8 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
         + " | ".join(str(f["class_totals"][c]) for c in f["classes"])
         + f" | {f['n_images']} |"
     )
+    if f["subgroups"]:
+        lines += _composition_lines(f["subgroups"], splits)
     lines += [
         "",
         f"## Image properties (from {im['sampled_files']} sampled files)",

@@ -6,7 +6,12 @@ shrinks and fades the lesions. "Scanner profiles" store the same density image i
 reader path runs, while ``medtl.io.read_image`` gives the same picture for all of them.
 
 The headers carry fake patient identifiers on purpose (``PatientName="Phantom^Patient^<n>"``,
-``PatientID="PHI-<6 digits>"``, a birth date) so tests can prove they never leak. ``manifest.csv``
+``PatientID="PHI-<6 digits>"``, a birth date) so tests can prove they never leak. They also carry
+plausible subgroup attributes: ``PatientSex`` (F/M) and ``PatientAge`` (``"018Y"``-``"095Y"``, so
+ages above 89 occur) per patient, ``ViewPosition`` (PA, about a quarter AP) per image and a
+``Manufacturer``/``ManufacturerModelName`` per scanner profile. ``faint_group="sex=F"`` makes the
+lesions of that group fainter (``faint_factor``), planting a subgroup gap that
+``medtl.metrics.subgroup_report`` should find. ``manifest.csv``
 (``path,label,patient_id``) uses de-identified codes ``P0001``... with two images per patient.
 
 Example:
@@ -38,7 +43,7 @@ __all__ = ["PROFILES", "ScannerProfile", "default_demo_dataset", "make_phantom"]
 
 logger = logging.getLogger(__name__)
 
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2  # 2: subgroup attributes in the headers
 #: the phantom folder's layout: its parameters (written last: present means complete) and its
 #: manifest (patient ids, so no patient spans splits). The one owner of these names.
 PHANTOM_INFO_FILE = "phantom.json"
@@ -61,6 +66,8 @@ class ScannerProfile:
     slope: float = 1.0
     intercept: float = 0.0
     modality: str = "DX"
+    manufacturer: str = "medtl phantom"
+    model: str = "phantom"
 
     @property
     def max_stored(self) -> int:
@@ -79,10 +86,23 @@ class ScannerProfile:
 
 
 PROFILES: dict[str, ScannerProfile] = {
-    "mono2_12bit": ScannerProfile("MONOCHROME2", 12),
-    "mono1_16bit": ScannerProfile("MONOCHROME1", 16, modality="CR"),
-    "mono2_rescale": ScannerProfile("MONOCHROME2", 12, slope=0.5, intercept=-1000.0),
+    "mono2_12bit": ScannerProfile(
+        "MONOCHROME2", 12, manufacturer="Acme Radiography", model="DR-12"
+    ),
+    "mono1_16bit": ScannerProfile(
+        "MONOCHROME1", 16, modality="CR", manufacturer="Phantom CR Systems", model="CR-16"
+    ),
+    "mono2_rescale": ScannerProfile(
+        "MONOCHROME2",
+        12,
+        slope=0.5,
+        intercept=-1000.0,
+        manufacturer="Acme Radiography",
+        model="DR-R",
+    ),
 }
+#: share of phantom images taken AP (the rest PA); ages drawn uniformly in this range (years)
+AP_SHARE, AGE_RANGE = 0.25, (18, 95)
 
 
 def _lesion_params(difficulty: float) -> tuple[tuple[float, float], tuple[float, float], float]:
@@ -105,6 +125,9 @@ def _dicom_bytes(
     fake_patient_id: str,
     fake_birth_date: str,
     pixel_mm: float,
+    sex: str = "O",
+    age: str = "",
+    view: str = "PA",
 ) -> bytes:
     """Serialise one uncompressed DICOM file (deterministic: UIDs derive from ``uid_seed``)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -124,13 +147,16 @@ def _dicom_bytes(
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[uid_seed, "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, "series"])
     ds.Modality = profile.modality
-    ds.Manufacturer = "medtl phantom"
+    ds.Manufacturer = profile.manufacturer
+    ds.ManufacturerModelName = profile.model
     ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
+    ds.ViewPosition = view
     ds.PatientName = f"Phantom^Patient^{patient_no}"
     ds.PatientID = fake_patient_id
     ds.PatientBirthDate = fake_birth_date
-    ds.PatientSex = "O"
+    ds.PatientSex = sex
+    if age:
+        ds.PatientAge = age
     ds.Rows, ds.Columns = (int(v) for v in stored.shape)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = profile.photometric
@@ -160,6 +186,8 @@ def make_phantom(
     seed: int = 0,
     profiles: Sequence[str] = ("mono2_12bit", "mono1_16bit", "mono2_rescale"),
     split: bool = False,
+    faint_group: str | None = None,
+    faint_factor: float = 0.3,
 ) -> Path:
     """Write a synthetic two-class chest-radiograph DICOM dataset and return its folder.
 
@@ -175,6 +203,10 @@ def make_phantom(
         seed: random seed.
         profiles: scanner profiles used in turn (names from ``PROFILES``).
         split: write train/val/test folders instead of class folders at the top.
+        faint_group: ``"<attribute>=<group>"`` (``"sex=F"``, ``"age=80+"``, ``"view=AP"``,
+            ``"manufacturer=Acme Radiography"``): lesions of the images in that group get their
+            contrast multiplied by ``faint_factor``, so a model misses more of them there.
+        faint_factor: contrast multiplier of the faint group's lesions, in (0, 1].
 
     Returns:
         ``Path(out_dir)``.
@@ -189,14 +221,22 @@ def make_phantom(
         )
     for p in profiles:
         look_up_option("profiles", p, list(PROFILES))
+    faint = _parse_faint_group(faint_group)
+    check_range("faint_factor", faint_factor, 1e-3, 1.0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     contrast, radius, noise = _lesion_params(difficulty)
     n_patients = -(-n_per_class // IMAGES_PER_PATIENT)
     root_seq = np.random.SeedSequence(seed)
-    # one child stream per patient; identifiers come from a separate stream so they never change images
-    patient_seqs = root_seq.spawn(len(CLASSES) * n_patients + 1)
-    id_rng = np.random.default_rng(patient_seqs[-1])
+    # one child stream per patient; identifiers and subgroup attributes come from separate
+    # streams so they never change images (children are fixed by index: the first ones are as in v1)
+    n_all = len(CLASSES) * n_patients
+    seqs = root_seq.spawn(n_all + 2)
+    patient_seqs = seqs[:n_all]
+    id_rng = np.random.default_rng(seqs[n_all])
+    attr_rng = np.random.default_rng(seqs[n_all + 1])
+    sexes = attr_rng.choice(["F", "M"], size=n_all)
+    ages = attr_rng.integers(AGE_RANGE[0], AGE_RANGE[1] + 1, size=n_all)
     fake_ids = id_rng.choice(900_000, size=len(CLASSES) * n_patients, replace=False) + 100_000
     rows: list[dict[str, str]] = []
     image_no = 0
@@ -215,17 +255,20 @@ def make_phantom(
             for _ in range(IMAGES_PER_PATIENT):
                 if k >= n_per_class:
                     break
+                prof = PROFILES[profiles[image_no % len(profiles)]]
+                view = "AP" if attr_rng.random() < AP_SHARE else "PA"
+                header = {"sex": str(sexes[gp]), "age": f"{int(ages[gp]):03d}Y", "view": view}
+                factor = faint_factor if _in_group(faint, header, prof) else 1.0
                 n_les = int(rng.integers(1, 4)) if cls == "opacity" else 0
                 density = render_chest(
                     anatomy,
                     size,
                     rng,
                     n_lesions=n_les,
-                    lesion_contrast=contrast,
+                    lesion_contrast=(contrast[0] * factor, contrast[1] * factor),
                     lesion_radius=radius,
                     noise=noise,
                 )
-                prof = PROFILES[profiles[image_no % len(profiles)]]
                 stored, centre, width = prof.encode(density)
                 data = _dicom_bytes(
                     stored,
@@ -237,6 +280,7 @@ def make_phantom(
                     fake_patient_id=f"PHI-{int(fake_ids[gp]):06d}",
                     fake_birth_date=birth,
                     pixel_mm=430.0 / size,
+                    **header,
                 )
                 sub = f"{split_of[p]}/{cls}" if split_of else cls
                 rel = f"{sub}/img_{k:04d}.dcm"
@@ -263,10 +307,46 @@ def make_phantom(
             "seed": seed,
             "profiles": profiles,
             "split": split,
+            "faint_group": faint_group,
+            "faint_factor": faint_factor if faint_group else None,
         },
     )
     logger.info("Wrote %d phantom DICOM file(s) to %s", len(rows), out)
     return out
+
+
+def _parse_faint_group(spec: str | None) -> tuple[str, str] | None:
+    """("sex", "F") from "sex=F" (attribute name and group as medtl.subgroups writes them)."""
+    from medtl.subgroups import DICOM_ATTRIBUTES, canonical_name, normalise_value
+
+    if spec is None:
+        return None
+    name, sep, value = str(spec).partition("=")
+    name = canonical_name(name)
+    if not sep or name not in DICOM_ATTRIBUTES or not value.strip():
+        raise ConfigError(
+            f"The 'faint_group' parameter must be '<attribute>=<group>' with an attribute among "
+            f"{list(DICOM_ATTRIBUTES)}, e.g. 'sex=F' or 'age=80+'. Got {spec!r}."
+        )
+    group = value.strip() if name == "age" else normalise_value(name, value)
+    return name, str(group)
+
+
+def _in_group(faint: tuple[str, str] | None, header: dict[str, str], prof: ScannerProfile) -> bool:
+    """Whether an image with these header values is in the faint group."""
+    from medtl.subgroups import normalise_value
+
+    if faint is None:
+        return False
+    name, group = faint
+    raw = {
+        **header,
+        "manufacturer": prof.manufacturer,
+        "model": prof.model,
+        "modality": prof.modality,
+        "body_part": "CHEST",
+    }
+    return normalise_value(name, raw.get(name)) == group
 
 
 def _patient_splits(n_patients: int, rng: np.random.Generator) -> list[str]:

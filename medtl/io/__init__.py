@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from medtl.io._detect import detect_format, is_dicom
+from medtl.io._dicom import read_dicom_attributes
 from medtl.io._guard import MAX_PIXELS
 from medtl.io._intensity import to_grey
 from medtl.io._npz import NPZ_SPLITS, npz_image, read_npz
@@ -22,6 +23,7 @@ __all__ = [
     "detect_format",
     "is_dicom",
     "npz_image",
+    "read_dicom_attributes",
     "read_image",
     "read_npz",
     "to_grey",

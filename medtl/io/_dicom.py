@@ -7,7 +7,9 @@ that bright = dense. Colour: PALETTE COLOR through the palette, YBR_* to RGB (py
 already convert YBR to RGB when they can; we convert only what is still YBR afterwards).
 
 The metadata dict is built from an allow-list of technical tags; nothing else from the header is
-copied, so patient identifiers never leave this module.
+copied, so patient identifiers never leave this module. Its ``attributes`` entry holds the subgroup
+attributes (sex, age band from PatientAge, view, manufacturer, model, modality, body part) as
+normalised by :mod:`medtl.subgroups`, which owns that allow-list; never a date, name or id.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from medtl.io._intensity import (
     minmax_to_unit,
     percentile_to_unit,
 )
+from medtl.subgroups import DICOM_ATTRIBUTES, dicom_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +416,33 @@ def _colour(arr: np.ndarray, ds: Any, info: dict[str, Any], meta: dict[str, Any]
     return linear_to_unit(arr, 0.0, float(2**bits - 1), meta)
 
 
+def read_dicom_attributes(path: str | os.PathLike) -> dict[str, str]:
+    """The subgroup attributes of a DICOM file, from its header only (no pixel data decoded).
+
+    Only the keywords of :data:`medtl.subgroups.DICOM_ATTRIBUTES` are parsed.
+
+    Raises:
+        ImageReadError: the header cannot be parsed.
+    """
+    import pydicom
+
+    path = str(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # header warnings may quote values: not shown
+        try:
+            ds = pydicom.dcmread(
+                path,
+                force=True,
+                stop_before_pixels=True,
+                specific_tags=list(DICOM_ATTRIBUTES.values()),
+            )
+        except Exception as exc:
+            raise ImageReadError(
+                path, f"cannot parse the DICOM header ({type(exc).__name__}); the file is damaged"
+            ) from None
+    return dicom_attributes(ds)
+
+
 def read_dicom(
     path: str | os.PathLike,
     *,
@@ -485,6 +515,7 @@ def read_dicom(
         "transfer_syntax_uid": str(ts),
         "pixel_spacing": _plain(spacing) if spacing else None,
         "view_position": _plain(ds.get("ViewPosition")) or None,
+        "attributes": dicom_attributes(ds),
         "original_dtype": str(arr.dtype.newbyteorder("=")),
         "source_shape": tuple(int(s) for s in arr.shape),
         "inverted": False,

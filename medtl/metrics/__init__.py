@@ -35,6 +35,14 @@ from medtl.metrics._learning import learning_curve_summary
 from medtl.metrics._multiclass import compare_paired_multiclass, multiclass_auroc_ci
 from medtl.metrics._paired import compare_paired, mcnemar_test
 from medtl.metrics._report import ClinicalReport, clinical_report
+from medtl.metrics._subgroups import (
+    gap_sentences,
+    holm,
+    subgroup_paired,
+    subgroup_report,
+    subgroup_report_multiclass,
+    subgroup_table,
+)
 from medtl.metrics._threshold import (
     choose_threshold,
     operating_point,
@@ -63,6 +71,8 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "format_p_value",
+    "gap_sentences",
+    "holm",
     "json_safe",
     "learning_curve_summary",
     "mcnemar_test",
@@ -72,5 +82,9 @@ __all__ = [
     "ppv_npv_at_prevalence",
     "reliability_bins",
     "reliability_curve",
+    "subgroup_paired",
+    "subgroup_report",
+    "subgroup_report_multiclass",
+    "subgroup_table",
     "wilson_ci",
 ]

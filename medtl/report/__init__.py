@@ -24,6 +24,7 @@ from medtl.report._plots import (
     save_figure,
 )
 from medtl.report._render import SECTION_TITLES
+from medtl.report._subgroups import plot_subgroup_forest, subgroup_rows
 from medtl.report._write import build_report, write_report
 from medtl.runs import (
     OVERSTATE_MARGIN,
@@ -54,7 +55,9 @@ __all__ = [
     "plot_decision_curve",
     "plot_learning_curves",
     "plot_roc",
+    "plot_subgroup_forest",
     "read_predictions",
     "save_figure",
+    "subgroup_rows",
     "write_report",
 ]

@@ -353,6 +353,8 @@ def checklist(
 
     Items are named by topic, not number, to stay valid across checklist revisions.
     """
+    from medtl.report._subgroups import checklist_text as subgroup_checklist_text
+
     s = run.summary
     done = [v for v in strat.values() if v["status"] != "failed"]
     rule = s.get("threshold_rule") or next(
@@ -378,7 +380,7 @@ def checklist(
         ("Clinical utility (decision curve)", "TRIPOD+AI", (f"decision curve analysis at the deployment prevalence {s['prevalence']:.1%}" if fin(s.get("prevalence")) else "decision curve analysis at the test set's prevalence (no deployment prevalence given)") if run.task.thresholded and done else None),
         ("Sample size justification", "TRIPOD+AI, CLAIM", None),
         ("External validation", "TRIPOD+AI, CLAIM", None),
-        ("Subgroup / fairness analysis", "TRIPOD+AI, CLAIM", None),
+        ("Subgroup / fairness analysis", "TRIPOD+AI, CLAIM", subgroup_checklist_text(s)),
         ("Failure / error analysis", "CLAIM", None),
         ("Software and versions", "TRIPOD+AI, CLAIM", ", ".join(f"{k} {val}" for k, val in v.items())),
         ("Code and data availability", "TRIPOD+AI, CLAIM", None),

@@ -19,6 +19,8 @@ from medtl.report._html import (
     table,
     tag,
 )
+from medtl.report._subgroups import SECTION as SUBGROUP_SECTION
+from medtl.report._subgroups import subgroup_section
 from medtl.runs import OVERSTATE_MARGIN
 
 #: (anchor, title) of every section, in order.
@@ -31,6 +33,7 @@ SECTIONS = (
     ("decision", "Decision curve"),
     ("confusion", "Confusion matrices"),
     ("paired", "Paired comparison"),
+    SUBGROUP_SECTION,
     ("data", "Data"),
     ("model-card", "Model card"),
     ("checklist", "Reporting checklist (TRIPOD+AI / CLAIM)"),
@@ -388,7 +391,7 @@ def render_html(rep: dict[str, Any], figs: Figures, data_card: str | None) -> st
         _binary_fig(rep, figs, "roc", "roc"), _binary_fig(rep, figs, "calibration", "calibration"),
         _binary_fig(rep, figs, "decision", "decision_curve"),
         section("confusion", _TITLE["confusion"], _figure(figs, "confusion", "No confusion matrices available.")),
-        _paired(rep), _data(rep, data_card), _model_card(rep), _checklist(rep),
+        _paired(rep), subgroup_section(rep, figs), _data(rep, data_card), _model_card(rep), _checklist(rep),
     ])  # fmt: skip
     v = rep["versions"]
     footer = join([

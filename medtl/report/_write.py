@@ -31,6 +31,7 @@ from medtl.report._plots import (
     plot_roc,
 )
 from medtl.report._render import render_html
+from medtl.report._subgroups import FIGURE_KEY, forest_figure, subgroup_numbers
 from medtl.runs import RunData, gap_sentence, load_run
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,12 @@ def _figures(
             lambda: plot_confusion(mats, class_names=run.classes or None),
             "Rows are the true class, columns the prediction at the operating threshold.",
         )
+    sg = subgroup_numbers(run.summary)
+    if sg and sg["strategies"]:
+        jobs[FIGURE_KEY] = (
+            lambda: forest_figure(sg),
+            "Test AUROC per subgroup with 95% DeLong CIs; hollow: too small to judge.",
+        )
     figs: dict[str, tuple[bytes, str]] = {}
     for key, (draw, caption) in jobs.items():
         try:
@@ -154,6 +161,7 @@ def build_report(run: RunData, *, title: str | None = None) -> dict[str, Any]:
         "headline": headline(run, strat, paired),
         "strategies": strat,
         "paired": paired,
+        "subgroups": subgroup_numbers(s),
         "data": data,
         "model_card": model_card(run, strat, best, data),
         "checklist": checklist(run, strat, paired, data),
