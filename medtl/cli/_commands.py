@@ -409,7 +409,8 @@ def data_card(args: argparse.Namespace) -> int:
     from medtl.data import load_dataset
     from medtl.data.card import data_card as make_card
 
-    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1)
+    # the project's salt, as `data check` and `compare` use: one id per file in every output
+    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1, salt=_salt())
     text = make_card(ds)
     if args.out:
         atomic_write_text(args.out, text)
@@ -438,9 +439,9 @@ def data_check(args: argparse.Namespace) -> int:
 
 
 def _salt() -> bytes:
-    from medtl.data import DEFAULT_CACHE_DIR, project_salt
+    from medtl.data._ids import default_salt
 
-    return project_salt(DEFAULT_CACHE_DIR)
+    return default_salt()
 
 
 def _print_skipped(skipped: list[Any], *, has_map: bool, stream: Any = None) -> None:
