@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from medtl import distributed, runs
+from medtl import _records, distributed, runs
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl.config import ExperimentConfig, load_config, save_config
+from medtl.config import ExperimentConfig, load_config
 from medtl.data._ids import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
 from medtl.data._types import Dataset, PreparedImages, Sample
 from medtl.errors import ConfigError, DatasetError
@@ -143,12 +143,10 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     if cfg.data.val:
         train_s = train_s + val_s  # the own-site validation split goes back to training
         val_s = external(cfg.data.val, "data.val", "val")
-        notes.append(
-            f"Validation on another dataset ({cfg.data.val}): shift-aware model selection."
-        )
+        notes.append("Validation on another dataset (data.val): shift-aware model selection.")
     if cfg.data.test:
         test_s = external(cfg.data.test, "data.test", "test")
-        notes.append(f"External test set: {cfg.data.test}.")
+        notes.append("External test set (data.test).")
     if cfg.data.max_train:
         n_before = len(train_s)
         train_s = _subsample(train_s, cfg.data.max_train, cfg.data.split_seed)
@@ -402,8 +400,9 @@ def resume_config(
             "there). Drop --resume to start a new run."
         )
     saved = load_config(saved_path)
+    filled = _records.restore_data_paths(saved, cfg, explicit, run_dir)  # paths are not kept
     given, kept = _flatten(cfg.to_dict()), _flatten(saved.to_dict())
-    keys = set(given) if explicit is None else set(explicit)
+    keys = (set(given) if explicit is None else set(explicit)) - filled
     conflicts = [
         f"{k}: saved {kept.get(k)!r}, given {given.get(k)!r}"
         for k in sorted(keys)
@@ -419,27 +418,40 @@ def resume_config(
     return saved
 
 
-def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) -> None:
-    """The files only the run that creates the folder writes: config, split, data card, skipped."""
-    from medtl.data import save_splits
+def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) -> str:
+    """The files only the run that creates the folder writes: config (without data paths), split,
+    data card, skipped. Returns the split file's digest (recorded in summary.json)."""
+    from medtl.data import dataset_fingerprint, save_splits
     from medtl.data.card import data_card
 
-    save_config(cfg, run_dir / runs.CONFIG_FILE)
+    fingerprint = dataset_fingerprint(data.dataset)
+    text = _records.redact_data_paths(cfg.to_dict(), fingerprint)
+    atomic_write_text(run_dir / runs.CONFIG_FILE, text)
     save_splits(data.dataset, run_dir / runs.SPLITS_FILE, salt=data.salt)
     atomic_write_text(run_dir / runs.DATA_CARD_FILE, data_card(data.dataset, title=cfg.name))
     atomic_write_text(
         run_dir / runs.SKIPPED_FILE, runs.skipped_csv(data.dataset.skipped, data.salt)
     )
+    return _records.file_digest(run_dir / runs.SPLITS_FILE)
 
 
 def _check_same_data(run_dir: Path, summary: dict[str, Any], fingerprint: str) -> None:
-    saved = (summary.get("dataset") or {}).get("fingerprint")
+    saved = (summary.get("dataset") or {}).get("fingerprint") or _splits_fingerprint(run_dir)
     if saved and saved != fingerprint:
         raise DatasetError(
             f"Cannot resume {str(run_dir)!r}: the dataset differs from the one the run started on "
             "(its files, labels or split changed; fingerprint "
             f"{fingerprint[:12]} vs {saved[:12]}). Start a new run in another --out folder."
         )
+
+
+def _splits_fingerprint(run_dir: Path) -> str | None:
+    """The data fingerprint a run's ``splits.json`` records (None when it has none)."""
+    try:
+        obj = json.loads((run_dir / runs.SPLITS_FILE).read_text(encoding="utf-8"))
+        return str(obj["fingerprint"]) if isinstance(obj, dict) and obj.get("fingerprint") else None
+    except (OSError, ValueError):
+        return None
 
 
 def _require_weights(cfg: ExperimentConfig) -> None:
@@ -475,15 +487,14 @@ def compare(
 
     With ``resume=True`` the run continues in its folder with the folder's own saved config
     (``explicit`` names the fields the caller set on purpose; one that differs is refused) and only if
-    the data is the same (fingerprint of ids, labels, splits and file sizes).
+    the data is the same (fingerprint of ids, labels, splits and file sizes). The folder's config
+    keeps no data path, so a resumed run takes ``data.path`` (and ``data.val``/``data.test``) from
+    ``cfg``. One process at a time works in a run folder: a second one raises RunLockedError.
 
     Example:
         >>> summary = medtl.compare("configs/demo.yaml", overrides={"output.out": "runs/demo"})
         >>> summary["strategies"]["feature_extraction"]["test_auroc"]
     """
-    from medtl.data import dataset_fingerprint
-    from medtl.data.card import summarise_dataset
-
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg, overrides)
     elif overrides:
@@ -493,6 +504,43 @@ def compare(
         raise ConfigError(
             f"'output.out' is {str(run_dir)!r}, which is a file. Give a folder path for the run."
         )
+    lock: list[_records.RunLock] = []  # rank 0 owns the run folder: one process works in it
+    distributed.on_main(lambda: lock.append(_records.acquire_run_lock(run_dir)))
+    try:
+        summary = _compare(
+            cfg,
+            run_dir,
+            progress=progress,
+            resume=resume,
+            explicit=explicit,
+            on_epoch_end=on_epoch_end,
+            on_strategy_start=on_strategy_start,
+            write_html=write_html,
+        )
+    except BaseException:
+        for held in lock:
+            held.release(failed=True)
+        raise
+    for held in lock:
+        held.release()
+    return summary
+
+
+def _compare(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    progress: bool,
+    resume: bool,
+    explicit: set[str] | None,
+    on_epoch_end: Callable[[str, dict], None] | None,
+    on_strategy_start: Callable[[str], None] | None,
+    write_html: bool,
+) -> dict[str, Any]:
+    """The work of :func:`compare`, done while this process holds the run folder's lock."""
+    from medtl.data import dataset_fingerprint
+    from medtl.data.card import summarise_dataset
+
     if not resume:
         distributed.check_config(cfg)  # before any work: world size vs batch, CUDA
 
@@ -513,12 +561,14 @@ def compare(
     _check_ranks_agree(fingerprint)
     if resume:
         distributed.on_main(lambda: _check_same_data(run_dir, previous or {}, fingerprint))
+        splits_digest = (previous or {}).get(_records.SPLITS_DIGEST_KEY)
     else:
-        distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
+        splits_digest = distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
 
     from medtl.training import describe_precision, resolve_device
 
     device = resolve_device(cfg.train.device)
+    precision = describe_precision(device, cfg.train.precision)
     summary: dict[str, Any] = {
         "name": cfg.name,
         "created": (previous or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -526,8 +576,10 @@ def compare(
         "backbone": cfg.model.backbone,
         "image_size": data.image_size,
         "device": str(device),
-        "precision": describe_precision(device, cfg.train.precision),
+        "precision": precision,
+        "execution": _records.execution_record(device, precision),
         "dataset": {
+            "label": _records.dataset_label(cfg.data.name, fingerprint),
             **runs.dataset_summary(summarise_dataset(data.dataset)),
             "n_train": len(data.train),
             "n_val": len(data.val),
@@ -535,6 +587,7 @@ def compare(
             "split_unit": split_unit(data.dataset),
             "fingerprint": fingerprint,
         },
+        _records.SPLITS_DIGEST_KEY: splits_digest,
         "threshold_rule": cfg.metrics.threshold_rule,
         "prevalence": cfg.metrics.prevalence,
         "strategies": {n: {"status": runs.STATUS_PENDING} for n in cfg.strategies},

@@ -24,6 +24,7 @@ DEMO_CONFIG: dict[str, Any] = {
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     mapping = {
         "data": "data.path",
+        "data_name": "data.name",
         "val": "data.val",
         "test": "data.test",
         "positive_class": "data.positive_class",
@@ -275,9 +276,17 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from medtl.evaluation import evaluate as run_evaluate
 
+    if len(args.data_name) > len(args.data):
+        from medtl.errors import ConfigError
+
+        raise ConfigError(
+            f"{len(args.data_name)} --data-name for {len(args.data)} --data: give one name per "
+            "--data, in the same order."
+        )
+    names = args.data_name + [None] * (len(args.data) - len(args.data_name))
     table = run_evaluate(
         models=args.models,
-        datasets=args.data,
+        datasets=[{"path": d, "name": n} for d, n in zip(args.data, names)],
         batch_file=args.batch,
         out=args.out,
         split=args.split,
