@@ -116,12 +116,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
-def as_written_json(obj: Any) -> Any:
-    """``obj`` as :func:`atomic_write_json` stores it and ``json.load`` reads it back (NaN -> None,
-    numpy -> Python, tuples -> lists), so a digest of it matches a digest of the file's content."""
-    return json.loads(json.dumps(_nan_to_none(obj), default=_json_default, allow_nan=False))
-
-
 def _nan_to_none(obj: Any) -> Any:
     import math
 

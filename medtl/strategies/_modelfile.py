@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from medtl._fileio import as_written_json, atomic_write, atomic_write_json
+from medtl._fileio import atomic_write, atomic_write_json
 from medtl.errors import ConfigError
 
 MODEL_FILE = "model.safetensors"
@@ -101,8 +101,9 @@ def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def meta_seal(meta: dict[str, Any]) -> dict[str, str]:
-    """The safetensors metadata that covers ``meta`` (every field but ``weights``), as written."""
-    covered = {k: v for k, v in as_written_json(meta).items() if k != "weights"}
+    """The safetensors metadata that covers ``meta`` (every field but ``weights``) as read from
+    ``model.json`` (plain JSON values: NaN already null, tuples already lists)."""
+    covered = {k: v for k, v in meta.items() if k != "weights"}
     fields = {
         k: hashlib.sha256(_canonical(v)).hexdigest()[:16] for k, v in _leaves(covered).items()
     }
@@ -156,12 +157,14 @@ def write_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
     ``model.safetensors`` must exist; an existing seal is replaced (e.g. a new operating point).
     """
     d = Path(directory)
-    meta = {"format": FORMAT, **meta}
     weights_path = d / MODEL_FILE
-    _seal_weights(weights_path, meta_seal(meta))
-    meta["weights"] = {**(meta.get("weights") or {}), "file": MODEL_FILE}
-    meta["weights"]["sha256"] = sha256_file(weights_path)
-    return atomic_write_json(d / META_FILE, meta)
+    # sealed as written (NaN -> null, numpy -> lists): what read_meta will see
+    path = atomic_write_json(d / META_FILE, {"format": FORMAT, **meta})
+    written = json.loads(path.read_text(encoding="utf-8"))
+    _seal_weights(weights_path, meta_seal(written))
+    weights = written.get("weights") if isinstance(written.get("weights"), dict) else {}
+    written["weights"] = {**weights, "file": MODEL_FILE, "sha256": sha256_file(weights_path)}
+    return atomic_write_json(path, written)
 
 
 def _check_seal(meta: dict[str, Any], meta_path: Path, weights_path: Path) -> None:
