@@ -223,6 +223,8 @@ def build_config(
             "name": name,
             "data": {
                 "path": str(data_path),
+                # run folders keep no data path; the app's own phantom keeps its name
+                "name": "Synthetic demo" if Path(data_path).name.startswith("phantom_") else None,
                 "min_per_class": 2,
                 "positive_class": positive_class,
             },

@@ -42,16 +42,24 @@ def list_runs(work: Path) -> list[Path]:
 
 
 def _data_name(run_dir: Path) -> str:
-    """The dataset's folder name from the run's config (``Synthetic demo`` for the app's phantom)."""
+    """The data's name from the run's config (``data.name``; ``Synthetic demo`` for the app's
+    phantom); a run that records no data path: its dataset label; an older run: the folder name."""
     import yaml
 
-    from medtl.runs import CONFIG_FILE
+    from medtl.records import NOT_RECORDED
+    from medtl.runs import CONFIG_FILE, read_summary
 
     try:
         cfg = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-        path = Path(str((cfg.get("data") or {}).get("path") or ""))
+        data = cfg.get("data") or {}
+        path = Path(str(data.get("path") or ""))
     except (OSError, ValueError, AttributeError):
         return "unknown data"
+    if data.get("name"):
+        return str(data["name"])
+    if str(path) == NOT_RECORDED:
+        label = ((read_summary(run_dir) or {}).get("dataset") or {}).get("label")
+        return str(label or "unknown data")
     from medtl.data import PHANTOM_MANIFEST_FILE
 
     if path.name == PHANTOM_MANIFEST_FILE:

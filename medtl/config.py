@@ -39,6 +39,9 @@ MAX_CONFIG_BYTES = 1024**2  # a config file is a few KB
 @dataclass
 class DataConfig:
     path: str = "synthetic"  # dataset folder, CSV manifest, MedMNIST .npz, or "synthetic"
+    # how records name the data (run folders keep no data path: folder names can name patients);
+    # None: "dataset-" and the start of the data's fingerprint
+    name: str | None = None
     val: str | None = None  # validation data from another site (shift-aware validation)
     test: str | None = None  # external test set; default: the dataset's own test split
     val_fraction: float = 0.15

@@ -37,6 +37,14 @@ class ConfigError(MedtlError, ValueError):
     """An invalid option, argument or config field."""
 
 
+class RunLockedError(MedtlError):
+    """Another process is working in this run folder (its ``.lock`` is held)."""
+
+
+class RecordTamperedError(DatasetError):
+    """A run's record (e.g. ``splits.json``) differs from the digest recorded when it was made."""
+
+
 class WeightsNotFoundError(MedtlError, FileNotFoundError):
     """Pretrained weights are not available offline."""
 

@@ -95,23 +95,60 @@ def find_models(paths: list[str]) -> list[Path]:
 
 
 def _row_key(
-    model_dir: Path, dataset: str, split: str, threshold: Any, prevalence: Any, by: Any = None
+    model_dir: Path,
+    dataset: tuple[str, str | None],
+    split: str,
+    threshold: Any,
+    prevalence: Any,
+    salt: bytes,
+    by: Any = None,
 ) -> str:
     """One row's identity: the model's files (both, so a changed operating point is a new row), the
-    dataset, split, threshold and prevalence."""
+    dataset (its path keyed with ``salt``, so the row's file name cannot be tested against a guessed
+    path) and name, split, threshold and prevalence."""
+    from medtl.data import keyed_uid
+
     parts = [str(model_dir.resolve())]
     for f in (MODEL_FILE, META_FILE):
         st = (model_dir / f).stat()
         parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-    parts += [str(Path(dataset).resolve()), split, str(threshold), str(prevalence)]
+    path, name = dataset
+    parts += [keyed_uid(str(Path(path).resolve()), salt), str(name), split]
+    parts += [str(threshold), str(prevalence)]
     if by:
         parts.append(",".join(by))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
+def dataset_entries(datasets: list[Any]) -> list[tuple[str, str | None]]:
+    """``(path, name)`` per dataset: a path, or a mapping ``{path: ..., name: ...}`` (batch file).
+
+    The name is how the table calls the dataset (default: ``dataset-`` and the start of its
+    fingerprint); the path is never written to a table, a row file or the printed output.
+    """
+    out: list[tuple[str, str | None]] = []
+    for i, d in enumerate(datasets):
+        if isinstance(d, dict):
+            unknown = set(d) - {"path", "name"}
+            if unknown or not isinstance(d.get("path"), str):
+                raise ConfigError(
+                    f"datasets[{i}] must be a path or a mapping {{path: ..., name: ...}}. Got "
+                    f"keys {sorted(map(str, d))}."
+                )
+            out.append((d["path"], None if d.get("name") is None else str(d["name"])))
+        elif isinstance(d, str | Path):
+            out.append((str(d), None))
+        else:
+            raise ConfigError(
+                f"datasets[{i}] must be a path or a mapping {{path: ..., name: ...}}. Got "
+                f"{type(d).__name__}."
+            )
+    return out
+
+
 def evaluate(
     models: list[str] | None = None,
-    datasets: list[str] | None = None,
+    datasets: list[str | dict[str, Any]] | None = None,
     *,
     batch_file: str | None = None,
     out: str = "evaluation",
@@ -126,7 +163,9 @@ def evaluate(
 
     Args:
         models: model folders or run folders.
-        datasets: labelled datasets (any source ``load_dataset`` reads), e.g. an external test site.
+        datasets: labelled datasets (any source ``load_dataset`` reads), e.g. an external test site:
+            paths, or mappings ``{path: ..., name: ...}``. Records name a dataset by its ``name``
+            or, without one, ``dataset-`` and the start of its fingerprint: never by its path.
         batch_file: YAML with keys ``models``, ``datasets`` and optional ``out``, ``split``, ``threshold``,
             ``prevalence`` (arguments given here take precedence over the file).
         split: ``all`` (every image of the dataset), or ``train``/``val``/``test`` of the run the
@@ -176,14 +215,14 @@ def evaluate(
     model_dirs = find_models(list(models))
     out_dir = Path(out)
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
-    jobs = [(m, d) for d in datasets for m in model_dirs]
-    if distributed.world_size() > 1:  # one id key for the batch, made before the rows start
-        distributed.on_main(lambda: _salt(out_dir / ".cache"))
+    jobs = [(m, d) for d in dataset_entries(list(datasets)) for m in model_dirs]
+    # one id key for the batch (it also keys the row files), made before the rows start
+    key_salt = distributed.on_main(lambda: _salt(out_dir / ".cache"))
     mine = distributed.shard(list(enumerate(jobs)), strided=True)  # every row once, one process
     done: list[tuple[int, dict[str, Any] | BaseException]] = []
     show = progress and distributed.is_main()
     for i, (m, d) in tqdm(mine, desc="evaluate", disable=not show):
-        key = _row_key(m, d, split, threshold, prevalence, by)
+        key = _row_key(m, d, split, threshold, prevalence, key_salt, by)
         row_file = out_dir / "rows" / f"{key}.json"
         if row_file.exists():
             done.append((i, json.loads(row_file.read_text())))
@@ -196,7 +235,7 @@ def evaluate(
             if distributed.world_size() == 1:
                 raise
             # the other processes must still meet at the gather below; raised after it
-            done.append((i, RuntimeError(f"{m} on {d}: {type(exc).__name__}: {exc}")))
+            done.append((i, RuntimeError(f"{m} on dataset {i}: {type(exc).__name__}: {exc}")))
             continue
         atomic_write_json(row_file, row)
         done.append((i, row))
@@ -228,7 +267,7 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def _evaluate_one(
     model_dir: Path,
-    dataset: str,
+    entry: tuple[str, str | None],
     split: str,
     threshold: float | None,
     prevalence: float | None,
@@ -237,8 +276,17 @@ def _evaluate_one(
     device: str = "cpu",
     by: list[str] | None = None,
 ) -> dict[str, Any]:
-    from medtl.data import image_cache_dir, load_dataset, phantom_manifest, project_salt
+    from medtl.data import (
+        dataset_fingerprint,
+        image_cache_dir,
+        load_dataset,
+        phantom_manifest,
+        project_salt,
+    )
+    from medtl.records import dataset_label
     from medtl.strategies import load_model
+
+    dataset, name = entry
 
     est = load_model(model_dir, device=device, cache_dir=cache)
     if split == "val" and est.trains_on_validation():
@@ -256,25 +304,28 @@ def _evaluate_one(
         salt=project_salt(cache) if split == "all" else _run_salt(model_dir, split),
         subgroups=by,
     )
+    fingerprint = dataset_fingerprint(ds)
+    label = dataset_label(name, fingerprint)
     if set(ds.classes) != set(est.classes_):
         raise ConfigError(
-            f"Dataset {dataset} has classes {ds.classes} but model {model_dir} was trained on "
+            f"Dataset {label} has classes {ds.classes} but model {model_dir} was trained on "
             f"{est.classes_}. Name the class folders like the training data."
         )
     remap = {i: est.classes_.index(c) for i, c in enumerate(ds.classes)}  # match classes by name
-    samples = ds.samples if split == "all" else _run_split(model_dir, ds, split, dataset)
+    samples = ds.samples if split == "all" else _run_split(model_dir, ds, split, label)
     samples = [dataclasses.replace(s, label=remap[s.label]) for s in samples]
     images = est.prepare(samples, cache_dir=image_cache_dir(cache), progress=progress)
     if len(images) == 0:
         raise DatasetError(
-            f"No image of {dataset} ({split}) could be read; see `medtl data check {dataset}`."
+            f"No image of {label} ({split}) could be read; see `medtl data check` on it."
         )
     proba = est.predict_proba(images, progress=progress)
     check_finite(proba, model_dir)
     common = {
         "model": str(model_dir),
         "strategy": est.name,
-        "dataset": str(dataset),
+        "dataset": label,
+        "dataset_fingerprint": fingerprint,
         "split": split,
         "n": len(images),
         "n_skipped": len(ds.skipped) + len(images.skipped),
@@ -324,6 +375,9 @@ def _run_split(model_dir: Path, ds: Any, split: str, dataset: str) -> list[Sampl
             f"{runs.SPLITS_FILE} beside it (runs/<id>/<strategy>/model), so its {split} images are "
             "unknown. Use --split all on a dataset the model has not seen."
         )
+    from medtl.records import check_splits
+
+    check_splits(run, runs.read_summary(run))  # an edited splits.json is refused
     assignment = runs.read_split_assignment(run)
     wanted = {u for u, sp in assignment.items() if sp == split}
     prefix = split[0] + "-"  # external val/test sets are stored with a split prefix
@@ -411,7 +465,7 @@ def predict(
     t, source = est.threshold_for(threshold)
     from medtl.data import DEFAULT_CACHE_DIR, image_cache_dir
 
-    salt = _salt(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR)
+    salt = _salt(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR)  # as data check
     samples, skipped, named = collect_inputs(
         [paths] if isinstance(paths, str | Path) else list(paths), salt
     )
@@ -465,6 +519,6 @@ def collect_inputs(
 
 
 def _salt(cache_dir: str | Path) -> bytes:
-    from medtl.data import project_salt
+    from medtl.data import default_salt
 
-    return project_salt(cache_dir)
+    return default_salt(cache_dir)

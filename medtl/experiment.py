@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -24,16 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from medtl import distributed, runs
+from medtl import distributed, records, runs
 from medtl import subgroup_results as _subgroups
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl.config import ExperimentConfig, flatten_config, load_config, save_config
+from medtl.config import ExperimentConfig, flatten_config, load_config
 from medtl.data import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
 from medtl.data import (
-    PHANTOM_INFO_FILE,
     Dataset,
     PreparedImages,
     Sample,
+    is_phantom,
     phantom_manifest,
     source_info,
 )
@@ -114,9 +115,9 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         from medtl.data.synth import make_phantom
 
         target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
-        if not (
-            target / PHANTOM_INFO_FILE
-        ).exists():  # written last, so its presence means complete
+        if not is_phantom(target, current=True):  # absent, half-written or an older version
+            if target.exists():
+                shutil.rmtree(target)
             make_phantom(
                 target,
                 n_per_class=cfg.data.synthetic_per_class,
@@ -164,12 +165,10 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     if cfg.data.val:
         train_s = train_s + val_s  # the own-site validation split goes back to training
         val_s = external(cfg.data.val, "data.val", "val")
-        notes.append(
-            f"Validation on another dataset ({cfg.data.val}): shift-aware model selection."
-        )
+        notes.append("Validation on another dataset (data.val): shift-aware model selection.")
     if cfg.data.test:
         test_s = external(cfg.data.test, "data.test", "test")
-        notes.append(f"External test set: {cfg.data.test}.")
+        notes.append("External test set (data.test).")
     if cfg.data.max_train:
         n_before = len(train_s)
         train_s = _subsample(train_s, cfg.data.max_train, cfg.data.split_seed)
@@ -396,8 +395,9 @@ def resume_config(
             "there). Drop --resume to start a new run."
         )
     saved = load_config(saved_path)
+    filled = records.restore_data_paths(saved, cfg, explicit, run_dir)  # paths are not kept
     given, kept = flatten_config(cfg.to_dict()), flatten_config(saved.to_dict())
-    keys = set(given) if explicit is None else set(explicit)
+    keys = (set(given) if explicit is None else set(explicit)) - filled
     conflicts = [
         f"{k}: saved {kept.get(k)!r}, given {given.get(k)!r}"
         for k in sorted(keys)
@@ -409,16 +409,22 @@ def resume_config(
             "with its saved config. Conflicting: " + "; ".join(conflicts) + ". Resume without "
             "those options, or start a new run in another --out folder."
         )
-    saved.output = cfg.output
+    # where results go may change on resume; the cache (which keys the ids) stays the run's own
+    # unless another is given
+    cache_dir = cfg.output.cache_dir or saved.output.cache_dir
+    saved.output = dataclasses.replace(cfg.output, cache_dir=cache_dir)
     return saved
 
 
-def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) -> None:
-    """The files only the run that creates the folder writes: config, split, data card, skipped."""
-    from medtl.data import save_splits
+def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) -> str:
+    """The files only the run that creates the folder writes: config (without data paths), split,
+    data card, skipped. Returns the split file's digest (recorded in summary.json)."""
+    from medtl.data import dataset_fingerprint, save_splits
     from medtl.data.card import data_card
 
-    save_config(cfg, run_dir / runs.CONFIG_FILE)
+    fingerprint = dataset_fingerprint(data.dataset)
+    text = records.redact_data_paths(cfg.to_dict(), fingerprint)
+    atomic_write_text(run_dir / runs.CONFIG_FILE, text)
     save_splits(data.dataset, run_dir / runs.SPLITS_FILE, salt=data.salt)
     atomic_write_text(run_dir / runs.DATA_CARD_FILE, data_card(data.dataset, title=cfg.name))
     atomic_write_text(
@@ -426,16 +432,26 @@ def _write_provenance(run_dir: Path, cfg: ExperimentConfig, data: PreparedData) 
     )
     if data.test.attributes:
         _subgroups.write_attributes(run_dir, data)
+    return records.file_digest(run_dir / runs.SPLITS_FILE)
 
 
 def _check_same_data(run_dir: Path, summary: dict[str, Any], fingerprint: str) -> None:
-    saved = (summary.get("dataset") or {}).get("fingerprint")
+    saved = (summary.get("dataset") or {}).get("fingerprint") or _splits_fingerprint(run_dir)
     if saved and saved != fingerprint:
         raise DatasetError(
             f"Cannot resume {str(run_dir)!r}: the dataset differs from the one the run started on "
             "(its files, labels or split changed; fingerprint "
             f"{fingerprint[:12]} vs {saved[:12]}). Start a new run in another --out folder."
         )
+
+
+def _splits_fingerprint(run_dir: Path) -> str | None:
+    """The data fingerprint a run's ``splits.json`` records (None when it has none)."""
+    try:
+        obj = json.loads((run_dir / runs.SPLITS_FILE).read_text(encoding="utf-8"))
+        return str(obj["fingerprint"]) if isinstance(obj, dict) and obj.get("fingerprint") else None
+    except (OSError, ValueError):
+        return None
 
 
 def _require_weights(cfg: ExperimentConfig) -> None:
@@ -470,15 +486,14 @@ def compare(
 
     With ``resume=True`` the run continues in its folder with the folder's own saved config
     (``explicit`` names the fields the caller set on purpose; one that differs is refused) and only if
-    the data is the same (fingerprint of ids, labels, splits and file sizes).
+    the data is the same (fingerprint of ids, labels, splits and file sizes). The folder's config
+    keeps no data path, so a resumed run takes ``data.path`` (and ``data.val``/``data.test``) from
+    ``cfg``. One process at a time works in a run folder: a second one raises RunLockedError.
 
     Example:
         >>> summary = medtl.compare("configs/demo.yaml", overrides={"output.out": "runs/demo"})
         >>> summary["strategies"]["feature_extraction"]["test_auroc"]
     """
-    from medtl.data import dataset_fingerprint
-    from medtl.data.card import summarise_dataset
-
     if not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg, overrides)
     elif overrides:
@@ -488,6 +503,43 @@ def compare(
         raise ConfigError(
             f"'output.out' is {str(run_dir)!r}, which is a file. Give a folder path for the run."
         )
+    lock: list[records.RunLock] = []  # rank 0 owns the run folder: one process works in it
+    distributed.on_main(lambda: lock.append(records.acquire_run_lock(run_dir)))
+    try:
+        summary = _compare(
+            cfg,
+            run_dir,
+            progress=progress,
+            resume=resume,
+            explicit=explicit,
+            on_epoch_end=on_epoch_end,
+            on_strategy_start=on_strategy_start,
+            write_html=write_html,
+        )
+    except BaseException:
+        for held in lock:
+            held.release(failed=True)
+        raise
+    for held in lock:
+        held.release()
+    return summary
+
+
+def _compare(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    progress: bool,
+    resume: bool,
+    explicit: set[str] | None,
+    on_epoch_end: Callable[[str, dict], None] | None,
+    on_strategy_start: Callable[[str], None] | None,
+    write_html: bool,
+) -> dict[str, Any]:
+    """The work of :func:`compare`, done while this process holds the run folder's lock."""
+    from medtl.data import dataset_fingerprint
+    from medtl.data.card import summarise_dataset
+
     if not resume:
         distributed.check_config(
             cfg, list_strategies(trains_in_epochs=True)
@@ -512,12 +564,14 @@ def compare(
     _check_ranks_agree(fingerprint)
     if resume:
         distributed.on_main(lambda: _check_same_data(run_dir, previous or {}, fingerprint))
+        splits_digest = (previous or {}).get(records.SPLITS_DIGEST_KEY)
     else:
-        distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
+        splits_digest = distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
 
     from medtl.training import describe_precision, resolve_device
 
     device = resolve_device(cfg.train.device)
+    precision = describe_precision(device, cfg.train.precision)
     summary: dict[str, Any] = {
         "name": cfg.name,
         "created": (previous or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -525,8 +579,10 @@ def compare(
         "backbone": cfg.model.backbone,
         "image_size": data.image_size,
         "device": str(device),
-        "precision": describe_precision(device, cfg.train.precision),
+        "precision": precision,
+        "execution": records.execution_record(device, precision),
         "dataset": {
+            "label": records.dataset_label(cfg.data.name, fingerprint),
             **runs.dataset_summary(summarise_dataset(data.dataset)),
             "n_train": len(data.train),
             "n_val": len(data.val),
@@ -534,6 +590,7 @@ def compare(
             "split_unit": split_unit(data.dataset),
             "fingerprint": fingerprint,
         },
+        records.SPLITS_DIGEST_KEY: splits_digest,
         "threshold_rule": cfg.metrics.threshold_rule,
         "prevalence": cfg.metrics.prevalence,
         "strategies": {n: {"status": runs.STATUS_PENDING} for n in cfg.strategies},

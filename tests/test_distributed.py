@@ -152,6 +152,9 @@ def test_resumed_two_process_run_matches_one_process(runs):
     assert res.returncode == 0, res.stderr[-3000:]
     two = json.loads((runs["tmp"] / "two" / "summary.json").read_text())
     assert two["complete"] and two.get("resumed")
+    ex = two["execution"]  # how the run was executed (issue 25)
+    assert (ex["processes"], ex["launcher"], ex["backend"]) == (2, "torchrun", "gloo")
+    assert runs["one"]["execution"]["processes"] == 1
     hist = json.loads((runs["tmp"] / "two" / "fine_tuning" / "history.json").read_text())
     assert [r["epoch"] for r in hist] == [1, 2]
     for s in STRATS:

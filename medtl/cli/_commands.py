@@ -25,6 +25,7 @@ DEMO_CONFIG: dict[str, Any] = {
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     mapping = {
         "data": "data.path",
+        "data_name": "data.name",
         "val": "data.val",
         "test": "data.test",
         "subgroups": "data.subgroups",
@@ -277,9 +278,17 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from medtl.evaluation import evaluate as run_evaluate
 
+    if len(args.data_name) > len(args.data):
+        from medtl.errors import ConfigError
+
+        raise ConfigError(
+            f"{len(args.data_name)} --data-name for {len(args.data)} --data: give one name per "
+            "--data, in the same order."
+        )
+    names = args.data_name + [None] * (len(args.data) - len(args.data_name))
     table = run_evaluate(
         models=args.models,
-        datasets=args.data,
+        datasets=[{"path": d, "name": n} for d, n in zip(args.data, names)],
         batch_file=args.batch,
         out=args.out,
         split=args.split,
@@ -405,7 +414,8 @@ def data_card(args: argparse.Namespace) -> int:
     from medtl.data import load_dataset
     from medtl.data.card import data_card as make_card
 
-    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1)
+    # the project's salt, as `data check` and `compare` use: one id per file in every output
+    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1, salt=_salt())
     text = make_card(ds)
     if args.out:
         atomic_write_text(args.out, text)
@@ -434,9 +444,9 @@ def data_check(args: argparse.Namespace) -> int:
 
 
 def _salt() -> bytes:
-    from medtl.data import DEFAULT_CACHE_DIR, project_salt
+    from medtl.data import default_salt
 
-    return project_salt(DEFAULT_CACHE_DIR)
+    return default_salt()
 
 
 def _print_skipped(skipped: list[Any], *, has_map: bool, stream: Any = None) -> None:

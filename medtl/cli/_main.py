@@ -101,6 +101,11 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
     p.add_argument(
         "--data", required=data_required, help="dataset folder, CSV manifest, .npz, or 'synthetic'"
     )
+    p.add_argument(
+        "--data-name",
+        help="name the run's records give the data (default: dataset-<fingerprint>; data paths "
+        "are not recorded)",
+    )
     p.add_argument("--val", help="validation data from another site (shift-aware model selection)")
     p.add_argument("--test", help="external test data (default: the dataset's own test split)")
     p.add_argument(
@@ -225,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("models", nargs="*", help="model folders or run folders")
     p.add_argument("--data", action="append", default=[], help="labelled dataset (repeatable)")
+    p.add_argument(
+        "--data-name",
+        action="append",
+        default=[],
+        help="name of the --data at the same position in the table (repeatable; default: "
+        "dataset-<fingerprint>; the path is never written)",
+    )
     p.add_argument("--batch", help="YAML batch file: {models: [...], datasets: [...], out: ...}")
     p.add_argument("--out", default="evaluation", help="output folder for the table")
     p.add_argument(

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "dataset_fingerprint",
+    "default_salt",
+    "file_uid",
     "hash_patient_id",
     "keyed_uid",
     "process_salt",
@@ -132,6 +134,34 @@ def keyed_uid(relpath: str | os.PathLike | bytes, salt: bytes | None = None) -> 
         16
     """
     return _hmac_hex(salt, b"medtl-uid", os.fsencode(relpath))[:_UID_HEX]
+
+
+def file_uid(
+    path: str | os.PathLike | bytes, root: str | os.PathLike | bytes, salt: bytes | None = None
+) -> str:
+    """The one id of a file in every output: :func:`keyed_uid` of its path relative to ``root``.
+
+    ``root`` is the dataset root for a dataset's files (so ``data check``, ``data card``, the log,
+    ``compare`` and ``--id-map`` agree, and moving the dataset keeps its ids) and the folder given for
+    unlabelled files (``predict``, ``adapt``). Forward slashes on every system.
+
+    Example:
+        >>> file_uid("/data/cxr/NORMAL/a.png", "/data/cxr", salt) == keyed_uid("NORMAL/a.png", salt)
+        True
+    """
+    p, r = os.fsdecode(path), os.fsdecode(root)
+    try:
+        rel = os.path.relpath(p, r)
+    except ValueError:  # another drive on Windows
+        rel = p
+    return keyed_uid(rel.replace(os.sep, "/"), salt)
+
+
+def default_salt(cache_dir: str | os.PathLike | None = None) -> bytes:
+    """The salt every command uses unless told otherwise: :func:`project_salt` of ``cache_dir``
+    (default :data:`DEFAULT_CACHE_DIR`), so one file has one id across ``data check``,
+    ``data card``, ``compare``, ``evaluate``, ``predict`` and the log."""
+    return project_salt(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR)
 
 
 def hash_patient_id(patient_id: str | None, salt: bytes | None = None) -> str | None:

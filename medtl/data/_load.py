@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medtl._fileio import display_path
 from medtl._options import check_range
 from medtl.data._ids import hash_patient_id, salt_check
 from medtl.data._sources import scan_source, source_info
@@ -105,9 +104,9 @@ def _verify(
 
 
 def log_skip(s: Sample, reason: str) -> None:
-    """Warn about a skipped image by its uid (paths may carry identifiers: debug level only)."""
+    """Warn about a skipped image by its uid, at every verbosity: paths may carry names and record
+    numbers, so the log never holds one (``--id-map FILE`` maps uids back to paths, on request)."""
     logger.warning("Skipping image %s: %s", s.uid, reason)
-    logger.debug("image %s is %s", s.uid, display_path(s.path))
 
 
 def constant_reason(image: Any, meta: dict[str, Any]) -> str | None:

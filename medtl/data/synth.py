@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -366,12 +367,19 @@ def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def is_phantom(path: str | Path) -> bool:
-    """True when ``path`` is a complete phantom folder written by :func:`make_phantom`."""
+def is_phantom(path: str | Path, *, current: bool = False) -> bool:
+    """True when ``path`` is a complete phantom folder written by :func:`make_phantom`
+    (``current=True``: written by this version of the phantom, :data:`PHANTOM_VERSION`)."""
     p = Path(path)
-    return (
-        p.is_dir() and (p / PHANTOM_INFO_FILE).is_file() and (p / PHANTOM_MANIFEST_FILE).is_file()
-    )
+    info = p / PHANTOM_INFO_FILE
+    if not (p.is_dir() and info.is_file() and (p / PHANTOM_MANIFEST_FILE).is_file()):
+        return False
+    if not current:
+        return True
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("version") == PHANTOM_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def phantom_manifest(path: str | Path) -> str:

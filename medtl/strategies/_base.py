@@ -513,7 +513,8 @@ class Strategy:
         return loaded
 
     def save_meta(self, directory: str | os.PathLike) -> Path:
-        """(Re)write ``model.json`` only, e.g. after :meth:`set_operating_point` on a saved model."""
+        """(Re)write ``model.json`` and its seal in the weights' header (the tensors are kept), e.g.
+        after :meth:`set_operating_point` on a saved model."""
         import medtl
 
         self._check_fitted()

@@ -11,6 +11,13 @@ network's tensors and ``model.json`` everything needed to use the model exactly 
 - ``calibration``: a fitted recalibration (temperature), or null when none was fitted;
 - ``medtl_version`` and the training record (params, history, best epoch).
 
+The weights carry the description's digest: ``model.safetensors``'s metadata holds the SHA-256 of
+the canonical JSON of every ``model.json`` field except ``weights`` (which records the weights'
+own SHA-256), and one short digest per field. A ``model.json`` edited after saving (an image size
+changed from 64 to 8, another threshold) is refused naming the field(s) that changed. A folder saved
+before the digest existed loads with an :class:`IncompleteModelWarning` saying that its description
+cannot be checked.
+
 This module is the only one that knows the layout; ``Strategy.save`` and ``load_model`` call it.
 """
 
@@ -19,11 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
 
-from medtl._fileio import atomic_write_json
+from medtl._fileio import atomic_write, atomic_write_json
+from medtl.backbones import sha256_file
 from medtl.errors import ConfigError
 from medtl.tasks import list_task_kinds, task_for
 
@@ -64,18 +74,121 @@ def complete_read_options(read_options: dict[str, Any] | None) -> dict[str, Any]
     return out
 
 
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: keys of the safetensors metadata that seal ``model.json`` (whole digest; per-field digests)
+DIGEST_KEY, FIELDS_KEY = "medtl.meta_sha256", "medtl.meta_fields"
+_MAX_HEADER = 100 * 1024**2  # safetensors' own limit on its JSON header
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"preprocessing.image_size": 64, ...}``: nested objects flattened to dotted fields."""
+    if isinstance(obj, dict) and (obj or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def meta_seal(meta: dict[str, Any]) -> dict[str, str]:
+    """The safetensors metadata that covers ``meta`` (every field but ``weights``) as read from
+    ``model.json`` (plain JSON values: NaN already null, tuples already lists)."""
+    covered = {k: v for k, v in meta.items() if k != "weights"}
+    fields = {
+        k: hashlib.sha256(_canonical(v)).hexdigest()[:16] for k, v in _leaves(covered).items()
+    }
+    return {
+        DIGEST_KEY: hashlib.sha256(_canonical(covered)).hexdigest(),
+        FIELDS_KEY: json.dumps(fields, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(header length, header) of a safetensors file; ModelFileError when it is not one."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if not 2 <= n <= min(_MAX_HEADER, size - 8):
+                raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        return n, header
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(
+            f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}). Use the model "
+            "folder written by medtl or retrain."
+        ) from None
+
+
+def _seal_weights(weights_path: Path, seal: dict[str, str]) -> None:
+    """Rewrite the weights file's header metadata with ``seal`` (tensors untouched; atomic)."""
+    n, header = _read_header(weights_path)
+    meta = header.get("__metadata__") or {}
+    header["__metadata__"] = {**{k: str(v) for k, v in meta.items()}, **seal}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors keeps the data 8-byte aligned
+
+    def _w(tmp: str) -> None:
+        with open(weights_path, "rb") as src, open(tmp, "wb") as dst:
+            src.seek(8 + n)
+            dst.write(struct.pack("<Q", len(text)) + text)
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    atomic_write(weights_path, _w)
 
 
 def write_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
-    """Write ``model.json`` atomically (after ``model.safetensors``, whose hash it records)."""
-    return atomic_write_json(Path(directory) / META_FILE, {"format": FORMAT, **meta})
+    """Seal and write the description: the weights' metadata gets the digest of ``meta``, then
+    ``model.json`` is written with the (new) SHA-256 of the weights. Both writes are atomic.
+
+    ``model.safetensors`` must exist; an existing seal is replaced (e.g. a new operating point).
+    """
+    d = Path(directory)
+    weights_path = d / MODEL_FILE
+    # sealed as written (NaN -> null, numpy -> lists): what read_meta will see
+    path = atomic_write_json(d / META_FILE, {"format": FORMAT, **meta})
+    written = json.loads(path.read_text(encoding="utf-8"))
+    _seal_weights(weights_path, meta_seal(written))
+    weights = written.get("weights") if isinstance(written.get("weights"), dict) else {}
+    written["weights"] = {**weights, "file": MODEL_FILE, "sha256": sha256_file(weights_path)}
+    return atomic_write_json(path, written)
+
+
+def _check_seal(meta: dict[str, Any], meta_path: Path, weights_path: Path) -> None:
+    """Refuse a ``model.json`` that differs from the description sealed in the weights."""
+    _, header = _read_header(weights_path)
+    stored = header.get("__metadata__") or {}
+    if DIGEST_KEY not in stored:
+        warnings.warn(
+            f"{meta_path.parent} was saved before model folders carried a digest of their "
+            f"{META_FILE}, so an edit of its description (image size, classes, threshold...) "
+            "cannot be detected. Re-save it with this version (load and save, or retrain).",
+            IncompleteModelWarning,
+            stacklevel=4,
+        )
+        return
+    now = meta_seal(meta)
+    if now[DIGEST_KEY] == stored[DIGEST_KEY]:
+        return
+    try:
+        then = json.loads(stored.get(FIELDS_KEY) or "{}")
+    except ValueError:
+        then = {}
+    fields = json.loads(now[FIELDS_KEY])
+    changed = sorted(k for k in set(then) | set(fields) if then.get(k) != fields.get(k))
+    named = ", ".join(repr(k) for k in changed[:8]) + (" ..." if len(changed) > 8 else "")
+    raise _fail(
+        meta_path,
+        f"field(s) {named or '(unknown)'} differ from the description sealed in {MODEL_FILE} "
+        "when the model was saved (the file was edited after saving; the model would be used "
+        "otherwise than it was validated)",
+    )
 
 
 def _fail(path: Path, what: str) -> ModelFileError:
@@ -118,7 +231,9 @@ def read_meta(directory: str | Path, *, verify_weights: bool = True) -> dict[str
     fmt = meta.get("format")
     if fmt not in _KNOWN_FORMATS:
         raise _fail(meta_path, f"unknown format {fmt!r} (this medtl reads {list(_KNOWN_FORMATS)})")
-    meta = _upgrade_v1(meta, meta_path) if fmt == "medtl-model/1" else meta
+    v1 = fmt == "medtl-model/1"
+    sealed = dict(meta)
+    meta = _upgrade_v1(meta, meta_path) if v1 else meta
     _validate(meta, meta_path)
     recorded = (meta.get("weights") or {}).get("sha256")
     if verify_weights and recorded:
@@ -129,6 +244,8 @@ def read_meta(directory: str | Path, *, verify_weights: bool = True) -> dict[str
                 f"SHA-256 {actual[:16]}... differs from the {recorded[:16]}... recorded in {META_FILE} "
                 "(the weights were replaced or corrupted)",
             )
+    if verify_weights and not v1:  # a v1 folder predates the seal (and already warns)
+        _check_seal(sealed, meta_path, weights_path)
     return meta
 
 
