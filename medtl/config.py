@@ -280,6 +280,10 @@ def _validate_values(cfg: ExperimentConfig) -> None:
         _at_least("data.max_train", cfg.data.max_train, 2, "Or leave it out (use every image).")
     _at_least("data.min_per_class", cfg.data.min_per_class, 1)
     _at_least("data.synthetic_per_class", cfg.data.synthetic_per_class, 1)
+    if cfg.data.path == "synthetic":
+        from medtl.data.synth import check_phantom_size
+
+        check_phantom_size(cfg.data.synthetic_per_class, field="data.synthetic_per_class")
     if cfg.metrics.target is not None:
         t = _finite("metrics.target", cfg.metrics.target)
         if not 0 <= t <= 1:
@@ -294,6 +298,42 @@ def _validate_values(cfg: ExperimentConfig) -> None:
                 _check_cs(field, value)
             elif name in _PARAM_CHECKS:
                 _PARAM_CHECKS[name](field, value)
+    for strategy in cfg.strategies:
+        own = cfg.params.get(strategy, {})
+        check_epochs_bounded(
+            own.get("epochs", cfg.train.epochs),
+            own.get("patience", _DEFAULT_ON),
+            own.get("max_minutes", cfg.train.max_minutes),
+            field=f"params.{strategy}.epochs" if "epochs" in own else "train.epochs",
+        )
+
+
+#: Most epochs a network may be asked to train without a stopping rule (early stopping) or a time
+#: box (``max_minutes``): beyond it a run is unbounded for practical purposes.
+MAX_EPOCHS_UNBOUNDED = 1000
+_DEFAULT_ON = object()  # a strategy's own default patience (early stopping on)
+
+
+def check_epochs_bounded(
+    epochs: Any, patience: Any, max_minutes: Any, *, field: str = "epochs"
+) -> None:
+    """Refuse more than :data:`MAX_EPOCHS_UNBOUNDED` epochs when nothing else stops training.
+
+    ``patience=None`` turns early stopping off; ``max_minutes=None`` sets no time box. With both off,
+    ``epochs: 1000000000`` would run until the machine is taken away.
+    """
+    if (
+        isinstance(epochs, int)
+        and epochs > MAX_EPOCHS_UNBOUNDED
+        and patience is None
+        and max_minutes is None
+    ):
+        raise ConfigError(
+            f"The {field!r} field is {epochs}, above {MAX_EPOCHS_UNBOUNDED} epochs, with early "
+            "stopping off (patience: null) and no time box (max_minutes): the run would not end. "
+            f"Lower {field} to at most {MAX_EPOCHS_UNBOUNDED}, set a patience (e.g. 3) or a time "
+            "box (max_minutes, e.g. train.max_minutes: 60)."
+        )
 
 
 def _check_size(data: Any, limit: int = MAX_CONFIG_VALUES) -> None:
@@ -411,7 +451,6 @@ def load_config(
 
     Relative data paths in the file are resolved against the config file's folder when they exist there.
     """
-    import yaml
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -434,14 +473,13 @@ def load_config(
             raise ConfigError(
                 f"Config file {str(p)!r} cannot be read ({exc.strerror or type(exc).__name__})."
             ) from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from exc
-        except RecursionError:
+        data = load_yaml_text(text, f"Config file {str(p)!r}")
+        if data is None or data == {}:
             raise ConfigError(
-                f"Config file {str(p)!r} is nested too deeply to be a config."
-            ) from None
+                f"Config file {str(p)!r} is empty (no fields): it would silently run every "
+                "default. Write the fields you mean (e.g. `data: {path: my_images/}`; see "
+                "configs/ for examples), or leave the config out to run the defaults on purpose."
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"Config file {str(p)!r} must hold a mapping at the top level.")
         _resolve_relative_paths(data, p.parent)
@@ -449,6 +487,59 @@ def load_config(
         if v is not None:
             _set_dotted(data, k, v)
     return config_from_dict(data)
+
+
+def _strict_loader(where: str) -> type:
+    """A yaml SafeLoader that refuses a key written twice in one mapping (YAML keeps the last one
+    silently, so ``epochs: 5`` ... ``epochs: 50`` would run 50 without a word)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                    seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise ConfigError(
+                        f"{where}: the key {key!r} appears twice in one mapping (lines {first} "
+                        f"and {line}); YAML would silently keep the last. Keep one of them."
+                    )
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
+def load_yaml_text(text: str, where: str = "YAML text") -> Any:
+    """Parse YAML like ``yaml.safe_load``, but refuse duplicate keys and over-deep nesting.
+
+    ``where`` starts every error message (e.g. ``"Config file 'a.yaml'"``).
+
+    Raises:
+        ConfigError: invalid YAML, a key written twice in one mapping, or nesting too deep.
+
+    Example:
+        >>> load_yaml_text("train: {epochs: 2}")
+        {'train': {'epochs': 2}}
+    """
+    import yaml
+
+    loader = _strict_loader(where)(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a config.") from None
+    finally:
+        loader.dispose()
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl._fileio import atomic_write_json, atomic_write_text, csv_record
 from medtl.data._types import Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError
 from medtl.strategies._modelfile import META_FILE, MODEL_FILE, ModelFileError
@@ -204,7 +204,7 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+        w.writerow(csv_record({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS}))
     atomic_write_text(csv_path, buf.getvalue())
     atomic_write_text(out_dir / "evaluation.md", _markdown(rows))
 
@@ -435,7 +435,7 @@ def predict(
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["id", *pcols, "call"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(csv_record(r) for r in rows)
         atomic_write_text(out, buf.getvalue())
     if id_map and distributed.is_main():
         from medtl.data import Dataset, write_id_map

@@ -17,13 +17,12 @@ This module is the only one that knows the layout; ``Strategy.save`` and ``load_
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 from pathlib import Path
 from typing import Any
 
-from medtl._fileio import atomic_write_json
+from medtl._fileio import atomic_write_json, json_loads
 from medtl.errors import ConfigError
 
 MODEL_FILE = "model.safetensors"
@@ -109,7 +108,7 @@ def read_meta(directory: str | Path, *, verify_weights: bool = True) -> dict[str
                 "(e.g. runs/<id>/<strategy>/model)."
             )
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json_loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _fail(meta_path, f"not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict):

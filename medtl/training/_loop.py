@@ -85,8 +85,10 @@ class LoopSettings:
 
     def __post_init__(self) -> None:
         from medtl._options import check_range
+        from medtl.config import check_epochs_bounded
 
         check_range("epochs", self.epochs, 1)
+        check_epochs_bounded(self.epochs, self.patience, self.max_minutes)
         check_range("batch_size", self.batch_size, 1)
         if self.micro_batch_size is not None:
             check_range("micro_batch_size", self.micro_batch_size, 0)
@@ -368,6 +370,7 @@ def train_network(
             f"The 'batch_size' is {s.batch_size}, which the world size {n_ranks} does not divide. "
             f"Use a multiple of {n_ranks}."
         )
+    check_batch_fits(s.batch_size, len(train))
     device = resolve_device(s.device)
     n_classes = len(train.classes)
     model.to(device)
@@ -501,6 +504,7 @@ def train_network(
             ),
             len(val),
         )
+        check_finite_training(total_loss, logits, epoch + 1, opt.param_groups)
         auc = val_auroc(val.labels, logits_to_proba(logits))
         vloss = float(
             nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val.labels))
@@ -584,6 +588,43 @@ def train_network(
         seconds=elapsed_before + time.perf_counter() - t0,
         stopped_early=stopped_early,
         resumed_from_epoch=start_epoch,
+    )
+
+
+def check_batch_fits(batch_size: int, n_train: int) -> None:
+    """Refuse a batch larger than the training set before any work: the epoch would gather
+    ``batch_size`` images (repeating the data) into one tensor, e.g. 100,000 x 3 x 224 x 224."""
+    from medtl.errors import ConfigError
+
+    if n_train and batch_size > n_train:
+        raise ConfigError(
+            f"The 'batch_size' is {batch_size}, larger than the {n_train} training images: a batch "
+            f"cannot hold more images than the training set. Use batch_size <= {n_train} (e.g. "
+            f"{min(32, n_train)})."
+        )
+
+
+def check_finite_training(
+    loss: float, val_logits: np.ndarray, epoch: int, param_groups: Sequence[dict[str, Any]]
+) -> None:
+    """Stop when training diverged (training loss or validation outputs NaN or infinite), naming
+    the epoch and the fix, instead of failing later in a metric with "Input contains NaN"."""
+    if math.isfinite(loss) and np.isfinite(val_logits).all():
+        return
+    from medtl.errors import ConfigError
+
+    peak = max(
+        (float(g.get("max_lr") or g.get("initial_lr") or g.get("lr") or 0) for g in param_groups),
+        default=float("nan"),
+    )
+    what = (
+        f"the training loss became {loss}"
+        if not math.isfinite(loss)
+        else ("the validation outputs became NaN or infinite")
+    )
+    raise ConfigError(
+        f"Training diverged: {what} at epoch {epoch} (peak learning rate {peak:g}): lower the "
+        "learning rate ('lr', e.g. 10 times lower) and run again."
     )
 
 
