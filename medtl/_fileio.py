@@ -39,6 +39,8 @@ def atomic_write(
     write would give it (the user's umask), not mkstemp's 0600.
     """
     path = Path(path)
+    if path.is_dir():  # name the path given, not the temporary file the rename would fail on
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", display_path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -51,6 +53,28 @@ def atomic_write(
             os.unlink(tmp)
         raise
     return path
+
+
+def check_output_file(name: str, path: str | os.PathLike | None) -> None:
+    """Refuse, before any work, an output file path that is an existing folder (or lies in a path
+    that is a file): the later atomic rename would fail naming a temporary file the user never gave."""
+    from medtl.errors import ConfigError
+
+    if not path:
+        return
+    p = Path(path)
+    shown = display_path(p)
+    if p.is_dir():
+        raise ConfigError(
+            f"The {name!r} path {shown!r} is an existing folder, but a file is written there. Give "
+            f"a file name, e.g. {display_path(p / (name + '.csv'))!r}."
+        )
+    parent = next((a for a in p.parents if os.path.lexists(a)), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(
+            f"The {name!r} path {shown!r} cannot be created: {display_path(parent)!r} is a file, "
+            "not a folder. Give a path in a folder."
+        )
 
 
 def write_cache_entry(path: Path, data: bytes | memoryview) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl._fileio import atomic_write_json, atomic_write_text, csv_record
+from medtl._fileio import atomic_write_json, atomic_write_text, check_output_file, csv_record
 from medtl.data._types import Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError
 from medtl.strategies._modelfile import META_FILE, MODEL_FILE, ModelFileError
@@ -137,9 +137,9 @@ def evaluate(
     from medtl._options import look_up_option
 
     if batch_file:
-        import yaml
+        from medtl.config import load_yaml_text
 
-        spec = yaml.safe_load(Path(batch_file).read_text()) or {}
+        spec = load_yaml_text(Path(batch_file).read_text(), f"Batch file {batch_file}") or {}
         unknown = set(spec) - {"models", "datasets", "out", "split", "threshold", "prevalence"}
         if unknown:
             raise ConfigError(f"Unknown field(s) {sorted(unknown)} in batch file {batch_file}.")
@@ -411,6 +411,8 @@ def predict(
     """
     from medtl.strategies import load_model
 
+    for name, value in (("out", out), ("id_map", id_map)):
+        check_output_file(name, value)  # before any work, naming the path the user gave
     est = load_model(model_dir, device=device, cache_dir=cache_dir)
     t, source = est.threshold_for(threshold)
     from medtl.data import DEFAULT_CACHE_DIR, image_cache_dir
