@@ -18,6 +18,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,25 @@ def _validate_values(cfg: ExperimentConfig) -> None:
             own.get("max_minutes", cfg.train.max_minutes),
             field=f"params.{strategy}.epochs" if "epochs" in own else "train.epochs",
         )
+
+
+def check_batch_sizes(cfg: ExperimentConfig, n_train: int, trained: Iterable[str]) -> None:
+    """Refuse, once the training split is known and before any image is decoded, a batch size larger
+    than the training split for each strategy in ``trained`` (those trained in batches; the others
+    do not use ``train.batch_size``): every batch would repeat the data to fill itself, so
+    ``batch_size: 100000`` on 80 images allocates 100,000 images per step."""
+    for strategy in cfg.strategies:
+        if strategy not in trained:
+            continue
+        own = cfg.params.get(strategy, {})
+        size = own.get("batch_size", cfg.train.batch_size)
+        field = f"params.{strategy}.batch_size" if "batch_size" in own else "train.batch_size"
+        if isinstance(size, int) and n_train and size > n_train:
+            raise ConfigError(
+                f"The {field!r} field is {size}, larger than the training split ({n_train} "
+                f"images): a batch cannot hold more images than there are. Use {field} <= "
+                f"{n_train} (e.g. {min(32, n_train)})."
+            )
 
 
 #: Most epochs a network may be asked to train without a stopping rule (early stopping) or a time

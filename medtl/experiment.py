@@ -26,7 +26,7 @@ import numpy as np
 
 from medtl import distributed, runs
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl.config import ExperimentConfig, load_config, save_config
+from medtl.config import ExperimentConfig, check_batch_sizes, load_config, save_config
 from medtl.data._ids import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
 from medtl.data._types import Dataset, PreparedImages, Sample
 from medtl.errors import ConfigError, DatasetError
@@ -161,6 +161,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
                 f"The {nm!r} split is empty. Give the dataset a {nm}/ folder, or raise "
                 f"data.{'val' if nm == 'val' else 'test'}_fraction above 0."
             )
+    check_batch_sizes(cfg, len(train_s), NETWORK_STRATEGIES)  # before any image is decoded
     size = resolve_image_size(cfg)
     prep = {}
     for nm, part in (("train", train_s), ("val", val_s), ("test", test_s)):

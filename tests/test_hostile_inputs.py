@@ -216,6 +216,20 @@ def test_predict_csv_escapes_a_formula_class_name(tmp_path) -> None:
     assert not any(cell.startswith(("=", "+", "@")) for row in rows for cell in row)
 
 
+def test_id_map_and_skipped_csv_escape_cells_and_write_where_asked(tmp_path) -> None:
+    from medtl.data import Dataset, Sample, SkippedFile, write_id_map
+    from medtl.runs import skipped_csv
+
+    image = png(tmp_path / "=cmd|calc.png")
+    before = image.read_bytes()
+    ds = Dataset("", "files", ["a", "b"], [Sample(str(image), 0, "u1")], [])
+    ds.skipped.append(SkippedFile("@x", "-reason", "u2"))
+    out = write_id_map(ds, tmp_path / "ids.csv")
+    assert out == tmp_path / "ids.csv" and image.read_bytes() == before
+    assert "u2,skipped,'@x" in out.read_text()
+    assert "'-reason" in skipped_csv(ds.skipped)
+
+
 def test_predict_out_on_an_existing_folder_names_that_folder(tmp_path) -> None:
     from medtl.evaluation import predict
 
@@ -441,15 +455,49 @@ def test_synthetic_dataset_sizes_are_bounded() -> None:
     assert not Path("never_written").exists()
 
 
-def test_a_batch_larger_than_the_training_set_is_refused_before_training() -> None:
+def test_a_batch_larger_than_the_training_split_is_refused_before_decoding(
+    tmp_path, monkeypatch
+) -> None:
+    import medtl.data
+    from medtl.config import check_batch_sizes
+    from medtl.experiment import load_data
+
+    for c in ("a", "b"):
+        for i in range(8):
+            png(tmp_path / "ds" / c / f"{i}.png")
+
+    def never(*a, **k):
+        raise AssertionError("images decoded before the batch size was checked")
+
+    monkeypatch.setattr(medtl.data, "prepare_images", never)
+    cfg = config_from_dict(
+        {
+            "data": {"path": str(tmp_path / "ds"), "min_per_class": 1},
+            "strategies": ["fine_tuning"],
+            "train": {"batch_size": 100_000},
+            "output": {"cache_dir": str(tmp_path / "cache")},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"'train\.batch_size' field is 100000, larger than the "):
+        load_data(cfg, progress=False)
+    own = config_from_dict({"params": {"from_scratch": {"batch_size": 64}}})
+    with pytest.raises(ConfigError, match=r"'params\.from_scratch\.batch_size' field is 64"):
+        check_batch_sizes(own, 40, {"from_scratch"})
+    check_batch_sizes(own, 40, set())  # a strategy not trained in batches is not checked
+
+
+def test_the_training_loop_refuses_a_batch_that_would_eat_memory() -> None:
     from medtl.strategies import get_strategy
 
     train, val = blob_images(20, seed=1), blob_images(10, seed=2, offset=100)
     est = get_strategy(
-        "fine_tuning", backbone="tiny_test", epochs=1, batch_size=100_000, progress=False
+        "fine_tuning", backbone="tiny_test", epochs=1, batch_size=10**6, progress=False
     )
-    with pytest.raises(ConfigError, match=r"'batch_size' is 100000, larger than the 20 training"):
+    with pytest.raises(ConfigError, match=r"'batch_size' is 1000000, larger than the 20 training"):
         est.fit(train, val)
+    get_strategy(  # 32 on 20 images repeats a few of them (the advisor's pilots do): allowed
+        "fine_tuning", backbone="tiny_test", epochs=1, batch_size=32, progress=False
+    ).fit(train, val)
 
 
 def test_diverging_training_stops_naming_the_epoch_and_the_fix() -> None:

@@ -224,8 +224,8 @@ def write_id_map(ds: Dataset, path: str | os.PathLike) -> Path:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["uid", "kind", "path"])
     for s in ds.samples:
-        path = s.path if s.index is None else f"{s.path}#{s.index}"
-        w.writerow(csv_row([s.uid, "sample", path]))
+        file = s.path if s.index is None else f"{s.path}#{s.index}"
+        w.writerow(csv_row([s.uid, "sample", file]))
     for kind, items in (("skipped", ds.skipped), ("ignored", getattr(ds, "ignored", []))):
         for k in items:
             w.writerow(csv_row([k.uid or "", kind, k.path]))

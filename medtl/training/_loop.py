@@ -370,7 +370,7 @@ def train_network(
             f"The 'batch_size' is {s.batch_size}, which the world size {n_ranks} does not divide. "
             f"Use a multiple of {n_ranks}."
         )
-    check_batch_fits(s.batch_size, len(train))
+    check_batch_fits(s.batch_size, train)
     device = resolve_device(s.device)
     n_classes = len(train.classes)
     model.to(device)
@@ -591,15 +591,25 @@ def train_network(
     )
 
 
-def check_batch_fits(batch_size: int, n_train: int) -> None:
-    """Refuse a batch larger than the training set before any work: the epoch would gather
-    ``batch_size`` images (repeating the data) into one tensor, e.g. 100,000 x 3 x 224 x 224."""
+# A batch larger than the training set repeats its images to fill itself (harmless at 32 on 9 images,
+# as the advisor's pilots do); beyond this many input bytes it is refused before the first step.
+MAX_REPEATED_BATCH_BYTES = 2 * 1024**3
+
+
+def check_batch_fits(batch_size: int, train: PreparedImages) -> None:
+    """Refuse, before any work, a batch larger than the training set whose float32 input alone would
+    exceed :data:`MAX_REPEATED_BATCH_BYTES` (``batch_size=100000`` on 80 images: 60 GB at 224 px).
+    A config's batch size is checked against its training split earlier
+    (:func:`medtl.config.check_batch_sizes`)."""
     from medtl.errors import ConfigError
 
-    if n_train and batch_size > n_train:
+    n_train = len(train)
+    per_image = 4 * int(np.prod(train.pixels.shape[1:])) if n_train else 0
+    if n_train and batch_size > n_train and batch_size * per_image > MAX_REPEATED_BATCH_BYTES:
         raise ConfigError(
-            f"The 'batch_size' is {batch_size}, larger than the {n_train} training images: a batch "
-            f"cannot hold more images than the training set. Use batch_size <= {n_train} (e.g. "
+            f"The 'batch_size' is {batch_size}, larger than the {n_train} training images (one "
+            f"batch would need {batch_size * per_image / 1024**3:.0f} GiB): a batch cannot hold "
+            f"more images than the training set. Use batch_size <= {n_train} (e.g. "
             f"{min(32, n_train)})."
         )
 
