@@ -10,7 +10,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,6 +41,8 @@ def atomic_write(
     write would give it (the user's umask), not mkstemp's 0600.
     """
     path = Path(path)
+    if path.is_dir():  # name the path given, not the temporary file the rename would fail on
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", display_path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -53,6 +55,28 @@ def atomic_write(
             os.unlink(tmp)
         raise
     return path
+
+
+def check_output_file(name: str, path: str | os.PathLike | None) -> None:
+    """Refuse, before any work, an output file path that is an existing folder (or lies in a path
+    that is a file): the later atomic rename would fail naming a temporary file the user never gave."""
+    from medtl.errors import ConfigError
+
+    if not path:
+        return
+    p = Path(path)
+    shown = display_path(p)
+    if p.is_dir():
+        raise ConfigError(
+            f"The {name!r} path {shown!r} is an existing folder, but a file is written there. Give "
+            f"a file name, e.g. {display_path(p / (name + '.csv'))!r}."
+        )
+    parent = next((a for a in p.parents if os.path.lexists(a)), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(
+            f"The {name!r} path {shown!r} cannot be created: {display_path(parent)!r} is a file, "
+            "not a folder. Give a path in a folder."
+        )
 
 
 def write_cache_entry(path: Path, data: bytes | memoryview) -> None:
@@ -222,3 +246,78 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int | None = MAX_FILE
     if max_bytes is not None and len(data) > max_bytes:  # it grew while we read it
         raise UnsafeFileError(path, f"grew past the {max_bytes / 1024**2:.0f} MB limit while read")
     return data
+
+
+# -- CSV cells safe to open in a spreadsheet ------------------------------------------------------
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` made safe for a CSV cell that a spreadsheet may open (OWASP CSV injection).
+
+    Text starting with ``= + - @``, a tab or a carriage return gets a leading apostrophe, so Excel,
+    LibreOffice and Google Sheets show it as text instead of running it as a formula (a class named
+    ``=HYPERLINK("http://x")`` would otherwise become a link). Numbers, and text that is a plain
+    number (``-0.5``, ``-3``), are left as they are, so medtl's own CSVs still read back as numbers.
+    Every CSV medtl writes passes its cells through here.
+
+    Example:
+        >>> csv_cell('=HYPERLINK("http://x")')
+        '\\'=HYPERLINK("http://x")'
+        >>> csv_cell("-0.5"), csv_cell(0.25)
+        ('-0.5', 0.25)
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_TRIGGERS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+def csv_row(values: Iterable[Any]) -> list[Any]:
+    """Every cell of one CSV row through :func:`csv_cell`."""
+    return [csv_cell(v) for v in values]
+
+
+def csv_record(row: dict[str, Any]) -> dict[str, Any]:
+    """Every value of one ``csv.DictWriter`` row through :func:`csv_cell`."""
+    return {k: csv_cell(v) for k, v in row.items()}
+
+
+# -- JSON read back from disk -----------------------------------------------------------------------
+
+#: Deepest nesting accepted in a JSON file medtl reads (its own files nest fewer than 10 levels).
+MAX_JSON_DEPTH = 100
+
+
+class JSONDepthError(ValueError):
+    """A JSON text nested deeper than :data:`MAX_JSON_DEPTH` (refused before parsing)."""
+
+
+def json_loads(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses text nested deeper than ``max_depth`` before parsing it.
+
+    Python's parser recurses once per level, so ``[[[[...]]]]`` 200,000 deep raises RecursionError (not a
+    ValueError) from deep inside the interpreter; here it is a :class:`JSONDepthError` (a ValueError,
+    so callers that report invalid JSON report this too).
+    """
+    import re
+
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8")
+    if text.count("[") + text.count("{") > max_depth:  # cheap test first: most files are shallow
+        brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)  # strings may hold brackets
+        depth = deepest = 0
+        for ch in re.findall(r"[\[\]{}]", brackets):
+            depth += 1 if ch in "[{" else -1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise JSONDepthError(
+                    f"JSON nested deeper than {max_depth} levels; not parsed (not a file medtl "
+                    "wrote, or a damaged one)"
+                )
+    return json.loads(text)

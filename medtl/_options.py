@@ -43,3 +43,30 @@ def check_range(
         hi = "inf" if high is None else high
         raise ConfigError(f"The {name!r} parameter must be in [{lo}, {hi}]. Got {value!r} instead.")
     return value
+
+
+#: Most epochs a network may be asked to train without a stopping rule (early stopping) or a time
+#: box (``max_minutes``): beyond it a run is unbounded for practical purposes.
+MAX_EPOCHS_UNBOUNDED = 1000
+
+
+def check_epochs_bounded(
+    epochs: Any, patience: Any, max_minutes: Any, *, field: str = "epochs"
+) -> None:
+    """Refuse more than :data:`MAX_EPOCHS_UNBOUNDED` epochs when nothing else stops training.
+
+    ``patience=None`` turns early stopping off; ``max_minutes=None`` sets no time box. With both off,
+    ``epochs: 1000000000`` would run until the machine is taken away.
+    """
+    if (
+        isinstance(epochs, int)
+        and epochs > MAX_EPOCHS_UNBOUNDED
+        and patience is None
+        and max_minutes is None
+    ):
+        raise ConfigError(
+            f"The {field!r} field is {epochs}, above {MAX_EPOCHS_UNBOUNDED} epochs, with early "
+            "stopping off (patience: null) and no time box (max_minutes): the run would not end. "
+            f"Lower {field} to at most {MAX_EPOCHS_UNBOUNDED}, set a patience (e.g. 3) or a time "
+            "box (max_minutes, e.g. train.max_minutes: 60)."
+        )

@@ -18,11 +18,13 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtl._options import look_up_option
+from medtl._options import MAX_EPOCHS_UNBOUNDED as MAX_EPOCHS_UNBOUNDED
+from medtl._options import check_epochs_bounded, look_up_option
 from medtl.errors import ConfigError
 
 
@@ -292,6 +294,10 @@ def _validate_values(cfg: ExperimentConfig) -> None:
         _at_least("data.max_train", cfg.data.max_train, 2, "Or leave it out (use every image).")
     _at_least("data.min_per_class", cfg.data.min_per_class, 1)
     _at_least("data.synthetic_per_class", cfg.data.synthetic_per_class, 1)
+    if cfg.data.path == "synthetic":
+        from medtl.data.synth import check_phantom_size
+
+        check_phantom_size(cfg.data.synthetic_per_class, field="data.synthetic_per_class")
     if cfg.metrics.target is not None:
         t = _finite("metrics.target", cfg.metrics.target)
         if not 0 <= t <= 1:
@@ -306,6 +312,36 @@ def _validate_values(cfg: ExperimentConfig) -> None:
                 _check_cs(field, value)
             elif name in _PARAM_CHECKS:
                 _PARAM_CHECKS[name](field, value)
+    for strategy in cfg.strategies:
+        own = cfg.params.get(strategy, {})
+        check_epochs_bounded(
+            own.get("epochs", cfg.train.epochs),
+            own.get("patience", _DEFAULT_ON),
+            own.get("max_minutes", cfg.train.max_minutes),
+            field=f"params.{strategy}.epochs" if "epochs" in own else "train.epochs",
+        )
+
+
+def check_batch_sizes(cfg: ExperimentConfig, n_train: int, trained: Iterable[str]) -> None:
+    """Refuse, once the training split is known and before any image is decoded, a batch size larger
+    than the training split for each strategy in ``trained`` (those trained in batches; the others
+    do not use ``train.batch_size``): every batch would repeat the data to fill itself, so
+    ``batch_size: 100000`` on 80 images allocates 100,000 images per step."""
+    for strategy in cfg.strategies:
+        if strategy not in trained:
+            continue
+        own = cfg.params.get(strategy, {})
+        size = own.get("batch_size", cfg.train.batch_size)
+        field = f"params.{strategy}.batch_size" if "batch_size" in own else "train.batch_size"
+        if isinstance(size, int) and n_train and size > n_train:
+            raise ConfigError(
+                f"The {field!r} field is {size}, larger than the training split ({n_train} "
+                f"images): a batch cannot hold more images than there are. Use {field} <= "
+                f"{n_train} (e.g. {min(32, n_train)})."
+            )
+
+
+_DEFAULT_ON = object()  # a strategy's own default patience (early stopping on)
 
 
 def _check_size(data: Any, limit: int = MAX_CONFIG_VALUES) -> None:
@@ -423,7 +459,6 @@ def load_config(
 
     Relative data paths in the file are resolved against the config file's folder when they exist there.
     """
-    import yaml
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -446,14 +481,13 @@ def load_config(
             raise ConfigError(
                 f"Config file {str(p)!r} cannot be read ({exc.strerror or type(exc).__name__})."
             ) from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from exc
-        except RecursionError:
+        data = load_yaml_text(text, f"Config file {str(p)!r}")
+        if data is None or data == {}:
             raise ConfigError(
-                f"Config file {str(p)!r} is nested too deeply to be a config."
-            ) from None
+                f"Config file {str(p)!r} is empty (no fields): it would silently run every "
+                "default. Write the fields you mean (e.g. `data: {path: my_images/}`; see "
+                "configs/ for examples), or leave the config out to run the defaults on purpose."
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"Config file {str(p)!r} must hold a mapping at the top level.")
         _resolve_relative_paths(data, p.parent)
@@ -461,6 +495,59 @@ def load_config(
         if v is not None:
             _set_dotted(data, k, v)
     return config_from_dict(data)
+
+
+def _strict_loader(where: str) -> type:
+    """A yaml SafeLoader that refuses a key written twice in one mapping (YAML keeps the last one
+    silently, so ``epochs: 5`` ... ``epochs: 50`` would run 50 without a word)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                    seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise ConfigError(
+                        f"{where}: the key {key!r} appears twice in one mapping (lines {first} "
+                        f"and {line}); YAML would silently keep the last. Keep one of them."
+                    )
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
+def load_yaml_text(text: str, where: str = "YAML text") -> Any:
+    """Parse YAML like ``yaml.safe_load``, but refuse duplicate keys and over-deep nesting.
+
+    ``where`` starts every error message (e.g. ``"Config file 'a.yaml'"``).
+
+    Raises:
+        ConfigError: invalid YAML, a key written twice in one mapping, or nesting too deep.
+
+    Example:
+        >>> load_yaml_text("train: {epochs: 2}")
+        {'train': {'epochs': 2}}
+    """
+    import yaml
+
+    loader = _strict_loader(where)(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a config.") from None
+    finally:
+        loader.dispose()
 
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl._fileio import atomic_write_json, atomic_write_text, check_output_file, csv_record
 from medtl.data import Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError
 from medtl.strategies import META_FILE, MODEL_FILE, ModelFileError
@@ -188,9 +188,9 @@ def evaluate(
     from medtl._options import look_up_option
 
     if batch_file:
-        import yaml
+        from medtl.config import load_yaml_text
 
-        spec = yaml.safe_load(Path(batch_file).read_text()) or {}
+        spec = load_yaml_text(Path(batch_file).read_text(), f"Batch file {batch_file}") or {}
         known = {"models", "datasets", "out", "split", "threshold", "prevalence", "by"}
         unknown = set(spec) - known
         if unknown:
@@ -260,7 +260,7 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+        w.writerow(csv_record({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS}))
     atomic_write_text(csv_path, buf.getvalue())
     atomic_write_text(out_dir / "evaluation.md", _markdown(rows))
 
@@ -461,6 +461,8 @@ def predict(
     """
     from medtl.strategies import load_model
 
+    for name, value in (("out", out), ("id_map", id_map)):
+        check_output_file(name, value)  # before any work, naming the path the user gave
     est = load_model(model_dir, device=device, cache_dir=cache_dir)
     t, source = est.threshold_for(threshold)
     from medtl.data import DEFAULT_CACHE_DIR, image_cache_dir
@@ -485,7 +487,7 @@ def predict(
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["id", *pcols, "call"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(csv_record(r) for r in rows)
         atomic_write_text(out, buf.getvalue())
     if id_map and distributed.is_main():
         from medtl.data import Dataset, write_id_map

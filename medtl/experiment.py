@@ -28,7 +28,7 @@ import numpy as np
 from medtl import distributed, records, runs
 from medtl import subgroup_results as _subgroups
 from medtl._fileio import atomic_write_json, atomic_write_text
-from medtl.config import ExperimentConfig, flatten_config, load_config
+from medtl.config import ExperimentConfig, check_batch_sizes, flatten_config, load_config
 from medtl.data import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
 from medtl.data import (
     Dataset,
@@ -181,6 +181,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
                 f"The {nm!r} split is empty. Give the dataset a {nm}/ folder, or raise "
                 f"data.{'val' if nm == 'val' else 'test'}_fraction above 0."
             )
+    check_batch_sizes(cfg, len(train_s), list_strategies(trains_in_epochs=True))  # before decoding
     size = resolve_image_size(cfg)
     prep = {}
     for nm, part in (("train", train_s), ("val", val_s), ("test", test_s)):

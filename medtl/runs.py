@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from medtl._fileio import csv_row, json_loads
 from medtl.errors import DatasetError
 from medtl.formatting import num
 from medtl.tasks import Task, metrics_auroc, task_for
@@ -221,8 +221,8 @@ def _read_json(path: Path, notes: list[str], rel: str) -> Any:
         notes.append(f"{rel} is missing; the sections that need it are skipped.")
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json_loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         notes.append(f"{rel} could not be read ({type(exc).__name__}: {exc}); skipped.")
         return None
 
@@ -417,7 +417,7 @@ def read_split_assignment(run_dir: str | os.PathLike) -> dict[str, str]:
     """
     path = Path(run_dir) / SPLITS_FILE
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json_loads(path.read_text(encoding="utf-8"))
         return {str(r["uid"]): str(r["split"]) for r in obj["samples"] if r.get("split")}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(
@@ -437,11 +437,11 @@ def predictions_csv(parts: list[tuple[str, Any, np.ndarray]], classes: list[str]
     """``predictions.csv`` text: uid, split, label, p_<class>... for (split, PreparedImages, proba)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["uid", "split", "label", *[f"p_{c}" for c in classes]])
+    w.writerow(csv_row(["uid", "split", "label", *[f"p_{c}" for c in classes]]))
     for split, images, proba in parts:
         for uid, lab, row in zip(images.uids, images.labels, proba):
             # shortest exact float text, not 6 decimals: p = 0.9999999 and 0.99999999 must not tie
-            w.writerow([uid, split, int(lab), *[repr(float(x)) for x in row]])
+            w.writerow(csv_row([uid, split, int(lab), *[repr(float(x)) for x in row]]))
     return buf.getvalue()
 
 
@@ -454,7 +454,7 @@ def skipped_csv(skipped: list[Any], salt: bytes | None = None) -> str:
     w = csv.writer(buf)
     w.writerow(["id", "reason"])
     for s in skipped:
-        w.writerow([s.uid or keyed_uid(os.fsencode(s.path), salt), s.reason])
+        w.writerow(csv_row([s.uid or keyed_uid(os.fsencode(s.path), salt), s.reason]))
     return buf.getvalue()
 
 

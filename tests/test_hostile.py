@@ -213,7 +213,7 @@ def _build_folder(root: Path) -> dict[str, tuple[str, str]]:
     outside.mkdir(exist_ok=True)
     (outside / f"linked_{MARK}.png").write_bytes(png_bytes())
     os.symlink(outside, a / f"linked_dir_{MARK}")
-    expect[f"abnormal/linked_dir_{MARK}/linked_{MARK}.png"] = (SAMPLE, "")
+    expect[f"abnormal/linked_dir_{MARK}"] = (SKIP, "outside the dataset folder; not followed")
     os.symlink("/dev/zero", n / f"zero_{MARK}.png")
     expect[f"normal/zero_{MARK}.png"] = (SKIP, "character device")
     os.symlink(n / "missing.png", n / f"dangling_{MARK}.png")

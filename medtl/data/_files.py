@@ -39,7 +39,7 @@ def unlabelled_files(
         if not os.path.lexists(p):
             raise ConfigError(f"Image path {display_path(p)!r} does not exist.")
         base = p if p.is_dir() else p.parent
-        walk = _Walk(base.absolute(), salt)
+        walk = _Walk(base.absolute(), salt, scope="folder given")
         if p.is_dir():
             walk.walk(p.absolute())
             found = []

@@ -247,17 +247,18 @@ def write_id_map(ds: Dataset, path: str | os.PathLike) -> Path:
     Example:
         >>> write_id_map(ds, "KEEP_PRIVATE_id_map.csv")   # e.g. for `medtl compare --id-map FILE`
     """
-    from medtl._fileio import atomic_write
+    from medtl._fileio import atomic_write, csv_row
 
     buf = io.StringIO()
     buf.write(ID_MAP_BANNER + "\n")
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["uid", "kind", "path"])
     for s in ds.samples:
-        w.writerow([s.uid, "sample", s.path if s.index is None else f"{s.path}#{s.index}"])
+        file = s.path if s.index is None else f"{s.path}#{s.index}"
+        w.writerow(csv_row([s.uid, "sample", file]))
     for kind, items in (("skipped", ds.skipped), ("ignored", getattr(ds, "ignored", []))):
         for k in items:
-            w.writerow([k.uid or "", kind, k.path])
+            w.writerow(csv_row([k.uid or "", kind, k.path]))
     data = buf.getvalue().encode("utf-8", "surrogateescape")
 
     def _w(tmp: str) -> None:

@@ -89,7 +89,7 @@ def _verify(
             raise
         except (Exception, MemoryError) as exc:
             return failure_reason(exc)
-        return constant_reason(image, meta)
+        return unusable_reason(image, meta)
 
     kept: list[Sample] = []
     skipped: list[SkippedFile] = []
@@ -109,11 +109,20 @@ def log_skip(s: Sample, reason: str) -> None:
     logger.warning("Skipping image %s: %s", s.uid, reason)
 
 
-def constant_reason(image: Any, meta: dict[str, Any]) -> str | None:
-    """A reason when a decoded image is constant (blank after its LUTs/window), else None.
+def unusable_reason(image: Any, meta: dict[str, Any] | None = None) -> str | None:
+    """A reason when a decoded image is no data to learn from, else None.
 
-    Such an image carries no information and is usually a wrong window or an empty export.
+    Constant (blank after its LUTs/window: a wrong window or an empty export), all padding but a
+    few pixels, a side under 8 px or an extreme aspect ratio (see ``medtl.io.flag_unusable``).
+    ``meta`` is what ``read_image`` returned; None: the image is checked here (a .npz image).
     """
+    if meta is None:
+        from medtl.io import flag_unusable
+
+        meta = {}
+        flag_unusable(image, meta)
+    if meta.get("unusable_reason"):
+        return str(meta["unusable_reason"])
     if meta.get("constant"):
         return str(meta.get("constant_reason") or "constant image (every pixel the same value)")
     return None

@@ -23,11 +23,11 @@ import numpy as np
 from medtl._fileio import MAX_FILE_BYTES, open_regular, read_regular_bytes, write_cache_entry
 from medtl._options import check_range, look_up_option
 from medtl.data._load import (
-    constant_reason,
     failure_reason,
     log_skip,
     map_maybe_threaded,
     read_with_options,
+    unusable_reason,
 )
 from medtl.data._sources import npz_image
 from medtl.data._types import PreparedImages, Sample, SkippedFile
@@ -132,6 +132,10 @@ class _Loader:
                 h = hashlib.sha256(CACHE_VERSION + b"npz" + str(raw.shape).encode() + raw.tobytes())
                 h.update(str(self.size).encode())
                 img = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw
+                reason = unusable_reason(img)
+                if reason is not None:
+                    log_skip(s, reason)
+                    return SkippedFile(s.path, reason, s.uid)
                 return to_native_uint8(img, self.size), h.hexdigest()
             max_bytes = (self.read_options or {}).get("max_bytes", MAX_FILE_BYTES)
             data = read_regular_bytes(s.path, max_bytes)  # FIFOs, devices, loops: refused
@@ -147,7 +151,7 @@ class _Loader:
                     self.hits += 1
                     return arr, key
             image, meta = read_with_options(s.path, self.read_options)
-            reason = constant_reason(image, meta)
+            reason = unusable_reason(image, meta)
             if reason is not None:
                 log_skip(s, reason)
                 return SkippedFile(s.path, reason, s.uid)

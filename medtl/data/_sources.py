@@ -18,6 +18,7 @@ import csv
 import errno
 import io
 import logging
+import math
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -199,10 +200,40 @@ class _Walk:
 
     root: Path
     salt: bytes | None
+    scope: str = "dataset folder"  # what ``root`` is, in the reasons ("folder given" for predict)
     files: list[Path] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     ignored: list[SkippedFile] = field(default_factory=list)
+    file_ids: dict[Path, tuple[int, int]] = field(default_factory=dict)  # (device, inode) per file
     _seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+    _root_real: str | None = None
+
+    def _contains(self, outer: str, path: Path) -> bool:
+        real = os.path.realpath(path)
+        return real == outer or real.startswith(outer.rstrip(os.sep) + os.sep)
+
+    def _leaves_root(self, path: Path) -> str | None:
+        """Why ``path`` (a link, or reached through one) is not followed: it leads out of the root."""
+        if self._root_real is None:
+            self._root_real = os.path.realpath(self.root)
+        if self._contains(self._root_real, path):
+            return None
+        return (
+            f"symbolic link to a place outside the {self.scope}; not followed (nothing outside "
+            f"the {self.scope} is read)"
+        )
+
+    def _leaves(self, path: Path, boundary: str) -> str | None:
+        """Why the link ``path`` is not followed (it leads out of the root or of ``boundary``)."""
+        outside = self._leaves_root(path)
+        if outside is not None:
+            return outside
+        if not self._contains(boundary, path):
+            return (
+                "symbolic link leading out of its class folder (to another class or elsewhere "
+                "in the dataset); not followed, so no file is read under another label"
+            )
+        return None
 
     def _entry(self, path: Path, reason: str) -> SkippedFile:
         return SkippedFile(str(path), reason, make_uid(relative_posix(path, self.root), self.salt))
@@ -249,10 +280,21 @@ class _Walk:
             self.skip(folder, f"cannot list this folder ({exc.strerror or type(exc).__name__})")
             return []
 
-    def walk(self, folder: Path, depth: int = 0, why: str | None = None) -> None:
+    def walk(
+        self, folder: Path, depth: int = 0, why: str | None = None, boundary: str = ""
+    ) -> None:
         """Record every entry under ``folder``: files go to ``files`` (or, with ``why``, to
-        ``skipped`` with that reason); hidden ones to ``ignored``; links are followed once, loops
-        and special files are skipped with a reason."""
+        ``skipped`` with that reason); hidden ones to ``ignored``; links are followed once when they
+        stay inside ``folder`` (and the root); loops, links leading out and special files are
+        skipped with a reason. Each call at depth 0 is one class folder: folders seen in another
+        class folder are walked again (a file reached from two labels is then caught by its inode)."""
+        if depth == 0:
+            self._seen_dirs = set()
+            outside = self._leaves_root(folder)
+            if outside is not None:  # a class or split folder that is a link out of the root
+                self.skip(folder, outside)
+                return
+            boundary = os.path.realpath(folder)
         try:
             st = os.stat(folder)
         except OSError:
@@ -278,12 +320,18 @@ class _Walk:
                 else:
                     self.ignore(p, "hidden file (name starts with '.'); not used")
                 continue
-            kind, _ = self.kind(p)
+            kind, st = self.kind(p)
+            if kind != "bad" and os.path.islink(p):
+                leaves = self._leaves(p, boundary)
+                if leaves is not None:
+                    self.skip(p, leaves)
+                    continue
             if kind == "dir":
-                self.walk(p, depth + 1, why)
-            elif kind == "file":
+                self.walk(p, depth + 1, why, boundary)
+            elif kind == "file" and st is not None:
                 if why is None:
                     self.files.append(p)
+                    self.file_ids[p] = (st.st_dev, st.st_ino)
                 else:
                     self.skip(p, why)
 
@@ -362,6 +410,77 @@ def _class_folder_samples(
     return samples
 
 
+def _one_file_one_label(walk: _Walk, samples: list[Sample], classes: list[str]) -> list[Sample]:
+    """Samples without a file reached twice (same device and inode: a symbolic or hard link).
+
+    Reached from two class folders (or two splits), the file is refused under every label (it is
+    never read under another one's); reached twice inside one class folder, it is listed once.
+    """
+    by_file: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(samples):
+        fid = walk.file_ids.get(Path(s.path))
+        if fid is not None:
+            by_file.setdefault(fid, []).append(i)
+    drop: set[int] = set()
+    for idx in by_file.values():
+        if len(idx) < 2:
+            continue
+        slots = sorted({(samples[i].split or "", classes[samples[i].label]) for i in idx})
+        if len(slots) > 1:
+            where = ", ".join(f"{sp + '/' if sp else ''}{c}" for sp, c in slots)
+            reason = (
+                f"the same file is reached through {len(slots)} class folders ({where}), by a "
+                "symbolic or hard link; not used under any of their labels"
+            )
+            for i in idx:
+                walk.skip(Path(samples[i].path), reason)
+            drop.update(idx)
+        else:  # keep the file itself rather than a link to it
+            keep = next((i for i in idx if not os.path.islink(samples[i].path)), idx[0])
+            for i in idx:
+                if i != keep:
+                    walk.skip(
+                        Path(samples[i].path),
+                        "the same file as another one in this class folder (a link to it); "
+                        "used once",
+                    )
+                    drop.add(i)
+    return [s for i, s in enumerate(samples) if i not in drop]
+
+
+def _label_key(name: str) -> str:
+    """What two spellings of one class share: case, surrounding spaces and number format removed."""
+    text = name.strip().casefold()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"number:{number!r}" if math.isfinite(number) else text
+
+
+def check_label_variants(names: Sequence[str], where: str) -> None:
+    """Refuse class names that differ only in case, surrounding spaces or number format.
+
+    ``normal``, ``normal `` and ``Normal`` (or ``0`` and ``0.0``) would silently become separate
+    classes. medtl refuses rather than merges: which spelling is right, and whether they are one
+    class, is the user's call.
+
+    Raises:
+        DatasetError: listing every group of variants and the fix.
+    """
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(_label_key(n), []).append(n)
+    clashes = [sorted(set(g)) for g in groups.values() if len(set(g)) > 1]
+    if clashes:
+        listed = "; ".join(" vs ".join(repr(v) for v in g) for g in clashes[:10])
+        raise DatasetError(
+            f"{where} has class names that differ only in case, surrounding spaces or number "
+            f"format: {listed}. medtl does not guess whether they are one class: give each class "
+            "one spelling (rename the folders or fix the labels)."
+        )
+
+
 def _check_class_names(classes: list[str], class_names: Sequence[str] | None, where: str) -> None:
     if class_names is not None and list(class_names) != classes:
         raise DatasetError(
@@ -376,9 +495,10 @@ def _scan_folder_classes(
 ) -> ScanResult:
     classes = [d.name for d in _visible_dirs(root)]
     _check_class_names(classes, class_names, display_path(root))
+    check_label_variants(classes, f"Dataset {display_path(root)!r}")
     walk = _Walk(root, salt)
     walk.top_level(root, "root")
-    samples = _class_folder_samples(walk, root, classes, None)
+    samples = _one_file_one_label(walk, _class_folder_samples(walk, root, classes, None), classes)
     return ScanResult(str(root), "folder_classes", classes, samples, walk.skipped, walk.ignored)
 
 
@@ -407,6 +527,7 @@ def _scan_folder_splits(
     per_split = {sp: {c.name for c in _visible_dirs(d)} for sp, d in split_dirs.items()}
     classes = sorted(set().union(*per_split.values()))
     _check_class_names(classes, class_names, display_path(root))
+    check_label_variants(classes, f"Dataset {display_path(root)!r}")
     for sp, names in per_split.items():
         missing = sorted(set(classes) - names)
         if missing:
@@ -416,6 +537,7 @@ def _scan_folder_splits(
         if sp in split_dirs:
             walk.top_level(split_dirs[sp], "split")
             samples.extend(_class_folder_samples(walk, split_dirs[sp], classes, sp))
+    samples = _one_file_one_label(walk, samples, classes)
     return ScanResult(str(root), "folder_splits", classes, samples, walk.skipped, walk.ignored)
 
 
@@ -493,7 +615,10 @@ def _scan_csv(
         return row[i].strip() if i is not None and i < len(row) else ""
 
     labels = sorted({col(r, "label") for r in rows} - {""})
-    if class_names is not None:
+    if class_names is None:
+        check_label_variants(labels, f"Manifest {where!r}")
+        classes = labels
+    else:
         unknown = sorted(set(labels) - set(class_names))
         if unknown:
             raise DatasetError(
@@ -501,12 +626,12 @@ def _scan_csv(
                 f"{list(class_names)}. Add them to class_names or fix the manifest."
             )
         classes = list(class_names)
-    else:
-        classes = labels
     index = {c: i for i, c in enumerate(classes)}
     samples: list[Sample] = []
     skipped: list[SkippedFile] = []
-    seen: set[str] = set()
+    # real path (links and ./ spellings resolved) -> (line, label, sample position) of its first row
+    seen: dict[str, tuple[int, str, int]] = {}
+    two_labels: set[int] = set()  # sample positions of files listed with another label too
     for lineno, row in enumerate(rows, start=2):
         raw_path, label = col(row, "path"), col(row, "label")
         line_uid = make_uid(f"{csv_path.name}:{lineno}", salt)
@@ -520,6 +645,7 @@ def _scan_csv(
         try:
             f = manifest_row_path(raw_path, root)
             rel = relative_posix(f, root)
+            real = os.path.realpath(f)
         except (OSError, ValueError) as exc:
             skipped.append(
                 SkippedFile(
@@ -530,16 +656,19 @@ def _scan_csv(
             )
             continue
         uid = make_uid(rel, salt)
-        if str(f) in seen:
-            skipped.append(
-                SkippedFile(
-                    f"{csv_path}:{lineno}",
-                    f"listed twice in the manifest (line {lineno})",
-                    line_uid,
+        if real in seen:
+            first_line, first_label, pos = seen[real]
+            if first_label == label:
+                reason = f"listed twice in the manifest (line {lineno}, first on line {first_line})"
+            else:
+                reason = (
+                    f"the same file is listed with two labels (line {first_line}: {first_label!r}, "
+                    f"line {lineno}: {label!r}); not used under either"
                 )
-            )
+                two_labels.add(pos)
+            skipped.append(SkippedFile(f"{csv_path}:{lineno}", reason, line_uid))
             continue
-        seen.add(str(f))
+        seen[real] = (lineno, label, len(samples))
         split_raw = col(row, "split").lower()
         if split_raw not in SPLIT_VALUES:
             raise DatasetError(
@@ -555,6 +684,14 @@ def _scan_csv(
                 patient_id=hash_patient_id(col(row, "patient_id") or None, salt),
             )
         )
+    for pos in sorted(two_labels):
+        s = samples[pos]
+        skipped.append(
+            SkippedFile(
+                s.path, "the same file is listed with two labels in the manifest; not used", s.uid
+            )
+        )
+    samples = [s for i, s in enumerate(samples) if i not in two_labels]
     return ScanResult(str(root), "csv", classes, samples, skipped)
 
 

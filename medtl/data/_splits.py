@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import warnings
@@ -382,13 +381,13 @@ def load_splits(
     Raises:
         DatasetError: not a splits file, another salt, or listed images missing under the root.
     """
-    from medtl._fileio import UnsafeFileError, display_path, read_regular_bytes
+    from medtl._fileio import UnsafeFileError, display_path, json_loads, read_regular_bytes
     from medtl.data._ids import salt_check
 
     path = Path(path)
     where = display_path(path)
     try:
-        obj = json.loads(read_regular_bytes(path, 512 * 1024**2).decode("utf-8"))
+        obj = json_loads(read_regular_bytes(path, 512 * 1024**2))
     except (OSError, UnsafeFileError, ValueError) as exc:
         raise DatasetError(f"Cannot read splits file {where!r}: {type(exc).__name__}") from exc
     if not isinstance(obj, dict) or obj.get("format") != SPLITS_FORMAT:

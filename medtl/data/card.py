@@ -49,6 +49,7 @@ def _image_facts(dataset: Dataset, max_files: int) -> dict[str, Any]:
     modalities: Counter[str] = Counter()
     photometric: Counter[str] = Counter()
     bits: Counter[str] = Counter()
+    notes: Counter[str] = Counter()  # reader notes: which frame was used, mostly padding, ...
     colour = 0
     unread = 0
     chosen = _sample_evenly(list(dataset.samples), max_files)
@@ -86,6 +87,8 @@ def _image_facts(dataset: Dataset, max_files: int) -> dict[str, Any]:
             b = meta.get("bits_stored") or meta.get("bits")
             if b:
                 bits[str(b)] += 1
+            for note in meta.get("notes") or []:
+                notes[str(note).split(":")[0].split(";")[0]] += 1  # the kind, not the numbers
             colour += int(image.ndim == 3 and not is_near_grey(image))
     return {
         "sampled_files": len(chosen),
@@ -97,6 +100,7 @@ def _image_facts(dataset: Dataset, max_files: int) -> dict[str, Any]:
         "modalities": dict(sorted(modalities.items())),
         "photometric_interpretations": dict(sorted(photometric.items())),
         "bits_stored": dict(sorted(bits.items())),
+        "reading_notes": dict(notes.most_common()),
     }
 
 
@@ -280,6 +284,8 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
         f"- bits stored: {_fmt_counter(im['bits_stored'])}",
         f"- genuinely colour images in sample: {im['colour_in_sample']} (grey content stored as RGB "
         "counts as grey)",
+        "- flagged while reading (used; e.g. one frame of a multi-frame file, mostly padding): "
+        + _fmt_counter(im.get("reading_notes") or {}),
         "",
         "## Skipped files",
         "",

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl._fileio import atomic_write_json, atomic_write_text, csv_record
 from medtl._options import check_range, look_up_option
 from medtl.data._phantom_image import draw_anatomy, render_chest
 from medtl.errors import ConfigError
@@ -52,6 +52,29 @@ PHANTOM_MANIFEST_FILE = "manifest.csv"
 CLASSES = ("normal", "opacity")  # sorted order makes the positive class index 1
 IMAGES_PER_PATIENT = 2
 _SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+#: Most phantom images per class, and most bytes of pixel data the whole phantom may write: a sane
+#: demo or test set is hundreds of images; 1e9 per class would fill the disk and memory.
+MAX_PHANTOM_PER_CLASS = 10_000
+MAX_PHANTOM_BYTES = 4 * 1024**3
+
+
+def check_phantom_size(n_per_class: int, size: int = 256, *, field: str = "n_per_class") -> None:
+    """Refuse a phantom above :data:`MAX_PHANTOM_PER_CLASS` images per class or
+    :data:`MAX_PHANTOM_BYTES` on disk, before anything is written (``field`` names the setting)."""
+    check_range(field, n_per_class, 1)
+    if n_per_class > MAX_PHANTOM_PER_CLASS:
+        raise ConfigError(
+            f"The {field!r} setting is {n_per_class}, above the limit of {MAX_PHANTOM_PER_CLASS} "
+            "synthetic images per class (the phantom is for demos and tests). Use fewer, e.g. 40 "
+            "to 1000."
+        )
+    total = n_per_class * len(CLASSES) * size * size * 2  # 16-bit pixels
+    if total > MAX_PHANTOM_BYTES:
+        raise ConfigError(
+            f"The {field!r} setting is {n_per_class} at {size} px: {total / 1024**3:.1f} GiB of "
+            f"DICOM files, above the {MAX_PHANTOM_BYTES / 1024**3:.0f} GiB limit. Use fewer or "
+            "smaller images."
+        )
 
 
 @dataclass(frozen=True)
@@ -212,8 +235,8 @@ def make_phantom(
     Returns:
         ``Path(out_dir)``.
     """
-    check_range("n_per_class", n_per_class, 1)
     check_range("size", size, 32, 4096)
+    check_phantom_size(n_per_class, size)
     check_range("difficulty", difficulty, 0.0, 1.0)
     profiles = list(profiles)
     if not profiles:
@@ -363,7 +386,7 @@ def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_record(r) for r in rows)
     atomic_write_text(path, buf.getvalue())
 
 

@@ -15,17 +15,20 @@ from medtl.io._intensity import to_grey
 from medtl.io._npz import NPZ_SPLITS, npz_image, read_npz
 from medtl.io._read import WINDOWS, read_image
 from medtl.io._testing import write_test_dicom
+from medtl.io._usable import flag_unusable, shape_problem
 
 __all__ = [
     "MAX_PIXELS",
     "NPZ_SPLITS",
     "WINDOWS",
     "detect_format",
+    "flag_unusable",
     "is_dicom",
     "npz_image",
     "read_dicom_attributes",
     "read_image",
     "read_npz",
+    "shape_problem",
     "to_grey",
     "write_test_dicom",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import ImageReadError
-from medtl.io._guard import MAX_PIXELS, check_pixels
+from medtl.io._guard import MAX_PIXELS, check_pixels, note_frame
 from medtl.io._intensity import (
     clip_to_unit,
     linear_to_unit,
@@ -119,9 +119,20 @@ def _decode(path: str, ds: Any, ts: Any, frame: int) -> tuple[np.ndarray, dict[s
             f"Fix: {_PLUGIN_HINT}",
         )
     try:
-        arr, info = decoder.as_array(ds, index=frame)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            arr, info = decoder.as_array(ds, index=frame)
     except Exception as exc:
-        msg = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        if len(lines) > 1 and "all available plugins" in lines[0]:
+            # one line per plugin that failed ("pylibjpeg: ..."), their tracebacks already dropped
+            tried = "; ".join(ln[:150] for ln in lines[1:4])
+            raise ImageReadError(
+                path,
+                f"the compressed pixel data ({ts.name}) is corrupt: every installed decoder failed "
+                f"({tried}); re-export or re-copy the file",
+            ) from exc
+        msg = lines[0][:300] if lines else type(exc).__name__
         hint = ""
         if "less than expected" in msg or "truncat" in msg.lower():
             hint = " (the pixel data is truncated: the file was cut short, re-export or re-copy it)"
@@ -130,6 +141,12 @@ def _decode(path: str, ds: Any, ts: Any, frame: int) -> tuple[np.ndarray, dict[s
         raise ImageReadError(
             path, f"cannot decode the pixel data ({ts.name}): {msg}{hint}"
         ) from exc
+    if caught:  # decoder warnings (e.g. a header/codestream mismatch) become notes, not stderr
+        first = str(caught[0].message).splitlines()[0][:200] if str(caught[0].message) else ""
+        info = {
+            **info,
+            "decoder_warnings": [f"the pixel decoder warned {len(caught)} time(s): {first}"],
+        }
     return arr, info
 
 
@@ -301,11 +318,86 @@ def _check_window_values(path: str, ds: Any) -> None:
         )
 
 
+def _lut_problem(item: Any) -> str | None:
+    """What is wrong with one Modality or VOI LUT item (its descriptor and data), or None.
+
+    The messages name the DICOM elements, never their values beyond counts (no header text leaks).
+    """
+    if "LUTDescriptor" not in item:
+        return "the item has no LUT Descriptor (0028,3002)"
+    desc = item.LUTDescriptor
+    values = (
+        list(desc)
+        if isinstance(desc, list | tuple) or type(desc).__name__ == "MultiValue"
+        else [desc]
+    )
+    if len(values) != 3:
+        return f"LUT Descriptor (0028,3002) has {len(values)} value(s), expected 3"
+    try:
+        n_entries, _, bits = (int(v) for v in values)
+    except (TypeError, ValueError):
+        return "LUT Descriptor (0028,3002) holds values that are not integers"
+    n_entries = n_entries or 65536  # 0 means 2**16 entries
+    if not 8 <= bits <= 16:
+        return f"LUT Descriptor (0028,3002) declares {bits} bits per entry, expected 8 to 16"
+    data = item.get("LUTData")
+    if data is None or (hasattr(data, "__len__") and len(data) == 0):
+        return "the item has no LUT Data (0028,3006)"
+    count = (
+        len(data) // 2
+        if isinstance(data, bytes | bytearray)
+        else len(data)
+        if hasattr(data, "__len__")
+        else 1
+    )
+    if count < n_entries:
+        return (
+            f"LUT Data (0028,3006) holds {count} entries but the LUT Descriptor (0028,3002) "
+            f"declares {n_entries}"
+        )
+    return None
+
+
+def _apply_modality_lut(path: str, arr: np.ndarray, ds: Any) -> np.ndarray:
+    """pydicom's modality LUT; a malformed LUT or rescale is refused naming the DICOM element."""
+    from pydicom.pixels import apply_modality_lut
+
+    fix = (
+        "the stored values cannot be turned into physical units; fix or remove the element in the "
+        "header (e.g. with dcmtk's dcmodify) or re-export the file"
+    )
+    element = "(0028,1052)/(0028,1053) Rescale Intercept/Slope"
+    if "ModalityLUTSequence" in ds:
+        element = "(0028,3000) Modality LUT Sequence"
+        seq = ds.ModalityLUTSequence
+        problem = "the sequence is empty" if len(seq) == 0 else _lut_problem(seq[0])
+        if problem is not None:
+            raise ImageReadError(path, f"{element}: {problem}; {fix}")
+    try:
+        return apply_modality_lut(arr, ds)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise ImageReadError(
+            path, f"{element} cannot be applied ({type(exc).__name__}); {fix}"
+        ) from None
+
+
+_VOI_FALLBACK = (
+    "ignored, using the window centre/width or the full range instead (fix the header, or read "
+    "with window='full' to skip it)"
+)
+
+
 def _header_voi(values: np.ndarray, ds: Any, meta: dict[str, Any]) -> np.ndarray | None:
     """Apply the header's VOI LUT Sequence or window centre/width; None when it has neither."""
     from pydicom.pixels import apply_voi, apply_windowing
 
+    problem = None
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+        problem = _lut_problem(ds.VOILUTSequence[0])
+    if problem is not None:
+        warnings.warn(f"(0028,3010) VOI LUT Sequence: {problem}; {_VOI_FALLBACK}.", stacklevel=4)
+        meta.setdefault("notes", []).append(f"malformed VOI LUT ignored: {problem}")
+    elif "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
         try:
             item = ds.VOILUTSequence[0]
             out = apply_voi(values, ds, index=0)
@@ -315,8 +407,8 @@ def _header_voi(values: np.ndarray, ds: Any, meta: dict[str, Any]) -> np.ndarray
             lut_max = float(np.max(apply_voi(_LUT_PROBE, ds, index=0)))
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             warnings.warn(
-                f"Ignoring a malformed VOI LUT Sequence in the DICOM header ({type(exc).__name__}); "
-                "using the window centre/width or the full range instead.",
+                f"(0028,3010) VOI LUT Sequence cannot be applied ({type(exc).__name__}); "
+                f"{_VOI_FALLBACK}.",
                 stacklevel=4,
             )
             meta.setdefault("notes", []).append("malformed VOI LUT ignored")
@@ -358,8 +450,6 @@ def _grey(
     window: str,
     percentiles: tuple[float, float],
 ) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
-
     if "ModalityLUTSequence" in ds:
         meta["modality_lut"] = "lut"
     elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
@@ -368,7 +458,7 @@ def _grey(
         meta["rescale_intercept"] = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     else:
         meta["modality_lut"] = "none"
-    values = apply_modality_lut(arr, ds)
+    values = _apply_modality_lut(path, arr, ds)
     if values.size and not (
         np.isfinite(values).all() and float(np.max(np.abs(values))) <= _MAX_ABS_VALUE
     ):
@@ -519,8 +609,9 @@ def read_dicom(
         "original_dtype": str(arr.dtype.newbyteorder("=")),
         "source_shape": tuple(int(s) for s in arr.shape),
         "inverted": False,
-        "notes": [],
+        "notes": list(info.get("decoder_warnings", [])),
     }
+    note_frame(meta, "multi-frame DICOM", "frame", frame_used, n_frames)
     with warnings.catch_warnings():
         # Integer-overflow warnings on degenerate LUTs are handled by the range guards.
         warnings.filterwarnings("ignore", category=RuntimeWarning)

@@ -23,9 +23,24 @@ MAX_PIXELS = 2**26
 logger = logging.getLogger("medtl.io")
 
 # Loggers of the libraries medtl reads with. Their records about a file medtl already reports (with
-# a reason) would repeat it, sometimes with a traceback, a path or header values.
+# a reason) would repeat it, sometimes with a traceback, a path or header values. A logger's filter
+# is not consulted for records its children propagate, so every logger under these prefixes gets the
+# filter (pydicom's decoders log each failing plugin's traceback on "pydicom.pixels.decoders.base").
+_LIBRARY_PREFIXES = (
+    "pydicom",
+    "pylibjpeg",
+    "openjpeg",
+    "libjpeg",
+    "rle",
+    "gdcm",
+    "tifffile",
+    "PIL",
+)
 _LIBRARY_LOGGERS = (
     "pydicom",
+    "pydicom.pixels.decoders.base",
+    "pylibjpeg.utils",
+    "openjpeg.utils",
     "tifffile",
     "PIL",
     "PIL.Image",
@@ -39,6 +54,8 @@ _LIBRARY_LOGGERS = (
 _state = threading.local()
 _install_lock = threading.Lock()
 _installed = False
+_filter: logging.Filter | None = None
+_known_loggers = 0
 
 
 class _DropWhileReading(logging.Filter):
@@ -51,14 +68,25 @@ class _DropWhileReading(logging.Filter):
         return True
 
 
+def _is_library(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in _LIBRARY_PREFIXES)
+
+
 def _install() -> None:
-    global _installed
+    """Attach the filter to the library loggers, and to any created since the last call."""
+    global _installed, _filter, _known_loggers
+    registry = logging.Logger.manager.loggerDict
+    if _installed and len(registry) == _known_loggers:
+        return
     with _install_lock:
-        if _installed:
-            return
-        flt = _DropWhileReading()
-        for name in _LIBRARY_LOGGERS:
-            logging.getLogger(name).addFilter(flt)
+        if _filter is None:
+            _filter = _DropWhileReading()
+            for name in _LIBRARY_LOGGERS:
+                logging.getLogger(name)
+        for name, lg in list(registry.items()):
+            if isinstance(lg, logging.Logger) and _is_library(name) and _filter not in lg.filters:
+                lg.addFilter(_filter)
+        _known_loggers = len(registry)
         _installed = True
 
 
@@ -92,6 +120,15 @@ def check_pixels(
             f"{what} declares {columns}x{rows} pixels ({rows * columns / 1e6:.0f} megapixels), "
             f"over the max_pixels limit of {max_pixels / 1e6:.0f} megapixels; not decoded (a "
             "decompression bomb, or a genuine giant image: then raise max_pixels)",
+        )
+
+
+def note_frame(meta: dict, what: str, unit: str, used: int, n_frames: int) -> None:
+    """Say in ``meta["notes"]`` which frame of a multi-frame file was read (one wording for all
+    readers: multi-page TIFF, multi-frame DICOM, animated PNG), when there is more than one."""
+    if n_frames > 1:
+        meta.setdefault("notes", []).append(
+            f"{what}: {unit} {used} of {n_frames} (0-based) used; choose another with frame=k"
         )
 
 

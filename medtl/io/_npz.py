@@ -11,6 +11,7 @@ from medtl._fileio import MAX_FILE_BYTES, UnsafeFileError, open_regular
 from medtl.errors import ImageReadError
 from medtl.io._guard import MAX_PIXELS
 from medtl.io._intensity import clip_to_unit
+from medtl.io._usable import shape_problem
 
 __all__ = ["NPZ_SPLITS", "npz_image", "read_npz"]
 
@@ -196,6 +197,9 @@ def read_npz(
                         )
                 images = _check_images(path, ik, z[ik])
                 labels = _check_labels(path, lk, z[lk], images.shape[0])
+                problem = shape_problem(int(images.shape[1]), int(images.shape[2]))
+                if problem is not None and len(images):
+                    raise ImageReadError(path, f"key {ik!r} holds images of {problem}")
                 out[split] = (images, labels)
     except ImageReadError:
         raise

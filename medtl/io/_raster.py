@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medtl.errors import ImageReadError
-from medtl.io._guard import MAX_PIXELS, check_pixels, scrub
+from medtl.io._guard import MAX_PIXELS, check_pixels, note_frame, scrub
 from medtl.io._intensity import clip_to_unit, minmax_to_unit, percentile_to_unit
 
 logger = logging.getLogger(__name__)
@@ -62,17 +62,54 @@ def scale_by_dtype(arr: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return minmax_to_unit(a, meta)  # colour is scaled jointly so channels keep their balance
 
 
-def _check_png_chunks(path: str) -> None:
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples per pixel
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def _png_layout(ihdr: bytes) -> tuple[int, int, int, bool]:
+    """(width, height, bytes of filtered image data the IDAT stream must inflate to, interlaced)."""
+    import struct
+
+    width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", ihdr[:13])
+    bits = depth * _PNG_CHANNELS.get(ctype, 4)
+
+    def size(w: int, h: int) -> int:
+        return 0 if w <= 0 or h <= 0 else h * (1 + (w * bits + 7) // 8)
+
+    if interlace:
+        total = sum(
+            size(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in _ADAM7
+        )
+    else:
+        total = size(width, height)
+    return width, height, total, bool(interlace)
+
+
+def _check_png_chunks(path: str, max_pixels: int | None = MAX_PIXELS) -> None:
     """Walk a PNG's chunks (lengths and CRCs) up to IEND; refuse a truncated or damaged file.
 
     Pillow decodes a PNG cut inside its last IDAT or missing IEND without complaint in some cases,
-    turning the missing rows into black; a damaged CRC means flipped bytes somewhere.
+    turning the missing rows into black; a damaged CRC means flipped bytes somewhere. The image data
+    (IDAT) is inflated, output discarded, up to the size the header declares: a stream that ends
+    early (a PNG whose data covers 10 of its 64 rows) is refused too, since Pillow (even without
+    ``LOAD_TRUNCATED_IMAGES``) fills the missing rows with black.
     """
     import struct
     import zlib
 
     from medtl._fileio import open_regular
 
+    layout: tuple[int, int, int, bool] | None = None
+    inflater = zlib.decompressobj()
+    inflated = 0
     with open_regular(path, None) as fh:
         fh.seek(8)
         while True:
@@ -99,8 +136,35 @@ def _check_png_chunks(path: str) -> None:
                 raise ImageReadError(
                     path, f"damaged PNG: the checksum (CRC) of a {name} chunk does not match"
                 )
+            if ctype == b"IHDR" and layout is None and length >= 13:
+                layout = _png_layout(data)
+                check_pixels(path, layout[1], layout[0], max_pixels, "the PNG header")
+            elif ctype == b"IDAT" and layout is not None and inflated < layout[2]:
+                try:
+                    while data and inflated < layout[2]:
+                        inflated += len(inflater.decompress(data, 1 << 20))
+                        data = inflater.unconsumed_tail
+                except zlib.error:
+                    raise ImageReadError(
+                        path, "damaged PNG: its image data (IDAT) does not decompress"
+                    ) from None
             if ctype == b"IEND":
-                return
+                break
+    if layout is None:
+        return  # no IHDR: Pillow refuses the file with its own reason
+    _, height, expected, interlaced = layout
+    if inflated < expected:
+        inflated += len(inflater.flush())
+    if inflated < expected:
+        if interlaced:
+            covered = f"{100 * inflated / expected:.0f}% of its interlaced image data"
+        else:
+            covered = f"{inflated // (expected // height)} of its {height} rows"
+        raise ImageReadError(
+            path,
+            f"truncated PNG: its image data covers only {covered} (the rest would come out "
+            "black); re-export or re-copy the file",
+        )
 
 
 def _png_is_16bit_colour(path: str) -> bool:
@@ -116,7 +180,7 @@ def _read_pillow(
     from PIL import Image, ImageOps
 
     if fmt == "png":
-        _check_png_chunks(path)
+        _check_png_chunks(path, max_pixels)
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb warning: the size is checked against max_pixels just below
@@ -131,6 +195,8 @@ def _read_pillow(
                 im.seek(frame_used)
             im.load()
             meta.update(n_frames=n_frames, frame_used=frame_used, mode=im.mode)
+            what = {"png": "animated PNG", "tiff": "multi-page TIFF"}.get(fmt, f"multi-frame {fmt}")
+            note_frame(meta, what, "page" if fmt == "tiff" else "frame", frame_used, n_frames)
             orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff") else 1
             if orientation not in (1, None):
                 im = ImageOps.exif_transpose(im)
@@ -196,9 +262,7 @@ def _read_tifffile(
                     "or mixed stack): which page is the image is unclear; save the image as a "
                     "single-page file, or read it with frame=k",
                 )
-            meta.setdefault("notes", []).append(
-                f"multi-page TIFF: page {frame_used} of {n_frames} (0-based) used"
-            )
+            note_frame(meta, "multi-page TIFF", "page", frame_used, n_frames)
         arr = page.asarray()
         try:
             photometric = tifffile.PHOTOMETRIC(int(page.photometric)).name

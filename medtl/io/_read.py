@@ -12,6 +12,7 @@ from medtl._options import check_range, look_up_option
 from medtl.errors import ConfigError, ImageReadError, MedtlError
 from medtl.io._detect import detect_format
 from medtl.io._guard import MAX_PIXELS, quiet_libraries, scrub
+from medtl.io._usable import flag_unusable
 
 __all__ = ["WINDOWS", "read_image"]
 
@@ -72,7 +73,10 @@ def read_image(
         window_used, transfer_syntax, inverted, pixel_spacing, original_dtype, source_shape,
         notes, ...), never patient identifiers. ``meta["constant"]`` is True (with
         ``meta["constant_reason"]``) when every pixel has the same value after the LUTs/window: a
-        blank export or a window that misses the data (the dataset loaders skip such images).
+        blank export or a window that misses the data. ``meta["unusable_reason"]`` is set for every
+        image that is no data to learn from (constant, all padding but a few pixels, a side under
+        8 px, an aspect ratio over 10:1; see ``medtl.io._usable``): the dataset loaders and
+        ``predict`` skip such images with that reason.
 
     Raises:
         ImageReadError: any unreadable, truncated, unsupported or non-image file (path + reason).
@@ -124,21 +128,5 @@ def read_image(
             raise ImageReadError(
                 str(path), f"unexpected error reading the {fmt} file ({detail})"
             ) from exc
-    _flag_constant(image, meta)
+    flag_unusable(image, meta)
     return image, meta
-
-
-def _flag_constant(image: np.ndarray, meta: dict[str, Any]) -> None:
-    """Mark an image whose pixels all have one value (after the LUTs/window) in ``meta``."""
-    if image.size == 0:
-        return
-    lo, hi = float(image.min()), float(image.max())
-    if lo == hi:
-        meta["constant"] = True
-        where = "after the modality LUT and window " if meta.get("format") == "dicom" else ""
-        meta["constant_reason"] = (
-            f"constant image {where}(every pixel = {lo:.3g}): a blank export, or a header "
-            "window that misses the pixel values (try window='full')"
-        )
-        if "constant image" not in " ".join(meta.get("notes", [])):
-            meta.setdefault("notes", []).append("constant image (no intensity range)")

@@ -339,7 +339,9 @@ class Strategy:
         ``shard``: see :meth:`predict_logits`.
         """
         extra = {"shard": True} if shard else {}  # overrides of predict_logits may not know shard
-        return self.task_.proba_from_logits(self.predict_logits(images, progress=progress, **extra))
+        logits = self.predict_logits(images, progress=progress, **extra)
+        classes = getattr(self, "classes_", None) or [str(k) for k in range(logits.shape[1])]
+        return task_for(classes, getattr(self, "task_kind_", None)).proba_from_logits(logits)
 
     def validation_proba(
         self, val: PreparedImages, *, progress: bool = False, shard: bool = False

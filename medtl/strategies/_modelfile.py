@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from medtl._fileio import atomic_write, atomic_write_json
+from medtl._fileio import atomic_write, atomic_write_json, json_loads
 from medtl.backbones import sha256_file
 from medtl.errors import ConfigError
 from medtl.tasks import list_task_kinds, task_for
@@ -223,7 +223,7 @@ def read_meta(directory: str | Path, *, verify_weights: bool = True) -> dict[str
                 "(e.g. runs/<id>/<strategy>/model)."
             )
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json_loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _fail(meta_path, f"not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict):

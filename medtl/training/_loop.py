@@ -85,9 +85,10 @@ class LoopSettings:
     micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        from medtl._options import check_range
+        from medtl._options import check_epochs_bounded, check_range
 
         check_range("epochs", self.epochs, 1)
+        check_epochs_bounded(self.epochs, self.patience, self.max_minutes)
         check_range("batch_size", self.batch_size, 1)
         if self.micro_batch_size is not None:
             check_range("micro_batch_size", self.micro_batch_size, 0)
@@ -492,10 +493,10 @@ def _train_epoch(
     return distributed.all_reduce_sum(total_loss), seen  # each process summed its share
 
 
-def _validate(
+def _validation_logits(
     model: nn.Module, lp: _Loop, val: PreparedImages, mean: Sequence[float], std: Sequence[float]
-) -> tuple[float, float]:
-    """(validation AUROC as the task scores it, validation loss), predictions sharded and gathered."""
+) -> np.ndarray:
+    """Validation logits, predicted in shards and gathered in order."""
     s = lp.s
     logits = distributed.map_shards(
         lambda i: predict_logits(
@@ -510,8 +511,7 @@ def _validate(
         ),
         len(val),
     )
-    auc = lp.task.headline_auroc(val.labels, lp.task.proba_from_logits(logits))
-    return auc, lp.task.mean_loss(logits, val.labels)
+    return logits
 
 
 def _save_checkpoint(
@@ -578,7 +578,7 @@ def train_network(
 ) -> TrainResult:
     """Train ``model`` on ``train``, early-stop on validation AUROC, and load the best weights back.
 
-    Steps: :func:`_set_up`, :func:`_resume`, then per epoch :func:`_train_epoch`, :func:`_validate`,
+    Steps: :func:`_set_up`, :func:`_resume`, then per epoch :func:`_train_epoch`, :func:`_validation_logits`,
     :func:`_record_epoch` (the stopping rule) and :func:`_save_checkpoint`.
 
     Args:
@@ -603,6 +603,7 @@ def train_network(
     s = settings
     task = task or task_for(train.classes)
     progress = progress and distributed.is_main()  # one progress bar per job, not per process
+    check_batch_fits(s.batch_size, train)
     lp = _set_up(model, param_groups, train, s, task, augment)
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     pg = _resume(model, lp, ckpt, resume)
@@ -627,7 +628,10 @@ def train_network(
             on_batch_end=on_batch_end,
         )  # fmt: skip
         train_seconds = time.perf_counter() - te
-        auc, vloss = _validate(model, lp, val, mean, std)
+        logits = _validation_logits(model, lp, val, mean, std)
+        check_finite_training(total_loss, logits, epoch + 1, lp.opt.param_groups)
+        auc = lp.task.headline_auroc(val.labels, lp.task.proba_from_logits(logits))
+        vloss = lp.task.mean_loss(logits, val.labels)
         elapsed = pg.elapsed_before + time.perf_counter() - t0
         improved, over_budget = _record_epoch(model, pg, auc, vloss, elapsed, s)
         if improved:
@@ -681,6 +685,53 @@ def train_network(
         seconds=pg.elapsed_before + time.perf_counter() - t0,
         stopped_early=stopped_early,
         resumed_from_epoch=pg.start_epoch,
+    )
+
+
+# A batch larger than the training set repeats its images to fill itself (harmless at 32 on 9 images,
+# as the advisor's pilots do); beyond this many input bytes it is refused before the first step.
+MAX_REPEATED_BATCH_BYTES = 2 * 1024**3
+
+
+def check_batch_fits(batch_size: int, train: PreparedImages) -> None:
+    """Refuse, before any work, a batch larger than the training set whose float32 input alone would
+    exceed :data:`MAX_REPEATED_BATCH_BYTES` (``batch_size=100000`` on 80 images: 60 GB at 224 px).
+    A config's batch size is checked against its training split earlier
+    (:func:`medtl.config.check_batch_sizes`)."""
+    from medtl.errors import ConfigError
+
+    n_train = len(train)
+    per_image = 4 * int(np.prod(train.pixels.shape[1:])) if n_train else 0
+    if n_train and batch_size > n_train and batch_size * per_image > MAX_REPEATED_BATCH_BYTES:
+        raise ConfigError(
+            f"The 'batch_size' is {batch_size}, larger than the {n_train} training images (one "
+            f"batch would need {batch_size * per_image / 1024**3:.0f} GiB): a batch cannot hold "
+            f"more images than the training set. Use batch_size <= {n_train} (e.g. "
+            f"{min(32, n_train)})."
+        )
+
+
+def check_finite_training(
+    loss: float, val_logits: np.ndarray, epoch: int, param_groups: Sequence[dict[str, Any]]
+) -> None:
+    """Stop when training diverged (training loss or validation outputs NaN or infinite), naming
+    the epoch and the fix, instead of failing later in a metric with "Input contains NaN"."""
+    if math.isfinite(loss) and np.isfinite(val_logits).all():
+        return
+    from medtl.errors import ConfigError
+
+    peak = max(
+        (float(g.get("max_lr") or g.get("initial_lr") or g.get("lr") or 0) for g in param_groups),
+        default=float("nan"),
+    )
+    what = (
+        f"the training loss became {loss}"
+        if not math.isfinite(loss)
+        else ("the validation outputs became NaN or infinite")
+    )
+    raise ConfigError(
+        f"Training diverged: {what} at epoch {epoch} (peak learning rate {peak:g}): lower the "
+        "learning rate ('lr', e.g. 10 times lower) and run again."
     )
 
 
