@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medtl import distributed, runs
+from medtl._cachekeys import cache_record, start_cache_record
 from medtl._fileio import atomic_write_json, atomic_write_text
 from medtl.config import ExperimentConfig, load_config, save_config
 from medtl.data._ids import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
@@ -267,6 +268,7 @@ def run_strategy(
     done = distributed.on_main(finished)  # rank 0 owns the run folder
     if done is not None:
         return done
+    start_cache_record()  # what this strategy is served from cache: its summary row's `cache`
     est = build_strategy(name, cfg, run_dir, progress=progress, resume=resume)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
@@ -371,6 +373,7 @@ def _write_strategy(
         "asymptote": curve.get("asymptote"),
         "threshold": metrics.get("threshold"),
         "params": est.recorded_params(),
+        "cache": cache_record(data.train, data.val, data.test),
     }
     atomic_write_json(done_file, row)
     return row

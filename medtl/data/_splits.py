@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from medtl._cachekeys import memo_versions
 from medtl._fileio import atomic_write_json
-from medtl._memo import library_versions, memoized
+from medtl._memo import memoized
 from medtl.data._types import SPLITS, Dataset, Sample, SkippedFile
 from medtl.errors import DatasetError
 
@@ -169,7 +170,7 @@ def _carve_grouped(
     codes = np.unique(groups, return_inverse=True)[1].reshape(-1)
     keep, carved = memoized(_grouped_fold, cache_dir)(
         labels.astype(np.int64), codes.astype(np.int64), float(fraction), int(seed),
-        library_versions("scikit-learn"),
+        memo_versions(["scikit-learn", "numpy"]),
     )  # fmt: skip
     return sorted(positions[keep].tolist()), sorted(positions[carved].tolist())
 

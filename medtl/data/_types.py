@@ -93,6 +93,8 @@ class PreparedImages:
         skipped: files that could not be decoded.
         preprocessing: how the images were made (image_size, channels, read_options); a fitted model
             records it so that it is served images prepared the same way. None when built by hand.
+        cache_info: how many images the decoded-image cache served (``from_cache``) and how many
+            were decoded (``computed``), under which key ``version``; None when built by hand.
     """
 
     pixels: np.ndarray
@@ -102,6 +104,7 @@ class PreparedImages:
     classes: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
     preprocessing: dict | None = None
+    cache_info: dict | None = None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
