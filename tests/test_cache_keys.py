@@ -160,3 +160,47 @@ def test_memo_key_covers_the_helpers_it_calls() -> None:
 
     assert ck.memo_versions(["numpy"], [helper_a]) != ck.memo_versions(["numpy"], [helper_b])
     assert ck.memo_versions(["numpy"], [helper_a])[0] == ck.RESULTS_KEY_VERSION
+
+
+def _old_advisor_embeddings(cache: Path, images, seed: int) -> None:
+    """What medtl's advisor cached before 2026-12-02 14:45 (commit 9933e42): embeddings from the
+    network with hooks on its BatchNorm layers, hence unfolded, under feature extraction's key."""
+    import torch
+
+    from medtl.strategies import FeatureExtraction
+    from medtl.strategies._base import _build_network
+
+    torch.manual_seed(seed)
+    model, cfg = _build_network("tiny_test", 2, pretrained=True)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.register_forward_hook(lambda *a: None)  # the advisor's BN statistics recorder
+    fe = FeatureExtraction(backbone="tiny_test", precision="bf16", cache_dir=str(cache), seed=seed)
+    fe.embed(images, model.eval(), cfg, "old advisor", progress=False)
+
+
+def test_stale_embeddings_change_results_unless_the_key_version_moves(tmp_path, monkeypatch):
+    """The brain MRI grid's non-reproduction in miniature: embeddings cached by older extraction
+    code under the same key are served to a later fit, whose results then depend on what ran
+    before (here by ~2e-6 in probability with tiny_test; on the brain grid the stale rows could move
+    the chosen C and with it the LP-FT start). A bumped EMBEDDING_KEY_VERSION leaves them unread."""
+    from medtl.strategies import FeatureExtraction
+    from tests._helpers import blob_images
+
+    train, val = blob_images(24, seed=7), blob_images(12, seed=8, offset=100)
+    test = blob_images(16, seed=9, offset=200).pixels
+    kw = {"backbone": "tiny_test", "precision": "bf16", "progress": False, "seed": 0}
+    fresh = FeatureExtraction(cache_dir=str(tmp_path / "fresh"), **kw).fit(train, val)
+
+    stale = tmp_path / "stale"
+    _old_advisor_embeddings(stale, train, seed=0)
+    served = FeatureExtraction(cache_dir=str(stale), **kw).fit(train, val)
+    assert served.cache_hits_ == len(train)
+    assert not np.array_equal(served.predict_proba(test), fresh.predict_proba(test))
+
+    bumped = tmp_path / "bumped"
+    with monkeypatch.context() as m:  # the old code wrote under the old version
+        m.setattr(ck, "EMBEDDING_KEY_VERSION", "medtl-embed-v1")
+        _old_advisor_embeddings(bumped, train, seed=0)
+    again = FeatureExtraction(cache_dir=str(bumped), **kw).fit(train, val)
+    assert again.cache_hits_ == 0
+    np.testing.assert_array_equal(again.predict_proba(test), fresh.predict_proba(test))
