@@ -4,8 +4,9 @@ A warm re-run (same images, same settings; say, another report option) reads the
 fitted linear heads back instead of recomputing them. Only pure functions of their arguments are memoised,
 and only with numbers as arguments (never paths, names or ids), through ``joblib.Memory``: it hashes the
 arguments and the function's source, so a changed input or a changed function recomputes. Each memoised
-function takes the versions of the libraries its result depends on as an argument, so an upgrade
-recomputes too. A damaged entry is recomputed (joblib reloads or recomputes); a folder that cannot be
+function takes a ``versions`` argument (``medtl.cachekeys.memo_versions``: the results key version, the
+libraries its result depends on and a digest of the medtl helpers it calls, whose source joblib does not
+hash), so an upgrade or a changed helper recomputes too. A damaged entry is recomputed (joblib reloads or recomputes); a folder that cannot be
 written is not an error, the call just runs.
 """
 
@@ -15,6 +16,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from medtl.cachekeys import note_cache_use
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def memoized(fn: F, cache_dir: str | Path | None) -> F:
     """``fn`` memoised under ``<cache_dir>/results``; ``fn`` itself when ``cache_dir`` is None.
 
-    The result is identical to calling ``fn``: tests compare both ways.
+    The result is identical to calling ``fn``: tests compare both ways. Each call is counted in the
+    current cache ledger (``medtl.cachekeys``: served from the memo or computed).
     """
     if cache_dir is None:
         return fn
@@ -40,6 +44,8 @@ def memoized(fn: F, cache_dir: str | Path | None) -> F:
         quiet = _UnreadableEntry(memory.location)
         joblog.addFilter(quiet)
         try:
+            served = cached.check_call_in_cache(*args, **kwargs)
+            note_cache_use("results", from_cache=int(served), computed=int(not served))
             return cached(*args, **kwargs)
         except OSError as exc:  # an unwritable or full cache folder: compute without it
             log.warning("result cache %s unusable (%s); computing without it", memory.location, exc)
@@ -63,10 +69,3 @@ class _UnreadableEntry(logging.Filter):
             return True
         log.warning("a memoised result under %s was unreadable; recomputed it", self.location)
         return False
-
-
-def library_versions(*names: str) -> tuple[str, ...]:
-    """``name==version`` of installed libraries, as a memo argument (a new version recomputes)."""
-    from importlib.metadata import version
-
-    return tuple(f"{n}=={version(n)}" for n in names)

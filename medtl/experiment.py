@@ -28,6 +28,7 @@ import numpy as np
 from medtl import distributed, records, runs
 from medtl import subgroup_results as _subgroups
 from medtl._fileio import atomic_write_json, atomic_write_text
+from medtl.cachekeys import cache_record, start_cache_record
 from medtl.config import ExperimentConfig, check_batch_sizes, flatten_config, load_config
 from medtl.data import DEFAULT_CACHE_DIR as _DEFAULT_CACHE_DIR
 from medtl.data import (
@@ -278,6 +279,7 @@ def run_strategy(
     done = distributed.on_main(finished)  # rank 0 owns the run folder
     if done is not None:
         return done
+    start_cache_record()  # what this strategy is served from cache: its summary row's `cache`
     est = build_strategy(name, cfg, run_dir, progress=progress, resume=resume)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
@@ -365,6 +367,7 @@ def _write_strategy(
         "asymptote": curve.get("asymptote"),
         "threshold": metrics.get("threshold"),
         "params": est.recorded_params(),
+        "cache": cache_record(data.train, data.val, data.test),
     }
     atomic_write_json(done_file, row)
     return row

@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from medtl.cli import _commands as cmd
 from medtl.cli import _exit
+from medtl.cli._cache import add_cache_parser
 
 DESCRIPTION = """\
 medtl: adapt ImageNet-pretrained networks to medical images.
@@ -388,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write id -> file path to this CSV (it contains identifiers; keep it private)",
     )
     _add_output_args(q)
+    add_cache_parser(subs, _sub)
     return parser
 
 

@@ -20,8 +20,21 @@ from medtl.data._ids import (
     project_salt,
     write_id_map,
 )
-from medtl.data._load import check_class_counts, compile_patient_id_pattern, load_dataset
-from medtl.data._prepare import image_cache_dir, prepare_images
+from medtl.data._load import (
+    check_class_counts,
+    compile_patient_id_pattern,
+    load_dataset,
+    read_with_options,
+)
+from medtl.data._prepare import (
+    image_cache_dir,
+    image_cache_key,
+    image_entry_path,
+    prepare_images,
+    prepared_key,
+    read_options_bytes,
+    to_native_uint8,
+)
 from medtl.data._sources import SourceInfo, register_source, source_info
 from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
 from medtl.data._types import SPLITS, Dataset, PreparedImages, Sample, SkippedFile
@@ -57,6 +70,8 @@ __all__ = [
     "file_uid",
     "hash_patient_id",
     "image_cache_dir",
+    "image_cache_key",
+    "image_entry_path",
     "is_phantom",
     "keyed_uid",
     "load_dataset",
@@ -64,11 +79,15 @@ __all__ = [
     "make_phantom",
     "phantom_manifest",
     "prepare_images",
+    "prepared_key",
     "project_salt",
+    "read_options_bytes",
+    "read_with_options",
     "register_source",
     "save_splits",
     "source_info",
     "summarise_dataset",
+    "to_native_uint8",
     "unlabelled_files",
     "write_id_map",
 ]

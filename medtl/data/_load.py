@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from medtl._options import check_range
 from medtl.data._ids import hash_patient_id, salt_check
 from medtl.data._sources import scan_source, source_info
-from medtl.data._splits import assign_splits
+from medtl.data._splits import assign_splits, listing_key
 from medtl.data._types import Dataset, Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError, ImageReadError
 from medtl.tasks import task_for
@@ -299,7 +299,9 @@ def load_dataset(
     if scan.ignored:
         logger.info("%d file(s) ignored (hidden or documentation; see Dataset.ignored)",
                     len(scan.ignored))  # fmt: skip
-    samples, skipped = scan.samples, list(scan.skipped)
+    # path order, whatever order the source listed them in (a manifest's rows, a copied folder):
+    # the same files give the same split and the same numbers
+    samples, skipped = sorted(scan.samples, key=listing_key), list(scan.skipped)
     if subgroups:
         from medtl.data._attributes import attach_subgroups
         from medtl.subgroups import parse_subgroups

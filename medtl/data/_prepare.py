@@ -1,7 +1,8 @@
 """``prepare_images``: decode, convert channels, resize and quantise images, with an on-disk cache.
 
-The cache holds one ``.npy`` per decoded-and-resized image, keyed by sha256 of (file bytes, read
-options, size). Its content is the image in its *native* channel count (grey or colour), so the same
+The cache holds one ``.npy`` per decoded-and-resized image, keyed by sha256 of (the reading code's
+version and the decoding libraries' versions, see ``medtl.cachekeys.image_key_prefix``; file bytes;
+read options; size). Its content is the image in its *native* channel count (grey or colour), so the same
 entry serves ``channels=1``, ``3`` and ``None``; the key returned in ``PreparedImages.keys`` does include
 the final channel count (embedding caches depend on it).
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 from medtl._fileio import MAX_FILE_BYTES, open_regular, read_regular_bytes, write_cache_entry
 from medtl._options import check_range, look_up_option
+from medtl.cachekeys import IMAGE_KEY_VERSION, image_key_prefix
 from medtl.data._load import (
     failure_reason,
     log_skip,
@@ -35,7 +37,6 @@ from medtl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = b"medtl-prep-v1"
 IMAGE_CACHE_DIR = "images"  # the subfolder of a project's cache folder that holds decoded images
 # A colour image whose channels differ by less than this (mean |difference|, in [0, 1] units) is
 # treated as grey, e.g. a grey radiograph saved as RGB JPEG.
@@ -95,9 +96,30 @@ def to_native_uint8(image: np.ndarray, size: int) -> np.ndarray:
 _LIMIT_OPTIONS = ("max_bytes", "max_pixels")
 
 
-def _options_bytes(read_options: dict[str, Any] | None) -> bytes:
+def read_options_bytes(read_options: dict[str, Any] | None) -> bytes:
     opts = {k: v for k, v in (read_options or {}).items() if k not in _LIMIT_OPTIONS}
     return json.dumps(opts, sort_keys=True, default=str).encode("utf-8")
+
+
+def image_cache_key(file_digest: bytes, options: bytes, size: int) -> str:
+    """The decoded-image cache key of a file: sha256 of the reader and decoder versions
+    (``medtl.cachekeys.image_key_prefix``), the file's sha256, its read options (as made by
+    ``read_options_bytes``) and the size."""
+    h = hashlib.sha256(image_key_prefix())
+    h.update(file_digest)
+    h.update(options)
+    h.update(str(size).encode())
+    return h.hexdigest()
+
+
+def image_entry_path(images_dir: Path, file_digest_hex: str, key: str) -> Path:
+    """Where the entry of ``key`` lives: ``<images>/<version>/<ab>/<file sha256>/<key>.npy``.
+
+    One folder per reader version (``medtl cache clear --stale`` drops older ones whole) and one per
+    source file, so every entry made from a file (any size or read options) is found from the file's
+    bytes alone (``medtl cache clear --dataset``, ``verify --data``).
+    """
+    return images_dir / IMAGE_KEY_VERSION / file_digest_hex[:2] / file_digest_hex / f"{key}.npy"
 
 
 class _Loader:
@@ -107,7 +129,7 @@ class _Loader:
         self.size = size
         self.cache_dir = cache_dir
         self.read_options = read_options
-        self._opt = _options_bytes(read_options)
+        self._opt = read_options_bytes(read_options)
         self._npz: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._folders: set[Path] = set()
@@ -122,14 +144,13 @@ class _Loader:
                 self._npz[path] = read_npz(path)
             return self._npz[path]
 
-    def _cache_path(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.npy"
-
     def __call__(self, s: Sample) -> tuple[np.ndarray, str] | SkippedFile:
         try:
             if s.index is not None and s.path.lower().endswith(".npz"):
                 raw = npz_image(self._npz_arrays(s.path), s.index)
-                h = hashlib.sha256(CACHE_VERSION + b"npz" + str(raw.shape).encode() + raw.tobytes())
+                h = hashlib.sha256(
+                    image_key_prefix() + b"npz" + str(raw.shape).encode() + raw.tobytes()
+                )
                 h.update(str(self.size).encode())
                 img = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw
                 reason = unusable_reason(img)
@@ -139,12 +160,13 @@ class _Loader:
                 return to_native_uint8(img, self.size), h.hexdigest()
             max_bytes = (self.read_options or {}).get("max_bytes", MAX_FILE_BYTES)
             data = read_regular_bytes(s.path, max_bytes)  # FIFOs, devices, loops: refused
-            h = hashlib.sha256(CACHE_VERSION)
-            h.update(hashlib.sha256(data).digest())
-            h.update(self._opt)
-            h.update(str(self.size).encode())
-            key = h.hexdigest()
-            cpath = self._cache_path(key)
+            digest = hashlib.sha256(data).digest()
+            key = image_cache_key(digest, self._opt, self.size)
+            cpath = (
+                None
+                if self.cache_dir is None
+                else image_entry_path(self.cache_dir, digest.hex(), key)
+            )
             if cpath is not None and os.path.lexists(cpath):
                 arr = self._cached(cpath)
                 if arr is not None:
@@ -301,7 +323,7 @@ def prepare_images(
     pixels = np.empty((len(natives), channels, size, size), dtype=np.uint8)
     for i, a in enumerate(natives):
         pixels[i] = _to_channels(a, channels)
-    keys = [hashlib.sha256(f"{k}|c{channels}".encode()).hexdigest() for k in base_keys]
+    keys = [prepared_key(k, channels) for k in base_keys]
     if skipped:
         logger.warning("%d image(s) could not be prepared and were left out", len(skipped))
     return PreparedImages(
@@ -317,7 +339,18 @@ def prepare_images(
             "read_options": dict(read_options or {}),
         },
         attributes=[dict(s.attributes) for s in kept] if any(s.attributes for s in kept) else None,
+        cache_info={
+            "version": IMAGE_KEY_VERSION,
+            "from_cache": loader.hits,
+            "computed": len(natives) - loader.hits,
+        },
     )
+
+
+def prepared_key(image_key: str, channels: int) -> str:
+    """The content key of a prepared image (``PreparedImages.keys``): its image-cache key and the
+    final channel count (embeddings depend on it; the image cache entry does not)."""
+    return hashlib.sha256(f"{image_key}|c{channels}".encode()).hexdigest()
 
 
 def _to_channels(native: np.ndarray, channels: int) -> np.ndarray:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from medtl._fileio import atomic_write_json
-from medtl._memo import library_versions, memoized
+from medtl._memo import memoized
+from medtl.cachekeys import memo_versions
 from medtl.data._types import SPLITS, Dataset, Sample, SkippedFile
 from medtl.errors import DatasetError
 
@@ -168,7 +169,7 @@ def _carve_grouped(
     codes = np.unique(groups, return_inverse=True)[1].reshape(-1)
     keep, carved = memoized(_grouped_fold, cache_dir)(
         labels.astype(np.int64), codes.astype(np.int64), float(fraction), int(seed),
-        library_versions("scikit-learn"),
+        memo_versions(["scikit-learn", "numpy"]),
     )  # fmt: skip
     return sorted(positions[keep].tolist()), sorted(positions[carved].tolist())
 
@@ -215,10 +216,16 @@ def assign_splits(
       a missing ``test`` is carved from train (``test_fraction`` of train) and a missing ``val`` is
       carved from train (``val_fraction`` of train). Samples without a split join train.
 
+    The split depends on the files, labels, patients and settings, never on the order the samples
+    are listed in (a manifest's row order, a copy of the folder elsewhere): samples are carved in
+    path order.
+
     Returns:
         New samples (same order) with ``split`` set.
     """
-    samples = list(samples)
+    listed = list(samples)
+    order = sorted(range(len(listed)), key=lambda i: listing_key(listed[i]))
+    samples = [listed[i] for i in order]
     given = {s.split for s in samples if s.split}
     splits = [s.split or "train" for s in samples]
     needs_carve = not given or (
@@ -254,7 +261,15 @@ def assign_splits(
     out = [dataclasses.replace(s, split=sp) for s, sp in zip(samples, splits)]
     _warn_patient_overlap(out)
     _warn_duplicates(out, dups)
-    return out
+    back: list[Sample] = [None] * len(out)  # type: ignore[list-item]
+    for pos, i in enumerate(order):
+        back[i] = out[pos]
+    return back
+
+
+def listing_key(s: Sample) -> tuple[str, int]:
+    """The canonical order of samples for carving: their path, then their index in a container."""
+    return (s.path, -1 if s.index is None else int(s.index))
 
 
 def _warn_duplicates(samples: Sequence[Sample], dups: Sequence[int | None]) -> None:

@@ -99,6 +99,8 @@ class PreparedImages:
             records it so that it is served images prepared the same way. None when built by hand.
         attributes: subgroup attributes per image (see ``Sample.attributes``); None when no
             subgroups were asked for.
+        cache_info: how many images the decoded-image cache served (``from_cache``) and how many
+            were decoded (``computed``), under which key ``version``; None when built by hand.
     """
 
     pixels: np.ndarray
@@ -109,6 +111,7 @@ class PreparedImages:
     skipped: list[SkippedFile] = field(default_factory=list)
     preprocessing: dict | None = None
     attributes: list[dict[str, str]] | None = None
+    cache_info: dict | None = None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])

@@ -15,6 +15,7 @@ from medtl.strategies._base import (
     strategy_label,
     strategy_tags,
 )
+from medtl.strategies._embeddings import embedding_row_key
 from medtl.strategies._feature_extraction import FeatureExtraction, extract_embeddings
 from medtl.strategies._modelfile import META_FILE, MODEL_FILE, ModelFileError, read_meta
 from medtl.strategies._network import FineTuning, FromScratch, PartialFineTuning
@@ -30,6 +31,7 @@ __all__ = [
     "PartialFineTuning",
     "Strategy",
     "StrategyTags",
+    "embedding_row_key",
     "extract_embeddings",
     "get_strategy",
     "list_strategies",

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtl._memo import library_versions, memoized
+from medtl._memo import memoized
 from medtl._options import look_up_option
 from medtl.backbones import DEFAULT_BACKBONE
+from medtl.cachekeys import memo_versions
 from medtl.data import PreparedImages
 from medtl.strategies._base import Strategy, StrategyTags, _build_network, register_strategy
 from medtl.strategies._embeddings import EmbeddingCache
@@ -208,22 +209,39 @@ class FeatureExtraction(Strategy):
 
         if self.cache_dir is None or not use_cache:
             return compute(np.arange(len(images)))
-        from medtl.backbones import backbone_fingerprint
-
         if getattr(self, "adaptation_", None) is not None:
             # AdaBN re-estimated the BatchNorm statistics: the weights are no longer the pretrained
             # file's, so the cache is keyed by the tensors themselves (else the pretrained
             # backbone's cached embeddings would be served for the adapted one)
             cfg = dataclasses.replace(cfg, weights_sha256=None)
-        size = int(images.pixels.shape[-1])
-        fp = f"{backbone_fingerprint(cfg, model)}|{size}|{images.pixels.shape[1]}"
-        cache = EmbeddingCache(self.cache_dir, _sha(fp), write=distributed.is_main())
+        key = self._embedding_key(model, cfg, images.pixels.shape)
+        cache = EmbeddingCache(self.cache_dir, key, write=distributed.is_main())
         emb, n_new = cache.get_or_compute(images.keys, compute, collective=collective)
         log.info(
             "%s: %d embeddings, %d computed, %d from cache", desc, len(emb), n_new, len(emb) - n_new
         )
         self.cache_hits_ = getattr(self, "cache_hits_", 0) + len(emb) - n_new
         return emb
+
+    def _embedding_key(self, model: nn.Module, cfg: Any, shape: tuple[int, ...]) -> dict[str, Any]:
+        """Everything that changes an embedding of these pixels (``medtl.cachekeys``): the backbone
+        and its weights, size, channels, and the precision, device kind and pass size this
+        estimator's extraction actually uses."""
+        from medtl.backbones import backbone_fingerprint
+        from medtl.cachekeys import device_kind, embedding_key_parts
+        from medtl.training import inference_precision, micro_batch_size
+
+        device = next(model.parameters()).device
+        size = int(shape[-1])
+        return embedding_key_parts(
+            backbone_name=cfg.name,
+            backbone_fingerprint=backbone_fingerprint(cfg, model),
+            image_size=size,
+            channels=int(shape[1]),
+            precision=inference_precision(device, self.precision),
+            device_kind=device_kind(device),
+            pass_size=self.batch_size or micro_batch_size(device, size),
+        )
 
     # -- fitting ---------------------------------------------------------------------------------------
     def fit(self, train: PreparedImages, val: PreparedImages, **_: Any) -> FeatureExtraction:
@@ -298,7 +316,7 @@ class FeatureExtraction(Strategy):
         W, b, history, self.C_ = memoized(_logreg_path, self.cache_dir)(
             z_tr, np.asarray(y_tr), z_va, np.asarray(y_va), n_classes,
             tuple(sorted(float(c) for c in self.Cs)), self.class_weighting, self.select_by,
-            self.seed, library_versions("scikit-learn", "numpy"),
+            self.seed, _head_versions(),
         )  # fmt: skip
         return W, b, history
 
@@ -308,7 +326,7 @@ class FeatureExtraction(Strategy):
         """One logistic-regression head at a fixed C (the refit), as (W, b) over all classes."""
         return memoized(_logreg_refit, self.cache_dir)(
             z, np.asarray(y), float(C), n_classes, self.class_weighting, self.seed,
-            library_versions("scikit-learn", "numpy"),
+            _head_versions(),
         )  # fmt: skip
 
     def _fit_linear(self, z_tr, y_tr, z_va, y_va, n_classes, epochs: int = 200, patience: int = 20):
@@ -471,6 +489,17 @@ def _logreg_refit(
     return _as_head(clf.coef_, clf.intercept_, n_classes)
 
 
+def _head_versions() -> tuple[str, ...]:
+    """The memo key's versions of the logistic heads: libraries and the medtl helpers they call."""
+    from medtl.tasks import BinaryTask, MultiClassTask
+    from medtl.training import val_auroc
+
+    # the validation AUROC that chooses C is the task's headline AUROC (medtl.tasks)
+    helpers = [_as_head, _choose_regularisation, val_auroc]
+    helpers += [BinaryTask.headline_auroc, MultiClassTask.headline_auroc]
+    return memo_versions(["scikit-learn", "numpy"], helpers)
+
+
 def _as_head(
     coef: np.ndarray, intercept: np.ndarray, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -494,12 +523,6 @@ def _choose_regularisation(history: list[dict[str, Any]], select_by: str) -> int
         return best
     limit = losses[best] + history[best]["val_loss_se"]
     return int(np.flatnonzero(losses <= limit)[0])  # strongest within one standard error
-
-
-def _sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 __all__ = ["FeatureExtraction", "extract_embeddings"]

@@ -99,6 +99,19 @@ def autocast_context(
     return contextlib.nullcontext()
 
 
+def inference_precision(device: torch.device, precision: str = "auto") -> str:
+    """The precision :func:`autocast_context` actually computes in: ``fp32``, ``bf16`` or ``fp16``
+    (``auto`` resolved for this device; part of the embedding cache's key)."""
+    precision = look_up_option("precision", precision, ["auto", "bf16", "fp16", "fp32"])
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if cuda_dtype(precision) == torch.bfloat16 else "fp16"
+    if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()):
+        return "bf16"
+    return "fp32"
+
+
 def training_precision(device: torch.device, precision: str = "auto") -> str:
     """The precision a training step uses: ``"auto"`` means fp32 on a CPU.
 
