@@ -294,29 +294,34 @@ def _slope(r: dict[str, Any], name: str) -> str:
 
 
 def gap_warnings(summary: dict[str, Any]) -> list[str]:
-    """Plain sentences for strategies whose validation AUROC overstates test AUROC (said once)."""
-    from medtl.runs import OVERSTATE_MARGIN
+    """Plain sentences for strategies whose validation and test AUROC disagree, either way
+    (:func:`medtl.runs.gap_flag`; said once)."""
+    from medtl.runs import GAP_OVERSTATES, GAP_UNDERSTATES, gap_flag
 
     out = []
     for name, r in (summary.get("strategies") or {}).items():
         gap = (r or {}).get("val_minus_test")
-        ok = (r or {}).get("status") == "done" and gap is not None and math.isfinite(float(gap))
-        if ok and float(gap) > OVERSTATE_MARGIN:
+        flag = gap_flag(gap) if (r or {}).get("status") == "done" else None
+        if flag == GAP_OVERSTATES:
             out.append(
                 f"{strategy_label(name)}: the validation AUROC is {float(gap):.2f} higher than on "
                 "the test images (⚠ in the table), so its validation numbers are optimistic; the "
                 "test images may differ from the training images."
+            )
+        elif flag == GAP_UNDERSTATES:
+            out.append(
+                f"{strategy_label(name)}: the validation AUROC is {-float(gap):.2f} lower than on "
+                "the test images, so the validation split is small or unlike the test images; "
+                "trust the test numbers and their intervals."
             )
     return out
 
 
 def run_notes(summary: dict[str, Any]) -> list[str]:
     """The run's notes in human words, without the gap notes (``gap_warnings`` says those once)."""
-    return [
-        humanise(str(n))
-        for n in summary.get("notes") or []
-        if not str(n).startswith("Validation overstates")
-    ]
+    from medtl.runs import NOTE_GAP, note_records
+
+    return [humanise(str(r["text"])) for r in note_records(summary) if r["kind"] != NOTE_GAP]
 
 
 def paired_sentences(summary: dict[str, Any]) -> list[str]:

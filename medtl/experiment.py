@@ -680,7 +680,7 @@ def _finish(
             summary["report"] = str(write_report(run_dir))
         except Exception as exc:  # the numbers are already saved; a report failure is not fatal
             log.error("could not write the HTML report: %s", exc)
-            summary["notes"].append(f"HTML report failed: {exc}")
+            runs.add_note(summary, f"HTML report failed: {exc}")
         atomic_write_json(summary_path, summary)
     return summary
 

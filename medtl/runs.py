@@ -572,6 +572,48 @@ def paired_comparisons(
     return out
 
 
+#: kinds of run note (``summary.json["note_records"]``): a validation-test gap of one strategy
+#: (shown once, beside that strategy's numbers), and any other note
+NOTE_GAP, NOTE_GENERAL = "validation_gap", "note"
+
+
+def add_note(
+    summary: dict[str, Any], text: str, *, kind: str = NOTE_GENERAL, strategy: str | None = None
+) -> None:
+    """Record a run note: its text in ``notes`` (read by older medtl) and a record (kind, strategy,
+    text) in ``note_records``, which the report and the app select by kind, never by wording."""
+    summary.setdefault("notes", []).append(text)
+    summary.setdefault("note_records", []).append(
+        {"kind": kind, "strategy": strategy, "text": text}
+    )
+
+
+def note_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's notes as records (kind, strategy, text). A run written before notes had records:
+    its notes are general, except those equal to the gap sentence its numbers give (regenerated
+    here from ``val_minus_test``, not recognised by a prefix)."""
+    from medtl.strategies import strategy_label
+
+    recs = summary.get("note_records")
+    texts = [str(n) for n in summary.get("notes") or []]
+    if isinstance(recs, list):
+        known = {str(r.get("text")) for r in recs if isinstance(r, dict)}
+        extra = [
+            {"kind": NOTE_GENERAL, "strategy": None, "text": t} for t in texts if t not in known
+        ]
+        return [r for r in recs if isinstance(r, dict)] + extra
+    gaps = {
+        gap_sentence(strategy_label(n), (r or {}).get("val_minus_test")): n
+        for n, r in (summary.get("strategies") or {}).items()
+    }
+    return [
+        {"kind": NOTE_GAP, "strategy": gaps[t], "text": t}
+        if t in gaps
+        else {"kind": NOTE_GENERAL, "strategy": None, "text": t}
+        for t in texts
+    ]
+
+
 def flag_gaps(summary: dict[str, Any]) -> None:
     """Add a note for each strategy whose validation and test AUROC differ by > OVERSTATE_MARGIN
     (either way: see :func:`gap_flag`)."""
@@ -580,4 +622,4 @@ def flag_gaps(summary: dict[str, Any]) -> None:
     for name, r in summary["strategies"].items():
         text = gap_sentence(strategy_label(name), r.get("val_minus_test"))
         if text:
-            summary["notes"].append(text)
+            add_note(summary, text, kind=NOTE_GAP, strategy=name)

@@ -17,6 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl.strategies import FineTuning, PartialFineTuning
+
+#: the strategies the advisor compares, named by their classes (the registry owns the names)
+FT = FineTuning.name
+PFT = PartialFineTuning.name
+
 # -- domain gap: BatchNorm statistics ---------------------------------------------------------------
 
 
@@ -429,8 +435,8 @@ def time_strategies(
     out = {"extract": _timed(extract) / bs}
     for p in net.parameters():
         p.requires_grad_(True)
-    out["fine_tuning"] = _timed(make_step([])) / bs
+    out[FT] = _timed(make_step([])) / bs
     k = min(trainable_stages, len(cfg.stages))
     frozen = set_trainable_stages(net, cfg, k)
-    out["partial_fine_tuning"] = _timed(make_step(frozen)) / bs
+    out[PFT] = _timed(make_step(frozen)) / bs
     return out

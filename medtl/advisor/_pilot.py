@@ -19,6 +19,11 @@ from torch import nn
 
 from medtl.advisor._measure import group_codes
 from medtl.data import PreparedImages
+from medtl.strategies import FeatureExtraction, FineTuning
+
+#: the strategies the advisor compares, named by their classes (the registry owns the names)
+FE = FeatureExtraction.name
+FT = FineTuning.name
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +127,7 @@ class CostModel:
         steps = max(math.ceil(n_train / batch), 10)
         ft = epochs * (steps * min(batch, n_train) * self.train_s + 1.5 * n_val * self.extract_s)
         ft += fe
-        return {"feature_extraction": fe / 60.0, "fine_tuning": ft / 60.0}
+        return {FE: fe / 60.0, FT: ft / 60.0}
 
 
 @dataclass(frozen=True)

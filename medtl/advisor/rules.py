@@ -31,9 +31,13 @@ import numpy as np
 from medtl.advisor._curve import INTERVAL, MODEL_ERROR, CurvePrediction, paired_difference
 from medtl.advisor._profile import Profile
 from medtl.formatting import json_safe
-from medtl.strategies import strategy_description, strategy_label
+from medtl.strategies import FeatureExtraction, FineTuning, strategy_description, strategy_label
 
-STRATEGIES = ("feature_extraction", "fine_tuning")
+#: the strategies the advisor compares, named by their classes (the registry owns the names)
+FE = FeatureExtraction.name
+FT = FineTuning.name
+
+STRATEGIES = (FE, FT)
 # human names from their one owner, medtl.strategies
 LABELS = {s: f"{strategy_label(s).lower()} ({strategy_description(s)})" for s in STRATEGIES}
 SHORT = {s: strategy_label(s).lower() for s in STRATEGIES}
@@ -55,7 +59,7 @@ class Measured:
     """What the pilot measured and what the curves predict (the rule's only inputs besides the profile).
 
     Attributes:
-        curves: {"feature_extraction", "fine_tuning"} -> :class:`CurvePrediction` at the full size.
+        curves: {FE, FT} -> :class:`CurvePrediction` at the full size.
         paired: measured fine-tuning minus feature extraction at ``paired["size"]`` (the largest pilot
             size both ran), from :func:`paired_difference` over the same held-out images.
         minutes: reference minutes of each strategy's full run (deterministic: see ``CostModel``).
@@ -71,7 +75,7 @@ class Measured:
 
     def predicted_gain(self) -> dict[str, float]:
         """Predicted FT - FE AUROC at the full size: point, 90% interval and share of replicates > 0."""
-        fe, ft = self.curves["feature_extraction"], self.curves["fine_tuning"]
+        fe, ft = self.curves[FE], self.curves[FT]
         d_b = np.asarray(ft.boot_full, dtype=float) - np.asarray(fe.boot_full, dtype=float)
         d = float(ft.at_full - fe.at_full)
         reps = d_b[1:][np.isfinite(d_b[1:])] if len(d_b) > 1 else np.zeros(0)
@@ -95,7 +99,7 @@ class Advice:
     """The recommendation, why, and what each strategy is expected to give and cost.
 
     Attributes:
-        strategy: "feature_extraction" or "fine_tuning".
+        strategy: FE or FT.
         confidence: "high", "medium" or "low"; confidence_score: in [0, 1] (share of bootstrap replicates
             in which the picked strategy is not predicted worse).
         expected_auroc: {strategy: [low, high]} predicted AUROC interval at the full training size.
@@ -250,7 +254,7 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
     """
     gain = m.predicted_gain()
     minutes = dict(m.minutes)
-    extra_h = max(minutes["fine_tuning"] - minutes["feature_extraction"], 0.0) / 60.0
+    extra_h = max(minutes[FT] - minutes[FE], 0.0) / 60.0
     needed = MIN_GAIN + GAIN_PER_HOUR * extra_h
     fits = {s: budget_minutes is None or minutes[s] <= budget_minutes for s in STRATEGIES}
     paired = m.paired
@@ -260,25 +264,21 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
     # extrapolated difference only where nothing was measured (see the module docstring for why)
     basis = d_meas if np.isfinite(d_meas) else gain["diff"]
     branch: str
-    if not fits["fine_tuning"]:
-        strategy, branch = "feature_extraction", "budget"
+    if not fits[FT]:
+        strategy, branch = FE, "budget"
     elif basis >= needed:
-        strategy, branch = "fine_tuning", "gain" if sig else "likely_gain"
+        strategy, branch = FT, "gain" if sig else "likely_gain"
     elif basis > 0:
-        strategy, branch = "feature_extraction", "not_worth"
+        strategy, branch = FE, "not_worth"
     else:
-        strategy, branch = "feature_extraction", "no_gain"
+        strategy, branch = FE, "no_gain"
 
     # confidence
-    agrees = (strategy == "fine_tuning" and d_meas > 0) or (
-        strategy == "feature_extraction" and d_meas < 0
-    )
-    side_ok = (strategy == "fine_tuning" and gain["low"] > 0) or (
-        strategy == "feature_extraction" and gain["high"] < 0
-    )
+    agrees = (strategy == FT and d_meas > 0) or (strategy == FE and d_meas < 0)
+    side_ok = (strategy == FT and gain["low"] > 0) or (strategy == FE and gain["high"] < 0)
     # the measured trial and the extrapolated curves can point different ways: say so, never hide it
     # (a pick whose own predicted AUROC is below the other strategy's reads as a contradiction)
-    conflict = branch != "budget" and (strategy == "fine_tuning") != (gain["diff"] >= needed)
+    conflict = branch != "budget" and (strategy == FT) != (gain["diff"] >= needed)
     if sig and agrees:
         confidence = "high"
     elif conflict:
@@ -288,7 +288,7 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
     else:
         confidence = "low"
     share = gain["share_positive"]
-    score = share if strategy == "fine_tuning" else 1.0 - share
+    score = share if strategy == FT else 1.0 - share
     notes: list[str] = []
     if not p.pretrained:
         notes.append(
@@ -317,7 +317,7 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
             "may not repeat exactly. Re-run when the machine is idle."
         )
 
-    fe, ft = m.curves["feature_extraction"], m.curves["fine_tuning"]
+    fe, ft = m.curves[FE], m.curves[FT]
     rationale = _clinician_sentences(p, m, strategy, branch, gain, needed, budget_minutes)
     if conflict:
         rationale.insert(
@@ -348,7 +348,7 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
         confidence=confidence,
         confidence_score=float(min(max(score, 0.0), 1.0)),
         expected_auroc={s: list(m.curves[s].interval) for s in STRATEGIES},
-        predicted_auroc={"feature_extraction": fe.at_full, "fine_tuning": ft.at_full},
+        predicted_auroc={FE: fe.at_full, FT: ft.at_full},
         gain_2x={s: [m.curves[s].gain_2x, *m.curves[s].gain_2x_interval] for s in STRATEGIES},
         estimated_minutes=minutes,
         rationale=rationale,
@@ -369,7 +369,7 @@ def _clinician_sentences(
     needed: float,
     budget: float | None,
 ) -> list[str]:
-    fe, ft = m.curves["feature_extraction"], m.curves["fine_tuning"]
+    fe, ft = m.curves[FE], m.curves[FT]
     mins = m.minutes
     out = [
         f"With your {p.n_images} labelled images we expect {SHORT[strategy]} to reach an AUROC of "
@@ -389,7 +389,7 @@ def _clinician_sentences(
         else "No paired trial could be measured"
     )
     g = f"{_signed(gain['diff'])} (90% range {gain['low']:+.3f} to {gain['high']:+.3f})"
-    extra = _fmt_min(mins["fine_tuning"] - mins["feature_extraction"])
+    extra = _fmt_min(mins[FT] - mins[FE])
     why = {
         "gain": f"{trial}: a significant gain, worth the extra time ({extra}; it needed at least "
         f"{needed:+.3f}). At your full size the gain is predicted to be {g}.",
@@ -494,7 +494,7 @@ def measured_from_pilot(
     # images (disjoint folds), else one repeat's (overlapping random holdouts share many images)
     scored = reps if pilot.get("disjoint") else reps[:1]
     counts = np.bincount(np.concatenate([np.asarray(r["y_eval"]) for r in scored])).tolist()
-    for key, name in (("fe", "feature_extraction"), ("ft", "fine_tuning")):
+    for key, name in (("fe", FE), ("ft", FT)):
         # sizes every repeat ran (the pilot skips a size whose subset lost a class)
         sizes = sorted(set.intersection(*(set(r[key]) for r in reps)))
         if not sizes:
@@ -510,9 +510,9 @@ def measured_from_pilot(
             table = _table(reps, key, sizes, weights)
         at[name] = {s: table[:, i] for i, s in enumerate(sizes)}
         curves[name] = predict_curve(sizes, table, n_full, eval_counts=counts)
-    common = sorted(set(at["feature_extraction"]) & set(at["fine_tuning"]))
+    common = sorted(set(at[FE]) & set(at[FT]))
     top = common[-1]
-    paired = paired_difference(at["fine_tuning"][top], at["feature_extraction"][top])
+    paired = paired_difference(at[FT][top], at[FE][top])
     paired["size"] = int(top)
     return Measured(
         curves=curves,

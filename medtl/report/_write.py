@@ -15,7 +15,6 @@ from medtl.metrics import json_safe
 from medtl.report._cards import checklist, model_card, versions
 from medtl.report._content import (
     data_numbers,
-    display_name,
     fin,
     headline,
     num,
@@ -32,7 +31,7 @@ from medtl.report._plots import (
 )
 from medtl.report._render import render_html
 from medtl.report._subgroups import FIGURE_KEY, forest_figure, subgroup_numbers
-from medtl.runs import RunData, gap_sentence, load_run
+from medtl.runs import NOTE_GAP, RunData, load_run, note_records
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +164,7 @@ def build_report(run: RunData, *, title: str | None = None) -> dict[str, Any]:
         "data": data,
         "model_card": model_card(run, strat, best, data),
         "checklist": checklist(run, strat, paired, data),
-        "run_notes": [str(n) for n in s.get("notes") or []],
+        "run_notes": [str(r["text"]) for r in note_records(s) if r["kind"] != NOTE_GAP],
         "notes": notes,
         "versions": versions(),
     }
@@ -193,15 +192,8 @@ def write_report(run_dir: str | os.PathLike, *, title: str | None = None) -> Pat
     rep = build_report(run, title=title)
     notes: list[str] = rep["notes"]
     figs = _figures(run, rep["strategies"], notes)
-    # the validation-vs-test gap already has its own flag per strategy; do not repeat it as a note
-    gap_notes = {
-        gap_sentence(display_name(n), s["val_minus_test"]) for n, s in rep["strategies"].items()
-    }
-    notes.extend(
-        f"Run note: {n}"
-        for n in rep["run_notes"]
-        if n not in gap_notes and not n.startswith("Validation overstates")
-    )
+    # the validation-vs-test gap has its own flag per strategy: run_notes leaves those notes out
+    notes.extend(f"Run note: {n}" for n in rep["run_notes"])
     rep["plots"] = [f"plots/{k}.png" for k in figs]
     rep["rendered"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for key, (png, _) in figs.items():
