@@ -53,6 +53,12 @@ class DataConfig:
     max_train: int | None = None  # stratified subsample of the training split (learning curves)
     synthetic_per_class: int = 60  # size of the built-in phantom when path == "synthetic"
     synthetic_difficulty: float = 0.5
+    # several findings per image: the manifest's finding columns (None: found from the values)
+    findings: list[str] | None = None
+    # what an uncertain label (-1) becomes: ignore (not labelled) | positive | negative
+    uncertain: str = "ignore"
+    # > 0: the built-in phantom has this many independent findings per image (multi-label)
+    synthetic_findings: int = 0
 
 
 @dataclass
@@ -113,6 +119,7 @@ class ExperimentConfig:
         for s in self.params:
             look_up_option("params", s, names)
         look_up_option("data.window", self.data.window, ["header", "full", "percentile"])
+        look_up_option("data.uncertain", self.data.uncertain, ["ignore", "positive", "negative"])
         if self.data.patient_id_pattern:
             from medtl.data import compile_patient_id_pattern
 

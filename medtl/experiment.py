@@ -72,6 +72,11 @@ def _subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
     """A stratified subsample of ``n`` samples (every class kept; proportions preserved)."""
     if n >= len(samples):
         return samples
+    if any(s.targets is not None for s in samples):  # several findings: stratified over each
+        from medtl.data import iterative_carve, targets_of
+
+        keep = iterative_carve(targets_of(samples), None, n / len(samples), seed)
+        return [s for s, k in zip(samples, keep) if k]
     from sklearn.model_selection import train_test_split
 
     labels = [s.label for s in samples]
@@ -112,6 +117,10 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         from medtl.data.synth import make_phantom
 
         target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
+        extra: dict[str, Any] = {}
+        if cfg.data.synthetic_findings:  # several findings per image
+            target = target.with_name(f"{target.name}_f{cfg.data.synthetic_findings}")
+            extra["findings"] = cfg.data.synthetic_findings
         if not (
             target / PHANTOM_INFO_FILE
         ).exists():  # written last, so its presence means complete
@@ -120,6 +129,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
                 n_per_class=cfg.data.synthetic_per_class,
                 difficulty=cfg.data.synthetic_difficulty,
                 seed=0,
+                **extra,
             )
         path = str(target)
         notes.append("Synthetic phantom data: results say nothing about clinical accuracy.")
@@ -141,6 +151,8 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         # every file is decoded exactly once, by prepare_images below (which skips and reports bad
         # files); the class counts are checked on what decoded, before any training
         verify=False,
+        findings=cfg.data.findings,
+        uncertain=cfg.data.uncertain,
     )
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
 
@@ -148,7 +160,9 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         """Every image of another dataset, as one split (another site's validation or test data)."""
         ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
                            min_per_class=1, progress=progress, verify=False, salt=salt,
-                           positive_class=cfg.data.positive_class)  # fmt: skip
+                           positive_class=cfg.data.positive_class,
+                           findings=ds.classes if ds.task_kind else None,
+                           uncertain=cfg.data.uncertain)  # fmt: skip
         _check_same_classes(ds, ext, field)
         ds.skipped.extend(ext.skipped)
         prefix = split[0] + "-"  # keeps uids distinct from the main dataset's

@@ -19,6 +19,13 @@ from medtl.data._ids import (
     write_id_map,
 )
 from medtl.data._load import check_class_counts, compile_patient_id_pattern, load_dataset
+from medtl.data._multilabel import (
+    UNCERTAIN_POLICIES,
+    LabelOptions,
+    finding_counts,
+    iterative_carve,
+    targets_of,
+)
 from medtl.data._prepare import image_cache_dir, prepare_images
 from medtl.data._sources import SourceInfo, register_source, source_info
 from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
@@ -39,7 +46,9 @@ __all__ = [
     "PHANTOM_INFO_FILE",
     "PHANTOM_MANIFEST_FILE",
     "SPLITS",
+    "UNCERTAIN_POLICIES",
     "Dataset",
+    "LabelOptions",
     "PreparedImages",
     "Sample",
     "SkippedFile",
@@ -51,9 +60,11 @@ __all__ = [
     "dataset_fingerprint",
     "default_demo_dataset",
     "duplicate_groups",
+    "finding_counts",
     "hash_patient_id",
     "image_cache_dir",
     "is_phantom",
+    "iterative_carve",
     "keyed_uid",
     "load_dataset",
     "load_splits",
@@ -65,6 +76,7 @@ __all__ = [
     "save_splits",
     "source_info",
     "summarise_dataset",
+    "targets_of",
     "unlabelled_files",
     "write_id_map",
 ]

@@ -29,6 +29,7 @@ from medtl.data._load import (
     map_maybe_threaded,
     read_with_options,
 )
+from medtl.data._multilabel import MULTILABEL, is_multilabel, targets_of
 from medtl.data._sources import npz_image
 from medtl.data._types import PreparedImages, Sample, SkippedFile
 from medtl.errors import ConfigError
@@ -300,9 +301,13 @@ def prepare_images(
     keys = [hashlib.sha256(f"{k}|c{channels}".encode()).hexdigest() for k in base_keys]
     if skipped:
         logger.warning("%d image(s) could not be prepared and were left out", len(skipped))
+    multilabel = is_multilabel(samples)
     return PreparedImages(
         pixels=pixels,
-        labels=np.array([s.label for s in kept], dtype=np.int64),
+        # several findings per image: (N, K) floats, NaN where a finding is not labelled
+        labels=targets_of(kept, len(classes))
+        if multilabel
+        else np.array([s.label for s in kept], dtype=np.int64),
         uids=[s.uid for s in kept],
         keys=keys,
         classes=list(classes),
@@ -312,6 +317,7 @@ def prepare_images(
             "channels": int(pixels.shape[1]) if len(pixels) else (channels or 1),
             "read_options": dict(read_options or {}),
         },
+        task_kind=MULTILABEL if multilabel else None,
     )
 
 
