@@ -202,6 +202,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
             progress=progress,
         )
         ds.skipped.extend(s for s in prep[nm].skipped if s not in ds.skipped)
+        prep[nm].labelling = ds.labelling  # several findings: the uncertain policy, for the model
     bad = {s.path for s in ds.skipped}
     train_s, val_s, test_s = (
         [s for s in part if s.path not in bad] for part in (train_s, val_s, test_s)
@@ -328,11 +329,13 @@ def _write_strategy(
     atomic_write_text(
         sdir / runs.PREDICTIONS_FILE,
         runs.predictions_csv(
-            [("val", data.val, p_val), ("test", data.test, p_test)], data.dataset.classes
+            [("val", data.val, p_val), ("test", data.test, p_test)],
+            data.dataset.classes,
+            est.task_,
         ),
     )
     metrics = evaluate_probabilities(
-        data.val.labels, p_val, data.test.labels, p_test, cfg, class_names=data.dataset.classes
+        data.val.labels, p_val, data.test.labels, p_test, cfg, task=est.task_
     )
     atomic_write_json(sdir / runs.METRICS_FILE, metrics)
     op = runs.operating_point_record(metrics, len(data.val))

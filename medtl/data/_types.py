@@ -129,6 +129,8 @@ class PreparedImages:
     skipped: list[SkippedFile] = field(default_factory=list)
     preprocessing: dict | None = None
     task_kind: str | None = None
+    #: several findings per image: how the labels were read (uncertain policy; see Dataset)
+    labelling: dict | None = None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -145,4 +147,5 @@ class PreparedImages:
             skipped=list(self.skipped),
             preprocessing=self.preprocessing,
             task_kind=self.task_kind,
+            labelling=self.labelling,
         )

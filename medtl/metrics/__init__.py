@@ -33,6 +33,7 @@ from medtl.metrics._calibration import (
 )
 from medtl.metrics._learning import learning_curve_summary
 from medtl.metrics._multiclass import compare_paired_multiclass, multiclass_auroc_ci
+from medtl.metrics._multilabel import compare_paired_multilabel, holm, multilabel_auroc_ci
 from medtl.metrics._paired import compare_paired, mcnemar_test
 from medtl.metrics._report import ClinicalReport, clinical_report
 from medtl.metrics._threshold import (
@@ -57,17 +58,20 @@ __all__ = [
     "clinical_report",
     "compare_paired",
     "compare_paired_multiclass",
+    "compare_paired_multilabel",
     "decision_curve",
     "delong_placements",
     "delong_test",
     "expected_calibration_error",
     "fit_temperature",
     "format_p_value",
+    "holm",
     "json_safe",
     "learning_curve_summary",
     "mcnemar_test",
     "multiclass_auroc",
     "multiclass_auroc_ci",
+    "multilabel_auroc_ci",
     "operating_point",
     "ppv_npv_at_prevalence",
     "reliability_bins",
