@@ -255,6 +255,11 @@ class Task:
         """One image's label as :meth:`label_columns` cells."""
         return [int(label)]
 
+    def call_cells(self, call: Any) -> dict[str, Any]:
+        """One image's call (a row of :meth:`decide`) as ``medtl predict`` columns: ``call`` =
+        the class name."""
+        return {"call": self.classes[int(call)]}
+
     def check_train_labels(self, labels: np.ndarray) -> None:
         """Refuse training labels that cannot train this task (ConfigError saying why)."""
         present = np.unique(np.asarray(labels))
@@ -613,6 +618,10 @@ class MultiLabelTask(Task):
 
     def label_cells(self, label: Any) -> list[Any]:
         return ["" if np.isnan(v) else int(v) for v in np.asarray(label, dtype=np.float64)]
+
+    def call_cells(self, call: Any) -> dict[str, Any]:
+        """``call_<finding>``: 1 (present at its threshold) or 0, per finding."""
+        return {f"call_{c}": int(v) for c, v in zip(self.classes, np.asarray(call).reshape(-1))}
 
     # -- metrics ----------------------------------------------------------------------------------
     def headline_auroc(self, y: np.ndarray, proba: np.ndarray) -> float:

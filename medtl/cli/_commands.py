@@ -328,7 +328,12 @@ def predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(f"{res['n']} images predicted -> {res['out']}")
-    if res["threshold"] is not None:
+    if isinstance(res["threshold"], dict):  # several findings: one threshold each
+        ts = ", ".join(f"{k} {v:.4g}" for k, v in res["threshold"].items())
+        print(
+            f"calls per finding: present when P >= its threshold ({ts}; {res['threshold_source']})"
+        )
+    elif res["threshold"] is not None:
         print(f"call: positive when P >= {res['threshold']:.4g} ({res['threshold_source']})")
     if args.id_map:
         print(f"id -> path map (contains identifiers): {args.id_map}")

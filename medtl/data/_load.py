@@ -343,7 +343,9 @@ def load_dataset(
     if positive_class is not None:
         classes, samples = _put_positive_last(classes, samples, positive_class)
     labelling = dict(scan.labelling) if scan.labelling else None
-    if multilabel and labelling is not None:
+    if multilabel and labelling is not None and any(s.split != "train" for s in samples):
+        # only when a training split is carved or given: a dataset read whole (evaluation, an
+        # external test set) keeps every finding named
         classes, samples = _exclude_unlearnable(classes, samples, labelling)
     ds = Dataset(
         root=scan.root,
