@@ -212,6 +212,15 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
 
 
+def _patients(data: PreparedData, images: PreparedImages) -> list[str] | None:
+    """The (hashed) patient of each image, the unit of a bootstrap over patients; None when the
+    dataset knows no patients (the bootstrap then resamples images)."""
+    pid = {s.uid: s.patient_id for s in data.dataset.samples if s.patient_id}
+    if not pid:
+        return None
+    return [pid.get(u) or u for u in images.uids]
+
+
 def split_unit(ds: Dataset) -> str:
     """How the splits were made: ``given`` (the dataset's own folders/column), ``patient`` (carved
     with every patient in one split) or ``image`` (carved per image: no patient ids known)."""
@@ -335,8 +344,9 @@ def _write_strategy(
         ),
     )
     metrics = evaluate_probabilities(
-        data.val.labels, p_val, data.test.labels, p_test, cfg, task=est.task_
-    )
+        data.val.labels, p_val, data.test.labels, p_test, cfg, task=est.task_,
+        groups=(_patients(data, data.val), _patients(data, data.test)),
+    )  # fmt: skip
     atomic_write_json(sdir / runs.METRICS_FILE, metrics)
     op = runs.operating_point_record(metrics, len(data.val))
     if op is not None:  # the model folder carries the operating point it was validated at

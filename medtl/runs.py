@@ -510,16 +510,22 @@ def evaluate_probabilities(
     *,
     class_names: list[str] | None = None,
     task: Task | None = None,
+    groups: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """``metrics.json``: clinical metrics on test and on validation, both at the operating point
     chosen on validation, as the task defines them (:meth:`medtl.tasks.Task.evaluate`).
 
     ``task`` defaults to the single-label task of ``class_names`` (default "0", "1", ...).
+    ``groups``: (validation, test) patient of each image, for a bootstrap over patients.
     """
     if task is None:
         names = list(class_names) if class_names else [str(k) for k in range(p_test.shape[1])]
         task = task_for(names)
-    return task.evaluate(y_val, p_val, y_test, p_test, metrics=cfg.metrics, seed=cfg.train.seed)
+    gv, gt = groups if groups is not None else (None, None)
+    return task.evaluate(
+        y_val, p_val, y_test, p_test, metrics=cfg.metrics, seed=cfg.train.seed,
+        groups_val=gv, groups_test=gt,
+    )  # fmt: skip
 
 
 def operating_point_record(metrics: dict[str, Any], n_val: int) -> dict[str, Any] | None:

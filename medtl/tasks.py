@@ -187,9 +187,12 @@ class Task:
         *,
         metrics: Any,
         seed: int,
+        groups_val: Any = None,
+        groups_test: Any = None,
     ) -> dict[str, Any]:  # pragma: no cover
         """``metrics.json`` content: test and validation metrics at the validation-chosen operating
-        point (``{"test": ..., "val": ..., "threshold": ...}``)."""
+        point (``{"test": ..., "val": ..., "threshold": ...}``). ``groups_*``: the patient of each
+        image, the unit of a bootstrap over patients (used by the kinds that resample patients)."""
         raise NotImplementedError
 
     def auroc_of(self, metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
@@ -350,6 +353,8 @@ class BinaryTask(Task):
         *,
         metrics: Any,
         seed: int,
+        groups_val: Any = None,
+        groups_test: Any = None,
     ) -> dict[str, Any]:
         from medtl.metrics import clinical_report
 
@@ -475,6 +480,8 @@ class MultiClassTask(Task):
         *,
         metrics: Any,
         seed: int,
+        groups_val: Any = None,
+        groups_test: Any = None,
     ) -> dict[str, Any]:
         from medtl.metrics import json_safe, multiclass_auroc_ci
 

@@ -159,7 +159,7 @@ def test_blank_labels_change_no_loss_and_batch_weight_counts_labelled_entries() 
         part.backward()
         expected += float(part.detach())
         grads[torch.from_numpy(np.flatnonzero(lab)), k] = zk.grad
-    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     assert torch.allclose(z.grad, grads, atol=1e-6)  # blank entries get no gradient
     assert task.batch_weight(torch.from_numpy(y)) == float(np.sum(~np.isnan(y)))
     # positive weights: negatives / positives among the labelled images
@@ -281,6 +281,7 @@ def test_compare_on_the_multilabel_phantom(ml_run) -> None:
         ml = metrics["test"]["multilabel"]
         assert set(ml["per_finding"]) == set(findings)
         assert set(metrics["threshold"]) == set(findings)
+        assert ml["bootstrap_unit"] == "patient"  # the phantom has two images per patient
         pred = read_predictions(run / n / "predictions.csv")
         assert pred.task.kind == "multilabel" and pred.label.shape == pred.proba.shape
         header = (run / n / "predictions.csv").read_text().splitlines()[0].split(",")
