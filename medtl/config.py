@@ -60,6 +60,12 @@ class DataConfig:
     synthetic_difficulty: float = 0.5
     # subgroup attributes reported per group (manifest columns or DICOM headers): "sex,age,view"
     subgroups: list[str] | str = field(default_factory=list)
+    # several findings per image: the manifest's finding columns (None: found from the values)
+    findings: list[str] | None = None
+    # what an uncertain label (-1) becomes: ignore (not labelled) | positive | negative
+    uncertain: str = "ignore"
+    # > 0: the built-in phantom has this many independent findings per image (multi-label)
+    synthetic_findings: int = 0
 
 
 @dataclass
@@ -123,6 +129,7 @@ class ExperimentConfig:
         from medtl.subgroups import parse_subgroups
 
         self.data.subgroups = parse_subgroups(self.data.subgroups, "data.subgroups")
+        look_up_option("data.uncertain", self.data.uncertain, ["ignore", "positive", "negative"])
         if self.data.patient_id_pattern:
             from medtl.data import compile_patient_id_pattern
 

@@ -260,8 +260,35 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow(csv_record({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS}))
+        w.writerow(
+            csv_record(
+                {
+                    k: (
+                        ""
+                        if r.get(k) is None
+                        else "per finding"
+                        if isinstance(r.get(k), dict)
+                        else r.get(k)
+                    )
+                    for k in COLUMNS
+                }
+            )
+        )
     atomic_write_text(csv_path, buf.getvalue())
+    per = [(r, n, v) for r in rows for n, v in (r.get("per_finding") or {}).items()]
+    if per:  # several findings per image: one row per model x dataset x finding
+        cols = ["model", "dataset", "split", "finding", "n_pos", "n_neg", "n_missing", "auroc",
+                "low", "high", "scorable", "threshold", "sensitivity", "specificity"]  # fmt: skip
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r, name, v in per:
+            cells = {"model": r["model"], "dataset": r["dataset"], "split": r["split"], **v}
+            w.writerow(
+                {k: ("" if cells.get(k) is None else cells.get(k)) for k in cols}
+                | {"finding": name}
+            )
+        atomic_write_text(out_dir / "evaluation_findings.csv", buf.getvalue())
     atomic_write_text(out_dir / "evaluation.md", _markdown(rows))
 
 
@@ -295,6 +322,8 @@ def _evaluate_one(
             "settings were chosen, so the validation images are training data for it. Score "
             "--split test (held out), or retrain with refit: false to keep a clean validation split."
         )
+    labelling = getattr(est, "labelling_", None) or {}
+    multilabel = est.task_.kind == "multilabel"
     ds = load_dataset(
         phantom_manifest(str(dataset)),
         val_fraction=0.0,
@@ -303,6 +332,9 @@ def _evaluate_one(
         progress=progress,
         salt=project_salt(cache) if split == "all" else _run_salt(model_dir, split),
         subgroups=by,
+        # several findings: the model's findings, read with its uncertain-label policy
+        findings=list(est.classes_) if multilabel else None,
+        uncertain=labelling.get("uncertain", "ignore"),
     )
     fingerprint = dataset_fingerprint(ds)
     label = dataset_label(name, fingerprint)
@@ -312,8 +344,14 @@ def _evaluate_one(
             f"{est.classes_}. Name the class folders like the training data."
         )
     remap = {i: est.classes_.index(c) for i, c in enumerate(ds.classes)}  # match classes by name
+    order = [ds.classes.index(c) for c in est.classes_]  # finding columns in the model's order
     samples = ds.samples if split == "all" else _run_split(model_dir, ds, split, label)
-    samples = [dataclasses.replace(s, label=remap[s.label]) for s in samples]
+    samples = [
+        dataclasses.replace(s, label=remap[s.label])
+        if s.targets is None
+        else dataclasses.replace(s, targets=tuple(s.targets[k] for k in order))
+        for s in samples
+    ]
     images = est.prepare(samples, cache_dir=image_cache_dir(cache), progress=progress)
     if len(images) == 0:
         raise DatasetError(
@@ -419,12 +457,32 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        r = {k: r.get(k) for k in (*COLUMNS, "per_finding")}
         lines.append(
             f"| {r.get('model')} | {r.get('dataset')}{_sub(r)} | {r.get('n')} | {f(r.get('auroc'))} ({f(r.get('auroc_low'))}–{f(r.get('auroc_high'))}) "
             f"| {f(r.get('sensitivity'))} ({f(r.get('sens_low'))}–{f(r.get('sens_high'))}) "
             f"| {f(r.get('specificity'))} ({f(r.get('spec_low'))}–{f(r.get('spec_high'))}) | {f(r.get('ppv'))} | {f(r.get('npv'))} "
-            f"| {f(r.get('threshold'))} |"
+            f"| {f(r.get('threshold')) if not isinstance(r.get('threshold'), dict) else 'per finding'} |"
         )
+    findings = [r for r in rows if isinstance(r.get("per_finding"), dict)]
+    if findings:  # several findings per image: the macro AUROC above, each finding here
+        lines += [
+            "",
+            "Per finding (AUROC with DeLong 95% CI on its labelled images; calls at the model's "
+            "per-finding thresholds):",
+            "",
+            "| model | dataset | finding | positives / negatives | AUROC (95% CI) | sensitivity "
+            "| specificity | threshold |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in findings:
+            for name, v in r["per_finding"].items():
+                lines.append(
+                    f"| {r['model']} | {r['dataset']} | {name} | {v.get('n_pos')} / "
+                    f"{v.get('n_neg')} | {f(v.get('auroc'))} ({f(v.get('low'))}–{f(v.get('high'))}) "
+                    f"| {f(v.get('sensitivity'))} | {f(v.get('specificity'))} "
+                    f"| {f(v.get('threshold'))} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -477,15 +535,18 @@ def predict(
     check_finite(proba, model_dir)
     calls = est.decide(proba, threshold) if len(images) else np.zeros(0, dtype=np.int64)
     pcols = [f"p_{c}" for c in est.classes_]
+    task = est.task_
+    # the call columns are the task's: "call" (a class name), or call_<finding> (1/0) per finding
+    call_cols = list(task.call_cells(task.decide(np.full((1, len(est.classes_)), 0.5), t)[0]))
     rows = [
-        {"id": uid, **{c: float(v) for c, v in zip(pcols, pr)}, "call": est.classes_[int(k)]}
+        {"id": uid, **{c: float(v) for c, v in zip(pcols, pr)}, **task.call_cells(k)}
         for uid, pr, k in zip(images.uids, proba, calls)
     ]
     from medtl import distributed
 
     if out and distributed.is_main():  # under torchrun, one process writes
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["id", *pcols, "call"])
+        w = csv.DictWriter(buf, fieldnames=["id", *pcols, *call_cols])
         w.writeheader()
         w.writerows(csv_record(r) for r in rows)
         atomic_write_text(out, buf.getvalue())

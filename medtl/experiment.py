@@ -75,6 +75,11 @@ def _subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
     """A stratified subsample of ``n`` samples (every class kept; proportions preserved)."""
     if n >= len(samples):
         return samples
+    if any(s.targets is not None for s in samples):  # several findings: stratified over each
+        from medtl.data import iterative_carve, targets_of
+
+        keep = iterative_carve(targets_of(samples), None, n / len(samples), seed)
+        return [s for s, k in zip(samples, keep) if k]
     from sklearn.model_selection import train_test_split
 
     labels = [s.label for s in samples]
@@ -116,6 +121,10 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         from medtl.data.synth import make_phantom
 
         target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
+        extra: dict[str, Any] = {}
+        if cfg.data.synthetic_findings:  # several findings per image
+            target = target.with_name(f"{target.name}_f{cfg.data.synthetic_findings}")
+            extra["findings"] = cfg.data.synthetic_findings
         if not is_phantom(target, current=True):  # absent, half-written or an older version
             if target.exists():
                 shutil.rmtree(target)
@@ -124,6 +133,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
                 n_per_class=cfg.data.synthetic_per_class,
                 difficulty=cfg.data.synthetic_difficulty,
                 seed=0,
+                **extra,
             )
         path = str(target)
         notes.append("Synthetic phantom data: results say nothing about clinical accuracy.")
@@ -146,6 +156,8 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         # files); the class counts are checked on what decoded, before any training
         verify=False,
         subgroups=cfg.data.subgroups,
+        findings=cfg.data.findings,
+        uncertain=cfg.data.uncertain,
     )
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
 
@@ -154,7 +166,9 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
                            min_per_class=1, progress=progress, verify=False, salt=salt,
                            positive_class=cfg.data.positive_class,
-                           subgroups=cfg.data.subgroups)  # fmt: skip
+                           subgroups=cfg.data.subgroups,
+                           findings=ds.classes if ds.task_kind else None,
+                           uncertain=cfg.data.uncertain)  # fmt: skip
         _check_same_classes(ds, ext, field)
         ds.skipped.extend(ext.skipped)
         prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
@@ -196,6 +210,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
             progress=progress,
         )
         ds.skipped.extend(s for s in prep[nm].skipped if s not in ds.skipped)
+        prep[nm].labelling = ds.labelling  # several findings: the uncertain policy, for the model
     bad = {s.path for s in ds.skipped}
     train_s, val_s, test_s = (
         [s for s in part if s.path not in bad] for part in (train_s, val_s, test_s)
@@ -203,6 +218,15 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     check_class_counts(ds.classes, train_s + val_s + test_s, cfg.data.min_per_class)
     ds.samples = [*train_s, *val_s, *test_s]
     return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
+
+
+def _patients(data: PreparedData, images: PreparedImages) -> list[str] | None:
+    """The (hashed) patient of each image, the unit of a bootstrap over patients; None when the
+    dataset knows no patients (the bootstrap then resamples images)."""
+    pid = {s.uid: s.patient_id for s in data.dataset.samples if s.patient_id}
+    if not pid:
+        return None
+    return [pid.get(u) or u for u in images.uids]
 
 
 def split_unit(ds: Dataset) -> str:
@@ -323,12 +347,15 @@ def _write_strategy(
     atomic_write_text(
         sdir / runs.PREDICTIONS_FILE,
         runs.predictions_csv(
-            [("val", data.val, p_val), ("test", data.test, p_test)], data.dataset.classes
+            [("val", data.val, p_val), ("test", data.test, p_test)],
+            data.dataset.classes,
+            est.task_,
         ),
     )
     metrics = evaluate_probabilities(
-        data.val.labels, p_val, data.test.labels, p_test, cfg, class_names=data.dataset.classes
-    )
+        data.val.labels, p_val, data.test.labels, p_test, cfg, task=est.task_,
+        groups=(_patients(data, data.val), _patients(data, data.test)),
+    )  # fmt: skip
     if data.test.attributes:  # performance by subgroup on the test set, at the same threshold
         metrics["subgroups"] = _subgroups.test_block(data, p_test, metrics.get("threshold"))
     atomic_write_json(sdir / runs.METRICS_FILE, metrics)

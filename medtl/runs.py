@@ -228,7 +228,9 @@ def _read_json(path: Path, notes: list[str], rel: str) -> Any:
 
 
 def read_predictions(path: str | os.PathLike) -> Predictions:
-    """Read ``predictions.csv`` (columns uid, split, label, p_<class0>, p_<class1>, ...).
+    """Read ``predictions.csv`` (columns uid, split, label, p_<class0>, p_<class1>, ...; for
+    several findings per image uid, split, y_<finding>..., p_<finding>..., see
+    :func:`_read_multilabel_predictions`).
 
     Raises:
         DatasetError: when a column is missing or a value is not a number, naming the file and row.
@@ -242,6 +244,8 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
                 f"{path}: empty file; expected a header uid,split,label,p_<class>..."
             )
         cols = [h.strip() for h in header]
+        if "label" not in cols and any(c.startswith("y_") for c in cols):
+            return _read_multilabel_predictions(path, cols, reader)
         missing = [c for c in ("uid", "split", "label") if c not in cols]
         pcols = [i for i, c in enumerate(cols) if c.startswith("p_")]
         if missing or len(pcols) < 2:
@@ -270,6 +274,43 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
         label=np.asarray(label, dtype=np.int64),
         proba=np.asarray(proba, dtype=np.float64).reshape(len(proba), len(pcols)),
         class_names=[cols[i][2:] for i in pcols],
+    )
+
+
+def _read_multilabel_predictions(path: Path, cols: list[str], reader: Any) -> Predictions:
+    """The multi-label form of ``predictions.csv``: ``y_<finding>`` (1, 0 or blank = not
+    labelled) and ``p_<finding>`` per finding; ``Predictions.label`` is (n, K) float with NaN."""
+    ycols = [i for i, c in enumerate(cols) if c.startswith("y_")]
+    pcols = [i for i, c in enumerate(cols) if c.startswith("p_")]
+    names = [cols[i][2:] for i in ycols]
+    if "uid" not in cols or "split" not in cols or names != [cols[i][2:] for i in pcols]:
+        raise DatasetError(
+            f"{path}: columns {cols[:12]} are not uid,split,y_<finding>...,p_<finding>... with the "
+            "same findings in the same order."
+        )
+    iu, isp = cols.index("uid"), cols.index("split")
+    uid, split, label, proba = [], [], [], []
+    for rown, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        try:
+            uid.append(row[iu])
+            split.append(row[isp].strip())
+            label.append([float(row[i]) if row[i].strip() else float("nan") for i in ycols])
+            proba.append([float(row[i]) for i in pcols])
+        except (IndexError, ValueError) as exc:
+            raise DatasetError(
+                f"{path}, line {rown}: cannot parse the row ({exc}); each row needs a uid, a "
+                "split, 1/0/blank per y_<finding> and a probability per p_<finding>."
+            ) from exc
+    k = len(names)
+    return Predictions(
+        uid=uid,
+        split=np.asarray(split, dtype=str),
+        label=np.asarray(label, dtype=np.float64).reshape(len(label), k),
+        proba=np.asarray(proba, dtype=np.float64).reshape(len(proba), k),
+        class_names=names,
+        task=task_for(names, "multilabel"),
     )
 
 
@@ -433,15 +474,21 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 # -- writing ----------------------------------------------------------------------------------------
-def predictions_csv(parts: list[tuple[str, Any, np.ndarray]], classes: list[str]) -> str:
-    """``predictions.csv`` text: uid, split, label, p_<class>... for (split, PreparedImages, proba)."""
+def predictions_csv(
+    parts: list[tuple[str, Any, np.ndarray]], classes: list[str], task: Task | None = None
+) -> str:
+    """``predictions.csv`` text: uid, split, the task's label columns (``label``; ``y_<finding>``
+    per finding for several findings per image), p_<class>... for (split, PreparedImages, proba)."""
+    task = task or task_for(classes)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(csv_row(["uid", "split", "label", *[f"p_{c}" for c in classes]]))
+    w.writerow(csv_row(["uid", "split", *task.label_columns(), *[f"p_{c}" for c in classes]]))
     for split, images, proba in parts:
         for uid, lab, row in zip(images.uids, images.labels, proba):
             # shortest exact float text, not 6 decimals: p = 0.9999999 and 0.99999999 must not tie
-            w.writerow(csv_row([uid, split, int(lab), *[repr(float(x)) for x in row]]))
+            w.writerow(
+                csv_row([uid, split, *task.label_cells(lab), *[repr(float(x)) for x in row]])
+            )
     return buf.getvalue()
 
 
@@ -467,16 +514,22 @@ def evaluate_probabilities(
     *,
     class_names: list[str] | None = None,
     task: Task | None = None,
+    groups: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """``metrics.json``: clinical metrics on test and on validation, both at the operating point
     chosen on validation, as the task defines them (:meth:`medtl.tasks.Task.evaluate`).
 
     ``task`` defaults to the single-label task of ``class_names`` (default "0", "1", ...).
+    ``groups``: (validation, test) patient of each image, for a bootstrap over patients.
     """
     if task is None:
         names = list(class_names) if class_names else [str(k) for k in range(p_test.shape[1])]
         task = task_for(names)
-    return task.evaluate(y_val, p_val, y_test, p_test, metrics=cfg.metrics, seed=cfg.train.seed)
+    gv, gt = groups if groups is not None else (None, None)
+    return task.evaluate(
+        y_val, p_val, y_test, p_test, metrics=cfg.metrics, seed=cfg.train.seed,
+        groups_val=gv, groups_test=gt,
+    )  # fmt: skip
 
 
 def operating_point_record(metrics: dict[str, Any], n_val: int) -> dict[str, Any] | None:
@@ -485,6 +538,23 @@ def operating_point_record(metrics: dict[str, Any], n_val: int) -> dict[str, Any
     if t is None:
         return None
     val = metrics.get("val") or {}
+    if isinstance(t, dict):  # several findings per image: one threshold per finding
+        per = val.get("per_finding") or {}
+        return {
+            "threshold": {f: float(v) for f, v in t.items() if v is not None},
+            "rule": metrics.get("threshold_rule"),
+            "target": metrics.get("threshold_target"),
+            "chosen_on": "val",
+            "n": int(n_val),
+            "on_val": {
+                f: {
+                    "sensitivity": (r.get("operating_point") or {}).get("sensitivity"),
+                    "specificity": (r.get("operating_point") or {}).get("specificity"),
+                }
+                for f, r in per.items()
+                if isinstance(r, dict)
+            },
+        }
     op = val.get("operating_point") or {}
     return {
         "threshold": float(t),
@@ -505,7 +575,10 @@ def auroc_of(metrics: dict[str, Any], split: str) -> tuple[float, list[float] | 
 
 def dataset_summary(s: dict[str, Any]) -> dict[str, Any]:
     """The part of ``summarise_dataset`` a run's summary keeps (no root path: it may name people)."""
-    keep = ("source", "task", "classes", "counts", "n_skipped", "patient_ids", "imbalance_ratio")
+    keep = (
+        "source", "task", "classes", "counts", "n_skipped", "patient_ids", "imbalance_ratio",
+        "findings",
+    )  # fmt: skip
     out = {k: s[k] for k in keep if k in s}
     out.setdefault("n_skipped", len(s.get("skipped", [])))
     return out

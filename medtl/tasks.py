@@ -34,6 +34,7 @@ from medtl.errors import ConfigError
 __all__ = [
     "BinaryTask",
     "MultiClassTask",
+    "MultiLabelTask",
     "Task",
     "list_task_kinds",
     "register_task",
@@ -186,9 +187,12 @@ class Task:
         *,
         metrics: Any,
         seed: int,
+        groups_val: Any = None,
+        groups_test: Any = None,
     ) -> dict[str, Any]:  # pragma: no cover
         """``metrics.json`` content: test and validation metrics at the validation-chosen operating
-        point (``{"test": ..., "val": ..., "threshold": ...}``)."""
+        point (``{"test": ..., "val": ..., "threshold": ...}``). ``groups_*``: the patient of each
+        image, the unit of a bootstrap over patients (used by the kinds that resample patients)."""
         raise NotImplementedError
 
     def auroc_of(self, metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
@@ -245,6 +249,40 @@ class Task:
     def label_of(self, index: int) -> str:
         """The name of class ``index``."""
         return self.classes[int(index)]
+
+    def label_columns(self) -> list[str]:
+        """The label columns of ``predictions.csv`` (one ``label`` column of class indices)."""
+        return ["label"]
+
+    def label_cells(self, label: Any) -> list[Any]:
+        """One image's label as :meth:`label_columns` cells."""
+        return [int(label)]
+
+    def call_cells(self, call: Any) -> dict[str, Any]:
+        """One image's call (a row of :meth:`decide`) as ``medtl predict`` columns: ``call`` =
+        the class name."""
+        return {"call": self.classes[int(call)]}
+
+    def check_train_labels(self, labels: np.ndarray) -> None:
+        """Refuse training labels that cannot train this task (ConfigError saying why)."""
+        present = np.unique(np.asarray(labels))
+        if len(present) < 2:
+            raise ConfigError(
+                f"The 'train' split holds a single class ({self.classes[int(present[0])]!r}); "
+                "training needs at least two classes."
+            )
+
+    def check_threshold(self, threshold: Any) -> Any:
+        """An operating threshold as this task stores it (a number in [0, 1]); ConfigError if not."""
+        try:
+            t = float(threshold)
+        except (TypeError, ValueError):
+            t = float("nan")
+        if not (0.0 <= t <= 1.0):
+            raise ConfigError(
+                f"The 'threshold' must be a number in [0, 1]. Got {threshold!r} instead."
+            )
+        return t
 
 
 def _as_float64(logits: Any) -> np.ndarray:
@@ -315,6 +353,8 @@ class BinaryTask(Task):
         *,
         metrics: Any,
         seed: int,
+        groups_val: Any = None,
+        groups_test: Any = None,
     ) -> dict[str, Any]:
         from medtl.metrics import clinical_report
 
@@ -440,6 +480,8 @@ class MultiClassTask(Task):
         *,
         metrics: Any,
         seed: int,
+        groups_val: Any = None,
+        groups_test: Any = None,
     ) -> dict[str, Any]:
         from medtl.metrics import json_safe, multiclass_auroc_ci
 
@@ -485,3 +527,331 @@ class MultiClassTask(Task):
         return compare_paired_multiclass(
             y, pa, pb, self.classes, seed=seed, name_a=name_a, name_b=name_b
         )
+
+
+@register_task
+class MultiLabelTask(Task):
+    """Several findings per image: K sigmoid outputs, one yes/no question per finding.
+
+    Labels are a float array (N, K): 1 (present), 0 (absent), NaN (not labelled). A NaN entry
+    contributes nothing to the loss, the metrics or the thresholds of its finding. The headline is
+    the macro AUROC over the findings that can be scored (:mod:`medtl.metrics._multilabel`).
+    """
+
+    kind = "multilabel"
+    title = "multi-label"
+    metric_name = "macro AUROC (scorable findings)"
+    ci_name = "95% bootstrap CI"
+    thresholded = True
+    label_noun = "finding"
+    paired_tests = "DeLong per finding (Holm-adjusted), paired bootstrap of the macro AUROC"
+    metrics_text = (
+        "per-finding AUROC (DeLong 95% CI), AUPRC with prevalence, sensitivity/specificity/PPV/NPV "
+        "(Wilson 95% CI) at a per-finding threshold chosen on validation, calibration; macro and "
+        "micro AUROC over the scorable findings (bootstrap 95% CI)"
+    )
+
+    def describe(self) -> str:
+        return f"multi-label classification of {len(self.classes)} findings ({', '.join(self.classes)})"
+
+    # -- the head ---------------------------------------------------------------------------------
+    def proba_from_logits(self, logits: Any) -> np.ndarray:
+        """P(finding present) per finding: the sigmoid of each logit (float64)."""
+        from scipy.special import expit
+
+        return expit(_as_float64(logits))
+
+    def log_proba(self, logits: Any) -> Any:
+        import torch
+
+        return torch.nn.functional.logsigmoid(logits)
+
+    def class_weights(self, labels: np.ndarray) -> Any:
+        """Per-finding positive weights (a float32 tensor (K,)): negatives / positives among the
+        labelled training images (1 for a finding without positives)."""
+        import torch
+
+        y = np.asarray(labels, dtype=np.float64)
+        pos = np.sum(y == 1, axis=0).astype(np.float64)
+        neg = np.sum(y == 0, axis=0).astype(np.float64)
+        w = np.where(pos > 0, neg / np.maximum(pos, 1.0), 1.0)
+        return torch.tensor(w, dtype=torch.float32)
+
+    def loss(
+        self, class_weights: Any = None, *, label_smoothing: float = 0.0, reduction: str = "mean"
+    ) -> Any:
+        """Binary cross-entropy with logits over the labelled entries only (NaN labels are
+        masked out), positives weighted per finding by ``class_weights`` when given."""
+        return _masked_bce()(class_weights, label_smoothing=label_smoothing, reduction=reduction)
+
+    def batch_weight(self, labels: Any, class_weights: Any = None) -> float:
+        """The number of labelled (image, finding) entries: a summed loss divided by it is the
+        mean over labelled entries, however the batch is split into passes."""
+        try:
+            import torch
+
+            if isinstance(labels, torch.Tensor):
+                return float((~torch.isnan(labels.float())).sum())
+        except ImportError:  # pragma: no cover
+            pass
+        return float(np.sum(~np.isnan(np.asarray(labels, dtype=np.float64))))
+
+    def mean_loss(self, logits: Any, labels: np.ndarray) -> float:
+        import torch
+
+        z = _as_float64(logits)
+        loss = _masked_bce()(None, reduction="mean")
+        return float(loss(torch.from_numpy(z), torch.from_numpy(np.asarray(labels, np.float64))))
+
+    def check_train_labels(self, labels: np.ndarray) -> None:
+        y = np.asarray(labels, dtype=np.float64)
+        if y.ndim != 2 or y.shape[1] != len(self.classes):
+            raise ConfigError(
+                f"Multi-label training labels must be (N, {len(self.classes)}) (one column per "
+                f"finding); got shape {y.shape}."
+            )
+        usable = [
+            (np.sum(y[:, k] == 1) > 0) & (np.sum(y[:, k] == 0) > 0) for k in range(y.shape[1])
+        ]
+        if not any(usable):
+            raise ConfigError(
+                "No finding has both a positive and a negative labelled image in the 'train' "
+                "split; training needs at least one."
+            )
+
+    def label_columns(self) -> list[str]:
+        """``y_<finding>`` per finding: 1, 0 or blank (not labelled)."""
+        return [f"y_{c}" for c in self.classes]
+
+    def label_cells(self, label: Any) -> list[Any]:
+        return ["" if np.isnan(v) else int(v) for v in np.asarray(label, dtype=np.float64)]
+
+    def call_cells(self, call: Any) -> dict[str, Any]:
+        """``call_<finding>``: 1 (present at its threshold) or 0, per finding."""
+        return {f"call_{c}": int(v) for c, v in zip(self.classes, np.asarray(call).reshape(-1))}
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def headline_auroc(self, y: np.ndarray, proba: np.ndarray) -> float:
+        """Mean AUROC over the findings with both classes among their labelled images (NaN if none);
+        ranks epochs and regularisation strengths."""
+        from sklearn.metrics import roc_auc_score
+
+        y, p = np.asarray(y, dtype=np.float64), np.asarray(proba, dtype=np.float64)
+        aucs = []
+        for k in range(y.shape[1]):
+            lab = ~np.isnan(y[:, k])
+            if len(np.unique(y[lab, k])) == 2:
+                aucs.append(roc_auc_score(y[lab, k], p[lab, k]))
+        return float(np.mean(aucs)) if aucs else float("nan")
+
+    def evaluate(
+        self,
+        y_val: np.ndarray,
+        p_val: np.ndarray,
+        y_test: np.ndarray,
+        p_test: np.ndarray,
+        *,
+        metrics: Any,
+        seed: int,
+        groups_val: Any = None,
+        groups_test: Any = None,
+    ) -> dict[str, Any]:
+        """Per finding the binary clinical report on its labelled images (threshold chosen per
+        finding on validation); macro / micro AUROC with bootstrap CIs over patients (``groups_*``;
+        images when None). ``threshold`` is a dict finding -> threshold."""
+        from medtl.formatting import json_safe
+        from medtl.metrics import multilabel_auroc_ci
+
+        yv, yt = np.asarray(y_val, np.float64), np.asarray(y_test, np.float64)
+        reports_t, reports_v, thresholds = {}, {}, {}
+        for k, name in enumerate(self.classes):
+            rt, rv = _finding_reports(yv[:, k], p_val[:, k], yt[:, k], p_test[:, k], metrics, seed)
+            reports_t[name], reports_v[name] = rt, rv
+            thresholds[name] = rt.get("threshold")
+
+        def part(y: np.ndarray, p: np.ndarray, reps: dict, groups: Any) -> dict[str, Any]:
+            summ = multilabel_auroc_ci(y, p, self.classes, groups=groups, seed=seed)
+            return {"multilabel": summ, "per_finding": reps, "n": len(y)}
+
+        return json_safe(
+            {
+                "test": part(yt, p_test, reports_t, groups_test),
+                "val": part(yv, p_val, reports_v, groups_val),
+                "threshold": thresholds,
+                "threshold_rule": metrics.threshold_rule,
+                "threshold_target": metrics.target,
+            }
+        )
+
+    def auroc_of(self, metrics: dict[str, Any], split: str) -> tuple[float, list[float] | None]:
+        return metrics_auroc(metrics, split)
+
+    def compare_paired(
+        self,
+        y: np.ndarray,
+        pa: np.ndarray,
+        pb: np.ndarray,
+        *,
+        threshold_a: Any,
+        threshold_b: Any,
+        seed: int,
+        name_a: str,
+        name_b: str,
+    ) -> dict[str, Any]:
+        from medtl.metrics import compare_paired_multilabel
+
+        return compare_paired_multilabel(
+            y, pa, pb, self.classes, seed=seed, name_a=name_a, name_b=name_b
+        )
+
+    def score(
+        self, y: np.ndarray, proba: np.ndarray, *, threshold: Any, prevalence: float | None
+    ) -> dict[str, Any]:
+        """Macro / micro AUROC with bootstrap CIs and, per finding, AUROC and sensitivity /
+        specificity at the model's per-finding thresholds (fixed, not re-chosen)."""
+        from medtl.metrics import multilabel_auroc_ci, operating_point
+
+        y = np.asarray(y, np.float64)
+        summ = multilabel_auroc_ci(y, proba, self.classes, seed=0)
+        t = self.thresholds(threshold)
+        per = {}
+        for k, name in enumerate(self.classes):
+            lab = ~np.isnan(y[:, k])
+            row = dict(summ["per_finding"][name])
+            if np.any(y[lab, k] == 1) and np.any(y[lab, k] == 0):
+                op = operating_point(y[lab, k].astype(np.int64), proba[lab, k], float(t[k]))
+                row.update(
+                    threshold=float(t[k]),
+                    sensitivity=op.get("sensitivity"),
+                    specificity=op.get("specificity"),
+                )
+            per[name] = row
+        return {
+            "auroc": summ["macro"],
+            "auroc_low": summ["macro_low"],
+            "auroc_high": summ["macro_high"],
+            "micro_auroc": summ["micro"],
+            "micro_low": summ["micro_low"],
+            "micro_high": summ["micro_high"],
+            "n_scorable": len(summ["scorable"]),
+            "unscorable": summ["unscorable"],
+            "per_finding": per,
+        }
+
+    # -- operating point --------------------------------------------------------------------------
+    def thresholds(self, threshold: Any = None) -> np.ndarray:
+        """Per-finding thresholds (K,) from None (0.5 each), one number (the same for all), a
+        sequence (one per finding) or a dict finding -> threshold (0.5 for a finding not named)."""
+        k = len(self.classes)
+        if threshold is None:
+            return np.full(k, 0.5)
+        if isinstance(threshold, dict):
+            return np.array(
+                [0.5 if threshold.get(c) is None else float(threshold[c]) for c in self.classes]
+            )
+        t = np.asarray(threshold, dtype=np.float64).reshape(-1)
+        if t.size == 1:
+            return np.full(k, float(t[0]))
+        if t.size != k:
+            raise ConfigError(
+                f"The 'threshold' needs one value per finding ({k}: {self.classes}); got {t.size}."
+            )
+        return t
+
+    def check_threshold(self, threshold: Any) -> Any:
+        """Per-finding thresholds as a dict finding -> threshold, each in [0, 1]."""
+        t = self.thresholds(threshold)
+        # a threshold chosen just above a top score of 1.0 is 1.0 plus one ulp: still "never"
+        t = np.where((t > 1) & (t <= 1 + 1e-9), 1.0, t)
+        if not np.all((t >= 0) & (t <= 1)):
+            raise ConfigError(f"Every threshold must be in [0, 1]. Got {threshold!r} instead.")
+        return {c: float(v) for c, v in zip(self.classes, t)}
+
+    def decide(self, proba: np.ndarray, threshold: Any = None) -> np.ndarray:
+        """Calls (N, K): 1 where P(finding) >= its threshold (see :meth:`thresholds`)."""
+        return (np.asarray(proba) >= self.thresholds(threshold)[None, :]).astype(np.int64)
+
+    def scores(self, proba: np.ndarray) -> np.ndarray:
+        return np.asarray(proba)
+
+    def questions(
+        self, y: np.ndarray, proba: np.ndarray
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        y = np.asarray(y, dtype=np.float64)
+        proba = np.asarray(proba)
+        return [(c, y[:, k], proba[:, k]) for k, c in enumerate(self.classes)]
+
+
+def _finding_reports(
+    yv: np.ndarray, pv: np.ndarray, yt: np.ndarray, pt: np.ndarray, m: Any, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One finding's clinical reports on test and on validation (its labelled images only), both
+    at the threshold chosen on validation; {"error": ...} where a split cannot be scored."""
+    import warnings
+
+    from medtl.metrics import MetricInputError, clinical_report
+
+    lv, lt = ~np.isnan(yv), ~np.isnan(yt)
+    yv_, pv_ = yv[lv].astype(np.int64), pv[lv]
+    yt_, pt_ = yt[lt].astype(np.int64), pt[lt]
+    val_ok = len(np.unique(yv_)) == 2
+    rule, target = (m.threshold_rule, m.target) if val_ok else ("fixed", 0.5)
+
+    def report(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+        if len(y) == 0:
+            return {"error": "no labelled image for this finding", "n": 0}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                rep = clinical_report(
+                    y, p, y_val=yv_ if val_ok else None, p_val=pv_ if val_ok else None,
+                    rule=rule, target=target, ci_method=m.ci_method, seed=seed,
+                ).to_dict()  # fmt: skip
+            except MetricInputError as exc:
+                return {"error": str(exc), "n": len(y)}
+        if not val_ok:
+            rep["threshold_source"] = "0.5 (validation holds one class of this finding)"
+        return rep
+
+    return report(yt_, pt_), report(yv_, pv_)
+
+
+_MASKED_BCE: Any = None
+
+
+def _masked_bce() -> Any:
+    """The masked BCE-with-logits module class (built on first use: torch loads lazily)."""
+    global _MASKED_BCE
+    if _MASKED_BCE is not None:
+        return _MASKED_BCE
+    import torch
+    from torch import nn
+
+    class MaskedBCEWithLogits(nn.Module):
+        """Binary cross-entropy with logits over labelled entries only (NaN targets masked)."""
+
+        def __init__(
+            self, pos_weight: Any = None, *, label_smoothing: float = 0.0, reduction: str = "mean"
+        ) -> None:
+            super().__init__()
+            self.register_buffer("pos_weight", None if pos_weight is None else pos_weight.float())
+            self.label_smoothing = float(label_smoothing)
+            self.reduction = reduction
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            target = target.to(logits.dtype)
+            mask = ~torch.isnan(target)
+            t = torch.where(mask, target, torch.zeros_like(target))
+            if self.label_smoothing:
+                t = t * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+            pw = None if self.pos_weight is None else self.pos_weight.to(logits.dtype)
+            per = nn.functional.binary_cross_entropy_with_logits(
+                logits, t, pos_weight=pw, reduction="none"
+            )
+            total = torch.where(mask, per, torch.zeros_like(per)).sum()
+            if self.reduction == "sum":
+                return total
+            return total / mask.sum().clamp(min=1)
+
+    _MASKED_BCE = MaskedBCEWithLogits
+    return _MASKED_BCE

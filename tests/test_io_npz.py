@@ -41,9 +41,12 @@ def test_read_npz_errors_name_the_key(tmp_path) -> None:
     np.savez(tmp_path / "b.npz", train_images=imgs, train_labels=np.zeros(2, np.int64))
     with pytest.raises(ImageReadError, match="2 labels"):
         read_npz(tmp_path / "b.npz")
+    # (N, K) labels are K findings per image (multi-label, issue 24); other values are refused
     np.savez(tmp_path / "c.npz", train_images=imgs, train_labels=np.zeros((3, 14), np.int64))
-    with pytest.raises(ImageReadError, match="multi-label"):
-        read_npz(tmp_path / "c.npz")
+    assert read_npz(tmp_path / "c.npz")["train"][1].shape == (3, 14)
+    np.savez(tmp_path / "c2.npz", train_images=imgs, train_labels=np.full((3, 14), 2))
+    with pytest.raises(ImageReadError, match=r"row 0, column 0: value 2\.0"):
+        read_npz(tmp_path / "c2.npz")
     np.savez(
         tmp_path / "d.npz", train_images=imgs.astype(np.float32) + 0.5, train_labels=np.zeros(3)
     )

@@ -30,6 +30,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "test": "data.test",
         "subgroups": "data.subgroups",
         "positive_class": "data.positive_class",
+        "uncertain": "data.uncertain",
         "patient_id_pattern": "data.patient_id_pattern",
         "out": "output.out",
         "backbone": "model.backbone",
@@ -50,8 +51,27 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         for k, dotted in mapping.items()
         if getattr(args, k, None) is not None
     }
+    if getattr(args, "findings", None):
+        out["data.findings"] = _findings_arg(args.findings)
     if getattr(args, "strategies", None):
         out["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    return out
+
+
+def _findings_arg(text: str | None) -> list[str] | None:
+    """``--findings A,B,C`` as a list of names (None when not given)."""
+    if not text:
+        return None
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def _label_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``findings`` / ``uncertain`` for ``load_dataset`` from the data commands' options."""
+    out: dict[str, Any] = {}
+    if getattr(args, "findings", None):
+        out["findings"] = _findings_arg(args.findings)
+    if getattr(args, "uncertain", None):
+        out["uncertain"] = args.uncertain
     return out
 
 
@@ -319,7 +339,12 @@ def predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(f"{res['n']} images predicted -> {res['out']}")
-    if res["threshold"] is not None:
+    if isinstance(res["threshold"], dict):  # several findings: one threshold each
+        ts = ", ".join(f"{k} {v:.4g}" for k, v in res["threshold"].items())
+        print(
+            f"calls per finding: present when P >= its threshold ({ts}; {res['threshold_source']})"
+        )
+    elif res["threshold"] is not None:
         print(f"call: positive when P >= {res['threshold']:.4g} ({res['threshold_source']})")
     if args.id_map:
         print(f"id -> path map (contains identifiers): {args.id_map}")
@@ -397,12 +422,18 @@ def backbones(args: argparse.Namespace) -> int:
 def data_synth(args: argparse.Namespace) -> int:
     from medtl.data.synth import make_phantom
 
+    extra: dict[str, Any] = {}
+    if getattr(args, "findings", None):
+        extra["findings"] = int(args.findings)
+    if getattr(args, "prevalence", None):
+        extra["prevalence"] = [float(v) for v in str(args.prevalence).split(",") if v.strip()]
     out = make_phantom(
         args.out,
         n_per_class=args.n_per_class,
         size=args.size,
         difficulty=args.difficulty,
         seed=args.seed,
+        **extra,
     )
     n = sum(1 for _ in Path(out).rglob("*.dcm"))
     print(f"wrote {n} synthetic DICOM files to {out}")
@@ -415,7 +446,9 @@ def data_card(args: argparse.Namespace) -> int:
     from medtl.data.card import data_card as make_card
 
     # the project's salt, as `data check` and `compare` use: one id per file in every output
-    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1, salt=_salt())
+    ds = load_dataset(
+        args.path, progress=_progress(args), min_per_class=1, salt=_salt(), **_label_kwargs(args)
+    )
     text = make_card(ds)
     if args.out:
         atomic_write_text(args.out, text)
@@ -428,9 +461,13 @@ def data_card(args: argparse.Namespace) -> int:
 def data_check(args: argparse.Namespace) -> int:
     from medtl.data import load_dataset
 
-    ds = load_dataset(args.path, progress=_progress(args), min_per_class=1, salt=_salt())
+    ds = load_dataset(
+        args.path, progress=_progress(args), min_per_class=1, salt=_salt(), **_label_kwargs(args)
+    )
     for split, counts in ds.counts().items():
         print(f"{split}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if ds.task_kind == "multilabel":
+        _print_findings(ds)
     ignored = getattr(ds, "ignored", [])
     if ignored:
         print(f"{len(ignored)} hidden or documentation file(s) ignored")
@@ -441,6 +478,27 @@ def data_check(args: argparse.Namespace) -> int:
         write_id_map(ds, args.id_map)
     _print_skipped(ds.skipped, has_map=bool(args.id_map), stream=sys.stdout)
     return _exit.ATTENTION if ds.skipped else _exit.OK
+
+
+def _print_findings(ds: Any) -> None:
+    """``data check`` on several findings per image: how the labels were read, positives per
+    finding per split, and the findings too rare to score on test."""
+    from medtl.data.card import multilabel_facts
+
+    facts = multilabel_facts(ds) or {}
+    lab = facts.get("labelling") or {}
+    print(f"several findings per image ({len(ds.classes)}); positives per finding above")
+    print(f"uncertain labels (-1): {lab.get('uncertain', 'ignore')}")
+    if lab.get("ignored_columns"):
+        print("columns ignored (not findings): " + ", ".join(lab["ignored_columns"]))
+    for name, c in (lab.get("excluded") or {}).items():
+        print(f"excluded {name}: {c['pos']} positive / {c['neg']} negative in training")
+    rare = facts.get("too_rare_to_score") or {}
+    if rare:
+        print(
+            f"too rare to score on test (< {facts.get('min_scorable')} positives or negatives): "
+            + ", ".join(f"{n} ({c['pos']}/{c['neg']})" for n, c in rare.items())
+        )
 
 
 def _salt() -> bytes:

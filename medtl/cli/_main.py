@@ -115,6 +115,7 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, data_required: bool) -> 
         "DICOM headers; 'site' = own vs --val/--test data)",
     )
     _add_positive_class(p)
+    _add_label_args(p)
     p.add_argument(
         "--patient-id-pattern",
         help="regular expression giving the patient id from a file name, so that no patient spans "
@@ -158,6 +159,19 @@ def _add_positive_class(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--positive-class",
         help="the class that is the finding (default: the second class in sorted order)",
+    )
+
+
+def _add_label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--findings",
+        help="several findings per image: the manifest's finding columns, e.g. "
+        "Effusion,Atelectasis (default: found from the column values)",
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=["ignore", "positive", "negative"],
+        help="what an uncertain label (-1) becomes (default: ignore = not labelled)",
     )
 
 
@@ -366,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--difficulty", type=float, default=0.5, help="0 = obvious lesions, 1 = subtle ones"
     )
     q.add_argument("--seed", type=int, default=0, help="random seed of the phantom")
+    q.add_argument(
+        "--findings",
+        type=int,
+        help="write a multi-label phantom with this many independent findings per image",
+    )
+    q.add_argument(
+        "--prevalence",
+        help="multi-label phantom: prevalence of each finding, e.g. 0.3,0.2,0.1 (default 0.3)",
+    )
     q = _sub(
         dsubs,
         "card",
@@ -374,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.data_card,
     )
     q.add_argument("path", help="dataset folder, CSV manifest or .npz")
+    _add_label_args(q)
     q.add_argument("--out", help="Markdown file to write (default: print)")
     _add_output_args(q)
     q = _sub(
@@ -384,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.data_check,
     )
     q.add_argument("path", help="dataset folder, CSV manifest or .npz")
+    _add_label_args(q)
     q.add_argument(
         "--id-map",
         help="also write id -> file path to this CSV (it contains identifiers; keep it private)",

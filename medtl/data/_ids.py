@@ -231,6 +231,14 @@ def dataset_fingerprint(ds: Dataset) -> str:
     )
     for rel, index, size, label, split in rows:
         h.update(b"%s\0%d\0%d\0%d\0%s\n" % (rel, index, size, label, split))
+    # several findings per image: their targets too (single-label data keeps its fingerprint)
+    multi = sorted(
+        (_rel_bytes(s.path, ds.root), -1 if s.index is None else int(s.index), repr(s.targets))
+        for s in ds.samples
+        if s.targets is not None
+    )
+    for rel, index, targets in multi:
+        h.update(b"t%s\0%d\0%s\n" % (rel, index, targets.encode()))
     h.update(b"skipped\n")
     for rel in sorted(_rel_bytes(k.path, ds.root) for k in ds.skipped):
         h.update(rel + b"\n")

@@ -13,6 +13,15 @@ from typing import Any, TypeVar
 
 from medtl._options import check_range
 from medtl.data._ids import hash_patient_id, salt_check
+from medtl.data._multilabel import (
+    MULTILABEL,
+    LabelOptions,
+    check_finding_counts,
+    drop_findings,
+    is_multilabel,
+    targets_of,
+    training_exclusions,
+)
 from medtl.data._sources import scan_source, source_info
 from medtl.data._splits import assign_splits, listing_key
 from medtl.data._types import Dataset, Sample, SkippedFile
@@ -129,7 +138,11 @@ def unusable_reason(image: Any, meta: dict[str, Any] | None = None) -> str | Non
 
 
 def check_class_counts(classes: list[str], samples: Sequence[Sample], min_per_class: int) -> None:
-    """Raise DatasetError when there are fewer than 2 classes or a class has too few images."""
+    """Raise DatasetError when there are fewer than 2 classes or a class has too few images (for
+    several findings per image: :func:`medtl.data._multilabel.check_finding_counts`)."""
+    if is_multilabel(samples):
+        check_finding_counts(classes, samples, min_per_class)
+        return
     counts = Counter(s.label for s in samples)
     if len(classes) < 2:
         raise DatasetError(
@@ -231,6 +244,8 @@ def load_dataset(
     salt: bytes | None = None,
     cache_dir: str | Path | None = None,
     subgroups: Sequence[str] | str | None = None,
+    findings: Sequence[str] | None = None,
+    uncertain: str = "ignore",
 ) -> Dataset:
     """Load a labelled image dataset and give every image a train/val/test split.
 
@@ -269,6 +284,13 @@ def load_dataset(
             the manifest's columns of those names or the DICOM headers (see
             :func:`medtl.subgroups.attach_subgroups`); ``site`` is ``development`` unless a
             manifest column gives it.
+        findings: several findings per image: the manifest columns to read as findings (default:
+            with no ``label`` column, every column of 1/0/-1/blank values that is not metadata).
+            Splits are then stratified over every finding (iterative stratification), and a
+            finding with no positive or no negative in the training split is excluded with a
+            warning (listed in ``Dataset.labelling["excluded"]`` with its counts).
+        uncertain: what an uncertain label (``-1``) becomes: ``ignore`` (not labelled, the
+            default), ``positive`` or ``negative`` (recorded in ``Dataset.labelling``).
 
     Returns:
         The Dataset, with ``split`` set on every sample. Every file under the dataset is a sample,
@@ -289,7 +311,9 @@ def load_dataset(
             f"val_fraction + test_fraction must be below 1. Got {val_fraction} + {test_fraction}."
         )
     check_range("min_per_class", min_per_class, 1)
-    scan = scan_source(path, class_names, salt)
+    opts = LabelOptions(tuple(findings) if findings else None, uncertain)
+    scan = scan_source(path, class_names, salt, labels=opts)
+    multilabel = scan.task_kind == MULTILABEL
     logger.info(
         "Found %d image(s) in %d class(es) (%s layout)",
         len(scan.samples),
@@ -309,6 +333,11 @@ def load_dataset(
         manifest = Path(path).expanduser() if scan.source == "csv" else None
         samples = attach_subgroups(samples, parse_subgroups(subgroups), manifest=manifest)
     classes = list(scan.classes)
+    if positive_class is not None and multilabel:
+        raise ConfigError(
+            f"The 'positive_class' parameter applies to two-class data; this dataset has several "
+            f"findings per image ({classes[:14]}). Remove positive_class."
+        )
     if positive_class is not None:
         _put_positive_last(classes, [], positive_class)  # a wrong name fails before any decoding
     if patient_id_pattern:
@@ -334,6 +363,11 @@ def load_dataset(
     # after splitting: the choice never moves an image between splits
     if positive_class is not None:
         classes, samples = _put_positive_last(classes, samples, positive_class)
+    labelling = dict(scan.labelling) if scan.labelling else None
+    if multilabel and labelling is not None and any(s.split != "train" for s in samples):
+        # only when a training split is carved or given: a dataset read whole (evaluation, an
+        # external test set) keeps every finding named
+        classes, samples = _exclude_unlearnable(classes, samples, labelling)
     ds = Dataset(
         root=scan.root,
         source=scan.source,
@@ -342,6 +376,38 @@ def load_dataset(
         skipped=skipped,
         ignored=list(scan.ignored),
         salt_check=salt_check(salt),
+        task_kind=scan.task_kind,
+        labelling=labelling,
     )
     logger.info("Split counts: %s", ds.counts())
     return ds
+
+
+def _exclude_unlearnable(
+    classes: list[str], samples: list[Sample], labelling: dict[str, Any]
+) -> tuple[list[str], list[Sample]]:
+    """Findings with no positive or no negative in the training split cannot be learned: they are
+    excluded (not refused, so that one rare finding does not stop the other thirteen) with a
+    warning naming each with its counts, recorded in ``labelling["excluded"]``."""
+    import warnings
+
+    train = [s for s in samples if s.split == "train"]
+    excluded = training_exclusions(targets_of(train, len(classes)), classes)
+    labelling["excluded"] = excluded
+    if not excluded:
+        return classes, samples
+    if len(excluded) == len(classes):
+        raise DatasetError(
+            f"No finding has both positive and negative images in the training split "
+            f"({excluded}). Add labelled images."
+        )
+    detail = ", ".join(f"{f!r} ({c['pos']} pos / {c['neg']} neg)" for f, c in excluded.items())
+    warnings.warn(
+        f"{len(excluded)} finding(s) excluded: no positive or no negative image in the training "
+        f"split: {detail}.",
+        UserWarning,
+        stacklevel=3,
+    )
+    classes, samples = drop_findings(classes, samples, list(excluded))
+    labelling["findings"] = list(classes)
+    return classes, samples

@@ -31,6 +31,7 @@ from medtl.data._load import (
     read_with_options,
     unusable_reason,
 )
+from medtl.data._multilabel import MULTILABEL, is_multilabel, targets_of
 from medtl.data._sources import npz_image
 from medtl.data._types import PreparedImages, Sample, SkippedFile
 from medtl.errors import ConfigError
@@ -326,9 +327,13 @@ def prepare_images(
     keys = [prepared_key(k, channels) for k in base_keys]
     if skipped:
         logger.warning("%d image(s) could not be prepared and were left out", len(skipped))
+    multilabel = is_multilabel(samples)
     return PreparedImages(
         pixels=pixels,
-        labels=np.array([s.label for s in kept], dtype=np.int64),
+        # several findings per image: (N, K) floats, NaN where a finding is not labelled
+        labels=targets_of(kept, len(classes))
+        if multilabel
+        else np.array([s.label for s in kept], dtype=np.int64),
         uids=[s.uid for s in kept],
         keys=keys,
         classes=list(classes),
@@ -344,6 +349,7 @@ def prepare_images(
             "from_cache": loader.hits,
             "computed": len(natives) - loader.hits,
         },
+        task_kind=MULTILABEL if multilabel else None,
     )
 
 

@@ -5,8 +5,10 @@ Four layouts are understood, each registered with :func:`register_source`:
 * ``folder_splits``: ``root/train/<class>/...`` with optional ``val/`` (or ``valid/``,
   ``validation/``) and ``test/``;
 * ``folder_classes``: ``root/<class>/...`` (no splits);
-* ``csv``: a manifest with columns ``path,label`` and optional ``patient_id``, ``split``;
-* ``npz``: a MedMNIST ``.npz`` (``train_images``/``train_labels``, ...).
+* ``csv``: a manifest with columns ``path,label`` and optional ``patient_id``, ``split``; or, for
+  several findings per image, ``path`` plus one column per finding (no ``label`` column and two or
+  more finding columns, or the findings named by ``data.findings`` / ``--findings``);
+* ``npz``: a MedMNIST ``.npz`` (``train_images``/``train_labels``, ...); labels (N, K) are K findings.
 
 A source returns a :class:`ScanResult`: class names and samples (split assigned only where the layout says
 so). Splits are completed and files verified by :func:`medtl.data.load_dataset`.
@@ -35,6 +37,16 @@ from medtl._fileio import (
     read_regular_bytes,
 )
 from medtl.data._ids import hash_patient_id, keyed_uid
+from medtl.data._multilabel import (
+    MULTILABEL,
+    FindingColumns,
+    LabelOptions,
+    LabelTally,
+    finding_columns,
+    labelling_record,
+    read_targets,
+    uncertain_value,
+)
 from medtl.data._types import SPLITS, Sample, SkippedFile
 from medtl.errors import DatasetError
 
@@ -64,6 +76,10 @@ class ScanResult:
     samples: list[Sample]
     skipped: list[SkippedFile] = field(default_factory=list)
     ignored: list[SkippedFile] = field(default_factory=list)
+    #: "multilabel" when the samples carry several findings (``Sample.targets``)
+    task_kind: str | None = None
+    #: how multi-label targets were read (see :func:`medtl.data._multilabel.labelling_record`)
+    labelling: dict | None = None
 
 
 SourceFn = Callable[[Path, "Sequence[str] | None", "bytes | None"], ScanResult]
@@ -83,6 +99,8 @@ class SourceInfo:
         images_in_file: the pixels live inside the dataset file (no image files to verify, no file
             names to read patient ids from).
         splits_given: the layout names its own splits (folders train/val/test).
+        reads_findings: the source can read several findings per image; its scan function takes a
+            ``labels`` keyword (:class:`medtl.data._multilabel.LabelOptions`).
     """
 
     name: str
@@ -92,6 +110,7 @@ class SourceInfo:
     images_in_file: bool = False
     splits_given: bool = False
     priority: int = 0
+    reads_findings: bool = False
 
 
 _SOURCES: dict[str, SourceInfo] = {}
@@ -105,6 +124,7 @@ def register_source(
     images_in_file: bool = False,
     splits_given: bool = False,
     priority: int = 0,
+    reads_findings: bool = False,
 ) -> Callable[[SourceFn], SourceFn]:
     """Register a dataset source under ``name`` (used by :func:`detect_source` and
     :func:`scan_source`); a name already taken is refused.
@@ -131,6 +151,7 @@ def register_source(
             images_in_file=images_in_file,
             splits_given=splits_given,
             priority=priority,
+            reads_findings=reads_findings,
         )
         return fn
 
@@ -383,12 +404,31 @@ def detect_source(path: Path) -> str:
 
 
 def scan_source(
-    path: str | Path, class_names: Sequence[str] | None = None, salt: bytes | None = None
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    salt: bytes | None = None,
+    *,
+    labels: LabelOptions | None = None,
 ) -> ScanResult:
-    """Detect the layout of ``path`` and list its labelled files (uids keyed with ``salt``)."""
+    """Detect the layout of ``path`` and list its labelled files (uids keyed with ``salt``).
+
+    ``labels`` says how a source that reads several findings per image takes them (which findings,
+    the uncertain-label policy); a source that cannot read findings refuses explicit findings.
+    """
+    from medtl.errors import ConfigError
+
     p = Path(path).expanduser().resolve()
     kind = detect_source(p)
-    return _SOURCES[kind].scan(p, class_names, salt)
+    info = _SOURCES[kind]
+    if info.reads_findings:
+        return info.scan(p, class_names, salt, labels=labels)  # type: ignore[call-arg]
+    if labels is not None and labels.findings:
+        raise ConfigError(
+            f"'findings' {list(labels.findings)} name manifest columns, but {display_path(p)!r} is "
+            f"a {kind} dataset. Give a CSV manifest with one column per finding (or a .npz with "
+            "labels of shape (N, K)), or remove findings."
+        )
+    return info.scan(p, class_names, salt)
 
 
 def _class_folder_samples(
@@ -590,23 +630,37 @@ def manifest_row_path(raw_path: str, root: Path) -> Path:
     return Path(os.path.abspath(f if f.is_absolute() else root / f))
 
 
-@register_source("csv", file_patterns=("*.csv", "*.tsv"))
+@register_source("csv", file_patterns=("*.csv", "*.tsv"), reads_findings=True)
 def _scan_csv(
-    csv_path: Path, class_names: Sequence[str] | None, salt: bytes | None = None
+    csv_path: Path,
+    class_names: Sequence[str] | None,
+    salt: bytes | None = None,
+    *,
+    labels: LabelOptions | None = None,
 ) -> ScanResult:
     root = csv_path.parent
     where = display_path(csv_path)
     delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
     header, raw_rows = _read_manifest_rows(csv_path, delimiter)
     fields = {(f or "").strip().lower(): i for i, f in enumerate(header)}
+    rows = [r for r in raw_rows if any(c.strip() for c in r)]
+    opts = labels or LabelOptions()
+    multi = None
+    if "path" in fields and (opts.findings or "label" not in fields):
+        # several findings per image: the findings named, else (no label column) those found;
+        # a re-scan of a saved run names them through class_names
+        named = opts.findings or (tuple(class_names) if class_names is not None else None)
+        multi = finding_columns(header, rows, named, where)
+        if len(multi.findings) < (1 if named else 2):
+            multi = None
     for needed in ("path", "label"):
-        if needed not in fields:
+        if needed not in fields and not (needed == "label" and multi is not None):
             raise DatasetError(
                 f"Manifest {where!r} has no {needed!r} column (columns found: "
-                f"{[h[:40] for h in header[:20]]}). Required: path,label; optional: "
-                "patient_id,split."
+                f"{[h[:40] for h in header[:20]]}). Required: path,label (or path plus one "
+                "column per finding, values 1/0/-1/blank, for several findings per image); "
+                "optional: patient_id,split."
             )
-    rows = [r for r in raw_rows if any(c.strip() for c in r)]
     if not rows:
         raise DatasetError(f"Manifest {where!r} has no rows. Add one row per image.")
 
@@ -614,12 +668,14 @@ def _scan_csv(
         i = fields.get(name)
         return row[i].strip() if i is not None and i < len(row) else ""
 
-    labels = sorted({col(r, "label") for r in rows} - {""})
+    if multi is not None:
+        return _manifest_findings(csv_path, rows, multi, opts.uncertain, col, salt)
+    labels_found = sorted({col(r, "label") for r in rows} - {""})
     if class_names is None:
-        check_label_variants(labels, f"Manifest {where!r}")
-        classes = labels
+        check_label_variants(labels_found, f"Manifest {where!r}")
+        classes = labels_found
     else:
-        unknown = sorted(set(labels) - set(class_names))
+        unknown = sorted(set(labels_found) - set(class_names))
         if unknown:
             raise DatasetError(
                 f"Manifest {where!r} has labels {unknown[:10]} that are not in 'class_names' "
@@ -695,13 +751,87 @@ def _scan_csv(
     return ScanResult(str(root), "csv", classes, samples, skipped)
 
 
+def _manifest_paths(
+    csv_path: Path, rows: list[list[str]], col: Callable[[list[str], str], str], salt: bytes | None
+) -> tuple[list[tuple[int, list[str], Path, str]], list[SkippedFile]]:
+    """(line number, row, absolute path, uid) of every usable manifest row, and the rows skipped
+    (no path, an unusable path, listed twice)."""
+    root = csv_path.parent
+    out, skipped, seen = [], [], set()
+    for lineno, row in enumerate(rows, start=2):
+        raw_path = col(row, "path")
+        line_uid = make_uid(f"{csv_path.name}:{lineno}", salt)
+        where = f"{csv_path}:{lineno}"
+        if not raw_path:
+            skipped.append(SkippedFile(where, "manifest row without a path", line_uid))
+            continue
+        try:
+            f = Path(raw_path).expanduser()
+            f = Path(os.path.abspath(f if f.is_absolute() else root / f))
+            rel = relative_posix(f, root)
+        except (OSError, ValueError) as exc:
+            reason = f"manifest line {lineno}: unusable path ({type(exc).__name__})"
+            skipped.append(SkippedFile(where, reason, line_uid))
+            continue
+        if str(f) in seen:
+            reason = f"listed twice in the manifest (line {lineno})"
+            skipped.append(SkippedFile(where, reason, line_uid))
+            continue
+        seen.add(str(f))
+        out.append((lineno, row, f, make_uid(rel, salt)))
+    return out, skipped
+
+
+def _manifest_findings(
+    csv_path: Path,
+    rows: list[list[str]],
+    cols: FindingColumns,
+    uncertain: str,
+    col: Callable[[list[str], str], str],
+    salt: bytes | None,
+) -> ScanResult:
+    """The samples of a manifest with one column per finding (see :mod:`medtl.data._multilabel`)."""
+    where = display_path(csv_path)
+    findings = [name for name, _ in cols.findings]
+    tally = LabelTally()
+    usable, skipped = _manifest_paths(csv_path, rows, col, salt)
+    samples: list[Sample] = []
+    for lineno, row, f, uid in usable:
+        split_raw = col(row, "split").lower()
+        if split_raw not in SPLIT_VALUES:
+            raise DatasetError(
+                f"Manifest {where!r} line {lineno}: split {split_raw[:40]!r} is not one of "
+                "train/val/valid/test (or empty). Fix the split column."
+            )
+        samples.append(
+            Sample(
+                path=str(f),
+                label=0,
+                uid=uid,
+                split=SPLIT_VALUES[split_raw],
+                patient_id=hash_patient_id(col(row, "patient_id") or None, salt),
+                targets=read_targets(row, lineno, cols, uncertain, where, tally),
+            )
+        )
+    if cols.ignored:
+        logger.info("Manifest %s: columns not used as findings: %s", where, cols.ignored)
+    return ScanResult(
+        str(csv_path.parent), "csv", findings, samples, skipped, task_kind=MULTILABEL,
+        labelling=labelling_record(cols, findings, uncertain, tally),
+    )  # fmt: skip
+
+
 # Labels of a .npz above this are not class indices (a MedMNIST file has at most a few dozen).
 MAX_NPZ_CLASSES = 1000
 
 
-@register_source("npz", file_patterns=("*.npz",), images_in_file=True)
+@register_source("npz", file_patterns=("*.npz",), images_in_file=True, reads_findings=True)
 def _scan_npz(
-    npz_path: Path, class_names: Sequence[str] | None, salt: bytes | None = None
+    npz_path: Path,
+    class_names: Sequence[str] | None,
+    salt: bytes | None = None,
+    *,
+    labels: LabelOptions | None = None,
 ) -> ScanResult:
     from medtl.errors import ImageReadError
     from medtl.io import read_npz
@@ -711,6 +841,8 @@ def _scan_npz(
         arrays = read_npz(npz_path)
     except ImageReadError as exc:
         raise DatasetError(f"Cannot read {where!r}: {exc.reason}") from exc
+    if any(lab.ndim == 2 for _, lab in arrays.values()):
+        return _npz_findings(npz_path, arrays, class_names, labels or LabelOptions())
     limit = len(class_names) if class_names is not None else MAX_NPZ_CLASSES
     n_classes = 0
     for _, labels in arrays.values():
@@ -755,6 +887,67 @@ def _scan_npz(
             len(skipped),
         )
     return ScanResult(str(npz_path.parent), "npz", classes, samples, skipped)
+
+
+def _npz_names(npz_path: Path) -> list[str] | None:
+    """Finding names stored in the ``.npz`` itself (a ``findings`` or ``label_names`` key)."""
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            for key in ("findings", "label_names"):
+                if key in z.files and z[key].ndim == 1 and z[key].dtype.kind in "US":
+                    return [str(v) for v in z[key].tolist()]
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _npz_findings(
+    npz_path: Path, arrays: dict, class_names: Sequence[str] | None, opts: LabelOptions
+) -> ScanResult:
+    """The samples of a ``.npz`` whose labels are (N, K): K findings per image."""
+    where = display_path(npz_path)
+    widths = {lab.shape[1] if lab.ndim == 2 else 1 for _, lab in arrays.values()}
+    if len(widths) != 1:
+        raise DatasetError(
+            f"{where!r}: the splits' labels have different widths {sorted(widths)}; every split "
+            "needs the same K finding columns."
+        )
+    k = widths.pop()
+    names = list(opts.findings or class_names or _npz_names(npz_path) or [])
+    names = names or [f"finding_{j}" for j in range(k)]
+    if len(names) != k:
+        raise DatasetError(
+            f"{where!r} has {k} finding columns but {len(names)} finding names were given "
+            f"({names[:20]}). Give one name per column (data.findings / --findings)."
+        )
+    u = uncertain_value(opts.uncertain)
+    samples: list[Sample] = []
+    uncertain: dict[str, int] = {}
+    offset = 0
+    for sp in npz_split_order(arrays):
+        _, lab = arrays[sp]
+        y = np.where(lab == -1.0, u, lab)
+        for j, name in enumerate(names):
+            c = int(np.sum(lab[:, j] == -1.0))
+            if c:
+                uncertain[name] = uncertain.get(name, 0) + c
+        for i in range(len(y)):
+            samples.append(
+                Sample(
+                    path=str(npz_path),
+                    label=0,
+                    uid=f"{sp}/{i}",
+                    split=sp,
+                    index=offset + i,
+                    targets=tuple(float(v) for v in y[i]),
+                )
+            )
+        offset += len(lab)
+    tally = LabelTally(uncertain=uncertain)
+    return ScanResult(
+        str(npz_path.parent), "npz", names, samples, task_kind=MULTILABEL,
+        labelling=labelling_record(None, names, opts.uncertain, tally),
+    )  # fmt: skip
 
 
 def npz_split_order(arrays: dict) -> list[str]:

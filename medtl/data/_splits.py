@@ -1,7 +1,9 @@
 """Make missing train/val/test splits (stratified, patient-grouped), and save/load them as JSON.
 
 Splitting uses scikit-learn: ``StratifiedShuffleSplit`` (via ``train_test_split``) when no patient ids
-are known, ``StratifiedGroupKFold`` when they are (so no patient ends up in two splits). Byte-identical
+are known, ``StratifiedGroupKFold`` when they are (so no patient ends up in two splits). Several
+findings per image are split by iterative stratification of patient groups over every finding
+(:func:`medtl.data._multilabel.iterative_carve`). Byte-identical
 files (the same image saved twice, common in public datasets: Kermany has 30 such groups) are grouped
 too, so a carve never puts one copy in training and the other in validation or test.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from medtl._fileio import atomic_write_json
 from medtl._memo import memoized
 from medtl.cachekeys import memo_versions
+from medtl.data._multilabel import is_multilabel, iterative_carve, targets_of
 from medtl.data._types import SPLITS, Dataset, Sample, SkippedFile
 from medtl.errors import DatasetError
 
@@ -126,6 +129,17 @@ def _carve(
     labels = np.array([s.label for s in samples])
     positions = np.arange(n)
     keys = _group_keys(samples, dups if dups is not None else [None] * n)
+    if is_multilabel(samples):
+        # several findings per image: iterative stratification over every finding, by patient
+        if keys is not None and len(set(keys)) < 2:
+            raise DatasetError(
+                f"All {n} images belong to one patient, so no patient-level split is possible. "
+                "Check the manifest's patient_id column."
+            )
+        carved = iterative_carve(
+            targets_of(samples), None if keys is None else np.array(keys), fraction, seed
+        )
+        return positions[~carved].tolist(), positions[carved].tolist()
     if keys is not None:
         return _carve_grouped(positions, labels, np.array(keys), fraction, seed, cache_dir)
     from sklearn.model_selection import train_test_split
@@ -352,13 +366,21 @@ def save_splits(dataset: Dataset, path: str | Path, *, salt: bytes | None = None
                 "split": s.split,
                 **({"patient_id": hash_patient_id(s.patient_id, salt)} if s.patient_id else {}),
                 **({"index": s.index} if s.index is not None else {}),
+                **({"targets": _json_targets(s.targets)} if s.targets is not None else {}),
             }
             for s in dataset.samples
         ],
         "skipped": [{"uid": k.uid, "reason": k.reason} for k in dataset.skipped],
         "ignored": [{"uid": k.uid, "reason": k.reason} for k in dataset.ignored],
     }
+    if dataset.task_kind:
+        obj["task"] = dataset.task_kind
+        obj["labelling"] = dataset.labelling
     return atomic_write_json(path, obj)
+
+
+def _json_targets(targets: Sequence[float]) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in targets]
 
 
 def _rescan(dataset_root: Path, source: str, classes: list[str], salt: bytes | None) -> Any:
@@ -456,6 +478,7 @@ def _load_splits_v2(obj: dict, where: str, root: Path, salt: bytes | None, check
         if found is None:
             missing += 1
             continue
+        targets = rec.get("targets")
         samples.append(
             dataclasses.replace(
                 found,
@@ -463,6 +486,9 @@ def _load_splits_v2(obj: dict, where: str, root: Path, salt: bytes | None, check
                 split=sp,
                 patient_id=rec.get("patient_id"),
                 index=rec.get("index"),
+                targets=None
+                if targets is None
+                else tuple(float("nan") if v is None else float(v) for v in targets),
             )
         )
     if missing:
@@ -488,6 +514,8 @@ def _load_splits_v2(obj: dict, where: str, root: Path, salt: bytes | None, check
         skipped=entries("skipped"),
         ignored=entries("ignored"),
         salt_check=check,
+        task_kind=obj.get("task"),
+        labelling=obj.get("labelling"),
     )
 
 

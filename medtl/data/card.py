@@ -116,6 +116,9 @@ def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any
     """
     totals = Counter(s.label for s in dataset.samples)
     class_totals = {name: int(totals.get(i, 0)) for i, name in enumerate(dataset.classes)}
+    findings = multilabel_facts(dataset)
+    if findings is not None:  # several findings per image: positives per finding
+        class_totals = {f: c["pos"] for f, c in findings["totals"].items()}
     nonzero = [v for v in class_totals.values() if v > 0]
     imbalance = (max(nonzero) / min(nonzero)) if nonzero else float("nan")
     if len(nonzero) < len(class_totals):
@@ -133,6 +136,8 @@ def summarise_dataset(dataset: Dataset, *, max_files: int = 64) -> dict[str, Any
     return {
         "fingerprint": dataset_fingerprint(dataset),
         "source": dataset.source,
+        **({"task": dataset.task_kind} if dataset.task_kind else {}),
+        **({"findings": findings} if findings is not None else {}),
         "n_images": len(dataset.samples),
         "n_classes": len(dataset.classes),
         "classes": list(dataset.classes),
@@ -195,6 +200,81 @@ def _composition_lines(comp: dict[str, dict[str, dict[str, int]]], splits: list[
         "Group names only (ages in bands, never an exact age above 89); `unknown`: no value in "
         "the manifest or the DICOM header."
     )
+
+
+def multilabel_facts(dataset: Dataset) -> dict[str, Any] | None:
+    """Per-finding facts of a multi-label dataset (None for single-label data): positives,
+    negatives and unlabelled images per split and in all, how the labels were read (finding and
+    ignored columns, uncertain policy, No Finding use, excluded findings) and the findings too
+    rare to score on the test split (fewer than ``MIN_SCORABLE`` positives or negatives)."""
+    from medtl.data._multilabel import MIN_SCORABLE, finding_counts, targets_of
+
+    if dataset.task_kind != "multilabel":
+        return None
+    per_split = dataset.finding_counts()
+    totals = finding_counts(targets_of(dataset.samples, len(dataset.classes)), dataset.classes)
+    test = per_split.get("test", {})
+    rare = {f: c for f, c in test.items() if c["pos"] < MIN_SCORABLE or c["neg"] < MIN_SCORABLE}
+    return {
+        "per_split": per_split,
+        "totals": totals,
+        "labelling": dict(dataset.labelling or {}),
+        "too_rare_to_score": rare,
+        "min_scorable": MIN_SCORABLE,
+    }
+
+
+def _findings_section(f: dict[str, Any]) -> list[str]:
+    """The data card's multi-label section (see :func:`multilabel_facts`)."""
+    ml = f["findings"]
+    lab = ml["labelling"]
+    splits = [sp for sp in ("train", "val", "test") if sp in ml["per_split"]]
+    lines = [
+        "## Findings (several per image)",
+        "",
+        "Blank labels are *not labelled* (never negative) and count for nothing. "
+        f"Uncertain labels (-1): policy `{lab.get('uncertain', 'ignore')}`"
+        + (
+            f" ({sum(lab['uncertain_counts'].values())} found)"
+            if lab.get("uncertain_counts")
+            else ""
+        )
+        + ".",
+        "",
+        f"- finding columns: {', '.join(lab.get('findings') or f['classes'])}",
+        f"- columns ignored (not findings): {', '.join(lab.get('ignored_columns') or []) or 'none'}",
+    ]
+    if lab.get("no_finding_column"):
+        lines.append(
+            f"- `No Finding` column: the all-negative marker, not a finding; "
+            f"{lab.get('no_finding_rows', 0)} row(s) marked it, {lab.get('no_finding_filled', 0)} "
+            "blank label(s) became 0, "
+            f"{lab.get('no_finding_conflicts', 0)} row(s) also had a positive finding (kept)"
+        )
+    for name, c in (lab.get("excluded") or {}).items():
+        lines.append(
+            f"- **excluded** {name}: {c['pos']} positive / {c['neg']} negative in training "
+            "(cannot be learned)"
+        )
+    lines += [
+        "",
+        "| finding | " + " | ".join(f"{sp} pos / neg / blank" for sp in splits) + " |",
+        "|---|" + "---|" * len(splits),
+    ]
+    for name in f["classes"]:
+        cells = []
+        for sp in splits:
+            c = ml["per_split"][sp][name]
+            cells.append(f"{c['pos']} / {c['neg']} / {c['missing']}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rare = ml["too_rare_to_score"]
+    lines += [
+        "",
+        f"Too rare to score on test (fewer than {ml['min_scorable']} positives or negatives): "
+        + (", ".join(f"{n} ({c['pos']} pos / {c['neg']} neg)" for n, c in rare.items()) or "none")
+        + ".",
+        "",
+    ]
     return lines
 
 
@@ -272,6 +352,9 @@ def data_card(dataset: Dataset, *, title: str | None = None, max_files: int = 64
     )
     if f["subgroups"]:
         lines += _composition_lines(f["subgroups"], splits)
+    if "findings" in f:
+        lines += ["", "*(several findings per image: positives per finding)*", ""]
+        lines += _findings_section(f)
     lines += [
         "",
         f"## Image properties (from {im['sampled_files']} sampled files)",

@@ -40,7 +40,14 @@ from medtl._options import check_range, look_up_option
 from medtl.data._phantom_image import draw_anatomy, render_chest
 from medtl.errors import ConfigError
 
-__all__ = ["PROFILES", "ScannerProfile", "default_demo_dataset", "make_phantom"]
+__all__ = [
+    "FINDING_ZONES",
+    "PROFILES",
+    "ScannerProfile",
+    "default_demo_dataset",
+    "make_multilabel_phantom",
+    "make_phantom",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +219,15 @@ def make_phantom(
     split: bool = False,
     faint_group: str | None = None,
     faint_factor: float = 0.3,
+    findings: int = 0,
+    prevalence: float | Sequence[float] = 0.3,
 ) -> Path:
     """Write a synthetic two-class chest-radiograph DICOM dataset and return its folder.
+
+    With ``findings=K > 0`` the phantom is multi-label instead: ``2 * n_per_class`` images, each
+    with K independent findings (an opacity in one lung zone per finding, present with the
+    finding's ``prevalence``), and a manifest ``path,patient_id,<finding>...`` of 1/0 columns
+    (see :func:`make_multilabel_phantom`). Without it the two-class phantom is unchanged.
 
     Layout: ``out_dir/<class>/img_NNNN.dcm`` (or ``out_dir/<split>/<class>/...`` with ``split=True``,
     70/15/15 by patient), ``out_dir/manifest.csv`` (``path,label,patient_id`` [``,split``]) and
@@ -238,6 +252,11 @@ def make_phantom(
     check_range("size", size, 32, 4096)
     check_phantom_size(n_per_class, size)
     check_range("difficulty", difficulty, 0.0, 1.0)
+    if findings:
+        return make_multilabel_phantom(
+            out_dir, n_images=2 * n_per_class, findings=findings, prevalence=prevalence,
+            size=size, difficulty=difficulty, seed=seed, profiles=profiles,
+        )  # fmt: skip
     profiles = list(profiles)
     if not profiles:
         raise ConfigError(
@@ -371,6 +390,133 @@ def _in_group(faint: tuple[str, str] | None, header: dict[str, str], prof: Scann
         "body_part": "CHEST",
     }
     return normalise_value(name, raw.get(name)) == group
+
+
+#: the multi-label phantom's findings: an opacity centred in one zone of the lung fields each
+#: ((x, y) in units of half the image width, y downwards)
+FINDING_ZONES: dict[str, tuple[float, float]] = {
+    "right_upper_opacity": (-0.38, -0.32),
+    "left_upper_opacity": (0.38, -0.32),
+    "right_lower_opacity": (-0.40, 0.22),
+    "left_lower_opacity": (0.40, 0.22),
+    "right_mid_opacity": (-0.42, -0.05),
+    "left_mid_opacity": (0.42, -0.05),
+}
+
+
+def _add_zone_opacity(
+    density: np.ndarray,
+    centre: tuple[float, float],
+    rng: np.random.Generator,
+    contrast: tuple[float, float],
+    radius: tuple[float, float],
+) -> None:
+    """Add one round-ish opacity near ``centre`` (jittered) to a density image, in place."""
+    size = density.shape[0]
+    lin = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+    yy, xx = np.meshgrid(lin, lin, indexing="ij")
+    cx = centre[0] + float(rng.uniform(-0.05, 0.05))
+    cy = centre[1] + float(rng.uniform(-0.05, 0.05))
+    r = float(rng.uniform(*radius))
+    rho = np.sqrt(((xx - cx) / r) ** 2 + ((yy - cy) / r) ** 2)
+    density += float(rng.uniform(*contrast)) / (1.0 + np.exp(np.clip((rho - 1.0) / 0.18, -60, 60)))
+    np.clip(density, 0.0, 1.0, out=density)
+
+
+def make_multilabel_phantom(
+    out_dir: str | Path,
+    *,
+    n_images: int = 80,
+    findings: int = 3,
+    prevalence: float | Sequence[float] = 0.3,
+    size: int = 256,
+    difficulty: float = 0.5,
+    seed: int = 0,
+    profiles: Sequence[str] = ("mono2_12bit", "mono1_16bit", "mono2_rescale"),
+) -> Path:
+    """Write a multi-label phantom: ``n_images`` DICOM files (two per fake patient), each with
+    ``findings`` independent findings drawn at their ``prevalence`` (one number for all, or one
+    per finding); finding k is an opacity in lung zone k (:data:`FINDING_ZONES`).
+
+    Layout: ``out_dir/images/img_NNNN.dcm``, ``out_dir/manifest.csv``
+    (``path,patient_id,<finding>...`` with 1/0 values) and ``out_dir/phantom.json``.
+    Deterministic: the same arguments give the same bytes.
+
+    Example:
+        >>> root = make_multilabel_phantom("ml/", n_images=60, findings=3)
+        >>> ds = medtl.load_dataset(root / "manifest.csv")  # three findings per image
+    """
+    check_range("n_images", n_images, 2)
+    check_range("findings", findings, 1, len(FINDING_ZONES))
+    check_range("size", size, 32, 4096)
+    check_range("difficulty", difficulty, 0.0, 1.0)
+    prev = [float(prevalence)] * findings if np.isscalar(prevalence) else list(prevalence)  # type: ignore[arg-type]
+    if len(prev) != findings:
+        raise ConfigError(
+            f"The 'prevalence' parameter needs one value per finding ({findings}); got {prev}."
+        )
+    for p in prev:
+        check_range("prevalence", p, 0.0, 1.0)
+    profiles = list(profiles)
+    for p in profiles:
+        look_up_option("profiles", p, list(PROFILES))
+    names = list(FINDING_ZONES)[:findings]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    contrast, radius, noise = _lesion_params(difficulty)
+    n_patients = -(-n_images // IMAGES_PER_PATIENT)
+    seqs = np.random.SeedSequence([seed, 24]).spawn(n_patients + 1)
+    id_rng = np.random.default_rng(seqs[-1])
+    fake_ids = id_rng.choice(900_000, size=n_patients, replace=False) + 100_000
+    rows: list[dict[str, str]] = []
+    k = 0
+    for p in range(n_patients):
+        rng = np.random.default_rng(seqs[p])
+        anatomy = draw_anatomy(rng)
+        for _ in range(IMAGES_PER_PATIENT):
+            if k >= n_images:
+                break
+            present = rng.random(findings) < np.asarray(prev)
+            density = render_chest(anatomy, size, rng, n_lesions=0, noise=noise)
+            for j in np.flatnonzero(present):
+                _add_zone_opacity(density, FINDING_ZONES[names[j]], rng, contrast, radius)
+            prof = PROFILES[profiles[k % len(profiles)]]
+            stored, centre, width = prof.encode(density)
+            data = _dicom_bytes(
+                stored, prof, centre, width, uid_seed=f"medtl-ml-phantom-{seed}-{k}",
+                patient_no=p + 1, fake_patient_id=f"PHI-{int(fake_ids[p]):06d}",
+                fake_birth_date="19700101", pixel_mm=430.0 / size,
+            )  # fmt: skip
+            rel = f"images/img_{k:04d}.dcm"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(data)
+            rows.append(
+                {"path": rel, "patient_id": f"P{p + 1:04d}"}
+                | {n: str(int(v)) for n, v in zip(names, present)}
+            )
+            k += 1
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["path", "patient_id", *names], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / PHANTOM_MANIFEST_FILE, buf.getvalue())
+    atomic_write_json(
+        out / PHANTOM_INFO_FILE,
+        {
+            "generator": "medtl.data.synth.make_multilabel_phantom",
+            "version": PHANTOM_VERSION,
+            "task": "multilabel",
+            "findings": names,
+            "prevalence": prev,
+            "n_images": n_images,
+            "size": size,
+            "difficulty": difficulty,
+            "seed": seed,
+            "profiles": profiles,
+        },
+    )
+    logger.info("Wrote %d multi-label phantom DICOM file(s) to %s", len(rows), out)
+    return out
 
 
 def _patient_splits(n_patients: int, rng: np.random.Generator) -> list[str]:

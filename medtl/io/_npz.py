@@ -1,4 +1,5 @@
-"""MedMNIST-format ``.npz`` reader: split -> (uint8 images, int64 1-D labels)."""
+"""MedMNIST-format ``.npz`` reader: split -> (uint8 images, int64 1-D labels), or float (N, K)
+labels for a multi-label set such as ChestMNIST (1 / 0, -1 uncertain, NaN not labelled)."""
 
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ def _check_images(path: str, key: str, images: np.ndarray) -> np.ndarray:
 def _check_labels(path: str, key: str, labels: np.ndarray, n: int) -> np.ndarray:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
+    if labels.ndim == 2 and labels.shape[0] == n and labels.shape[1] > 1:
+        return _multilabel(path, key, labels)
     if labels.ndim != 1:
         raise ImageReadError(
             path,
-            f"key {key!r} must have shape (N,) or (N, 1); got {labels.shape} (multi-label sets "
-            "such as ChestMNIST need one column chosen first, e.g. labels[:, k])",
+            f"key {key!r} must have shape (N,) for one label per image or (N, K) for K findings "
+            f"per image; got {labels.shape}",
         )
     if labels.shape[0] != n:
         raise ImageReadError(
@@ -62,6 +65,22 @@ def _check_labels(path: str, key: str, labels: np.ndarray, n: int) -> np.ndarray
             path, f"key {key!r} must hold integer class labels; got dtype {labels.dtype}"
         )
     return labels.astype(np.int64)
+
+
+def _multilabel(path: str, key: str, labels: np.ndarray) -> np.ndarray:
+    """(N, K) finding labels as float64: 1, 0, -1 (uncertain) or NaN (not labelled)."""
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise ImageReadError(path, f"key {key!r} must hold numbers; got dtype {labels.dtype}")
+    y = labels.astype(np.float64)
+    bad = ~(np.isnan(y) | np.isin(y, (0.0, 1.0, -1.0)))
+    if bad.any():
+        i, k = (int(v) for v in np.argwhere(bad)[0])
+        raise ImageReadError(
+            path,
+            f"key {key!r} row {i}, column {k}: value {float(y[i, k])!r} is not a finding label (1, 0, "
+            "-1 uncertain, NaN not labelled)",
+        )
+    return y
 
 
 #: Default ceiling on the decoded size of all arrays of one .npz (MedMNIST's largest 224-px sets

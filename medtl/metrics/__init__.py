@@ -33,11 +33,11 @@ from medtl.metrics._calibration import (
 )
 from medtl.metrics._learning import learning_curve_summary
 from medtl.metrics._multiclass import compare_paired_multiclass, multiclass_auroc_ci
-from medtl.metrics._paired import compare_paired, mcnemar_test
+from medtl.metrics._multilabel import compare_paired_multilabel, multilabel_auroc_ci
+from medtl.metrics._paired import compare_paired, holm, mcnemar_test
 from medtl.metrics._report import ClinicalReport, clinical_report
 from medtl.metrics._subgroups import (
     gap_sentences,
-    holm,
     subgroup_paired,
     subgroup_report,
     subgroup_report_multiclass,
@@ -65,6 +65,7 @@ __all__ = [
     "clinical_report",
     "compare_paired",
     "compare_paired_multiclass",
+    "compare_paired_multilabel",
     "decision_curve",
     "delong_placements",
     "delong_test",
@@ -78,6 +79,7 @@ __all__ = [
     "mcnemar_test",
     "multiclass_auroc",
     "multiclass_auroc_ci",
+    "multilabel_auroc_ci",
     "operating_point",
     "ppv_npv_at_prevalence",
     "reliability_bins",

@@ -45,6 +45,7 @@ from scipy import stats
 
 from medtl.formatting import format_p_value
 from medtl.metrics._auroc import auroc_ci, delong_test
+from medtl.metrics._paired import holm
 from medtl.metrics._threshold import wilson_ci
 from medtl.metrics._validate import MetricInputError, check_alpha
 
@@ -58,24 +59,6 @@ TESTS = {
     "multiplicity": "Holm-adjusted p-values across the judged groups of each attribute, per metric",
     "paired": "paired DeLong test within each group (same images, two models)",
 }
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm step-down adjusted p-values (NaN entries are left NaN and not counted).
-
-    Example:
-        >>> holm([0.01, 0.04, 0.03])
-        [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    running = 0.0
-    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return [float(v) for v in out]
 
 
 def _groups(values: Sequence[Any], n: int, name: str) -> np.ndarray:

@@ -264,14 +264,12 @@ class Strategy:
             raise ConfigError(
                 "The 'train' and 'val' splits share images; validation must be held out."
             )
-        present = np.unique(train.labels)
-        if len(present) < 2:
-            raise ConfigError(
-                f"The 'train' split holds a single class ({train.classes[int(present[0])]!r}); "
-                "training needs at least two classes."
-            )
+        task = task_for(train.classes, getattr(train, "task_kind", None))
+        task.check_train_labels(train.labels)
         self.preprocessing_ = preprocessing_of(train)
-        self.task_kind_ = task_for(train.classes, getattr(train, "task_kind", None)).kind
+        self.task_kind_ = task.kind
+        # several findings per image: which findings, the uncertain-label policy (model.json)
+        self.labelling_ = getattr(train, "labelling", None)
         self.operating_point_ = None
         self.calibration_ = None
 
@@ -406,7 +404,7 @@ class Strategy:
 
     def set_operating_point(
         self,
-        threshold: float,
+        threshold: Any,
         *,
         rule: str,
         target: float | None,
@@ -417,7 +415,8 @@ class Strategy:
         """Record the operating point chosen for this model (two classes only).
 
         Args:
-            threshold: P(positive class) at or above which the call is positive.
+            threshold: P(positive class) at or above which the call is positive (several
+                findings per image: one per finding, as a dict finding -> threshold).
             rule: how it was chosen (``youden``, ``sensitivity``, ``specificity``, ``fixed``).
             target: the rule's target (e.g. sensitivity 0.9), None for Youden.
             chosen_on: the split it was chosen on (``val``; never ``test`` for a deployed model).
@@ -430,9 +429,8 @@ class Strategy:
                 f"An operating threshold applies to two-class models; this one is "
                 f"{self.task_.title} with {len(self.classes_)} classes ({self.classes_})."
             )
-        t = float(threshold)
-        if not (0.0 <= t <= 1.0):
-            raise ConfigError(f"The 'threshold' must be in [0, 1]. Got {threshold!r} instead.")
+        # a number in [0, 1]; for several findings a dict finding -> threshold (one per finding)
+        t = self.task_.check_threshold(threshold)
         self.operating_point_ = {
             "threshold": t,
             "rule": rule,
@@ -444,32 +442,29 @@ class Strategy:
         }
         return self
 
-    def threshold_for(self, override: float | None = None) -> tuple[float | None, str]:
+    def threshold_for(self, override: Any = None) -> tuple[Any, str]:
         """(threshold, where it comes from) for two-class calls: ``override`` if given, else the
-        model's operating point, else 0.5 (said so). (None, "argmax") for more classes."""
+        model's operating point, else 0.5 (said so). (None, "argmax") for more classes; for several
+        findings per image a dict finding -> threshold (:meth:`medtl.tasks.Task.check_threshold`)."""
         if not self.task_.thresholded:
             return None, f"most probable class ({self.task_.title})"
         if override is not None:
-            t = float(override)
-            if not (0.0 <= t <= 1.0) or np.isnan(t):
-                raise ConfigError(
-                    f"The 'threshold' must be a number in [0, 1]. Got {override!r} instead."
-                )
+            t = self.task_.check_threshold(override)
             return t, "given on the command line / by the caller (overrides the model's)"
         op = getattr(self, "operating_point_", None)
         if op:
             rule = op.get("rule")
             target = op.get("target")
             how = rule if target is None else f"{rule} {target:g}"
-            return float(
-                op["threshold"]
-            ), f"model's operating point ({how}, chosen on {op.get('chosen_on')})"
+            t = op["threshold"]
+            t = self.task_.check_threshold(t) if isinstance(t, dict) else float(t)
+            return t, f"model's operating point ({how}, chosen on {op.get('chosen_on')})"
         return 0.5, "0.5 default (the model records no operating point)"
 
-    def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    def decide(self, proba: np.ndarray, threshold: Any = None) -> np.ndarray:
         """Calls per row of ``proba`` as the task makes them (:meth:`medtl.tasks.Task.decide`):
         positive when P(positive) >= the operating threshold for two classes, else the most
-        probable class."""
+        probable class; for several findings one call per finding at its own threshold."""
         t, _ = self.threshold_for(threshold)
         return self.task_.decide(np.asarray(proba), t)
 
@@ -536,6 +531,7 @@ class Strategy:
             "preprocessing": self.preprocessing_,
             "task": self.task_.kind,
             "classes": list(self.classes_),
+            "labelling": getattr(self, "labelling_", None),
             "positive_class": self.positive_class_,
             "operating_point": getattr(self, "operating_point_", None),
             "calibration": getattr(self, "calibration_", None),
@@ -644,6 +640,7 @@ def load_model(
     est.image_size_ = int(meta["preprocessing"]["image_size"])
     est.classes_ = list(meta["classes"])
     est.task_kind_ = meta.get("task")  # None in folders written before the task kind was recorded
+    est.labelling_ = meta.get("labelling")  # findings' uncertain-label policy (multi-label)
     est.operating_point_ = meta.get("operating_point")
     est.calibration_ = meta.get("calibration")
     est.history_ = meta.get("history", [])

@@ -19,6 +19,7 @@ from medtl.cachekeys import memo_versions
 from medtl.data import PreparedImages
 from medtl.strategies._base import Strategy, StrategyTags, _build_network, register_strategy
 from medtl.strategies._embeddings import EmbeddingCache
+from medtl.tasks import task_for
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,10 @@ class FeatureExtraction(Strategy):
         look_up_option("head", self.head, ["logreg", "linear"])
         look_up_option("select_by", self.select_by, ["log_loss_1se", "log_loss", "auroc"])
         self._check_fit_inputs(train, val)
+        task = task_for(train.classes, self.task_kind_)
+        # several findings per image: one logistic head per finding (labels (N, K), NaN = not
+        # labelled; each head drops its finding's unlabelled rows), all on the same embeddings
+        per_finding = np.asarray(train.labels).ndim == 2
         from medtl.training import resolve_device
 
         self.device_ = resolve_device(self.device)
@@ -277,19 +282,24 @@ class FeatureExtraction(Strategy):
         mu = f_tr.mean(0)
         sd = f_tr.std(0) + 1e-6
         z_tr, z_va = (f_tr - mu) / sd, (f_va - mu) / sd
-        if self.head == "logreg":
+        if self.head == "logreg" and per_finding:
+            W, b, history = self._fit_logreg_per_finding(z_tr, train.labels, z_va, val.labels)
+        elif self.head == "logreg":
             W, b, history = self._fit_logreg(z_tr, train.labels, z_va, val.labels, n_classes)
         else:
-            W, b, history = self._fit_linear(z_tr, train.labels, z_va, val.labels, n_classes)
+            W, b, history = self._fit_linear(z_tr, train.labels, z_va, val.labels, n_classes, task)
         # held out: the train-only head's validation predictions (operating point, val AUROC)
-        self.heldout_val_proba_ = logits_to_proba(z_va @ W.T + b)
-        self.best_val_auroc_ = float(val_auroc(val.labels, self.heldout_val_proba_))
+        self.heldout_val_proba_ = logits_to_proba(z_va @ W.T + b, task)
+        self.best_val_auroc_ = float(val_auroc(val.labels, self.heldout_val_proba_, task))
         self.refit_on_ = "train"
         if self.refit and self.head == "logreg":
             f_all = np.concatenate([f_tr, f_va])
             y_all = np.concatenate([train.labels, val.labels])
             mu, sd = f_all.mean(0), f_all.std(0) + 1e-6
-            W, b = self._logreg_head((f_all - mu) / sd, y_all, self.C_, n_classes)
+            if per_finding:
+                W, b = self._refit_per_finding((f_all - mu) / sd, y_all)
+            else:
+                W, b = self._logreg_head((f_all - mu) / sd, y_all, self.C_, n_classes)
             self.refit_on_ = "train+val"
         # fold the standardisation into the linear head: W (f - mu)/sd + b
         W_f = W / sd[None, :]
@@ -329,7 +339,72 @@ class FeatureExtraction(Strategy):
             _head_versions(),
         )  # fmt: skip
 
-    def _fit_linear(self, z_tr, y_tr, z_va, y_va, n_classes, epochs: int = 200, patience: int = 20):
+    def _fit_logreg_per_finding(
+        self, z_tr: np.ndarray, y_tr: np.ndarray, z_va: np.ndarray, y_va: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """One logistic head per finding, each on its finding's labelled rows, its C chosen on its
+        labelled validation rows (``C_`` becomes a dict finding -> C). The history row of each C
+        carries the mean over findings of their validation AUROC and loss at that C; the row
+        marked chosen is the median of the findings' choices."""
+        import warnings
+
+        y_tr, y_va = np.asarray(y_tr, np.float64), np.asarray(y_va, np.float64)
+        k, d = y_tr.shape[1], z_tr.shape[1]
+        W, b = np.zeros((k, d)), np.zeros(k)
+        Cs = tuple(sorted(float(c) for c in self.Cs))
+        paths, picks, self.C_ = [], [], {}
+        for j in range(k):
+            lt, lv = ~np.isnan(y_tr[:, j]), ~np.isnan(y_va[:, j])
+            yt = y_tr[lt, j].astype(np.int64)
+            if len(np.unique(yt)) < 2:  # nothing to learn: the labelled prevalence, no slope
+                b[j] = _logit(float(np.mean(yt)) if len(yt) else 0.5)
+                self.C_[str(j)] = None
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                Wj, bj, hist, C = memoized(_logreg_path, self.cache_dir)(
+                    z_tr[lt], yt, z_va[lv], y_va[lv, j].astype(np.int64), 2, Cs,
+                    self.class_weighting, self.select_by, self.seed,
+                    _head_versions(),
+                )  # fmt: skip
+            W[j], b[j] = Wj[1] - Wj[0], bj[1] - bj[0]
+            self.C_[str(j)] = C
+            paths.append(hist)
+            picks.append(next(i for i, r in enumerate(hist) if r.get("chosen")))
+        history = []
+        for i, C in enumerate(Cs):
+            rows = [p[i] for p in paths]
+            history.append(
+                {
+                    "epoch": i + 1,
+                    "C": C,
+                    "val_auroc": _nanmean([r["val_auroc"] for r in rows]),
+                    "val_loss": _nanmean([r["val_loss"] for r in rows]),
+                    "elapsed": max((r["elapsed"] for r in rows), default=0.0),
+                }
+            )
+        if history:
+            history[int(np.median(picks)) if picks else 0]["chosen"] = True
+        return W, b, history
+
+    def _refit_per_finding(self, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The per-finding heads refitted on train + validation at their chosen C."""
+        y = np.asarray(y, np.float64)
+        W, b = np.zeros((y.shape[1], z.shape[1])), np.zeros(y.shape[1])
+        for j in range(y.shape[1]):
+            lab = ~np.isnan(y[:, j])
+            yj = y[lab, j].astype(np.int64)
+            C = self.C_.get(str(j))
+            if C is None or len(np.unique(yj)) < 2:
+                b[j] = _logit(float(np.mean(yj)) if len(yj) else 0.5)
+                continue
+            Wj, bj = self._logreg_head(z[lab], yj, C, 2)
+            W[j], b[j] = Wj[1] - Wj[0], bj[1] - bj[0]
+        return W, b
+
+    def _fit_linear(
+        self, z_tr, y_tr, z_va, y_va, n_classes, task, epochs: int = 200, patience: int = 20
+    ):
         from medtl.training import logits_to_proba, val_auroc
 
         g = torch.Generator().manual_seed(self.seed)
@@ -337,8 +412,8 @@ class FeatureExtraction(Strategy):
         nn.init.zeros_(lin.weight)
         nn.init.zeros_(lin.bias)
         opt = torch.optim.AdamW(lin.parameters(), lr=1e-2, weight_decay=1e-2)
-        counts = np.bincount(y_tr, minlength=n_classes).clip(1)
-        w = torch.tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
+        # the task's loss (class-balanced cross-entropy; masked BCE for several findings)
+        loss_fn = task.loss(task.class_weights(y_tr))
         xt, yt = torch.from_numpy(z_tr).float(), torch.from_numpy(y_tr)
         xv = torch.from_numpy(z_va).float()
         history, best, bad = [], (-1.0, None), 0
@@ -347,12 +422,12 @@ class FeatureExtraction(Strategy):
             perm = torch.randperm(len(xt), generator=g)
             for i in range(0, len(xt), 64):
                 idx = perm[i : i + 64]
-                loss = nn.functional.cross_entropy(lin(xt[idx]), yt[idx], weight=w)
+                loss = loss_fn(lin(xt[idx]), yt[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                auc = val_auroc(y_va, logits_to_proba(lin(xv)))
+                auc = val_auroc(y_va, logits_to_proba(lin(xv), task), task)
             history.append({"epoch": ep + 1, "val_auroc": auc, "elapsed": time.perf_counter() - t0})
             if np.nan_to_num(auc, nan=-1) > best[0] + 1e-6:
                 best = (
@@ -396,7 +471,7 @@ class FeatureExtraction(Strategy):
 
     def _extra_state(self) -> dict[str, Any]:
         return {
-            "C": getattr(self, "C_", None),
+            "C": getattr(self, "C_", None),  # a dict finding index -> C for several findings
             "head_fitted_on": getattr(self, "refit_on_", "train"),
             "extract_seconds": getattr(self, "extract_seconds_", None),
             "cache_hits": getattr(self, "cache_hits_", 0),
@@ -523,6 +598,16 @@ def _choose_regularisation(history: list[dict[str, Any]], select_by: str) -> int
         return best
     limit = losses[best] + history[best]["val_loss_se"]
     return int(np.flatnonzero(losses <= limit)[0])  # strongest within one standard error
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def _nanmean(values: list[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
 __all__ = ["FeatureExtraction", "extract_embeddings"]

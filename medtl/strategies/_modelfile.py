@@ -298,7 +298,7 @@ def _validate(meta: dict[str, Any], path: Path) -> None:
     classes = meta.get("classes")
     need(
         isinstance(classes, list)
-        and len(classes) >= 2
+        and len(classes) >= (1 if kind == "multilabel" else 2)  # one finding is a question too
         and all(isinstance(c, str) for c in classes)
         and len(set(classes)) == len(classes),
         "classes",
@@ -321,13 +321,19 @@ def _validate(meta: dict[str, Any], path: Path) -> None:
     op = meta.get("operating_point")
     if op is not None:
         t = op.get("threshold") if isinstance(op, dict) else None
+        # several findings per image: one threshold per finding, keyed by its name
+        ts = list(t.values()) if isinstance(t, dict) and kind == "multilabel" else [t]
         need(
-            isinstance(t, int | float)
-            and not isinstance(t, bool)
-            and math.isfinite(t)
-            and 0 <= t <= 1,
+            (not isinstance(t, dict) or set(t) <= set(classes))
+            and all(
+                isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and 0 <= v <= 1
+                for v in ts
+            ),
             "operating_point.threshold",
-            "must be a number in [0, 1]",
+            "must be a number in [0, 1] (for several findings: one per finding name)",
         )
     cal = meta.get("calibration")
     if cal is not None:
