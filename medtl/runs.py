@@ -661,10 +661,14 @@ def add_note(
     )
 
 
+#: how the gap notes of runs written before note records began (read only for those runs)
+_LEGACY_GAP_OPENING = "Validation overstates"
+
+
 def note_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """A run's notes as records (kind, strategy, text). A run written before notes had records:
     its notes are general, except those equal to the gap sentence its numbers give (regenerated
-    here from ``val_minus_test``, not recognised by a prefix)."""
+    here from ``val_minus_test``) or written in that older wording."""
     from medtl.strategies import strategy_label
 
     recs = summary.get("note_records")
@@ -680,8 +684,8 @@ def note_records(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for n, r in (summary.get("strategies") or {}).items()
     }
     return [
-        {"kind": NOTE_GAP, "strategy": gaps[t], "text": t}
-        if t in gaps
+        {"kind": NOTE_GAP, "strategy": gaps.get(t), "text": t}
+        if t in gaps or t.startswith(_LEGACY_GAP_OPENING)
         else {"kind": NOTE_GENERAL, "strategy": None, "text": t}
         for t in texts
     ]
