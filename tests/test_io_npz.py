@@ -42,9 +42,10 @@ def test_read_npz_errors_name_the_key(tmp_path) -> None:
     with pytest.raises(ImageReadError, match="2 labels"):
         read_npz(tmp_path / "b.npz")
     # (N, K) labels are K findings per image (multi-label, issue 24); other values are refused
-    np.savez(tmp_path / "c.npz", train_images=imgs, train_labels=np.zeros((3, 14), np.int64))
+    big = np.random.default_rng(0).integers(0, 255, (3, 16, 16), dtype=np.uint8)  # >= 8 px a side
+    np.savez(tmp_path / "c.npz", train_images=big, train_labels=np.zeros((3, 14), np.int64))
     assert read_npz(tmp_path / "c.npz")["train"][1].shape == (3, 14)
-    np.savez(tmp_path / "c2.npz", train_images=imgs, train_labels=np.full((3, 14), 2))
+    np.savez(tmp_path / "c2.npz", train_images=big, train_labels=np.full((3, 14), 2))
     with pytest.raises(ImageReadError, match=r"row 0, column 0: value 2\.0"):
         read_npz(tmp_path / "c2.npz")
     np.savez(

@@ -200,6 +200,7 @@ def _composition_lines(comp: dict[str, dict[str, dict[str, int]]], splits: list[
         "Group names only (ages in bands, never an exact age above 89); `unknown`: no value in "
         "the manifest or the DICOM header."
     )
+    return lines
 
 
 def multilabel_facts(dataset: Dataset) -> dict[str, Any] | None:
