@@ -314,10 +314,12 @@ def load_dataset(
     opts = LabelOptions(tuple(findings) if findings else None, uncertain)
     scan = scan_source(path, class_names, salt, labels=opts)
     multilabel = scan.task_kind == MULTILABEL
+    noun = task_for(scan.classes, scan.task_kind).label_noun
     logger.info(
-        "Found %d image(s) in %d class(es) (%s layout)",
+        "Found %d image(s) with %d %s (%s layout)",
         len(scan.samples),
         len(scan.classes),
+        noun + ("(es)" if noun.endswith("s") else "(s)"),
         scan.source,
     )
     if scan.ignored:

@@ -197,10 +197,17 @@ class _TrainedNetwork(Strategy):
             )
 
     def _linear_probe(self, train: PreparedImages, val: PreparedImages) -> Strategy:
-        """LP-FT phase 1: feature extraction on the same backbone (cached embeddings reused)."""
+        """LP-FT phase 1: feature extraction on the same backbone (cached embeddings reused).
+
+        The probe's head is fitted on the training images only (``refit=False``): fine-tuning then
+        chooses its epoch (and WiSE-FT its mix) on the validation images, which a head refit on
+        train + validation would already have seen. (Measured on the NIH multi-label subset with the
+        refit head: validation macro AUROC 0.87 after epoch 1 against 0.59 on test.)
+        """
         from medtl.strategies._feature_extraction import FeatureExtraction
 
         probe = FeatureExtraction(
+            refit=False,
             backbone=self.backbone,
             class_weighting=self.class_weighting,
             precision=self.precision,
