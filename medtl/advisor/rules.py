@@ -347,6 +347,8 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
         "fits_budget": fits,
         "constants": {"MIN_GAIN": MIN_GAIN, "GAIN_PER_HOUR": GAIN_PER_HOUR},
     }
+    if m.findings:  # several findings per image: which findings the compared macro AUROC covers
+        decision["findings"] = m.findings
     return Advice(
         strategy=strategy,
         confidence=confidence,
