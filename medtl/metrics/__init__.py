@@ -45,6 +45,7 @@ from medtl.metrics._subgroups import (
     subgroup_paired,
     subgroup_report,
     subgroup_report_multiclass,
+    subgroup_report_multilabel,
     subgroup_table,
 )
 from medtl.metrics._threshold import (
@@ -92,6 +93,7 @@ __all__ = [
     "subgroup_paired",
     "subgroup_report",
     "subgroup_report_multiclass",
+    "subgroup_report_multilabel",
     "subgroup_table",
     "wilson_ci",
 ]
