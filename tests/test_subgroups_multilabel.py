@@ -168,3 +168,11 @@ def test_evaluate_by_on_a_multilabel_model(ml_run, tmp_path: Path) -> None:
     assert table[0].split(",")[3] == "subgroup"
     assert any(",sex=F," in line for line in table[1:])
     assert "[sex=F]" in res["markdown"]
+
+
+def test_report_shows_the_macro_per_subgroup(ml_run) -> None:
+    from medtl.report import write_report
+
+    tmp, _, _, _ = ml_run
+    html = write_report(tmp / "run").read_text()
+    assert "Performance by subgroup" in html
