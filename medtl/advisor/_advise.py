@@ -109,12 +109,18 @@ def advise(
     elif isinstance(data, str | Path):
         from medtl.data import phantom_manifest, project_salt
 
+        # the splits `medtl compare` makes with its defaults (as medtl.experiment.load_data): no
+        # verify pass, so unreadable files do not shift the carving, and the advice never sees
+        # the test images compare will score; the pool's files are decoded (and bad ones
+        # skipped) once, by prepare_images below
         dataset = load_dataset(
             phantom_manifest(str(data)),
             read_options=read_options,
             progress=progress,
             patient_id_pattern=patient_id_pattern,
             salt=project_salt(cache_dir),
+            cache_dir=cache_dir,
+            verify=False,
             findings=findings,
             uncertain=uncertain,
         )
