@@ -277,13 +277,15 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(csv_path, buf.getvalue())
     per = [(r, n, v) for r in rows for n, v in (r.get("per_finding") or {}).items()]
     if per:  # several findings per image: one row per model x dataset x finding
-        cols = ["model", "dataset", "split", "finding", "n_pos", "n_neg", "n_missing", "auroc",
-                "low", "high", "scorable", "threshold", "sensitivity", "specificity"]  # fmt: skip
+        cols = ["model", "dataset", "split", "subgroup", "finding", "n_pos", "n_neg",
+                "n_missing", "auroc", "low", "high", "scorable", "threshold", "sensitivity",
+                "specificity"]  # fmt: skip
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r, name, v in per:
-            cells = {"model": r["model"], "dataset": r["dataset"], "split": r["split"], **v}
+            cells = {"model": r["model"], "dataset": r["dataset"], "split": r["split"],
+                     "subgroup": r.get("subgroup"), **v}  # fmt: skip
             w.writerow(
                 {k: ("" if cells.get(k) is None else cells.get(k)) for k in cols}
                 | {"finding": name}
@@ -373,8 +375,9 @@ def _evaluate_one(
 
         t_by = est.threshold_for(threshold)[0]
         common["subgroup_rows"] = evaluation_rows(
-            images, proba, t_by, est.classes_, {**common, "subgroup": None}, ds.samples
-        )
+            images, proba, t_by, est.classes_, {**common, "subgroup": None}, ds.samples,
+            task=est.task_,
+        )  # fmt: skip
         common["subgroup"] = "all"
     t, source = est.threshold_for(threshold)
     return {
@@ -478,7 +481,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         for r in findings:
             for name, v in r["per_finding"].items():
                 lines.append(
-                    f"| {r['model']} | {r['dataset']} | {name} | {v.get('n_pos')} / "
+                    f"| {r['model']} | {r['dataset']}{_sub(r)} | {name} | {v.get('n_pos')} / "
                     f"{v.get('n_neg')} | {f(v.get('auroc'))} ({f(v.get('low'))}–{f(v.get('high'))}) "
                     f"| {f(v.get('sensitivity'))} | {f(v.get('specificity'))} "
                     f"| {f(v.get('threshold'))} |"

@@ -73,20 +73,9 @@ def default_cache_dir(cfg: ExperimentConfig) -> Path:
 
 def _subsample(samples: list[Sample], n: int, seed: int) -> list[Sample]:
     """A stratified subsample of ``n`` samples (every class kept; proportions preserved)."""
-    if n >= len(samples):
-        return samples
-    if any(s.targets is not None for s in samples):  # several findings: stratified over each
-        from medtl.data import iterative_carve, targets_of
+    from medtl.data import stratified_subset
 
-        keep = iterative_carve(targets_of(samples), None, n / len(samples), seed)
-        return [s for s, k in zip(samples, keep) if k]
-    from sklearn.model_selection import train_test_split
-
-    labels = [s.label for s in samples]
-    keep, _ = train_test_split(
-        np.arange(len(samples)), train_size=n, stratify=labels, random_state=seed
-    )
-    return [samples[i] for i in sorted(keep)]
+    return stratified_subset(samples, n, seed)
 
 
 def resolve_image_size(cfg: ExperimentConfig) -> int:

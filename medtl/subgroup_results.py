@@ -2,9 +2,11 @@
 and ``medtl evaluate --by``. Attributes come from :mod:`medtl.subgroups`, numbers from
 :mod:`medtl.metrics._subgroups`; this module only joins them to images and run folders.
 
-The question asked is one binary question per call when an operating threshold is known (labels
-0/1, P(positive) = column 1); without a threshold (several classes) it is the one-vs-rest / macro
-form. (The task-kind owner will choose the form once it exists.)
+The task (:mod:`medtl.tasks`) chooses the form: one binary question at the operating threshold
+(kind ``binary``: P(positive) = column 1); one-vs-rest per class with a macro AUROC per group
+(``one-vs-rest``, calls = the most probable class); or, for several findings per image, the binary
+report per finding on its labelled images at that finding's threshold with a macro AUROC per
+group (``multilabel``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from medtl.subgroups import attribute_names, group_of, read_attributes_csv
+from medtl.tasks import BinaryTask, MultiClassTask, Task, task_for
 
 logger = logging.getLogger(__name__)
 
@@ -34,25 +37,44 @@ def subgroup_block(
     labels: np.ndarray,
     proba: np.ndarray,
     *,
-    threshold: float | None,
+    threshold: Any,
     class_names: Sequence[str],
     patient_ids: Sequence[str | None] | None = None,
     alpha: float = 0.05,
+    task: Task | None = None,
 ) -> dict[str, Any] | None:
     """The ``subgroups`` block of ``metrics.json`` for one strategy on one split (None: no
-    attributes). With a threshold: :func:`~medtl.metrics.subgroup_report` of P(class 1); without:
-    :func:`~medtl.metrics.subgroup_report_multiclass`."""
-    from medtl.metrics import json_safe, subgroup_report, subgroup_report_multiclass
+    attributes), in the form the task asks for (module docstring). ``task`` defaults to the
+    single-label task of ``class_names`` (with a threshold binary, without one-vs-rest, as before
+    the task owner existed); ``threshold`` is a number, or per finding (dict or sequence) for
+    several findings."""
+    from medtl.metrics import (
+        json_safe,
+        subgroup_report,
+        subgroup_report_multiclass,
+        subgroup_report_multilabel,
+    )
 
     if not attributes or not any(attributes):
         return None
     cols = attribute_columns(attributes)
-    if threshold is not None:
+    if task is None:  # older callers: a threshold means one binary question, none one-vs-rest
+        kind = BinaryTask.kind if threshold is not None else MultiClassTask.kind
+        task = task_for(class_names, kind)
+    if task.thresholded and task.positive_class is not None:  # one binary question
         rep = subgroup_report(
             labels, proba[:, 1], cols, threshold=threshold, patient_ids=patient_ids, alpha=alpha
         )
         rep["kind"] = "binary"
-        rep["positive_class"] = str(class_names[1])
+        rep["positive_class"] = str(task.positive_class)
+    elif task.thresholded:  # several findings: one binary question per finding, its threshold
+        thresholds = task.check_threshold(threshold)
+        rep = subgroup_report_multilabel(
+            labels, proba, cols, task.classes, thresholds=[thresholds[c] for c in task.classes],
+            patient_ids=patient_ids, alpha=alpha,
+        )  # fmt: skip
+        rep["kind"] = "multilabel"
+        rep["thresholds"] = thresholds
     else:
         rep = subgroup_report_multiclass(
             labels, proba, cols, list(class_names), patient_ids=patient_ids, alpha=alpha
@@ -65,13 +87,15 @@ def test_block(data: Any, p_test: np.ndarray, threshold: float | None) -> dict[s
     """The subgroup block of one strategy's ``metrics.json``: its test images (``data`` is the
     run's PreparedData) at the threshold chosen on validation."""
     test = data.test
+    ds = data.dataset
     return subgroup_block(
         test.attributes,
         test.labels,
         p_test,
         threshold=threshold,
-        class_names=data.dataset.classes,
-        patient_ids=patient_ids_of(data.dataset.samples, test.uids),
+        class_names=ds.classes,
+        patient_ids=patient_ids_of(ds.samples, test.uids),
+        task=task_for(ds.classes, ds.task_kind),
     )
 
 
@@ -97,13 +121,15 @@ _EVAL_KEYS = (
 def evaluation_rows(
     images: Any,
     proba: np.ndarray,
-    threshold: float | None,
+    threshold: Any,
     class_names: Sequence[str],
     common: Mapping[str, Any],
     samples: Sequence[Any],
+    task: Task | None = None,
 ) -> list[dict[str, Any]]:
     """``medtl evaluate --by`` rows: one per group of each attribute, with the evaluation table's
-    columns (binary; several classes: the macro one-vs-rest AUROC) and the gap to the rest."""
+    columns (binary; several classes: the macro one-vs-rest AUROC; several findings: the macro
+    AUROC with the finding's numbers under ``per_finding``) and the gap to the rest."""
     block = subgroup_block(
         images.attributes,
         images.labels,
@@ -111,10 +137,22 @@ def evaluation_rows(
         threshold=threshold,
         class_names=class_names,
         patient_ids=patient_ids_of(samples, images.uids),
+        task=task,
     )
     if block is None:
         return []
     out = []
+    if block["kind"] == "multilabel":
+        for attr, rows in block["macro"].items():
+            for r in rows:
+                per = {
+                    f: _finding_cells(rep, attr, r["group"])
+                    for f, rep in block["per_finding"].items()
+                }
+                out.append({**common, "subgroup": f"{attr}={r['group']}", "n": r["n"],
+                            "auroc": r["auroc"], "too_small": r["too_small"],
+                            "threshold": block.get("thresholds"), "per_finding": per})  # fmt: skip
+        return out
     if block["kind"] != "binary":
         for attr, rows in block["macro"].items():
             for r in rows:
@@ -139,6 +177,25 @@ def evaluation_rows(
                 }
             )
     return out
+
+
+def _finding_cells(report: Mapping[str, Any], attr: str, group: str) -> dict[str, Any]:
+    """One finding's numbers in one group, under ``evaluation_findings.csv``'s names."""
+    r = next((x for x in report["attributes"][attr] if x["group"] == group), None) or {}
+    return {
+        "n_pos": r.get("n_pos"),
+        "n_neg": r.get("n_neg"),
+        "auroc": r.get("auroc"),
+        "low": r.get("auroc_low"),
+        "high": r.get("auroc_high"),
+        "scorable": None if not r else not r.get("too_small"),
+        "threshold": report.get("threshold"),
+        "sensitivity": r.get("sensitivity"),
+        "specificity": r.get("specificity"),
+        "fnr": r.get("fnr"),
+        "auroc_gap": r.get("auroc_gap"),
+        "auroc_gap_p_holm": r.get("auroc_gap_p_holm"),
+    }
 
 
 def patient_ids_of(samples: Sequence[Any], uids: Sequence[str]) -> list[str | None]:
@@ -197,6 +254,9 @@ def run_subgroups(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any
                 "attributes": {a: _compact(rows) for a, rows in block["attributes"].items()},
             }
             out["words"][n] = gap_sentences(block, strategy_label(n))
+        elif block.get("kind") == "multilabel":
+            out["strategies"][n] = _multilabel_summary(block)
+            out["words"][n] = _finding_words(block, strategy_label(n))
         else:
             out["strategies"][n] = {"kind": block.get("kind"), "macro": block.get("macro")}
     for i, a in enumerate(done):
@@ -209,12 +269,80 @@ def run_subgroups(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any
             if uids != [u for u, k in zip(pb.uid, mb) if k]:
                 continue
             cols = attribute_columns([attrs.get(u) for u in uids])
-            if out["strategies"].get(a, {}).get("kind") != "binary":
+            kind = out["strategies"].get(a, {}).get("kind")
+            if kind == "multilabel":  # per finding averaged in the macro, each on its labels
+                res = _paired_per_finding(
+                    pa.label[ma], pa.proba[ma], pb.proba[mb], cols, pa.task.classes,
+                    out["strategies"][a].get("macro_findings") or [],
+                    strategy_label(a), strategy_label(b),
+                )  # fmt: skip
+                res.update(a=a, b=b)
+                out["paired"].append(json_safe(res))
+                continue
+            if kind != "binary":
                 continue  # one-vs-rest per class would multiply the tests; macro is not paired
             res = subgroup_paired(pa.label[ma], pa.proba[ma][:, 1], pb.proba[mb][:, 1], cols)
             res.update(a=a, b=b, words=paired_words(res, strategy_label(a), strategy_label(b)))
             out["paired"].append(json_safe(res))
     return json_safe(out)
+
+
+def _multilabel_summary(block: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary.json``'s entry of a multi-label strategy: the macro per group and, per finding,
+    its threshold and compact tables."""
+    return {
+        "kind": "multilabel",
+        "macro": block.get("macro"),
+        "macro_findings": block.get("macro_findings"),
+        "thresholds": block.get("thresholds"),
+        "per_finding": {
+            f: {
+                "threshold": r.get("threshold"),
+                "overall": _compact([r["overall"]])[0],
+                "attributes": {a: _compact(rows) for a, rows in r["attributes"].items()},
+            }
+            for f, r in (block.get("per_finding") or {}).items()
+        },
+    }
+
+
+def _finding_words(block: Mapping[str, Any], label: str) -> list[str]:
+    """The largest gap of each finding, in words (the groups too small to judge said once)."""
+    from medtl.metrics import gap_sentences
+
+    out, small = [], []
+    for f, rep in (block.get("per_finding") or {}).items():
+        for line in gap_sentences(rep, f"{label} on {f}", limit=1):
+            (small if line.startswith("Too small") else out).append(line)
+    if small:
+        out.append(
+            "Some groups are too small to judge for some findings (see the per-finding tables)."
+        )
+    return out
+
+
+def _paired_per_finding(
+    y: np.ndarray,
+    pa: np.ndarray,
+    pb: np.ndarray,
+    cols: Mapping[str, list[str]],
+    findings: Sequence[str],
+    averaged: Sequence[str],
+    name_a: str,
+    name_b: str,
+) -> dict[str, Any]:
+    """Whether A's AUROC gain over B holds in every subgroup, per finding ``averaged`` in the
+    macro (paired DeLong within each group on the finding's labelled images); ``findings``: the
+    columns of ``y`` / ``pa`` / ``pb``."""
+    from medtl.metrics import subgroup_paired
+
+    per, words = {}, []
+    for f in averaged:
+        k = list(findings).index(f)
+        res = subgroup_paired(y[:, k], pa[:, k], pb[:, k], cols)
+        per[f] = res
+        words += [f"{f}: {w}" for w in paired_words(res, name_a, name_b)]
+    return {"per_finding": per, "words": words}
 
 
 def paired_words(res: Mapping[str, Any], name_a: str, name_b: str) -> list[str]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from medtl.advisor._profile import advice_samples, build_profile, measure, stratified_cap
 from medtl.advisor.rules import Advice, decide, measured_from_pilot
@@ -35,6 +38,8 @@ def advise(
     epochs: int | None = None,
     patient_id_pattern: str | None = None,
     positive_class: str | None = None,
+    findings: Sequence[str] | None = None,
+    uncertain: str = "ignore",
 ) -> Advice:
     """Recommend fine-tuning or feature extraction for a dataset from a measured pilot, and say why.
 
@@ -66,6 +71,11 @@ def advise(
             ``load_dataset``); with ids (from it or a manifest) the probes' folds are grouped by patient.
         positive_class: the class that is the finding, as for ``compare``; checked against the
             data (AUROC itself does not depend on it).
+        findings: several findings per image: the manifest's finding columns, as for
+            ``compare`` (``data.findings``); the comparison is then on the macro AUROC over the
+            findings the pilot can score, and the advice lists those too rare to learn.
+        uncertain: what an uncertain label (-1) becomes: ``ignore`` (not labelled),
+            ``positive`` or ``negative`` (``data.uncertain``).
 
     Returns:
         :class:`Advice` with ``strategy``, ``confidence``, ``expected_auroc`` (interval at full size),
@@ -99,12 +109,20 @@ def advise(
     elif isinstance(data, str | Path):
         from medtl.data import phantom_manifest, project_salt
 
+        # the splits `medtl compare` makes with its defaults (as medtl.experiment.load_data): no
+        # verify pass, so unreadable files do not shift the carving, and the advice never sees
+        # the test images compare will score; the pool's files are decoded (and bad ones
+        # skipped) once, by prepare_images below
         dataset = load_dataset(
             phantom_manifest(str(data)),
             read_options=read_options,
             progress=progress,
             patient_id_pattern=patient_id_pattern,
             salt=project_salt(cache_dir),
+            cache_dir=cache_dir,
+            verify=False,
+            findings=findings,
+            uncertain=uncertain,
         )
     else:
         raise ConfigError(
@@ -138,13 +156,7 @@ def advise(
         progress=progress,
     )
     timings["decode"] = time.perf_counter() - t0
-    counts = [int((images.labels == c).sum()) for c in range(len(dataset.classes))]
-    if len(images) < 4 or min(counts) < 6:
-        raise ConfigError(
-            f"Only {len(images)} readable image(s) in {dataset.root!r} ({counts} per class); the "
-            "advisor needs at least 6 per class to run its pilot. Check the skipped files listed by "
-            "`medtl data card`, or add labelled images."
-        )
+    n_strata, min_count = _pilot_counts(images, dataset)
     pid = {s.uid: s.patient_id for s in profiled}
     patient_ids = [pid.get(u) for u in images.uids]
     t0 = time.perf_counter()
@@ -158,9 +170,7 @@ def advise(
     )
     timings["embed_and_profile"] = time.perf_counter() - t0
     epochs = int(epochs or FineTuning().epochs)
-    plan = plan_pilot(
-        len(images), len(dataset.classes), min(counts), cost, float(pilot_minutes), epochs
-    )
+    plan = plan_pilot(len(images), n_strata, min_count, cost, float(pilot_minutes), epochs)
     pilot = run_pilot(
         images,
         plan,
@@ -211,3 +221,23 @@ def advise(
     }
     log.info("advisor: %s (%s confidence)", advice.strategy, advice.confidence)
     return advice
+
+
+def _pilot_counts(images: Any, dataset: Dataset) -> tuple[int, int]:
+    """(strata, fewest images of a stratum) that size the pilot: the classes and the smallest
+    class, or for several findings per image the two sides of a finding and the positives (or
+    negatives) of the best-represented one. ConfigError when the pilot cannot run."""
+    from medtl.advisor import _findings
+
+    labels = np.asarray(images.labels)
+    if _findings.is_multilabel_labels(labels):
+        where = f"{dataset.root!r} ({len(images)} readable images)"
+        return 2, _findings.pilot_min_count(labels, dataset.classes, where)
+    counts = [int((labels == c).sum()) for c in range(len(dataset.classes))]
+    if len(images) < 4 or min(counts) < 6:
+        raise ConfigError(
+            f"Only {len(images)} readable image(s) in {dataset.root!r} ({counts} per class); the "
+            "advisor needs at least 6 per class to run its pilot. Check the skipped files listed by "
+            "`medtl data card`, or add labelled images."
+        )
+    return len(dataset.classes), min(counts)

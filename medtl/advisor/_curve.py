@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,18 +29,22 @@ MIN_HALF_WIDTH = 0.01
 FALLBACK_GAIN_PER_DOUBLING = 0.03
 
 
-def auroc_standard_error(auc: float, counts: list[int] | tuple[int, ...]) -> float:
+def auroc_standard_error(auc: float, counts: Sequence[int] | Sequence[tuple[int, int]]) -> float:
     """Hanley & McNeil (1982) standard error of an AUROC measured on images with these class counts.
 
     Two classes: ``counts = [negatives, positives]``. More classes (macro one-vs-rest): the root mean
-    square of the per-class errors. The percentile bootstrap of a nearly separable set of a few
+    square of the per-class errors. Several findings (a macro over yes/no questions): ``counts`` is
+    one ``(negatives, positives)`` pair per averaged finding. The percentile bootstrap of a nearly separable set of a few
     images collapses (every replicate scores ~1.0); this analytic error does not. With the AUROC
     capped at ``1 - 1/(2 n_min)`` (``n_min``: the smaller side) - an AUROC of 1.0 on four positives
     does not show a perfect test - it stays positive. A floor for the predicted intervals; not fitted.
     """
-    counts = [int(c) for c in counts]
-    total = sum(counts)
-    sides = [(total - c, c) for c in counts] if len(counts) > 2 else [tuple(counts)]
+    if counts and isinstance(counts[0], tuple | list):
+        sides = [(int(a), int(b)) for a, b in counts]  # type: ignore[misc]
+    else:
+        counts = [int(c) for c in counts]  # type: ignore[arg-type]
+        total = sum(counts)
+        sides = [(total - c, c) for c in counts] if len(counts) > 2 else [tuple(counts)]
     var = []
     for n_neg, n_pos in sides:
         if n_neg < 1 or n_pos < 1:
@@ -54,7 +59,11 @@ def auroc_standard_error(auc: float, counts: list[int] | tuple[int, ...]) -> flo
 
 
 def weighted_auroc(
-    y: np.ndarray, proba: np.ndarray, weights: np.ndarray, task: Task | None = None
+    y: np.ndarray,
+    proba: np.ndarray,
+    weights: np.ndarray,
+    task: Task | None = None,
+    questions: Sequence[str] | None = None,
 ) -> np.ndarray:
     """The task's headline AUROC (binary: the positive class; several classes or findings: the
     macro over :meth:`medtl.tasks.Task.questions`) for each row of ``weights``.
@@ -64,6 +73,8 @@ def weighted_auroc(
         proba: (n, K) probabilities.
         weights: (B, n) non-negative multiplicities (a bootstrap replicate per row; ones = the plain AUROC).
         task: default: the single-label task of ``proba``'s columns.
+        questions: average over these questions only (e.g. the findings that can be scored on
+            these images); default: all.
 
     Returns:
         (B,) AUROCs; NaN where a class is absent from a replicate.
@@ -72,7 +83,9 @@ def weighted_auroc(
     w_all = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     task = task or task_for([str(k) for k in range(proba.shape[1])])
     out = []
-    for _, pos_all, score in task.questions(y, proba):
+    for name, pos_all, score in task.questions(y, proba):
+        if questions is not None and name not in questions:
+            continue
         known = ~np.isnan(pos_all)  # an unlabelled image weighs nothing for this question
         w = np.where(known, w_all, 0.0)
         pos = np.nan_to_num(pos_all)
@@ -188,7 +201,7 @@ def _quantiles(x: np.ndarray) -> tuple[float, float]:
 
 
 def predict_curve(
-    sizes: list[int], boot: np.ndarray, n_full: int, eval_counts: list[int] | None = None
+    sizes: list[int], boot: np.ndarray, n_full: int, eval_counts: Sequence[Any] | None = None
 ) -> CurvePrediction:
     """Fit the point curve and one curve per bootstrap replicate; predict at ``n_full`` and twice that.
 
@@ -197,8 +210,9 @@ def predict_curve(
         boot: (B + 1, len(sizes)) AUROCs; row 0 the plain estimate, the rest bootstrap replicates of the
             same evaluation images (shared with the other strategy, so differences stay paired).
         n_full: the training size the user has.
-        eval_counts: images per class in the evaluation set; the interval is then at least
-            +- z x :func:`auroc_standard_error` wide (the bootstrap understates a small set's error).
+        eval_counts: images per class in the evaluation set (or one (negatives, positives) pair
+            per averaged finding); the interval is then at least +- z x
+            :func:`auroc_standard_error` wide (the bootstrap understates a small set's error).
     """
     sizes_arr = np.asarray(sizes, dtype=np.float64)
     point = boot[0]

@@ -153,6 +153,7 @@ def gradient_early_share(
     *,
     C: float = 0.1,
     seed: int = 0,
+    task: Any = None,
 ) -> dict[str, Any]:
     """Share of the target task's relative gradient that falls in the first half of the backbone.
 
@@ -163,7 +164,9 @@ def gradient_early_share(
     one backward pass of its cross-entropy on ``pixels`` gives each stage's relative gradient
     ``||dL/dW|| / ||W||``. ``early_share`` is the first half's sum over all stages' sum: high when the
     task's error pulls on low-level features that feature extraction cannot change. Descriptive only:
-    reported in the profile, never voted. ``model`` is not changed.
+    reported in the profile, never voted. ``model`` is not changed. Several findings per image
+    (``y`` (N, K) with NaN = not labelled): one logistic head per finding and the task's masked
+    binary cross-entropy (``task``, a :class:`medtl.tasks.Task`; default from ``y``).
 
     Returns:
         ``{"early_share": float, "per_stage": [relative gradient per stage], "images": int}``;
@@ -178,16 +181,34 @@ def gradient_early_share(
     from medtl.training import micro_batch_size, to_model_input
 
     stages = list(getattr(cfg, "stages", ()) or ())
-    if len(stages) < 2 or len(np.unique(y)) < 2:
+    multilabel = np.asarray(y).ndim == 2  # (N, K) targets of several findings per image
+    if len(stages) < 2 or (not multilabel and len(np.unique(y)) < 2):
         return {"early_share": None, "per_stage": [], "images": 0}
     sc = StandardScaler().fit(emb)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf = LogisticRegression(C=C, max_iter=1000, class_weight="balanced", random_state=seed)
-        clf.fit(sc.transform(emb), y)
-    coef = clf.coef_ / sc.scale_  # fold the scaler into the head: (x - mu) / s . w
-    bias = clf.intercept_ - coef @ sc.mean_
-    if coef.shape[0] == 1:  # binary: logits [0, z]
+
+    def logreg(z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf = LogisticRegression(
+                C=C, max_iter=1000, class_weight="balanced", random_state=seed
+            ).fit(z, t)
+        return clf.coef_, clf.intercept_
+
+    z = sc.transform(emb)
+    if multilabel:  # one logistic head per finding on its labelled images (as feature extraction)
+        yf = np.asarray(y, dtype=np.float64)
+        coef, bias = np.zeros((yf.shape[1], emb.shape[1])), np.zeros(yf.shape[1])
+        for k in range(yf.shape[1]):
+            rows = ~np.isnan(yf[:, k])
+            if len(np.unique(yf[rows, k])) == 2:
+                (coef[k],), (bias[k],) = logreg(z[rows], yf[rows, k].astype(np.int64))
+        if not coef.any():
+            return {"early_share": None, "per_stage": [], "images": 0}
+    else:
+        coef, bias = logreg(z, y)
+    coef = coef / sc.scale_  # fold the scaler into the head: (x - mu) / s . w
+    bias = bias - coef @ sc.mean_
+    if not multilabel and coef.shape[0] == 1:  # binary: logits [0, z]
         coef = np.vstack([np.zeros_like(coef), coef])
         bias = np.r_[0.0, bias]
     net = copy.deepcopy(model).eval()  # eval: BatchNorm statistics frozen, as LP-FT trains
@@ -203,7 +224,16 @@ def gradient_early_share(
         idx = idx[np.linspace(0, len(idx) - 1, GRAD_IMAGES).round().astype(int)]
     x = torch.from_numpy(np.ascontiguousarray(pixels[idx])).to(device).float().div_(255.0)
     x = to_model_input(x, cfg.mean, cfg.std)
-    target = torch.from_numpy(np.asarray(y)[idx]).long().to(device)
+    target = torch.from_numpy(np.asarray(y)[idx]).to(device)
+    if not multilabel:
+        target = target.long()
+    if task is None:
+        from medtl.tasks import MultiLabelTask, task_for
+
+        names = [str(k) for k in range(coef.shape[0])]
+        task = task_for(names, MultiLabelTask.kind if multilabel else None)
+    # the task's own loss: cross-entropy, or the masked binary cross-entropy of several findings
+    loss_fn = task.loss(reduction="sum")
     # cache-sized channels-last passes, gradients summed (BatchNorm frozen: equal to one whole pass,
     # and ~8x faster on a CPU than 64 images of 224 px at once)
     net.to(memory_format=torch.channels_last)
@@ -211,7 +241,7 @@ def gradient_early_share(
     for i in range(0, len(idx), per_pass):
         xb = x[i : i + per_pass].contiguous(memory_format=torch.channels_last)
         feats = net.forward_head(net.forward_features(xb), pre_logits=True)
-        loss = nn.functional.cross_entropy(head(feats), target[i : i + per_pass], reduction="sum")
+        loss = loss_fn(head(feats), target[i : i + per_pass])
         (loss / len(idx)).backward()
     g2 = np.zeros(len(stages))
     w2 = np.zeros(len(stages))
@@ -349,6 +379,62 @@ def probe_transferability(
         "curve_n": {str(f): float(np.mean(v)) for f, v in curve_n.items()},
         "slope_per_doubling": slope,
         "head_seconds": float(head_seconds),
+    }
+
+
+def probe_findings(
+    emb: np.ndarray,
+    y: np.ndarray,
+    names: Sequence[str],
+    *,
+    seed: int = 0,
+    n_splits: int = 5,
+    groups: Sequence[str | None] | None = None,
+) -> dict[str, Any]:
+    """:func:`probe_transferability` once per finding of (N, K) multi-label targets, each on the
+    images labelled for that finding, with the per-finding results under ``per_finding`` and their
+    means as the summary (``probe_auroc`` is then a macro AUROC over the probed findings).
+
+    A finding with fewer than 2 positive or negative labelled images cannot be cross-validated:
+    it is listed under ``per_finding`` with its ``error``, and left out of the means.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    per: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(names):
+        rows = np.flatnonzero(~np.isnan(y[:, k]))
+        per[name] = probe_transferability(
+            emb[rows],
+            y[rows, k].astype(np.int64),
+            seed=seed,
+            n_splits=n_splits,
+            groups=None if groups is None else [groups[i] for i in rows],
+        )
+        per[name]["n_pos"] = int(np.sum(y[rows, k] == 1))
+    done = [r for r in per.values() if r.get("n_splits")]
+    if not done:
+        return {"n_splits": 0, "error": "no finding has 2 positive and 2 negative images",
+                "per_finding": per}  # fmt: skip
+
+    def mean(key: str) -> float:
+        return float(np.nanmean([r[key] for r in done]))
+
+    fractions = list(done[0]["curve"])
+    return {
+        "n_splits": min(r["n_splits"] for r in done),
+        "knn_auroc": mean("knn_auroc"),
+        "knn_std": mean("knn_std"),
+        "probe_auroc": mean("probe_auroc"),
+        "probe_std": mean("probe_std"),
+        "probe_C": float(np.median([r["probe_C"] for r in done])),
+        "curve": {f: float(np.nanmean([r["curve"][f] for r in done])) for f in fractions},
+        "curve_n": {f: float(np.mean([r["curve_n"][f] for r in done])) for f in fractions},
+        "slope_per_doubling": mean("slope_per_doubling"),
+        "head_seconds": float(sum(r["head_seconds"] for r in done)),
+        "findings_probed": len(done),
+        "per_finding": {
+            f: {k: r.get(k) for k in ("probe_auroc", "knn_auroc", "n_pos", "error") if k in r}
+            for f, r in per.items()
+        },
     }
 
 

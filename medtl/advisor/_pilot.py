@@ -356,34 +356,34 @@ def run_pilot(
 
     Returns:
         ``{"repeats": [{"eval_idx", "y_eval", "fe": {size: proba}, "ft": {size: proba}}],
-        "seconds": {...}, "guard_hit": bool, "disjoint": bool}`` (``disjoint``: the repeats' held-out
-        images are different images, see :func:`_holdouts`).
+        "seconds": {...}, "guard_hit": bool, "disjoint": bool, "task": Task}`` (``disjoint``: the
+        repeats' held-out images are different images, see :func:`_holdouts`; ``task``: the task
+        the probabilities answer, :mod:`medtl.tasks`).
     """
-    from sklearn.model_selection import train_test_split
-
-    from medtl.strategies import FeatureExtraction, FineTuning
+    from medtl.tasks import task_for
 
     y = np.asarray(images.labels)
+    task = task_for(images.classes, images.task_kind)
+    folds = _folds_for(y)
     out: list[dict[str, Any]] = []
     seconds = {"feature_extraction_pilot": 0.0, "fine_tuning_pilot": 0.0}
     guard_hit = False
     top = max([*plan.fe_sizes, *plan.ft_sizes])
-    splits, disjoint = _holdouts(y, patient_ids, plan.n_eval, plan.repeats, top, seed)
+    splits, disjoint = folds.holdouts(y, patient_ids, plan.n_eval, plan.repeats, top, seed)
     for r, (tr_idx, ev_idx) in enumerate(splits):
         rs = seed + 1000 * r
-        order = tr_idx[_nested_order(y[tr_idx], np.random.default_rng(rs))]
+        order = tr_idx[folds.nested_order(y[tr_idx], np.random.default_rng(rs))]
         ev = _subset(images, ev_idx)
         rec: dict[str, Any] = {"eval_idx": ev_idx, "y_eval": y[ev_idx], "fe": {}, "ft": {}}
         for size in sorted(set(plan.fe_sizes) | set(plan.ft_sizes)):
             sub = order[:size]
-            if np.bincount(y[sub], minlength=int(y.max()) + 1).min() < 2:
-                # a stratified train/val split needs 2 of every class; the plan's sizes ensure it
-                # for stratified prefixes, this catches a grouped holdout that took most of a class
+            if not folds.trainable(y[sub]):
+                # a stratified train/val split needs 2 of every class (of some finding); the plan's
+                # sizes ensure it for stratified prefixes, this catches a grouped holdout that took
+                # most of a class
                 log.info("advisor pilot: size %d skipped (a class has < 2 images in it)", size)
                 continue
-            a, b = train_test_split(
-                np.arange(len(sub)), test_size=0.2, stratify=y[sub], random_state=rs
-            )
+            a, b = folds.fit_split(y[sub], rs)
             tr, va = _subset(images, np.sort(sub[a])), _subset(images, np.sort(sub[b]))
             t0 = time.perf_counter()
             fe = FeatureExtraction(
@@ -414,4 +414,39 @@ def run_pilot(
             seconds["fine_tuning_pilot"] += time.perf_counter() - t0
             log.info("advisor pilot: repeat %d, size %d done", r, size)
         out.append(rec)
-    return {"repeats": out, "seconds": seconds, "guard_hit": guard_hit, "disjoint": disjoint}
+    return {
+        "repeats": out,
+        "seconds": seconds,
+        "guard_hit": guard_hit,
+        "disjoint": disjoint,
+        "task": task,
+    }
+
+
+class _SingleLabelFolds:
+    """The pilot's splits of single-label data: scikit-learn's stratified (grouped) splitters."""
+
+    holdouts = staticmethod(_holdouts)
+    nested_order = staticmethod(_nested_order)
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+
+    def trainable(self, y: np.ndarray) -> bool:
+        return bool(np.bincount(y, minlength=self.n_classes).min() >= 2)
+
+    @staticmethod
+    def fit_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.model_selection import train_test_split
+
+        return train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
+
+
+def _folds_for(y: np.ndarray) -> Any:
+    """The pilot's splitting functions for these labels: stratified by class, or over every
+    finding for (N, K) multi-label targets (:mod:`medtl.advisor._findings`)."""
+    from medtl.advisor import _findings
+
+    if _findings.is_multilabel_labels(y):
+        return _findings
+    return _SingleLabelFolds(int(y.max()) + 1)

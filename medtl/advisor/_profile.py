@@ -51,6 +51,10 @@ class Profile:
         profile_seconds: wall time of the whole advice.
         pilot: the pilot's plan and settings (see ``medtl.advisor._pilot``).
         timings: measured seconds per part of the advice, with the budget (reported, never decisive).
+        task: the task kind (:mod:`medtl.tasks`); metric: the compared AUROC's name in sentences
+            ("AUROC", "macro AUROC").
+        findings: several findings per image: positive / negative / unlabelled advised images per
+            finding (``class_counts`` then counts positives, ``min_class`` the fewest positives).
     """
 
     n_images: int
@@ -81,6 +85,9 @@ class Profile:
     profile_seconds: float = 0.0
     pilot: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    task: str = "binary"
+    metric: str = "AUROC"
+    findings: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def probe_auroc(self) -> float | None:
@@ -107,16 +114,11 @@ class Profile:
 
 
 def stratified_cap(samples: list[Sample], max_images: int, seed: int) -> list[Sample]:
-    """At most ``max_images`` samples, stratified by class (all of them when fewer)."""
-    if max_images <= 0 or len(samples) <= max_images:
-        return samples
-    from sklearn.model_selection import train_test_split
+    """At most ``max_images`` samples, stratified by class or over every finding (all of them when
+    fewer); the same subsample as ``data.max_train`` (:func:`medtl.data.stratified_subset`)."""
+    from medtl.data import stratified_subset
 
-    labels = [s.label for s in samples]
-    keep, _ = train_test_split(
-        np.arange(len(samples)), train_size=max_images, stratify=labels, random_state=seed
-    )
-    return [samples[i] for i in sorted(keep)]
+    return stratified_subset(samples, max_images, seed)
 
 
 def advice_samples(dataset: Dataset) -> tuple[list[Sample], int, int]:
@@ -146,10 +148,12 @@ def measure(
         BNStatsRecorder,
         gradient_early_share,
         imagenet_entropy,
+        probe_findings,
         probe_transferability,
     )
     from medtl.backbones import create_backbone
     from medtl.strategies import FeatureExtraction, extract_embeddings
+    from medtl.tasks import task_for
     from medtl.training import resolve_device
 
     device = resolve_device("auto")
@@ -186,21 +190,24 @@ def measure(
         rows = np.sort(
             np.random.default_rng(seed).choice(len(rows), PROBE_MAX_IMAGES, replace=False)
         )
-    probe = probe_transferability(
-        emb[rows],
-        np.asarray(images.labels)[rows],
-        seed=seed,
-        groups=None if patient_ids is None else [patient_ids[i] for i in rows],
-    )
+    labels = np.asarray(images.labels)
+    probe_groups = None if patient_ids is None else [patient_ids[i] for i in rows]
+    if labels.ndim == 2:  # several findings per image: one probe per finding
+        probe = probe_findings(
+            emb[rows], labels[rows], images.classes, seed=seed, groups=probe_groups
+        )
+    else:
+        probe = probe_transferability(emb[rows], labels[rows], seed=seed, groups=probe_groups)
     grad = (
         gradient_early_share(
             model,
             cfg,
             images.pixels,
-            np.asarray(images.labels),
+            labels,
             emb,
             C=float(probe.get("probe_C", 0.1)),
             seed=seed,
+            task=task_for(images.classes, images.task_kind),
         )
         if cfg.pretrained
         else {"early_share": None}
@@ -234,12 +241,22 @@ def build_profile(
 ) -> Profile:
     """Combine the data card's facts, the split sizes and the measurements into a :class:`Profile`."""
     from medtl.data.card import summarise_dataset
+    from medtl.tasks import task_for
 
     card = summarise_dataset(dataset, max_files=32)
+    task = task_for(dataset.classes, dataset.task_kind)
     counts = {name: 0 for name in dataset.classes}
     names = dataset.classes
-    for s in advice_samples(dataset)[0]:
-        counts[names[s.label]] += 1
+    pool = advice_samples(dataset)[0]
+    findings: dict[str, dict[str, int]] = {}
+    if dataset.task_kind:  # several findings per image: positives per finding
+        from medtl.data import finding_counts, targets_of
+
+        findings = finding_counts(targets_of(pool, len(names)), names)
+        counts = {f: c["pos"] for f, c in findings.items()}
+    else:
+        for s in pool:
+            counts[names[s.label]] += 1
     nonzero = [v for v in counts.values() if v > 0]
     height = (card.get("images") or {}).get("height") or {}
     return Profile(
@@ -269,4 +286,8 @@ def build_profile(
         device=measured["device"],
         embed_cache_hits=measured["embed_cache_hits"],
         profile_seconds=time.perf_counter() - started,
+        task=task.kind,
+        # "macro AUROC (one-vs-rest)" -> "macro AUROC": the name that fits in a sentence
+        metric=task.metric_name.split(" (")[0],
+        findings=findings,
     )

@@ -65,6 +65,9 @@ class Measured:
         minutes: reference minutes of each strategy's full run (deterministic: see ``CostModel``).
         n_eval: distinct held-out images scored (all repeats' when their folds are disjoint, else one
             repeat's); repeats: number of holdouts.
+        findings: several findings per image: ``scored`` (the findings the macro AUROC averages),
+            ``unscored`` ({finding: fewest held-out positives / negatives}), ``min_scored`` (the
+            rule's count); empty for single-label data.
     """
 
     curves: dict[str, CurvePrediction]
@@ -72,6 +75,7 @@ class Measured:
     minutes: dict[str, float]
     n_eval: int = 0
     repeats: int = 1
+    findings: dict[str, Any] = field(default_factory=dict)
 
     def predicted_gain(self) -> dict[str, float]:
         """Predicted FT - FE AUROC at the full size: point, 90% interval and share of replicates > 0."""
@@ -343,6 +347,8 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
         "fits_budget": fits,
         "constants": {"MIN_GAIN": MIN_GAIN, "GAIN_PER_HOUR": GAIN_PER_HOUR},
     }
+    if m.findings:  # several findings per image: which findings the compared macro AUROC covers
+        decision["findings"] = m.findings
     return Advice(
         strategy=strategy,
         confidence=confidence,
@@ -371,8 +377,10 @@ def _clinician_sentences(
 ) -> list[str]:
     fe, ft = m.curves[FE], m.curves[FT]
     mins = m.minutes
+    metric = p.metric or "AUROC"
     out = [
-        f"With your {p.n_images} labelled images we expect {SHORT[strategy]} to reach an AUROC of "
+        f"With your {p.n_images} labelled images we expect {SHORT[strategy]} to reach "
+        f"{'an' if metric[0] in 'AEIOU' else 'a'} {metric} of "
         f"about {m.curves[strategy].at_full:.2f} (likely between "
         f"{m.curves[strategy].interval[0]:.2f} and {m.curves[strategy].interval[1]:.2f}).",
         f"Feature extraction: about {fe.at_full:.2f} ({fe.interval[0]:.2f}-{fe.interval[1]:.2f}), "
@@ -384,7 +392,8 @@ def _clinician_sentences(
         f"In a trial on {pd.get('size')} of your images"
         + (f", repeated {m.repeats} times" if m.repeats > 1 else "")
         + f", both scored on the same {m.n_eval} held-out images, fine-tuning minus feature "
-        f"extraction was {pd['diff']:+.3f} AUROC (95% CI {pd['ci_low']:+.3f} to {pd['ci_high']:+.3f})"
+        f"extraction was {pd['diff']:+.3f} {metric} (95% CI {pd['ci_low']:+.3f} to "
+        f"{pd['ci_high']:+.3f})"
         if np.isfinite(pd.get("diff", float("nan")))
         else "No paired trial could be measured"
     )
@@ -407,8 +416,18 @@ def _clinician_sentences(
     }[branch]
     out.append(why)
     pick = m.curves[strategy]
+    if p.findings:  # several findings per image: those too rare to learn or to score
+        from medtl.advisor._findings import rare_sentence
+
+        f = m.findings
+        rare = rare_sentence(
+            p.findings, p.n_images, f.get("scored", []), f.get("unscored", {}),
+            int(f.get("min_scored", 0)),
+        )  # fmt: skip
+        if rare:
+            out.append(rare)
     out.append(
-        f"Twice as many labelled images ({2 * p.n_images}) would change the expected AUROC by about "
+        f"Twice as many labelled images ({2 * p.n_images}) would change the expected {metric} by about "
         f"{pick.gain_2x:+.3f} (range {pick.gain_2x_interval[0]:+.3f} to "
         f"{pick.gain_2x_interval[1]:+.3f}) with {SHORT[strategy]}."
     )
@@ -433,6 +452,17 @@ def _detail_sentences(p: Profile, m: Measured, gain: dict[str, float]) -> list[s
             f"Frozen-feature probe: {p.probe.get('n_splits')}-fold CV AUROC {p.probe_auroc:.3f} "
             f"(+-{p.probe_std:.3f})" + (f", k-NN {knn:.3f}." if knn is not None else ".")
         )
+        per = p.probe.get("per_finding") or {}
+        if per:  # several findings per image: one probe per finding, the line above their mean
+            out[-1] = out[-1][:-1] + (
+                f" (mean over {p.probe.get('findings_probed')} findings: "
+                + ", ".join(
+                    f"{f} {r['probe_auroc']:.2f}" if r.get("probe_auroc") is not None
+                    else f"{f} not probed"
+                    for f, r in per.items()
+                )
+                + ")."
+            )  # fmt: skip
     for s in STRATEGIES:
         c = m.curves[s]
         pts = ", ".join(f"n={n}: {a:.3f}" for n, a in zip(c.sizes, c.observed))
@@ -493,7 +523,14 @@ def measured_from_pilot(
     # held-out images per class behind the averaged AUROCs: every repeat's when they are different
     # images (disjoint folds), else one repeat's (overlapping random holdouts share many images)
     scored = reps if pilot.get("disjoint") else reps[:1]
-    counts = np.bincount(np.concatenate([np.asarray(r["y_eval"]) for r in scored])).tolist()
+    task = pilot.get("task")
+    y_scored = np.concatenate([np.asarray(r["y_eval"]) for r in scored])
+    questions, findings = _scored_questions(reps, y_scored, task)
+    if questions is None:
+        counts: list[Any] = np.bincount(y_scored).tolist()
+    else:  # one (negatives, positives) pair per averaged finding
+        k = [task.classes.index(f) for f in questions]
+        counts = [(int(np.sum(y_scored[:, j] == 0)), int(np.sum(y_scored[:, j] == 1))) for j in k]
     for key, name in (("fe", FE), ("ft", FT)):
         # sizes every repeat ran (the pilot skips a size whose subset lost a class)
         sizes = sorted(set.intersection(*(set(r[key]) for r in reps)))
@@ -507,7 +544,7 @@ def measured_from_pilot(
             )
         with warnings.catch_warnings():  # a replicate that lost a class is NaN in every repeat
             warnings.simplefilter("ignore", RuntimeWarning)
-            table = _table(reps, key, sizes, weights)
+            table = _table(reps, key, sizes, weights, task, questions)
         at[name] = {s: table[:, i] for i, s in enumerate(sizes)}
         curves[name] = predict_curve(sizes, table, n_full, eval_counts=counts)
     common = sorted(set(at[FE]) & set(at[FT]))
@@ -520,19 +557,51 @@ def measured_from_pilot(
         minutes=minutes,
         n_eval=sum(len(r["y_eval"]) for r in scored),
         repeats=len(reps),
+        findings=findings,
     )
 
 
+def _scored_questions(
+    reps: list[dict[str, Any]], y_scored: np.ndarray, task: Any
+) -> tuple[list[str] | None, dict[str, Any]]:
+    """Several findings per image: the findings the macro AUROC averages over (scorable in every
+    repeat's held-out images) and the record of those left out; (None, {}) for single-label data."""
+    from medtl.advisor import _findings
+
+    if task is None or not _findings.is_multilabel_labels(y_scored):
+        return None, {}
+    scored, unscored, minimum = _findings.scored_findings(
+        [np.asarray(r["y_eval"]) for r in reps], task.classes
+    )
+    if not scored:
+        from medtl.errors import ConfigError
+
+        raise ConfigError(
+            "The advisor's held-out images hold no finding with both a positive and a negative "
+            "label, so no AUROC can be measured. Add labelled images of the rarer findings."
+        )
+    return scored, {"scored": scored, "unscored": unscored, "min_scored": minimum}
+
+
 def _table(
-    reps: list[dict[str, Any]], key: str, sizes: list[int], weights: list[np.ndarray]
+    reps: list[dict[str, Any]],
+    key: str,
+    sizes: list[int],
+    weights: list[np.ndarray],
+    task: Any = None,
+    questions: list[str] | None = None,
 ) -> np.ndarray:
-    """(B + 1, len(sizes)) AUROCs averaged over the repeats, one column per training size."""
+    """(B + 1, len(sizes)) AUROCs averaged over the repeats, one column per training size (the
+    task's headline AUROC, over ``questions`` only when given)."""
     from medtl.advisor._curve import weighted_auroc
 
     return np.stack(
         [
             np.nanmean(
-                [weighted_auroc(r["y_eval"], r[key][s], w) for r, w in zip(reps, weights)],
+                [
+                    weighted_auroc(r["y_eval"], r[key][s], w, task, questions)
+                    for r, w in zip(reps, weights)
+                ],
                 axis=0,
             )
             for s in sizes

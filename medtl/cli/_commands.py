@@ -390,6 +390,7 @@ def advise(args: argparse.Namespace) -> int:
         kwargs["seed"] = args.seed
     if args.positive_class is not None:
         kwargs["positive_class"] = args.positive_class
+    kwargs.update(_label_kwargs(args))  # --findings / --uncertain, as for compare
     advice = run_advise(args.data, **kwargs)
     if args.json:
         _print_json(advice.to_dict())

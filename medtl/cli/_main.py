@@ -341,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--patient-id-pattern",
         help="regular expression giving the patient id from a file name (groups the probe's folds)",
     )
+    _add_label_args(p)  # several findings per image, as for compare
     _add_output_args(p, json_=True)
 
     p = _sub(

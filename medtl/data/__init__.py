@@ -43,7 +43,13 @@ from medtl.data._prepare import (
     to_native_uint8,
 )
 from medtl.data._sources import SourceInfo, register_source, source_info
-from medtl.data._splits import assign_splits, duplicate_groups, load_splits, save_splits
+from medtl.data._splits import (
+    assign_splits,
+    duplicate_groups,
+    load_splits,
+    save_splits,
+    stratified_subset,
+)
 from medtl.data._types import SPLITS, Dataset, PreparedImages, Sample, SkippedFile
 from medtl.data.card import data_card, summarise_dataset
 from medtl.data.synth import (
@@ -97,6 +103,7 @@ __all__ = [
     "register_source",
     "save_splits",
     "source_info",
+    "stratified_subset",
     "summarise_dataset",
     "targets_of",
     "to_native_uint8",

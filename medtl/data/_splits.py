@@ -281,6 +281,26 @@ def assign_splits(
     return back
 
 
+def stratified_subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    """At most ``n`` of ``samples`` (all when fewer), in their order: stratified by class, or over
+    every finding for several findings per image (iterative stratification, see
+    :func:`~medtl.data.iterative_carve`). The one subsample of ``data.max_train`` and the advisor's
+    cap.
+    """
+    if n <= 0 or n >= len(samples):
+        return samples
+    if is_multilabel(samples):
+        keep = iterative_carve(targets_of(samples), None, n / len(samples), seed)
+        return [s for s, k in zip(samples, keep) if k]
+    from sklearn.model_selection import train_test_split
+
+    labels = [s.label for s in samples]
+    idx, _ = train_test_split(
+        np.arange(len(samples)), train_size=n, stratify=labels, random_state=seed
+    )
+    return [samples[i] for i in sorted(idx)]
+
+
 def listing_key(s: Sample) -> tuple[str, int]:
     """The canonical order of samples for carving: their path, then their index in a container."""
     return (s.path, -1 if s.index is None else int(s.index))

@@ -33,7 +33,11 @@ from medtl.metrics._calibration import (
 )
 from medtl.metrics._learning import learning_curve_summary
 from medtl.metrics._multiclass import compare_paired_multiclass, multiclass_auroc_ci
-from medtl.metrics._multilabel import compare_paired_multilabel, multilabel_auroc_ci
+from medtl.metrics._multilabel import (
+    MIN_SCORABLE,
+    compare_paired_multilabel,
+    multilabel_auroc_ci,
+)
 from medtl.metrics._paired import compare_paired, holm, mcnemar_test
 from medtl.metrics._report import ClinicalReport, clinical_report
 from medtl.metrics._subgroups import (
@@ -41,6 +45,7 @@ from medtl.metrics._subgroups import (
     subgroup_paired,
     subgroup_report,
     subgroup_report_multiclass,
+    subgroup_report_multilabel,
     subgroup_table,
 )
 from medtl.metrics._threshold import (
@@ -52,6 +57,7 @@ from medtl.metrics._threshold import (
 from medtl.metrics._validate import MetricInputError, check_pair
 
 __all__ = [
+    "MIN_SCORABLE",
     "ClinicalReport",
     "MetricInputError",
     "apply_temperature",
@@ -87,6 +93,7 @@ __all__ = [
     "subgroup_paired",
     "subgroup_report",
     "subgroup_report_multiclass",
+    "subgroup_report_multilabel",
     "subgroup_table",
     "wilson_ci",
 ]

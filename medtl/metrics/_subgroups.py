@@ -23,7 +23,9 @@ group whose rest is that small): it is shown as "too small to judge", never drop
 
 :func:`subgroup_paired` asks whether strategy A's AUROC gain over B holds in every group (paired
 DeLong within each group, :func:`~medtl.metrics.delong_test`). :func:`subgroup_report_multiclass`
-is the one-vs-rest form (per class, plus a macro AUROC per group).
+is the one-vs-rest form (per class, plus a macro AUROC per group); :func:`subgroup_report_multilabel`
+the form of several findings per image (per finding on its labelled images at its threshold, plus
+a macro AUROC per group).
 
 Grouping is plain numpy: Fairlearn's ``MetricFrame`` is not installed here and would add a
 dependency only to split arrays by group; the numbers (DeLong, Wilson) are medtl's own.
@@ -361,6 +363,84 @@ def subgroup_report_multiclass(
             )
         macro[a] = rows
     return {"per_class": per_class, "macro": macro, "alpha": float(alpha)}
+
+
+def subgroup_report_multilabel(
+    y: Any,
+    proba: Any,
+    attributes: Mapping[str, Sequence[Any]],
+    finding_names: Sequence[str],
+    *,
+    thresholds: Sequence[float],
+    patient_ids: Sequence[Any] | None = None,
+    alpha: float = 0.05,
+    min_positives: int = MIN_POSITIVES,
+    min_negatives: int = MIN_NEGATIVES,
+) -> dict[str, Any]:
+    """Several findings per image: :func:`subgroup_report` per finding on the images labelled for
+    it (NaN labels left out, never negative), at that finding's operating threshold, and a macro
+    AUROC per group.
+
+    The macro of a group is the unweighted mean of its AUROCs over the findings judged on every
+    image (not ``too_small`` overall), so that each group averages the same findings as the
+    overall row; it is ``too_small`` when any of them is too small in that group. No interval:
+    the per-finding DeLong intervals are given per finding.
+
+    Args:
+        y: (n, K) labels 1 / 0 / NaN (not labelled).
+        proba: (n, K) P(finding present).
+        thresholds: one operating threshold per finding.
+        (the others as :func:`subgroup_report`)
+
+    Returns:
+        dict(per_finding {name: subgroup_report}, macro {attribute: [{group, n, auroc,
+        n_findings, too_small}]}, macro_findings [the averaged findings], alpha).
+    """
+    ya = np.asarray(y, dtype=np.float64)
+    pr = np.asarray(proba, dtype=np.float64)
+    k = len(finding_names)
+    if pr.ndim != 2 or pr.shape != ya.shape or pr.shape[1] != k or len(thresholds) != k:
+        raise MetricInputError(
+            f"'y' and 'proba' must both be (n, {k}) with one threshold per finding; got "
+            f"{ya.shape}, {pr.shape} and {len(thresholds)} threshold(s)."
+        )
+    kw = {
+        "patient_ids": patient_ids,
+        "alpha": alpha,
+        "min_positives": min_positives,
+        "min_negatives": min_negatives,
+    }
+    per = {
+        f: subgroup_report(ya[:, j], pr[:, j], attributes, threshold=float(thresholds[j]), **kw)
+        for j, f in enumerate(finding_names)
+    }
+    judged = [f for f in finding_names if not per[f]["overall"]["too_small"]]
+    macro: dict[str, list[dict[str, Any]]] = {}
+    for a in attributes:
+        by_group: dict[str, dict[str, Any]] = {}
+        for f in finding_names:
+            for r in per[f]["attributes"][a]:
+                row = by_group.setdefault(r["group"], {"aucs": [], "small": False, "n": 0})
+                row["n"] = max(row["n"], r["n"])  # images labelled for some finding
+                if f in judged:
+                    row["aucs"].append(r["auroc"])
+                    row["small"] |= bool(r["too_small"])
+        rows = []
+        for g in sorted(by_group, key=lambda v: (v == UNKNOWN, v)):
+            aucs = np.asarray(by_group[g]["aucs"], dtype=np.float64)
+            rows.append(
+                {
+                    "group": g,
+                    "n": by_group[g]["n"],
+                    "auroc": float(np.mean(aucs))
+                    if aucs.size and np.isfinite(aucs).all()
+                    else _NAN,
+                    "n_findings": int(aucs.size),
+                    "too_small": by_group[g]["small"] or not judged,
+                }
+            )
+        macro[a] = rows
+    return {"per_finding": per, "macro": macro, "macro_findings": judged, "alpha": float(alpha)}
 
 
 def subgroup_paired(
