@@ -172,7 +172,6 @@ def gradient_early_share(
         ``{"early_share": float, "per_stage": [relative gradient per stage], "images": int}``;
         ``early_share`` is None when the backbone has fewer than 2 stages.
     """
-    import copy
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -448,81 +447,3 @@ def _timed(fn, warmup: int = 1, repeats: int = 2) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - t0) / repeats
-
-
-def time_strategies(
-    model: nn.Module,
-    cfg: Any,
-    pixels: np.ndarray,
-    n_classes: int,
-    *,
-    trainable_stages: int = 2,
-    precision: str = "auto",
-) -> dict[str, float]:
-    """Seconds per image for extraction, a full fine-tuning step and a partial fine-tuning step.
-
-    Times what the strategies run (folded-BatchNorm extraction; ``training_step`` with the default
-    fine-tuning recipe's frozen BatchNorm statistics, so with the same cache-sized passes) on a copy of
-    ``model``, 2 repeats after one warm-up. The caller's model is not changed.
-    """
-    from medtl.backbones import set_trainable_stages
-    from medtl.training import (
-        LoopSettings,
-        autocast_context,
-        fold_batchnorm,
-        micro_batch_for,
-        micro_batch_size,
-        to_model_input,
-        training_step,
-    )
-
-    net = copy.deepcopy(model)
-    net.reset_classifier(n_classes)
-    device = next(net.parameters()).device
-    net.to(memory_format=torch.channels_last)
-    bs = len(pixels)
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).float().div_(255.0)
-    x = to_model_input(x, cfg.mean, cfg.std)
-    y = torch.arange(bs, device=device) % n_classes
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-
-    # extraction as extract_embeddings runs it (BatchNorm folded once, cache-sized passes), timed
-    # without its per-call setup, which would dominate a batch of a few images
-    folded, _ = fold_batchnorm(net.eval(), x[:2])
-    folded = folded if folded is not net else copy.deepcopy(net)
-    folded.to(memory_format=torch.channels_last)
-    per_pass = micro_batch_size(device, int(pixels.shape[-1]))
-
-    def extract() -> None:
-        with torch.inference_mode(), autocast_context(device, precision):
-            for i in range(0, bs, per_pass):
-                xb = x[i : i + per_pass].contiguous(memory_format=torch.channels_last)
-                folded.forward_head(folded.forward_features(xb), pre_logits=True)
-
-    def make_step(frozen: list[nn.Module]):
-        params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-6)
-        bn = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-        def mode() -> None:
-            net.train()
-            for m in [*frozen, *bn]:  # the default recipe (LP-FT) keeps BatchNorm statistics fixed
-                m.eval()
-
-        mode()
-        micro = micro_batch_for(net, LoopSettings(batch_size=bs), device, pixels.shape[-1])
-
-        def step() -> None:
-            mode()
-            training_step(net, opt, loss_fn, x, y, micro_batch=micro, precision=precision)
-
-        return step
-
-    out = {"extract": _timed(extract) / bs}
-    for p in net.parameters():
-        p.requires_grad_(True)
-    out[FT] = _timed(make_step([])) / bs
-    k = min(trainable_stages, len(cfg.stages))
-    frozen = set_trainable_stages(net, cfg, k)
-    out[PFT] = _timed(make_step(frozen)) / bs
-    return out

@@ -48,8 +48,6 @@ _STRUCTURAL = frozenset({"path", "patientid", "split", "label"})
 _POSITIVE = frozenset({"1", "1.0", "1.00"})
 _NEGATIVE = frozenset({"0", "0.0", "0.00", "-0", "-0.0"})
 _UNCERTAIN = frozenset({"-1", "-1.0", "-1.00"})
-#: a finding with fewer test positives (or negatives) than this is listed, not averaged
-MIN_SCORABLE = 5
 
 
 def _norm(name: str) -> str:

@@ -208,7 +208,8 @@ def multilabel_facts(dataset: Dataset) -> dict[str, Any] | None:
     negatives and unlabelled images per split and in all, how the labels were read (finding and
     ignored columns, uncertain policy, No Finding use, excluded findings) and the findings too
     rare to score on the test split (fewer than ``MIN_SCORABLE`` positives or negatives)."""
-    from medtl.data._multilabel import MIN_SCORABLE, finding_counts, targets_of
+    from medtl.data._multilabel import finding_counts, targets_of
+    from medtl.metrics import MIN_SCORABLE
 
     if dataset.task_kind != "multilabel":
         return None
