@@ -17,7 +17,9 @@ from medtl.report._findings import (
     finding_predictions,
     finding_run,
     findings_numbers,
+    findings_roc_figure,
     plot_roc_findings,
+    unscorable_text,
 )
 from medtl.report._findings_html import FINDING_COLUMNS, finding_cells
 from medtl.report._html import fci, fnum, fpct, fseconds
@@ -59,6 +61,7 @@ __all__ = [
     "finding_predictions",
     "finding_run",
     "findings_numbers",
+    "findings_roc_figure",
     "fnum",
     "fpct",
     "fseconds",
@@ -74,5 +77,6 @@ __all__ = [
     "read_predictions",
     "save_figure",
     "subgroup_rows",
+    "unscorable_text",
     "write_report",
 ]

@@ -25,9 +25,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medtl.formatting import finite as fin
-from medtl.formatting import num
+from medtl.formatting import format_interval, num
 from medtl.metrics import format_p_value
-from medtl.report._content import display_name
+from medtl.report._content import _get, display_name
 from medtl.runs import STATUS_DONE, Predictions, RunData, StrategyRun
 from medtl.tasks import task_for
 
@@ -35,14 +35,6 @@ from medtl.tasks import task_for
 PANEL_COLUMNS = 3
 
 _OP = ("sensitivity", "specificity", "ppv", "npv")
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
 
 
 # -- the two-class view of one finding -------------------------------------------------------------
@@ -296,7 +288,9 @@ def findings_headline(block: dict[str, Any]) -> list[str]:
     done = [s for s in block["strategies"].values() if fin(s["macro"])]
     if done:
         best = max(done, key=lambda s: s["macro"])
-        micro = _interval(best["micro"], best["micro_low"], best["micro_high"])
+        micro = format_interval(
+            best["micro"], best["micro_low"], best["micro_high"], label="95% CI ", sep=" to "
+        )
         lines.append(
             f"{best['display']}: the macro AUROC averages {best['n_scorable']} of "
             f"{best['n_findings']} findings; its micro AUROC (every labelled image-finding pair of "
@@ -318,14 +312,6 @@ def unscorable_text(block: dict[str, Any]) -> str:
         f"{f} ({c.get('n_pos', '?')} positive / {c.get('n_neg', '?')} negative test images)"
         for f, c in block["unscorable"].items()
     )
-
-
-def _interval(v: Any, lo: Any, hi: Any) -> str:
-    if not fin(v):
-        return "n/a"
-    if fin(lo) and fin(hi):
-        return f"{num(v):.3f} (95% CI {num(lo):.3f} to {num(hi):.3f})"
-    return f"{num(v):.3f}"
 
 
 def counts_text(summary: dict[str, Any]) -> str | None:

@@ -245,7 +245,17 @@ def _learning(rep: dict[str, Any], figs: Figures) -> Raw:
         _note("Transfer learning is expected to start higher, climb faster and end higher than training from scratch. "
               "Feature extraction has no epochs: it fits a classifier on frozen features for several regularisation "
               "strengths C and keeps one; its line is the validation AUROC of the kept model."),
+        *([_note(_CURVE_NOTE_PER_FINDING)] if rep.get("findings") else []),
     )  # fmt: skip
+
+
+#: why a multi-label run's learning curves and its results table can show different validation AUROCs
+_CURVE_NOTE_PER_FINDING = (
+    "Several findings per image: each point is the macro AUROC over every finding with both a "
+    "positive and a negative among its labelled validation images (the number that chooses the "
+    "epoch and the regularisation). The validation macro AUROC in the results table averages "
+    "only the findings the scoring rule keeps, so the two can differ on small validation sets."
+)
 
 
 #: where a run with several findings per image shows what a binary-only section would
