@@ -285,6 +285,13 @@ def test_app_pages_on_a_multilabel_run(ml, monkeypatch) -> None:
     at = goto("Compare")
     assert not at.exception, at.exception
     assert at.selectbox(key="run_pick").value == str(run_dir)
+    n = sum(
+        json.loads((run_dir / "summary.json").read_text())["dataset"][f"n_{sp}"]
+        for sp in ("train", "val", "test")
+    )
+    assert f"({n} images)" in at.selectbox(key="run_pick").format_func(
+        str(run_dir)
+    )  # not positives
     text = app_texts(at)
     assert "Macro AUROC (95% CI)" in text and "Micro AUROC (95% CI)" in text
     assert "Not scored" in text and RARE in text and "Per finding (DeLong" in text
@@ -318,6 +325,7 @@ def test_app_pages_on_a_multilabel_run(ml, monkeypatch) -> None:
 
     at = goto("Subgroups")
     assert not at.exception, at.exception
+    assert "several findings per image" in at.info[0].value  # said, not "no subgroups"
 
     at = goto("Single image")
     img = sorted((ph / "images").glob("*.dcm"))[0]
