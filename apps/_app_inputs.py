@@ -344,3 +344,17 @@ def read_single(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             "Upload a DICOM, PNG or JPEG file."
         ) from exc
     return img, safe_meta(meta)
+
+
+def prepare_upload(estimator: Any, path: Path) -> Any:
+    """One uploaded image prepared exactly as the model's training images were
+    (``estimator.prepare``); AppInputError saying why when it cannot be."""
+    from _app_text import plain_error
+
+    from medtl.data import Sample
+
+    prep = estimator.prepare([Sample(path=str(path), label=-1, uid="upload")])
+    if len(prep) == 0:
+        reason = prep.skipped[0].reason if prep.skipped else "unknown reason"
+        raise AppInputError(f"The image could not be prepared for the model: {plain_error(reason)}")
+    return prep

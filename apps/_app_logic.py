@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _app_findings import example_samples, summary_per_finding
 from _app_inputs import (  # noqa: F401  (re-exported for the page)
     ENV_WORK,
     MAX_IMAGE_MB,
@@ -24,6 +25,7 @@ from _app_inputs import (  # noqa: F401  (re-exported for the page)
     check_size,
     demo_dataset,
     extract_zip,
+    prepare_upload,
     read_single,
     safe_meta,
     save_single_upload,
@@ -115,13 +117,20 @@ def describe_dataset(path: str | Path, *, examples_per_class: int = 2) -> DataVi
     summary = summarise_dataset(ds, max_files=16)
     examples: list[tuple[str, np.ndarray]] = []
     if not source_info(ds.source).images_in_file:
-        for ci, cname in enumerate(ds.classes):
-            for s in [s for s in ds.samples if s.label == ci][:examples_per_class]:
-                try:
-                    img, _meta = read_image(s.path)  # windowed, MONOCHROME1 inverted
-                except ImageReadError:
-                    continue
-                examples.append((cname, img))
+        if summary_per_finding(summary):  # several findings per image: captioned by findings
+            picks = example_samples(ds, 3 * examples_per_class)
+        else:
+            picks = [
+                (cname, s)
+                for ci, cname in enumerate(ds.classes)
+                for s in [s for s in ds.samples if s.label == ci][:examples_per_class]
+            ]
+        for cname, s in picks:
+            try:
+                img, _meta = read_image(s.path)  # windowed, MONOCHROME1 inverted
+            except ImageReadError:
+                continue
+            examples.append((cname, img))
     return DataView(
         Path(path),
         summary,
@@ -329,11 +338,17 @@ def paired_sentences(summary: dict[str, Any]) -> list[str]:
     return [humanise(str(pr["summary"])) for pr in summary.get("paired") or [] if pr.get("summary")]
 
 
+def _one_question(task: Any) -> bool:
+    """True for a task with one yes/no question and its threshold (two classes); several findings
+    per image are shown one finding at a time (``_app_findings``, ``medtl.report.finding_run``)."""
+    return bool(task.thresholded and not task.per_finding)
+
+
 def curves(run: Any, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """strategy label -> (labels, P(positive)) of one split, for finished binary strategies."""
     out = {}
     for name, st in run.strategies.items():
-        if not st.finished or st.predictions is None or not st.predictions.task.thresholded:
+        if not st.finished or st.predictions is None or not _one_question(st.predictions.task):
             continue
         y, p = st.predictions.subset(split)
         if len(y):
@@ -391,7 +406,7 @@ def thresholds_for(run: Any, mode: str, value: float | None = None) -> dict[str,
 
     out = {}
     for name, st in run.strategies.items():
-        if not st.finished or st.predictions is None or not st.predictions.task.thresholded:
+        if not st.finished or st.predictions is None or not _one_question(st.predictions.task):
             continue
         if mode == OP_THRESHOLD:
             out[name] = (float(value), "your threshold")  # type: ignore[arg-type]
@@ -513,13 +528,9 @@ class SinglePrediction:
 def predict_single(estimator: Any, path: Path) -> SinglePrediction:
     """Prepare one image exactly as the model's training images were (``estimator.prepare``), and
     give its probabilities, the call at the model's operating point and a Grad-CAM heatmap."""
-    from medtl.data import Sample
     from medtl.explain import grad_cam
 
-    prep = estimator.prepare([Sample(path=str(path), label=-1, uid="upload")])
-    if len(prep) == 0:
-        reason = prep.skipped[0].reason if prep.skipped else "unknown reason"
-        raise AppInputError(f"The image could not be prepared for the model: {plain_error(reason)}")
+    prep = prepare_upload(estimator, path)
     proba = np.asarray(estimator.predict_proba(prep))
     thr, source = estimator.threshold_for(None)
     k = int(estimator.decide(proba, None)[0])

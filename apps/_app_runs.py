@@ -30,6 +30,18 @@ def _label(name: str) -> str:
     return strategy_label(name)
 
 
+def _per_finding(dataset: dict[str, Any]) -> bool:
+    """True when a run's dataset summary is of several findings per image (its task says so)."""
+    from medtl.errors import MedtlError
+    from medtl.tasks import task_for
+
+    classes = list(dataset.get("classes") or [])
+    try:
+        return bool(classes) and task_for(classes, dataset.get("task")).per_finding
+    except MedtlError:  # a kind this medtl does not know: its counts are read as they are
+        return False
+
+
 # -- the runs of the work folder -------------------------------------------------------------------
 
 
@@ -100,6 +112,8 @@ def run_label(run_dir: Path) -> str:
     when = created.replace("T", " ")[:16] if created else Path(run_dir).name
     ds = s.get("dataset") or {}
     n = sum(int(v) for sp in (ds.get("counts") or {}).values() for v in sp.values())
+    if _per_finding(ds):  # counts are positives per finding there: count the images
+        n = sum(int(ds.get(f"n_{sp}") or 0) for sp in ("train", "val", "test"))
     size = f"{n} images" if n else "? images"
     _complete, words = run_state(s)
     return f"{when} · {_data_name(Path(run_dir))} ({size}) · {s.get('backbone', '?')} · {words}"

@@ -49,6 +49,12 @@ def page_subgroups(run: Any, strategy_label: Any, thresholds_for: Any) -> None:
     if run is None:
         st.info("Run or open a comparison in the Compare section first.")
         return
+    if run.task.per_finding:
+        st.info(
+            "Subgroups are shown here for two-class runs; this run has several findings per "
+            "image, which this page does not break down by subgroup yet."
+        )
+        return
     mode = st.session_state.get(_MODE_KEY)
     value = st.session_state.get(_THRESHOLD_KEY if mode == "threshold" else _TARGET_KEY)
     try:

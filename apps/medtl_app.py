@@ -13,6 +13,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _app_findings as F
 import _app_logic as L
 from _app_subgroups import page_subgroups
 
@@ -106,12 +107,15 @@ def page_data(work: Path) -> None:
         return
     s = view.summary
     st.subheader("Data card")
-    st.write(
-        f"**{s['n_images']} images** in **{s['n_classes']} classes**; "
-        f"largest/smallest class ratio {s['imbalance_ratio']:.1f}. "
-        f"{s['n_skipped']} file(s) could not be used."
-    )
-    st.table(L.counts_table(s), hide_index=True, width="content")
+    if F.summary_per_finding(s):  # several findings per image: counts per finding and split
+        F.show_data(s)
+    else:
+        st.write(
+            f"**{s['n_images']} images** in **{s['n_classes']} classes**; "
+            f"largest/smallest class ratio {s['imbalance_ratio']:.1f}. "
+            f"{s['n_skipped']} file(s) could not be used."
+        )
+        st.table(L.counts_table(s), hide_index=True, width="content")
     st.markdown(L.split_sentence(view.split_unit, view.n_patients))
     classes = list(s.get("classes", []))
     if len(classes) >= 2 and task_for(classes, s.get("task")).positive_class is not None:
@@ -378,6 +382,9 @@ def show_run() -> None:
         st.info(f"Paired test on the same test images: {sentence}")
     for note in L.run_notes(run.summary):
         st.caption(note)
+    if run.task.per_finding:
+        F.show_compare(run, _learning_figure)
+        return
     cur = L.curves(run)
     if not cur:
         return
@@ -400,6 +407,17 @@ def show_run() -> None:
     c3.caption(help_["decision"])
 
 
+def _learning_figure(run):
+    """The learning curves of a run (validation headline AUROC per epoch), or None."""
+    from medtl.report import plot_learning_curves
+
+    hist = L.learning_histories(run)
+    if not hist:
+        return None
+    fig = plot_learning_curves(hist, metric_label=run.task.curve_metric)
+    return L.integer_epoch_axis(fig, hist)
+
+
 MODES = {
     L.OP_SAVED: "The model's own operating point",
     L.OP_TARGET: "A target sensitivity",
@@ -416,6 +434,8 @@ def page_operating(work: Path) -> None:
         "catch more cases (sensitivity) but raise more false alarms (lower specificity)."
     )
     run = _run()
+    if run is not None and run.task.per_finding:  # one finding at a time, as a two-class run
+        run = F.finding_run_for(run, F.pick_finding(run))
     if run is None or not L.curves(run):
         st.info("Run or open a comparison (two-class data) in the Compare section first.")
         return
@@ -504,12 +524,21 @@ def page_single(work: Path) -> None:
     if not models:
         st.warning("This run has no finished models to apply.")
         return
+    finding = None
+    if run.task.per_finding:  # every finding is listed; the heatmap explains the one picked
+        finding = st.selectbox(
+            "Heatmap for the finding", F.finding_choices(run), key="single_finding"
+        )
     cols = st.columns(1 + len(models))
     cols[0].image(img, caption="Uploaded image (as the models see it)", clamp=True, width="stretch")
     for col, (name, mdir) in zip(cols[1:], models.items()):
         label = L.strategy_label(name)
         try:
             est = _load_model(str(mdir), _stamp(mdir))
+            if est.task_.per_finding:
+                res_f = F.predict_findings(est, path, finding)
+                F.show_single(col, res_f, label, L.heatmap_figure, img)
+                continue
             res = L.predict_single(est, path)
         except Exception as exc:  # one model failing must not hide the others
             col.error(f"{label}: {L.plain_error(str(exc))}")

@@ -93,6 +93,11 @@ class Task:
     thresholded: ClassVar[bool] = False
     #: what a label is called in text ("class" / "finding")
     label_noun: ClassVar[str] = "class"
+    #: True when each label is its own yes/no question (several findings per image): its own
+    #: threshold, clinical numbers, ROC curve and operating point, shown per finding
+    per_finding: ClassVar[bool] = False
+    #: what the validation AUROC of a training history (learning curves) is, in words
+    curve_metric: ClassVar[str] = "AUROC"
 
     def __init__(self, classes: Sequence[str]) -> None:
         self.classes = [str(c) for c in classes]
@@ -544,6 +549,8 @@ class MultiLabelTask(Task):
     ci_name = "95% bootstrap CI"
     thresholded = True
     label_noun = "finding"
+    per_finding = True
+    curve_metric = "macro AUROC"
     paired_tests = "DeLong per finding (Holm-adjusted), paired bootstrap of the macro AUROC"
     metrics_text = (
         "per-finding AUROC (DeLong 95% CI), AUPRC with prevalence, sensitivity/specificity/PPV/NPV "

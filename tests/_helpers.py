@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from medtl.data._types import PreparedImages
@@ -26,3 +28,14 @@ def blob_images(
         keys=[f"key-{seed}-{u}" for u in uids],
         classes=["normal", "lesion"],
     )
+
+
+def app_texts(at: Any) -> str:
+    """Every text a Streamlit AppTest page shows (markdown, captions, alerts, metrics, tables)."""
+    parts = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "metric"):
+        for el in getattr(at, kind):
+            parts.append(str(getattr(el, "value", "")) + " " + str(getattr(el, "label", "")))
+    for df in [*at.dataframe, *at.table]:
+        parts.append(df.value.to_string())
+    return "\n".join(parts)

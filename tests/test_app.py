@@ -13,19 +13,11 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from tests._helpers import app_texts as _texts
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "apps" / "medtl_app.py")
 PHI = ("Fake^Patient", "PHI-123456", "19700101")
-
-
-def _texts(at: AppTest) -> str:
-    parts = []
-    for kind in ("markdown", "caption", "error", "warning", "info", "success", "metric"):
-        for el in getattr(at, kind):
-            parts.append(str(getattr(el, "value", "")) + " " + str(getattr(el, "label", "")))
-    for df in [*at.dataframe, *at.table]:
-        parts.append(df.value.to_string())
-    return "\n".join(parts)
 
 
 def _dicom_bytes(tmp: Path, bright: bool = True) -> bytes:

@@ -12,6 +12,16 @@ Example:
 from __future__ import annotations
 
 from medtl.report._content import display_name
+from medtl.report._findings import (
+    finding_curves,
+    finding_predictions,
+    finding_run,
+    findings_numbers,
+    findings_roc_figure,
+    plot_roc_findings,
+    unscorable_text,
+)
+from medtl.report._findings_html import FINDING_COLUMNS, finding_cells
 from medtl.report._html import fci, fnum, fpct, fseconds
 from medtl.report._plots import (
     figure_to_png,
@@ -36,6 +46,7 @@ from medtl.runs import (
 )
 
 __all__ = [
+    "FINDING_COLUMNS",
     "OVERSTATE_MARGIN",
     "SECTION_TITLES",
     "Predictions",
@@ -45,6 +56,12 @@ __all__ = [
     "display_name",
     "fci",
     "figure_to_png",
+    "finding_cells",
+    "finding_curves",
+    "finding_predictions",
+    "finding_run",
+    "findings_numbers",
+    "findings_roc_figure",
     "fnum",
     "fpct",
     "fseconds",
@@ -55,9 +72,11 @@ __all__ = [
     "plot_decision_curve",
     "plot_learning_curves",
     "plot_roc",
+    "plot_roc_findings",
     "plot_subgroup_forest",
     "read_predictions",
     "save_figure",
     "subgroup_rows",
+    "unscorable_text",
     "write_report",
 ]

@@ -10,7 +10,9 @@ import importlib.metadata
 import platform
 from typing import Any
 
+from medtl.formatting import num
 from medtl.report._content import fin, rule_text
+from medtl.report._findings import counts_text as findings_counts_text
 from medtl.runs import RunData, read_model_meta
 from medtl.strategies import strategy_label
 
@@ -242,6 +244,36 @@ def _calibration_text(b: dict[str, Any]) -> str:
     return ", ".join([*parts, f"Brier {b['brier']:.3f}", f"ECE {b['ece']:.3f}"])
 
 
+def _split_counts(run: RunData, data: dict[str, Any]) -> str:
+    """Images per class and split; for several findings per image, images and positives /
+    negatives per finding and split (a class count would add up findings)."""
+    if run.task.per_finding:
+        text = findings_counts_text(run.summary)
+        if text:
+            return text
+    return _counts_text(data.get("counts") or {})
+
+
+def _reference_text(run: RunData) -> str:
+    if run.task.per_finding:
+        lab = ((run.summary.get("dataset") or {}).get("findings") or {}).get("labelling") or {}
+        return (
+            "finding labels from the manifest's finding columns (blank = not labelled, never "
+            f"negative; uncertain labels: policy {lab.get('uncertain', 'ignore')}); how they were "
+            "assigned: to complete"
+        )
+    return "class labels from the dataset folders/manifest (how they were assigned: to complete)"
+
+
+def _findings_of(run: RunData, best: str | None) -> dict[str, Any] | None:
+    """The micro AUROC and scored-finding count of strategy ``best`` (its metrics.json)."""
+    st = run.strategies.get(best) if best else None
+    ml = ((st.metrics or {}).get("test") or {}).get("multilabel") if st else None
+    if not isinstance(ml, dict):
+        return None
+    return {**ml, "n_scorable": len(ml.get("scorable") or [])}
+
+
 def model_card(
     run: RunData, strat: dict[str, dict], best: str | None, data: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -281,7 +313,7 @@ def model_card(
     ]
     datas = [
         f("Source", f"{data.get('source') or 'n/a'}"),
-        f("Counts per split", _counts_text(data.get("counts") or {})),
+        f("Counts per split", _split_counts(run, data)),
         f("Split", _split_text(run, data)),
         f("Excluded files", f"{data.get('n_skipped') if data.get('n_skipped') is not None else 'n/a'} unreadable or unusable files"),
         f("Reference standard", f"labels from the dataset's folders/manifest; {TODO}: how they were established.", False),
@@ -291,7 +323,14 @@ def model_card(
         metrics.append(
             f("Test AUROC", _ci(b["test_auroc"], b["test_auroc_low"], b["test_auroc_high"]))
         )
-        if run.task.thresholded:
+        ml = _findings_of(run, best) if run.task.per_finding else None
+        if run.task.per_finding and ml:
+            metrics[-1]["name"] = "Test macro AUROC"
+            metrics += [
+                f("Test micro AUROC", _ci(*(num(ml.get(k)) for k in ("micro", "micro_low", "micro_high")))),
+                f("Findings scored", f"{ml['n_scorable']} of {len(run.classes)}; per-finding AUROC, sensitivity, specificity and calibration in the per-finding tables"),
+            ]  # fmt: skip
+        elif run.task.thresholded and not run.task.per_finding:
             metrics += [
                 f("Sensitivity", _ci(b["sensitivity"], b["sensitivity_low"], b["sensitivity_high"])),
                 f("Specificity", _ci(b["specificity"], b["specificity_low"], b["specificity_high"])),
@@ -365,19 +404,19 @@ def checklist(
     items: list[tuple[str, str, str | None]] = [
         ("Data source", "TRIPOD+AI, CLAIM", f"{data.get('source') or ''} {data.get('root') or ''}".strip() or None),
         ("Eligibility criteria and study dates", "TRIPOD+AI, CLAIM", None),
-        ("Number of images per class and split", "TRIPOD+AI, CLAIM", _counts_text(data.get("counts") or {}) if data.get("counts") else None),
+        ("Number of images per class and split", "TRIPOD+AI, CLAIM", _split_counts(run, data) if data.get("counts") else None),
         ("Excluded or unreadable data", "TRIPOD+AI, CLAIM", f"{data.get('n_skipped')} files skipped (listed in the Data section)" if data.get("n_skipped") is not None else None),
         ("Data partitioning (split method)", "TRIPOD+AI, CLAIM", _split_text(run, data)),
-        ("Reference standard (ground truth)", "TRIPOD+AI, CLAIM", "class labels from the dataset folders/manifest (how they were assigned: to complete)"),
+        ("Reference standard (ground truth)", "TRIPOD+AI, CLAIM", _reference_text(run)),
         ("Image preprocessing", "CLAIM", preprocessing_text(run, strat)),
         ("Model architecture and pretraining", "TRIPOD+AI, CLAIM", f"{s['backbone']} backbone, ImageNet-pretrained (except training from scratch); compared: {', '.join(v['display'] for v in strat.values())}" if s.get("backbone") else None),
         ("Training details (optimiser, learning rates, schedule, augmentation, epochs, early stopping)", "TRIPOD+AI, CLAIM", training_text(run, strat)),
-        ("Model selection on validation data", "CLAIM", "networks: the epoch with the best validation AUROC; feature extraction: the regularisation C by validation log-loss" if done else None),
+        ("Model selection on validation data", "CLAIM", f"networks: the epoch with the best validation {run.task.curve_metric}; feature extraction: the regularisation C by validation log-loss{' (per finding)' if run.task.per_finding else ''}" if done else None),
         ("Performance metrics with confidence intervals", "TRIPOD+AI, CLAIM", run.task.metrics_text if done else None),
-        ("Calibration", "TRIPOD+AI", "calibration slope and intercept (logistic recalibration, 95% CI), reliability diagram with bins of equal counts (about 30 images each) and Wilson intervals, Brier score, ECE" if run.task.thresholded and done else None),
-        ("Operating point selection", "TRIPOD+AI, CLAIM", f"{rule_text(rule)}; threshold chosen on {source or 'validation'}" if rule and run.task.thresholded else None),
+        ("Calibration", "TRIPOD+AI", "per finding: Brier score and expected calibration error on its labelled test images (calibration slope and intercept in metrics.json)" if run.task.per_finding and done else "calibration slope and intercept (logistic recalibration, 95% CI), reliability diagram with bins of equal counts (about 30 images each) and Wilson intervals, Brier score, ECE" if run.task.thresholded and done else None),
+        ("Operating point selection", "TRIPOD+AI, CLAIM", (f"{rule_text(rule)} per finding; each finding's threshold chosen on its labelled validation images" if run.task.per_finding else f"{rule_text(rule)}; threshold chosen on {source or 'validation'}") if rule and run.task.thresholded else None),
         ("Statistical comparison of models", "CLAIM", f"{len(paired)} paired comparison(s): {run.task.paired_tests}" if paired else None),
-        ("Clinical utility (decision curve)", "TRIPOD+AI", (f"decision curve analysis at the deployment prevalence {s['prevalence']:.1%}" if fin(s.get("prevalence")) else "decision curve analysis at the test set's prevalence (no deployment prevalence given)") if run.task.thresholded and done else None),
+        ("Clinical utility (decision curve)", "TRIPOD+AI", (f"decision curve analysis at the deployment prevalence {s['prevalence']:.1%}" if fin(s.get("prevalence")) else "decision curve analysis at the test set's prevalence (no deployment prevalence given)") if run.task.thresholded and not run.task.per_finding and done else None),
         ("Sample size justification", "TRIPOD+AI, CLAIM", None),
         ("External validation", "TRIPOD+AI, CLAIM", None),
         ("Subgroup / fairness analysis", "TRIPOD+AI, CLAIM", subgroup_checklist_text(s)),

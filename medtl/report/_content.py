@@ -69,7 +69,7 @@ def _get(d: Any, *keys: str) -> Any:
 def _recompute_metrics(run: RunData, st: StrategyRun, notes: list[str]) -> dict[str, Any] | None:
     """ClinicalReport dict from predictions.csv when metrics.json is missing (binary only)."""
     pr = st.predictions
-    if pr is None or not run.task.thresholded:
+    if pr is None or not run.task.thresholded or run.task.per_finding:
         return None
     yt, pt = pr.subset("test")
     yv, pv = pr.subset("val")
@@ -230,6 +230,7 @@ def paired_numbers(run: RunData, strat: dict[str, dict[str, Any]], notes: list[s
             "a": a,
             "b": b,
             "multiclass": multiclass,
+            "per_finding": run.task.per_finding,
             "auc_a": num(p.get("auc_a")),
             "auc_b": num(p.get("auc_b")),
             "diff": num(p.get("diff")),
@@ -243,7 +244,8 @@ def paired_numbers(run: RunData, strat: dict[str, dict[str, Any]], notes: list[s
             "alpha": num(p.get("alpha")) if fin(p.get("alpha")) else 0.05,
             "per_class": {
                 str(c): {
-                    k: num(v.get(k)) for k in ("auc_a", "auc_b", "diff", "low", "high", "p_value")
+                    k: num(v.get(k))
+                    for k in ("auc_a", "auc_b", "diff", "low", "high", "p_value", "p_holm")
                 }
                 for c, v in (p.get("per_class") or {}).items()
                 if isinstance(v, dict)

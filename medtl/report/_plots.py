@@ -222,6 +222,7 @@ def plot_learning_curves(
     metric: str = "val_auroc",
     title: str | None = None,
     kept: Mapping[str, tuple[float, float]] | None = None,
+    metric_label: str = "AUROC",
 ) -> Figure:
     """Validation AUROC against epoch or wall-clock time, one line per strategy.
 
@@ -238,6 +239,8 @@ def plot_learning_curves(
         title: figure title (a default names the axis).
         kept: strategy name -> (validation AUROC, training seconds) of the model that was kept, as
             the results table shows them; the epochless lines use them so legend and table agree.
+        metric_label: what ``metric`` is, in words (``Task.curve_metric``: "macro AUROC" for
+            several findings per image).
     """
     x = look_up_option("x", x, ("epoch", "elapsed"))
     fig = _figure(6.4)
@@ -266,7 +269,7 @@ def plot_learning_curves(
             extra = f" ({summ['setting']})" if summ["setting"] else ""
             when = f", trained in {fseconds(seconds)}" if math.isfinite(seconds) else ""
             ax.axhline(value, ls=":", lw=2, color=color,
-                       label=f"{name}: no epochs; validation AUROC {value:.3f}{extra}{when}")  # fmt: skip
+                       label=f"{name}: no epochs; validation {metric_label} {value:.3f}{extra}{when}")  # fmt: skip
             if x == "elapsed" and math.isfinite(seconds):
                 ax.plot(seconds, value, "D", ms=9, color=color, mec="black")
             drawn = True
@@ -292,9 +295,9 @@ def plot_learning_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlim(0.5, max_epoch + 0.5)
     ax.set_xlabel("Epoch" if x == "epoch" else "Wall-clock time since training started (s)")
-    ax.set_ylabel("Validation AUROC")
+    ax.set_ylabel(f"Validation {metric_label}")
     default = "vs epoch" if x == "epoch" else "vs training time"
-    ax.set_title(title or f"Learning curves: validation AUROC {default}")
+    ax.set_title(title or f"Learning curves: validation {metric_label} {default}")
     ax.grid(alpha=0.3)
     # Below the axes, so long start/slope/asymptote labels never hide the curves.
     _legend_below(fig, ax)

@@ -6,6 +6,9 @@ from typing import Any
 
 from medtl.metrics import format_p_value
 from medtl.report._content import display_name, fin, overstate_text, rule_text
+from medtl.report._findings_html import data_html as findings_data_html
+from medtl.report._findings_html import paired_html as findings_paired_html
+from medtl.report._findings_html import results_html as findings_results_html
 from medtl.report._html import (
     Raw,
     fci,
@@ -135,7 +138,7 @@ def _results(rep: dict[str, Any]) -> Raw:
     rows = [
         row("Status", status),
         row(auroc_label, lambda s: fci(s["test_auroc"], s["test_auroc_low"], s["test_auroc_high"])),
-        row("Validation AUROC", lambda s: fnum(s["val_auroc"])),
+        row(f"Validation {rep.get('curve_metric') or 'AUROC'}", lambda s: fnum(s["val_auroc"])),
         row("Validation − test AUROC", gap),
     ]  # fmt: skip
     if rep["task"] == "binary":
@@ -184,6 +187,8 @@ def _results(rep: dict[str, Any]) -> Raw:
             "The threshold is chosen on the validation split and applied unchanged to the test set. "
             "CIs: DeLong for AUROC, Wilson for proportions. PPV/NPV depend on prevalence."
         ))  # fmt: skip
+    elif rep.get("findings"):  # several findings per image: one table per strategy
+        parts.append(findings_results_html(rep["findings"]))
     else:
         classes = rep["classes"]
 
@@ -236,17 +241,38 @@ def _learning(rep: dict[str, Any], figs: Figures) -> Raw:
         "learning", _TITLE["learning"],
         _figure(figs, "learning_epoch", "No training histories found; learning curves skipped."),
         _figure(figs, "learning_time", "No timing recorded; the time axis is skipped."),
-        table(["Strategy", "Start (after epoch 1)", "Early slope", "Asymptote (best validation AUROC)", "Best epoch"], rows, num_cols=(1, 2, 3)),
+        table(["Strategy", "Start (after epoch 1)", "Early slope", f"Asymptote (best validation {rep.get('curve_metric') or 'AUROC'})", "Best epoch"], rows, num_cols=(1, 2, 3)),
         _note("Transfer learning is expected to start higher, climb faster and end higher than training from scratch. "
               "Feature extraction has no epochs: it fits a classifier on frozen features for several regularisation "
               "strengths C and keeps one; its line is the validation AUROC of the kept model."),
+        *([_note(_CURVE_NOTE_PER_FINDING)] if rep.get("findings") else []),
     )  # fmt: skip
+
+
+#: why a multi-label run's learning curves and its results table can show different validation AUROCs
+_CURVE_NOTE_PER_FINDING = (
+    "Several findings per image: each point is the macro AUROC over every finding with both a "
+    "positive and a negative among its labelled validation images (the number that chooses the "
+    "epoch and the regularisation). The validation macro AUROC in the results table averages "
+    "only the findings the scoring rule keeps, so the two can differ on small validation sets."
+)
+
+
+#: where a run with several findings per image shows what a binary-only section would
+_PER_FINDING_INSTEAD = {
+    "calibration": " Each finding's Brier score and ECE are in its per-finding table (Results per "
+    "strategy).",
+}
 
 
 def _binary_fig(rep: dict[str, Any], figs: Figures, sid: str, key: str) -> Raw:
     if rep["task"] != "binary":
+        if rep.get("findings") and key in figs:  # drawn per finding (small multiples)
+            return section(sid, _TITLE[sid], _figure(figs, key, ""))
+        extra = _PER_FINDING_INSTEAD.get(sid, "") if rep.get("findings") else ""
+        title = rep.get("task_title") or "multi-class"
         return section(
-            sid, _TITLE[sid], _note("Binary-only section; skipped for this multi-class run.")
+            sid, _TITLE[sid], _note(f"Binary-only section; skipped for this {title} run.{extra}")
         )
     return section(
         sid, _TITLE[sid], _figure(figs, key, "No test predictions found; section skipped.")
@@ -264,7 +290,8 @@ def _paired(rep: dict[str, Any]) -> Raw:
     p = lambda v: format_p_value(v, prefix=False)  # noqa: E731
     parts: list[Any] = []
     binary = [r for r in rows if not r["multiclass"]]
-    multi = [r for r in rows if r["multiclass"]]
+    multi = [r for r in rows if r["multiclass"] and not r.get("per_finding")]
+    per_finding = [r for r in rows if r.get("per_finding")] if rep.get("findings") else []
     if binary:
         header = ["A", "B", "AUROC A", "AUROC B", "A − B", "DeLong 95% CI", "DeLong p", "Bootstrap 95% CI", "McNemar p"]  # fmt: skip
         body = [
@@ -285,7 +312,11 @@ def _paired(rep: dict[str, Any]) -> Raw:
             for c, v in r["per_class"].items()
         ]  # fmt: skip
         parts += [tag("h3", f"A = {a}, B = {b}"), table(head, body, num_cols=range(1, 6))]
-    parts.append(tag("ul", join(tag("li", r["reading"]) for r in rows)))
+    if per_finding:  # their readings, macro and per finding, come with their tables
+        parts.append(findings_paired_html(rep["findings"], per_finding))
+    others = [r for r in rows if r not in per_finding]
+    if others:
+        parts.append(tag("ul", join(tag("li", r["reading"]) for r in others)))
     how = []
     if binary:
         how.append(
@@ -295,6 +326,8 @@ def _paired(rep: dict[str, Any]) -> Raw:
         how.append(
             "for more than two classes, a paired class-stratified bootstrap of the macro AUROC difference, DeLong per class (one-vs-rest), McNemar on the most-probable-class errors"
         )
+    if per_finding:
+        how.append(f"for several findings per image: {rep.get('paired_tests') or 'n/a'}")
     parts.append(_note("Both models are scored on the same test images, so paired tests are used: " + "; ".join(how) + "."))  # fmt: skip
     return section("paired", _TITLE["paired"], *parts)
 
@@ -305,13 +338,15 @@ def _data(rep: dict[str, Any], data_card: str | None) -> Raw:
     facts = [
         ["Source", d.get("source") or "n/a"],
         *([["Location", d["root"]]] if d.get("root") else []),
-        ["Classes", ", ".join(d["classes"]) or "n/a"],
+        ["Findings (several per image)" if rep.get("findings") else "Classes", ", ".join(d["classes"]) or "n/a"],
         ["Split", "patient-level (patient ids known)" if d.get("patient_ids") else "image-level (no patient ids)"],
         ["Files not used", "n/a" if d.get("n_skipped") is None else str(d["n_skipped"])],
     ]  # fmt: skip
     parts.append(table(["Item", "Value"], facts))
     counts = d.get("counts") or {}
-    if counts:
+    if rep.get("findings"):
+        parts.append(findings_data_html(rep["findings"]))
+    elif counts:
         splits = list(counts)
         classes = list(d["classes"]) or sorted({c for v in counts.values() for c in (v or {})})
         body = []

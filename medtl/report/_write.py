@@ -21,6 +21,7 @@ from medtl.report._content import (
     paired_numbers,
     strategy_numbers,
 )
+from medtl.report._findings import findings_headline, findings_numbers, findings_roc_figure
 from medtl.report._plots import (
     figure_to_png,
     plot_calibration,
@@ -49,9 +50,13 @@ def _curves(run: RunData, strat: dict[str, dict]) -> dict[str, Any]:
 
 
 def _figures(
-    run: RunData, strat: dict[str, dict], notes: list[str]
+    run: RunData,
+    strat: dict[str, dict],
+    notes: list[str],
+    findings: dict[str, Any] | None = None,
 ) -> dict[str, tuple[bytes, str]]:
-    """Draw every figure the run supports; a figure that fails becomes a note, not a crash."""
+    """Draw every figure the run supports; a figure that fails becomes a note, not a crash.
+    ``findings``: the per-finding numbers of a run with several findings per image."""
     jobs: dict[str, tuple[Any, str]] = {}
     hist = {
         strat[n]["display"]: st.history
@@ -60,13 +65,14 @@ def _figures(
     }
     # the epochless lines show the kept model's validation AUROC and training time, as the table does
     kept = {s["display"]: (s["val_auroc"], s["train_seconds"]) for s in strat.values()}
+    metric = run.task.curve_metric
     if hist:
         jobs["learning_epoch"] = (
-            lambda: plot_learning_curves(hist, "epoch", kept=kept),
-            "Validation AUROC after each epoch; stars mark the best epoch (asymptote).",
+            lambda: plot_learning_curves(hist, "epoch", kept=kept, metric_label=metric),
+            f"Validation {metric} after each epoch; stars mark the best epoch (asymptote).",
         )
         jobs["learning_time"] = (
-            lambda: plot_learning_curves(hist, "elapsed", kept=kept),
+            lambda: plot_learning_curves(hist, "elapsed", kept=kept, metric_label=metric),
             "The same curves against wall-clock training time: what each strategy costs.",
         )
     curves = _curves(run, strat) if run.task.thresholded else {}
@@ -105,6 +111,12 @@ def _figures(
             f"Net benefit across threshold probabilities, {where}; a model helps where its curve "
             "lies above both 'treat all' and 'treat none'.",
         )
+    if findings and findings["strategies"]:
+        jobs["roc"] = (
+            lambda: findings_roc_figure(run, findings),
+            "ROC curves per finding on the test images labelled for it, most prevalent first; "
+            "legends give each strategy's AUROC, dots the operating point chosen on validation.",
+        )
     mats = {
         s["display"]: s["confusion"]
         for s in strat.values()
@@ -138,6 +150,7 @@ def build_report(run: RunData, *, title: str | None = None) -> dict[str, Any]:
     notes = list(run.notes)
     strat = {n: strategy_numbers(run, st, notes) for n, st in run.strategies.items()}
     paired = paired_numbers(run, strat, notes)
+    findings = findings_numbers(run, paired, notes)
     data = data_numbers(run)
     ranked = sorted(
         (n for n, s in strat.items() if s["status"] != "failed" and fin(s["test_auroc"])),
@@ -153,13 +166,18 @@ def build_report(run: RunData, *, title: str | None = None) -> dict[str, Any]:
             for k in ("name", "created", "backbone", "image_size", "device", "precision")
         },
         "task": run.task.kind,
+        "task_title": run.task.title,
+        "curve_metric": run.task.curve_metric,
+        "paired_tests": run.task.paired_tests,
         "classes": run.classes,
         "threshold_rule": s.get("threshold_rule"),
         "deployment_prevalence": s.get("prevalence"),
         "best_strategy": best,
-        "headline": headline(run, strat, paired),
+        "headline": headline(run, strat, paired)
+        + (findings_headline(findings) if findings else []),
         "strategies": strat,
         "paired": paired,
+        "findings": findings,
         "subgroups": subgroup_numbers(s),
         "data": data,
         "model_card": model_card(run, strat, best, data),
@@ -191,7 +209,7 @@ def write_report(run_dir: str | os.PathLike, *, title: str | None = None) -> Pat
     run = load_run(run_dir)
     rep = build_report(run, title=title)
     notes: list[str] = rep["notes"]
-    figs = _figures(run, rep["strategies"], notes)
+    figs = _figures(run, rep["strategies"], notes, rep.get("findings"))
     # the validation-vs-test gap has its own flag per strategy: run_notes leaves those notes out
     notes.extend(f"Run note: {n}" for n in rep["run_notes"])
     rep["plots"] = [f"plots/{k}.png" for k in figs]
