@@ -639,16 +639,26 @@ class MultiLabelTask(Task):
 
     # -- metrics ----------------------------------------------------------------------------------
     def headline_auroc(self, y: np.ndarray, proba: np.ndarray) -> float:
-        """Mean AUROC over the findings with both classes among their labelled images (NaN if none);
-        ranks epochs and regularisation strengths."""
+        """Macro AUROC over the findings scorable on these images (at least ``MIN_SCORABLE``
+        labelled positives and negatives: the rule the reported macro uses), so the number that
+        ranks epochs is the one the report shows; when no finding is scorable (a tiny validation
+        split), over the findings with both classes labelled. NaN if none."""
         from sklearn.metrics import roc_auc_score
 
+        from medtl.metrics import MIN_SCORABLE
+
         y, p = np.asarray(y, dtype=np.float64), np.asarray(proba, dtype=np.float64)
-        aucs = []
+        both, scorable = [], []
         for k in range(y.shape[1]):
             lab = ~np.isnan(y[:, k])
-            if len(np.unique(y[lab, k])) == 2:
-                aucs.append(roc_auc_score(y[lab, k], p[lab, k]))
+            pos = int((y[lab, k] == 1).sum())
+            neg = int(lab.sum()) - pos
+            if pos and neg:
+                auc = float(roc_auc_score(y[lab, k], p[lab, k]))
+                both.append(auc)
+                if pos >= MIN_SCORABLE and neg >= MIN_SCORABLE:
+                    scorable.append(auc)
+        aucs = scorable or both
         return float(np.mean(aucs)) if aucs else float("nan")
 
     def evaluate(

@@ -249,12 +249,11 @@ def _learning(rep: dict[str, Any], figs: Figures) -> Raw:
     )  # fmt: skip
 
 
-#: why a multi-label run's learning curves and its results table can show different validation AUROCs
+#: what a multi-label run's learning curves show
 _CURVE_NOTE_PER_FINDING = (
-    "Several findings per image: each point is the macro AUROC over every finding with both a "
-    "positive and a negative among its labelled validation images (the number that chooses the "
-    "epoch and the regularisation). The validation macro AUROC in the results table averages "
-    "only the findings the scoring rule keeps, so the two can differ on small validation sets."
+    "Several findings per image: each point is the validation macro AUROC over the findings the "
+    "scoring rule keeps (at least 5 labelled positives and 5 negatives; every finding with both "
+    "classes when none qualifies), the number that chooses the epoch."
 )
 
 
