@@ -103,14 +103,7 @@ def resolve_image_size(cfg: ExperimentConfig) -> int:
 
 def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
-    from medtl.data import (
-        check_class_counts,
-        image_cache_dir,
-        load_dataset,
-        prepare_images,
-        project_salt,
-    )
-    from medtl.subgroups import SITE_EXTERNAL_TEST, SITE_EXTERNAL_VAL, with_site
+    from medtl.data import check_class_counts, load_dataset, project_salt
 
     notes: list[str] = []
     read_options = {"window": cfg.data.window}
@@ -118,24 +111,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     cache = default_cache_dir(cfg)
     salt = project_salt(cache)  # de-identified ids: keyed per project (its cache folder)
     if path == "synthetic":
-        from medtl.data.synth import make_phantom
-
-        target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
-        extra: dict[str, Any] = {}
-        if cfg.data.synthetic_findings:  # several findings per image
-            target = target.with_name(f"{target.name}_f{cfg.data.synthetic_findings}")
-            extra["findings"] = cfg.data.synthetic_findings
-        if not is_phantom(target, current=True):  # absent, half-written or an older version
-            if target.exists():
-                shutil.rmtree(target)
-            make_phantom(
-                target,
-                n_per_class=cfg.data.synthetic_per_class,
-                difficulty=cfg.data.synthetic_difficulty,
-                seed=0,
-                **extra,
-            )
-        path = str(target)
+        path = _synthetic_phantom(cfg, cache)
         notes.append("Synthetic phantom data: results say nothing about clinical accuracy.")
     path = phantom_manifest(path)
     ds = load_dataset(
@@ -159,30 +135,90 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         findings=cfg.data.findings,
         uncertain=cfg.data.uncertain,
     )
+    train_s, val_s, test_s = _run_splits(cfg, ds, notes, read_options, progress, salt)
+    check_batch_sizes(cfg, len(train_s), list_strategies(trains_in_epochs=True))  # before decoding
+    size = resolve_image_size(cfg)
+    prep = _decode_splits(ds, (train_s, val_s, test_s), size, cache, read_options, progress)
+    bad = {s.path for s in ds.skipped}
+    train_s, val_s, test_s = (
+        [s for s in part if s.path not in bad] for part in (train_s, val_s, test_s)
+    )
+    check_class_counts(ds.classes, train_s + val_s + test_s, cfg.data.min_per_class)
+    ds.samples = [*train_s, *val_s, *test_s]
+    return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
+
+
+def _synthetic_phantom(cfg: ExperimentConfig, cache: Path) -> str:
+    """The phantom folder ``data.path: synthetic`` stands for, written into the cache when absent."""
+    from medtl.data.synth import make_phantom
+
+    target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
+    extra: dict[str, Any] = {}
+    if cfg.data.synthetic_findings:  # several findings per image
+        target = target.with_name(f"{target.name}_f{cfg.data.synthetic_findings}")
+        extra["findings"] = cfg.data.synthetic_findings
+    if not is_phantom(target, current=True):  # absent, half-written or an older version
+        if target.exists():
+            shutil.rmtree(target)
+        make_phantom(
+            target,
+            n_per_class=cfg.data.synthetic_per_class,
+            difficulty=cfg.data.synthetic_difficulty,
+            seed=0,
+            **extra,
+        )
+    return str(target)
+
+
+def _external_samples(
+    cfg: ExperimentConfig,
+    ds: Dataset,
+    path: str,
+    field: str,
+    split: str,
+    read_options: dict[str, Any],
+    progress: bool,
+    salt: bytes | None,
+) -> list[Sample]:
+    """Every image of another dataset, as one split (another site's validation or test data)."""
+    from medtl.data import load_dataset
+    from medtl.subgroups import SITE_EXTERNAL_TEST, SITE_EXTERNAL_VAL, with_site
+
+    ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
+                       min_per_class=1, progress=progress, verify=False, salt=salt,
+                       positive_class=cfg.data.positive_class,
+                       subgroups=cfg.data.subgroups,
+                       findings=ds.classes if ds.task_kind else None,
+                       uncertain=cfg.data.uncertain)  # fmt: skip
+    _check_same_classes(ds, ext, field)
+    ds.skipped.extend(ext.skipped)
+    prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
+    site = SITE_EXTERNAL_VAL if split == "val" else SITE_EXTERNAL_TEST  # the subgroup "site"
+    return [dataclasses.replace(s, split=split, uid=prefix + s.uid,
+                                attributes=with_site(s.attributes, site))
+            for s in ext.samples]  # fmt: skip
+
+
+def _run_splits(
+    cfg: ExperimentConfig,
+    ds: Dataset,
+    notes: list[str],
+    read_options: dict[str, Any],
+    progress: bool,
+    salt: bytes | None,
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """The run's train, val and test samples: external val/test data, the training cap, none empty."""
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
-
-    def external(path: str, field: str, split: str) -> list[Sample]:
-        """Every image of another dataset, as one split (another site's validation or test data)."""
-        ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
-                           min_per_class=1, progress=progress, verify=False, salt=salt,
-                           positive_class=cfg.data.positive_class,
-                           subgroups=cfg.data.subgroups,
-                           findings=ds.classes if ds.task_kind else None,
-                           uncertain=cfg.data.uncertain)  # fmt: skip
-        _check_same_classes(ds, ext, field)
-        ds.skipped.extend(ext.skipped)
-        prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
-        site = SITE_EXTERNAL_VAL if split == "val" else SITE_EXTERNAL_TEST  # the subgroup "site"
-        return [dataclasses.replace(s, split=split, uid=prefix + s.uid,
-                                    attributes=with_site(s.attributes, site))
-                for s in ext.samples]  # fmt: skip
-
     if cfg.data.val:
         train_s = train_s + val_s  # the own-site validation split goes back to training
-        val_s = external(cfg.data.val, "data.val", "val")
+        val_s = _external_samples(
+            cfg, ds, cfg.data.val, "data.val", "val", read_options, progress, salt
+        )
         notes.append("Validation on another dataset (data.val): shift-aware model selection.")
     if cfg.data.test:
-        test_s = external(cfg.data.test, "data.test", "test")
+        test_s = _external_samples(
+            cfg, ds, cfg.data.test, "data.test", "test", read_options, progress, salt
+        )
         notes.append("External test set (data.test).")
     if cfg.data.max_train:
         n_before = len(train_s)
@@ -196,10 +232,22 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
                 f"The {nm!r} split is empty. Give the dataset a {nm}/ folder, or raise "
                 f"data.{'val' if nm == 'val' else 'test'}_fraction above 0."
             )
-    check_batch_sizes(cfg, len(train_s), list_strategies(trains_in_epochs=True))  # before decoding
-    size = resolve_image_size(cfg)
+    return train_s, val_s, test_s
+
+
+def _decode_splits(
+    ds: Dataset,
+    parts: tuple[list[Sample], list[Sample], list[Sample]],
+    size: int,
+    cache: Path,
+    read_options: dict[str, Any],
+    progress: bool,
+) -> dict[str, PreparedImages]:
+    """Each split decoded at ``size`` (through the image cache); what failed joins ``ds.skipped``."""
+    from medtl.data import image_cache_dir, prepare_images
+
     prep = {}
-    for nm, part in (("train", train_s), ("val", val_s), ("test", test_s)):
+    for nm, part in zip(("train", "val", "test"), parts):
         prep[nm] = prepare_images(
             part,
             ds.classes,
@@ -211,13 +259,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         )
         ds.skipped.extend(s for s in prep[nm].skipped if s not in ds.skipped)
         prep[nm].labelling = ds.labelling  # several findings: the uncertain policy, for the model
-    bad = {s.path for s in ds.skipped}
-    train_s, val_s, test_s = (
-        [s for s in part if s.path not in bad] for part in (train_s, val_s, test_s)
-    )
-    check_class_counts(ds.classes, train_s + val_s + test_s, cfg.data.min_per_class)
-    ds.samples = [*train_s, *val_s, *test_s]
-    return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
+    return prep
 
 
 def _patients(data: PreparedData, images: PreparedImages) -> list[str] | None:
