@@ -611,8 +611,36 @@ def _compare(
 ) -> dict[str, Any]:
     """The work of :func:`compare`, done while this process holds the run folder's lock."""
     from medtl.data import dataset_fingerprint
-    from medtl.data.card import summarise_dataset
 
+    previous, cfg = _start_run(cfg, run_dir, resume=resume, explicit=explicit)
+    progress = progress and distributed.is_main()
+    with distributed.main_first():  # rank 0 decodes into the cache; the others then read it
+        data = load_data(cfg, progress=progress)
+    fingerprint = dataset_fingerprint(data.dataset)
+    _check_ranks_agree(fingerprint)
+    if resume:
+        distributed.on_main(lambda: _check_same_data(run_dir, previous or {}, fingerprint))
+        splits_digest = (previous or {}).get(records.SPLITS_DIGEST_KEY)
+    else:
+        splits_digest = distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
+    summary = _new_summary(cfg, data, previous, fingerprint, splits_digest, resume=resume)
+    _save_summary(run_dir, summary)
+    for name in cfg.strategies:
+        if on_strategy_start is not None:
+            on_strategy_start(name)
+        summary["strategies"][name] = {"status": runs.STATUS_RUNNING}
+        _save_summary(run_dir, summary)
+        _run_recorded(name, cfg, data, run_dir, summary, progress, resume, on_epoch_end)
+        _check_ranks_agree(summary["strategies"][name].get("status"), what=f"the {name} status")
+        _save_summary(run_dir, summary)
+    # rank 0 writes the rest; every process returns the same summary
+    return distributed.on_main(lambda: _finish(run_dir, summary, cfg, write_html))
+
+
+def _start_run(
+    cfg: ExperimentConfig, run_dir: Path, *, resume: bool, explicit: set[str] | None
+) -> tuple[dict[str, Any] | None, ExperimentConfig]:
+    """The previous summary (when resuming) and the run's config, checked before any data is read."""
     if not resume:
         distributed.check_config(
             cfg, list_strategies(trains_in_epochs=True)
@@ -630,17 +658,20 @@ def _compare(
         distributed.check_config(
             cfg, list_strategies(trains_in_epochs=True)
         )  # the resumed run's own config
-    progress = progress and distributed.is_main()
-    with distributed.main_first():  # rank 0 decodes into the cache; the others then read it
-        data = load_data(cfg, progress=progress)
-    fingerprint = dataset_fingerprint(data.dataset)
-    _check_ranks_agree(fingerprint)
-    if resume:
-        distributed.on_main(lambda: _check_same_data(run_dir, previous or {}, fingerprint))
-        splits_digest = (previous or {}).get(records.SPLITS_DIGEST_KEY)
-    else:
-        splits_digest = distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
+    return previous, cfg
 
+
+def _new_summary(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    previous: dict[str, Any] | None,
+    fingerprint: str,
+    splits_digest: str | None,
+    *,
+    resume: bool,
+) -> dict[str, Any]:
+    """The run's summary before any strategy has run: every strategy pending."""
+    from medtl.data.card import summarise_dataset
     from medtl.training import describe_precision, resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -676,59 +707,63 @@ def _compare(
             *(previous or {}).get("resumed", []),
             time.strftime("%Y-%m-%dT%H:%M:%S"),
         ]
-    summary_path = run_dir / runs.SUMMARY_FILE
+    return summary
 
-    def save_summary() -> None:
-        if distributed.is_main():
-            atomic_write_json(summary_path, summary)
 
-    save_summary()
-    for name in cfg.strategies:
-        if on_strategy_start is not None:
-            on_strategy_start(name)
-        summary["strategies"][name] = {"status": runs.STATUS_RUNNING}
-        save_summary()
-        try:
-            summary["strategies"][name] = run_strategy(
-                name,
-                cfg,
-                data,
-                run_dir,
-                progress=progress,
-                resume=resume,
-                on_epoch_end=on_epoch_end,
-            )
-        except KeyboardInterrupt:
-            summary["strategies"][name] = {
-                "status": runs.STATUS_INTERRUPTED,
-                "error": "interrupted by the user",
-            }
-            save_summary()
-            raise
-        except distributed.DistributedError as exc:  # the job cannot go on: no strategy can
+def _save_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (rank 0 only), so that the folder always says where the run stands."""
+    if distributed.is_main():
+        atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
+
+
+def _run_recorded(
+    name: str,
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    run_dir: Path,
+    summary: dict[str, Any],
+    progress: bool,
+    resume: bool,
+    on_epoch_end: Callable[[str, dict], None] | None,
+) -> None:
+    """Run one strategy into ``summary``; a failure is recorded and only stops the others if fatal."""
+    try:
+        summary["strategies"][name] = run_strategy(
+            name,
+            cfg,
+            data,
+            run_dir,
+            progress=progress,
+            resume=resume,
+            on_epoch_end=on_epoch_end,
+        )
+    except KeyboardInterrupt:
+        summary["strategies"][name] = {
+            "status": runs.STATUS_INTERRUPTED,
+            "error": "interrupted by the user",
+        }
+        _save_summary(run_dir, summary)
+        raise
+    except distributed.DistributedError as exc:  # the job cannot go on: no strategy can
+        summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
+        _save_summary(run_dir, summary)
+        raise
+    except Exception as exc:  # one failing strategy must not lose the others' results
+        if isinstance(exc, distributed.dist.DistError):
             summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
-            save_summary()
-            raise
-        except Exception as exc:  # one failing strategy must not lose the others' results
-            if isinstance(exc, distributed.dist.DistError):
-                summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
-                save_summary()
-                raise distributed.DistributedError(
-                    f"Rank {distributed.rank()} of {distributed.world_size()}: {name} lost "
-                    f"contact with another process ({type(exc).__name__}: "
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Rerun the "
-                    "same torchrun command with --resume to continue."
-                ) from exc
-            log.error("strategy %s failed: %s", name, exc)
-            summary["strategies"][name] = {
-                "status": runs.STATUS_FAILED,
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=5),
-            }
-        _check_ranks_agree(summary["strategies"][name].get("status"), what=f"the {name} status")
-        save_summary()
-    # rank 0 writes the rest; every process returns the same summary
-    return distributed.on_main(lambda: _finish(run_dir, summary, cfg, write_html))
+            _save_summary(run_dir, summary)
+            raise distributed.DistributedError(
+                f"Rank {distributed.rank()} of {distributed.world_size()}: {name} lost "
+                f"contact with another process ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Rerun the "
+                "same torchrun command with --resume to continue."
+            ) from exc
+        log.error("strategy %s failed: %s", name, exc)
+        summary["strategies"][name] = {
+            "status": runs.STATUS_FAILED,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=5),
+        }
 
 
 def _finish(
