@@ -325,20 +325,7 @@ def load_dataset(
         seed=seed,
         cache_dir=cache_dir,
     )
-    classes, samples, labelling = _split_labels(scan, classes, samples, positive_class)
-    ds = Dataset(
-        root=scan.root,
-        source=scan.source,
-        classes=classes,
-        samples=samples,
-        skipped=skipped,
-        ignored=list(scan.ignored),
-        salt_check=salt_check(salt),
-        task_kind=scan.task_kind,
-        labelling=labelling,
-    )
-    logger.info("Split counts: %s", ds.counts())
-    return ds
+    return _finished_dataset(scan, classes, samples, skipped, positive_class, salt)
 
 
 def _check_load_args(val_fraction: float, test_fraction: float, min_per_class: int) -> None:
@@ -421,10 +408,15 @@ def _readable_samples(
     return samples, []
 
 
-def _split_labels(
-    scan: ScanResult, classes: list[str], samples: list[Sample], positive_class: str | None
-) -> tuple[list[str], list[Sample], dict[str, Any] | None]:
-    """Once split: the positive class made index 1, findings the training split cannot learn dropped."""
+def _finished_dataset(
+    scan: ScanResult,
+    classes: list[str],
+    samples: list[Sample],
+    skipped: list[SkippedFile],
+    positive_class: str | None,
+    salt: bytes | None,
+) -> Dataset:
+    """The Dataset once split: the positive class made index 1, unlearnable findings dropped."""
     # after splitting: the choice never moves an image between splits
     if positive_class is not None:
         classes, samples = _put_positive_last(classes, samples, positive_class)
@@ -437,7 +429,19 @@ def _split_labels(
         # only when a training split is carved or given: a dataset read whole (evaluation, an
         # external test set) keeps every finding named
         classes, samples = _exclude_unlearnable(classes, samples, labelling)
-    return classes, samples, labelling
+    ds = Dataset(
+        root=scan.root,
+        source=scan.source,
+        classes=classes,
+        samples=samples,
+        skipped=skipped,
+        ignored=list(scan.ignored),
+        salt_check=salt_check(salt),
+        task_kind=scan.task_kind,
+        labelling=labelling,
+    )
+    logger.info("Split counts: %s", ds.counts())
+    return ds
 
 
 def _exclude_unlearnable(
