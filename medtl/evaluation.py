@@ -183,25 +183,12 @@ def evaluate(
     Example:
         >>> medtl.evaluate(["runs/a"], ["site_b/"], out="eval")["csv"]
     """
-    from tqdm.auto import tqdm
-
     from medtl._options import look_up_option
 
     if batch_file:
-        from medtl.config import load_yaml_text
-
-        spec = load_yaml_text(Path(batch_file).read_text(), f"Batch file {batch_file}") or {}
-        known = {"models", "datasets", "out", "split", "threshold", "prevalence", "by"}
-        unknown = set(spec) - known
-        if unknown:
-            raise ConfigError(f"Unknown field(s) {sorted(unknown)} in batch file {batch_file}.")
-        models = (models or []) + list(spec.get("models", []))
-        datasets = (datasets or []) + list(spec.get("datasets", []))
-        out = spec.get("out", out) if out == "evaluation" else out
-        split = spec.get("split", split)
-        threshold = threshold if threshold is not None else spec.get("threshold")
-        prevalence = prevalence if prevalence is not None else spec.get("prevalence")
-        by = by if by is not None else spec.get("by")
+        models, datasets, out, split, threshold, prevalence, by = _with_batch_file(
+            batch_file, models, datasets, out, split, threshold, prevalence, by
+        )
     look_up_option("split", split, ["all", "train", "val", "test"])
     from medtl.subgroups import parse_subgroups
 
@@ -218,6 +205,67 @@ def evaluate(
     jobs = [(m, d) for d in dataset_entries(list(datasets)) for m in model_dirs]
     # one id key for the batch (it also keys the row files), made before the rows start
     key_salt = distributed.on_main(lambda: _salt(out_dir / ".cache"))
+    done = _evaluate_share(
+        jobs, out_dir, split, threshold, prevalence, key_salt, progress, device, by
+    )
+    gathered = sorted(
+        (p for part in distributed.all_gather_object(done) for p in part), key=lambda p: p[0]
+    )
+    for _, r in gathered:
+        if isinstance(r, BaseException):
+            raise r if isinstance(r, ConfigError) else ConfigError(str(r))
+    rows = [x for _, r in gathered for x in (r, *r.get("subgroup_rows", []))]
+    result = {"rows": rows, "csv": str(out_dir / "evaluation.csv"), "markdown": _markdown(rows)}
+    if distributed.is_main():
+        _write_tables(out_dir, rows)
+    distributed.barrier()  # the tables exist when any process returns
+    return result
+
+
+def _with_batch_file(
+    batch_file: str,
+    models: list[str] | None,
+    datasets: list[str | dict[str, Any]] | None,
+    out: str,
+    split: str,
+    threshold: float | None,
+    prevalence: float | None,
+    by: str | list[str] | None,
+) -> tuple[list[Any], list[Any], str, str, float | None, float | None, Any]:
+    """The arguments of :func:`evaluate` with the batch file's fields added (arguments win)."""
+    from medtl.config import load_yaml_text
+
+    spec = load_yaml_text(Path(batch_file).read_text(), f"Batch file {batch_file}") or {}
+    known = {"models", "datasets", "out", "split", "threshold", "prevalence", "by"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ConfigError(f"Unknown field(s) {sorted(unknown)} in batch file {batch_file}.")
+    models = (models or []) + list(spec.get("models", []))
+    datasets = (datasets or []) + list(spec.get("datasets", []))
+    out = spec.get("out", out) if out == "evaluation" else out
+    split = spec.get("split", split)
+    threshold = threshold if threshold is not None else spec.get("threshold")
+    prevalence = prevalence if prevalence is not None else spec.get("prevalence")
+    by = by if by is not None else spec.get("by")
+    return models, datasets, out, split, threshold, prevalence, by
+
+
+def _evaluate_share(
+    jobs: list[tuple[Path, tuple[str, str | None]]],
+    out_dir: Path,
+    split: str,
+    threshold: float | None,
+    prevalence: float | None,
+    key_salt: bytes,
+    progress: bool,
+    device: str,
+    by: list[str] | None,
+) -> list[tuple[int, dict[str, Any] | BaseException]]:
+    """This process's share of the rows (job index, row or error), each read back when saved."""
+    from tqdm.auto import tqdm
+
+    from medtl import distributed
+
     mine = distributed.shard(list(enumerate(jobs)), strided=True)  # every row once, one process
     done: list[tuple[int, dict[str, Any] | BaseException]] = []
     show = progress and distributed.is_main()
@@ -239,18 +287,7 @@ def evaluate(
             continue
         atomic_write_json(row_file, row)
         done.append((i, row))
-    gathered = sorted(
-        (p for part in distributed.all_gather_object(done) for p in part), key=lambda p: p[0]
-    )
-    for _, r in gathered:
-        if isinstance(r, BaseException):
-            raise r if isinstance(r, ConfigError) else ConfigError(str(r))
-    rows = [x for _, r in gathered for x in (r, *r.get("subgroup_rows", []))]
-    result = {"rows": rows, "csv": str(out_dir / "evaluation.csv"), "markdown": _markdown(rows)}
-    if distributed.is_main():
-        _write_tables(out_dir, rows)
-    distributed.barrier()  # the tables exist when any process returns
-    return result
+    return done
 
 
 def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:

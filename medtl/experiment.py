@@ -92,14 +92,7 @@ def resolve_image_size(cfg: ExperimentConfig) -> int:
 
 def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     """Load the dataset(s) of ``cfg``, assign splits, and decode all images at the run's size."""
-    from medtl.data import (
-        check_class_counts,
-        image_cache_dir,
-        load_dataset,
-        prepare_images,
-        project_salt,
-    )
-    from medtl.subgroups import SITE_EXTERNAL_TEST, SITE_EXTERNAL_VAL, with_site
+    from medtl.data import check_class_counts, load_dataset, project_salt
 
     notes: list[str] = []
     read_options = {"window": cfg.data.window}
@@ -107,24 +100,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
     cache = default_cache_dir(cfg)
     salt = project_salt(cache)  # de-identified ids: keyed per project (its cache folder)
     if path == "synthetic":
-        from medtl.data.synth import make_phantom
-
-        target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
-        extra: dict[str, Any] = {}
-        if cfg.data.synthetic_findings:  # several findings per image
-            target = target.with_name(f"{target.name}_f{cfg.data.synthetic_findings}")
-            extra["findings"] = cfg.data.synthetic_findings
-        if not is_phantom(target, current=True):  # absent, half-written or an older version
-            if target.exists():
-                shutil.rmtree(target)
-            make_phantom(
-                target,
-                n_per_class=cfg.data.synthetic_per_class,
-                difficulty=cfg.data.synthetic_difficulty,
-                seed=0,
-                **extra,
-            )
-        path = str(target)
+        path = _synthetic_phantom(cfg, cache)
         notes.append("Synthetic phantom data: results say nothing about clinical accuracy.")
     path = phantom_manifest(path)
     ds = load_dataset(
@@ -148,30 +124,90 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         findings=cfg.data.findings,
         uncertain=cfg.data.uncertain,
     )
+    train_s, val_s, test_s = _run_splits(cfg, ds, notes, read_options, progress, salt)
+    check_batch_sizes(cfg, len(train_s), list_strategies(trains_in_epochs=True))  # before decoding
+    size = resolve_image_size(cfg)
+    prep = _decode_splits(ds, (train_s, val_s, test_s), size, cache, read_options, progress)
+    bad = {s.path for s in ds.skipped}
+    train_s, val_s, test_s = (
+        [s for s in part if s.path not in bad] for part in (train_s, val_s, test_s)
+    )
+    check_class_counts(ds.classes, train_s + val_s + test_s, cfg.data.min_per_class)
+    ds.samples = [*train_s, *val_s, *test_s]
+    return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
+
+
+def _synthetic_phantom(cfg: ExperimentConfig, cache: Path) -> str:
+    """The phantom folder ``data.path: synthetic`` stands for, written into the cache when absent."""
+    from medtl.data.synth import make_phantom
+
+    target = cache / f"phantom_n{cfg.data.synthetic_per_class}_d{cfg.data.synthetic_difficulty}"
+    extra: dict[str, Any] = {}
+    if cfg.data.synthetic_findings:  # several findings per image
+        target = target.with_name(f"{target.name}_f{cfg.data.synthetic_findings}")
+        extra["findings"] = cfg.data.synthetic_findings
+    if not is_phantom(target, current=True):  # absent, half-written or an older version
+        if target.exists():
+            shutil.rmtree(target)
+        make_phantom(
+            target,
+            n_per_class=cfg.data.synthetic_per_class,
+            difficulty=cfg.data.synthetic_difficulty,
+            seed=0,
+            **extra,
+        )
+    return str(target)
+
+
+def _external_samples(
+    cfg: ExperimentConfig,
+    ds: Dataset,
+    path: str,
+    field: str,
+    split: str,
+    read_options: dict[str, Any],
+    progress: bool,
+    salt: bytes | None,
+) -> list[Sample]:
+    """Every image of another dataset, as one split (another site's validation or test data)."""
+    from medtl.data import load_dataset
+    from medtl.subgroups import SITE_EXTERNAL_TEST, SITE_EXTERNAL_VAL, with_site
+
+    ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
+                       min_per_class=1, progress=progress, verify=False, salt=salt,
+                       positive_class=cfg.data.positive_class,
+                       subgroups=cfg.data.subgroups,
+                       findings=ds.classes if ds.task_kind else None,
+                       uncertain=cfg.data.uncertain)  # fmt: skip
+    _check_same_classes(ds, ext, field)
+    ds.skipped.extend(ext.skipped)
+    prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
+    site = SITE_EXTERNAL_VAL if split == "val" else SITE_EXTERNAL_TEST  # the subgroup "site"
+    return [dataclasses.replace(s, split=split, uid=prefix + s.uid,
+                                attributes=with_site(s.attributes, site))
+            for s in ext.samples]  # fmt: skip
+
+
+def _run_splits(
+    cfg: ExperimentConfig,
+    ds: Dataset,
+    notes: list[str],
+    read_options: dict[str, Any],
+    progress: bool,
+    salt: bytes | None,
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """The run's train, val and test samples: external val/test data, the training cap, none empty."""
     train_s, val_s, test_s = ds.split("train"), ds.split("val"), ds.split("test")
-
-    def external(path: str, field: str, split: str) -> list[Sample]:
-        """Every image of another dataset, as one split (another site's validation or test data)."""
-        ext = load_dataset(path, val_fraction=0, test_fraction=0, read_options=read_options,
-                           min_per_class=1, progress=progress, verify=False, salt=salt,
-                           positive_class=cfg.data.positive_class,
-                           subgroups=cfg.data.subgroups,
-                           findings=ds.classes if ds.task_kind else None,
-                           uncertain=cfg.data.uncertain)  # fmt: skip
-        _check_same_classes(ds, ext, field)
-        ds.skipped.extend(ext.skipped)
-        prefix = split[0] + "-"  # keeps uids distinct from the main dataset's
-        site = SITE_EXTERNAL_VAL if split == "val" else SITE_EXTERNAL_TEST  # the subgroup "site"
-        return [dataclasses.replace(s, split=split, uid=prefix + s.uid,
-                                    attributes=with_site(s.attributes, site))
-                for s in ext.samples]  # fmt: skip
-
     if cfg.data.val:
         train_s = train_s + val_s  # the own-site validation split goes back to training
-        val_s = external(cfg.data.val, "data.val", "val")
+        val_s = _external_samples(
+            cfg, ds, cfg.data.val, "data.val", "val", read_options, progress, salt
+        )
         notes.append("Validation on another dataset (data.val): shift-aware model selection.")
     if cfg.data.test:
-        test_s = external(cfg.data.test, "data.test", "test")
+        test_s = _external_samples(
+            cfg, ds, cfg.data.test, "data.test", "test", read_options, progress, salt
+        )
         notes.append("External test set (data.test).")
     if cfg.data.max_train:
         n_before = len(train_s)
@@ -185,10 +221,22 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
                 f"The {nm!r} split is empty. Give the dataset a {nm}/ folder, or raise "
                 f"data.{'val' if nm == 'val' else 'test'}_fraction above 0."
             )
-    check_batch_sizes(cfg, len(train_s), list_strategies(trains_in_epochs=True))  # before decoding
-    size = resolve_image_size(cfg)
+    return train_s, val_s, test_s
+
+
+def _decode_splits(
+    ds: Dataset,
+    parts: tuple[list[Sample], list[Sample], list[Sample]],
+    size: int,
+    cache: Path,
+    read_options: dict[str, Any],
+    progress: bool,
+) -> dict[str, PreparedImages]:
+    """Each split decoded at ``size`` (through the image cache); what failed joins ``ds.skipped``."""
+    from medtl.data import image_cache_dir, prepare_images
+
     prep = {}
-    for nm, part in (("train", train_s), ("val", val_s), ("test", test_s)):
+    for nm, part in zip(("train", "val", "test"), parts):
         prep[nm] = prepare_images(
             part,
             ds.classes,
@@ -200,13 +248,7 @@ def load_data(cfg: ExperimentConfig, *, progress: bool = True) -> PreparedData:
         )
         ds.skipped.extend(s for s in prep[nm].skipped if s not in ds.skipped)
         prep[nm].labelling = ds.labelling  # several findings: the uncertain policy, for the model
-    bad = {s.path for s in ds.skipped}
-    train_s, val_s, test_s = (
-        [s for s in part if s.path not in bad] for part in (train_s, val_s, test_s)
-    )
-    check_class_counts(ds.classes, train_s + val_s + test_s, cfg.data.min_per_class)
-    ds.samples = [*train_s, *val_s, *test_s]
-    return PreparedData(ds, prep["train"], prep["val"], prep["test"], size, notes, salt)
+    return prep
 
 
 def _patients(data: PreparedData, images: PreparedImages) -> list[str] | None:
@@ -558,8 +600,36 @@ def _compare(
 ) -> dict[str, Any]:
     """The work of :func:`compare`, done while this process holds the run folder's lock."""
     from medtl.data import dataset_fingerprint
-    from medtl.data.card import summarise_dataset
 
+    previous, cfg = _start_run(cfg, run_dir, resume=resume, explicit=explicit)
+    progress = progress and distributed.is_main()
+    with distributed.main_first():  # rank 0 decodes into the cache; the others then read it
+        data = load_data(cfg, progress=progress)
+    fingerprint = dataset_fingerprint(data.dataset)
+    _check_ranks_agree(fingerprint)
+    if resume:
+        distributed.on_main(lambda: _check_same_data(run_dir, previous or {}, fingerprint))
+        splits_digest = (previous or {}).get(records.SPLITS_DIGEST_KEY)
+    else:
+        splits_digest = distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
+    summary = _new_summary(cfg, data, previous, fingerprint, splits_digest, resume=resume)
+    _save_summary(run_dir, summary)
+    for name in cfg.strategies:
+        if on_strategy_start is not None:
+            on_strategy_start(name)
+        summary["strategies"][name] = {"status": runs.STATUS_RUNNING}
+        _save_summary(run_dir, summary)
+        _run_recorded(name, cfg, data, run_dir, summary, progress, resume, on_epoch_end)
+        _check_ranks_agree(summary["strategies"][name].get("status"), what=f"the {name} status")
+        _save_summary(run_dir, summary)
+    # rank 0 writes the rest; every process returns the same summary
+    return distributed.on_main(lambda: _finish(run_dir, summary, cfg, write_html))
+
+
+def _start_run(
+    cfg: ExperimentConfig, run_dir: Path, *, resume: bool, explicit: set[str] | None
+) -> tuple[dict[str, Any] | None, ExperimentConfig]:
+    """The previous summary (when resuming) and the run's config, checked before any data is read."""
     if not resume:
         distributed.check_config(
             cfg, list_strategies(trains_in_epochs=True)
@@ -577,17 +647,20 @@ def _compare(
         distributed.check_config(
             cfg, list_strategies(trains_in_epochs=True)
         )  # the resumed run's own config
-    progress = progress and distributed.is_main()
-    with distributed.main_first():  # rank 0 decodes into the cache; the others then read it
-        data = load_data(cfg, progress=progress)
-    fingerprint = dataset_fingerprint(data.dataset)
-    _check_ranks_agree(fingerprint)
-    if resume:
-        distributed.on_main(lambda: _check_same_data(run_dir, previous or {}, fingerprint))
-        splits_digest = (previous or {}).get(records.SPLITS_DIGEST_KEY)
-    else:
-        splits_digest = distributed.on_main(lambda: _write_provenance(run_dir, cfg, data))
+    return previous, cfg
 
+
+def _new_summary(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    previous: dict[str, Any] | None,
+    fingerprint: str,
+    splits_digest: str | None,
+    *,
+    resume: bool,
+) -> dict[str, Any]:
+    """The run's summary before any strategy has run: every strategy pending."""
+    from medtl.data.card import summarise_dataset
     from medtl.training import describe_precision, resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -623,59 +696,63 @@ def _compare(
             *(previous or {}).get("resumed", []),
             time.strftime("%Y-%m-%dT%H:%M:%S"),
         ]
-    summary_path = run_dir / runs.SUMMARY_FILE
+    return summary
 
-    def save_summary() -> None:
-        if distributed.is_main():
-            atomic_write_json(summary_path, summary)
 
-    save_summary()
-    for name in cfg.strategies:
-        if on_strategy_start is not None:
-            on_strategy_start(name)
-        summary["strategies"][name] = {"status": runs.STATUS_RUNNING}
-        save_summary()
-        try:
-            summary["strategies"][name] = run_strategy(
-                name,
-                cfg,
-                data,
-                run_dir,
-                progress=progress,
-                resume=resume,
-                on_epoch_end=on_epoch_end,
-            )
-        except KeyboardInterrupt:
-            summary["strategies"][name] = {
-                "status": runs.STATUS_INTERRUPTED,
-                "error": "interrupted by the user",
-            }
-            save_summary()
-            raise
-        except distributed.DistributedError as exc:  # the job cannot go on: no strategy can
+def _save_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (rank 0 only), so that the folder always says where the run stands."""
+    if distributed.is_main():
+        atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
+
+
+def _run_recorded(
+    name: str,
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    run_dir: Path,
+    summary: dict[str, Any],
+    progress: bool,
+    resume: bool,
+    on_epoch_end: Callable[[str, dict], None] | None,
+) -> None:
+    """Run one strategy into ``summary``; a failure is recorded and only stops the others if fatal."""
+    try:
+        summary["strategies"][name] = run_strategy(
+            name,
+            cfg,
+            data,
+            run_dir,
+            progress=progress,
+            resume=resume,
+            on_epoch_end=on_epoch_end,
+        )
+    except KeyboardInterrupt:
+        summary["strategies"][name] = {
+            "status": runs.STATUS_INTERRUPTED,
+            "error": "interrupted by the user",
+        }
+        _save_summary(run_dir, summary)
+        raise
+    except distributed.DistributedError as exc:  # the job cannot go on: no strategy can
+        summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
+        _save_summary(run_dir, summary)
+        raise
+    except Exception as exc:  # one failing strategy must not lose the others' results
+        if isinstance(exc, distributed.dist.DistError):
             summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
-            save_summary()
-            raise
-        except Exception as exc:  # one failing strategy must not lose the others' results
-            if isinstance(exc, distributed.dist.DistError):
-                summary["strategies"][name] = {"status": runs.STATUS_FAILED, "error": str(exc)}
-                save_summary()
-                raise distributed.DistributedError(
-                    f"Rank {distributed.rank()} of {distributed.world_size()}: {name} lost "
-                    f"contact with another process ({type(exc).__name__}: "
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Rerun the "
-                    "same torchrun command with --resume to continue."
-                ) from exc
-            log.error("strategy %s failed: %s", name, exc)
-            summary["strategies"][name] = {
-                "status": runs.STATUS_FAILED,
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=5),
-            }
-        _check_ranks_agree(summary["strategies"][name].get("status"), what=f"the {name} status")
-        save_summary()
-    # rank 0 writes the rest; every process returns the same summary
-    return distributed.on_main(lambda: _finish(run_dir, summary, cfg, write_html))
+            _save_summary(run_dir, summary)
+            raise distributed.DistributedError(
+                f"Rank {distributed.rank()} of {distributed.world_size()}: {name} lost "
+                f"contact with another process ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Rerun the "
+                "same torchrun command with --resume to continue."
+            ) from exc
+        log.error("strategy %s failed: %s", name, exc)
+        summary["strategies"][name] = {
+            "status": runs.STATUS_FAILED,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=5),
+        }
 
 
 def _finish(

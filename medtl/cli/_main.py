@@ -8,7 +8,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from medtl.cli import _commands as cmd
 from medtl.cli import _exit
@@ -191,7 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-file", help="also write the log (with timestamps, at least INFO) to this file"
     )
     subs = parser.add_subparsers(dest="command", metavar="<command>")
+    for add_parser in (
+        _add_demo_parser,
+        _add_compare_parser,
+        _add_train_parser,
+        _add_evaluate_parser,
+        _add_predict_parser,
+        _add_adapt_parser,
+        _add_advise_parser,
+        _add_backbones_parser,
+        _add_data_parser,
+    ):
+        add_parser(subs)
+    add_cache_parser(subs, _sub)
+    return parser
 
+
+def _add_demo_parser(subs: Any) -> None:
+    """``medtl demo``: the whole product on the built-in synthetic phantom."""
     p = _sub(
         subs,
         "demo",
@@ -208,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_args(p, json_=True)
 
+
+def _add_compare_parser(subs: Any) -> None:
+    """``medtl compare``: several strategies on one split, one run folder."""
     p = _sub(
         subs,
         "compare",
@@ -224,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
         "from_scratch",
     )
 
+
+def _add_train_parser(subs: Any) -> None:
+    """``medtl train``: one strategy, one run folder."""
     p = _sub(
         subs,
         "train",
@@ -235,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p, data_required=False)
     p.add_argument("--strategy", help="strategy to train (default: the config's first)")
 
+
+def _add_evaluate_parser(subs: Any) -> None:
+    """``medtl evaluate``: saved models on labelled datasets, one table."""
     p = _sub(
         subs,
         "evaluate",
@@ -274,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_output_args(p, json_=True)
 
+
+def _add_predict_parser(subs: Any) -> None:
+    """``medtl predict``: a saved model on image files or folders."""
     p = _sub(
         subs,
         "predict",
@@ -297,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_output_args(p)
 
+
+def _add_adapt_parser(subs: Any) -> None:
+    """``medtl adapt``: BatchNorm statistics re-estimated on unlabelled target images."""
     p = _sub(
         subs,
         "adapt",
@@ -312,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the adapted model")
     _add_output_args(p)
 
+
+def _add_advise_parser(subs: Any) -> None:
+    """``medtl advise``: which strategy for a dataset, and why."""
     p = _sub(
         subs,
         "advise",
@@ -344,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_args(p)  # several findings per image, as for compare
     _add_output_args(p, json_=True)
 
+
+def _add_backbones_parser(subs: Any) -> None:
+    """``medtl backbones``: the registered backbones and their offline weights."""
     p = _sub(
         subs,
         "backbones",
@@ -355,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON document on stdout (no table)"
     )
 
+
+def _add_data_parser(subs: Any) -> None:
+    """``medtl data``: the dataset tools, each a subcommand of its own."""
     p = _sub(
         subs,
         "data",
@@ -365,58 +406,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_print_help(p))
     dsubs = p.add_subparsers(dest="data_command", metavar="<data command>")
-    q = _sub(
+    _add_data_synth_parser(dsubs)
+    _add_data_card_parser(dsubs)
+    _add_data_check_parser(dsubs)
+
+
+def _add_data_synth_parser(dsubs: Any) -> None:
+    """``medtl data synth``: the synthetic phantom written as DICOM files."""
+    p = _sub(
         dsubs,
         "synth",
         "Write the synthetic chest-radiograph phantom as DICOM files.",
         "  medtl data synth --out phantom/ --n-per-class 100 --difficulty 0.7",
         cmd.data_synth,
     )
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument(
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
         "--n-per-class", type=int, default=40, help="images per class (two per fake patient)"
     )
-    q.add_argument("--size", type=int, default=256, help="image side length in pixels")
-    q.add_argument(
+    p.add_argument("--size", type=int, default=256, help="image side length in pixels")
+    p.add_argument(
         "--difficulty", type=float, default=0.5, help="0 = obvious lesions, 1 = subtle ones"
     )
-    q.add_argument("--seed", type=int, default=0, help="random seed of the phantom")
-    q.add_argument(
+    p.add_argument("--seed", type=int, default=0, help="random seed of the phantom")
+    p.add_argument(
         "--findings",
         type=int,
         help="write a multi-label phantom with this many independent findings per image",
     )
-    q.add_argument(
+    p.add_argument(
         "--prevalence",
         help="multi-label phantom: prevalence of each finding, e.g. 0.3,0.2,0.1 (default 0.3)",
     )
-    q = _sub(
+
+
+def _add_data_card_parser(dsubs: Any) -> None:
+    """``medtl data card``: a data card draft for a dataset."""
+    p = _sub(
         dsubs,
         "card",
         "Scan a dataset and write a data card draft (Markdown).",
         "  medtl data card ./xrays\n  medtl data card ./xrays --out data_cards/my_site.md",
         cmd.data_card,
     )
-    q.add_argument("path", help="dataset folder, CSV manifest or .npz")
-    _add_label_args(q)
-    q.add_argument("--out", help="Markdown file to write (default: print)")
-    _add_output_args(q)
-    q = _sub(
+    p.add_argument("path", help="dataset folder, CSV manifest or .npz")
+    _add_label_args(p)
+    p.add_argument("--out", help="Markdown file to write (default: print)")
+    _add_output_args(p)
+
+
+def _add_data_check_parser(dsubs: Any) -> None:
+    """``medtl data check``: every file read, the unusable ones listed."""
+    p = _sub(
         dsubs,
         "check",
         "Read every file of a dataset and list what cannot be used, and why.",
         "  medtl data check ./xrays",
         cmd.data_check,
     )
-    q.add_argument("path", help="dataset folder, CSV manifest or .npz")
-    _add_label_args(q)
-    q.add_argument(
+    p.add_argument("path", help="dataset folder, CSV manifest or .npz")
+    _add_label_args(p)
+    p.add_argument(
         "--id-map",
         help="also write id -> file path to this CSV (it contains identifiers; keep it private)",
     )
-    _add_output_args(q)
-    add_cache_parser(subs, _sub)
-    return parser
+    _add_output_args(p)
 
 
 def _version() -> str:

@@ -22,7 +22,7 @@ from medtl.data._multilabel import (
     targets_of,
     training_exclusions,
 )
-from medtl.data._sources import scan_source, source_info
+from medtl.data._sources import ScanResult, scan_source, source_info
 from medtl.data._splits import assign_splits, listing_key
 from medtl.data._types import Dataset, Sample, SkippedFile
 from medtl.errors import ConfigError, DatasetError, ImageReadError
@@ -304,6 +304,32 @@ def load_dataset(
         >>> ds.counts()["train"]
         {'NORMAL': 1140, 'PNEUMONIA': 3294}
     """
+    _check_load_args(val_fraction, test_fraction, min_per_class)
+    scan = _scan(
+        path, class_names, salt, LabelOptions(tuple(findings) if findings else None, uncertain)
+    )
+    samples, skipped = _listed_samples(scan, path, subgroups), list(scan.skipped)
+    classes = list(scan.classes)
+    _check_positive_class(classes, positive_class, multilabel=scan.task_kind == MULTILABEL)
+    samples, bad = _readable_samples(
+        samples, scan, patient_id_pattern, salt, verify, read_options, progress, num_workers
+    )
+    skipped.extend(bad)
+    if skipped:
+        logger.warning("%d file(s) skipped (see Dataset.skipped)", len(skipped))
+    check_class_counts(classes, samples, min_per_class)
+    samples = assign_splits(
+        samples,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        cache_dir=cache_dir,
+    )
+    return _finished_dataset(scan, classes, samples, skipped, positive_class, salt)
+
+
+def _check_load_args(val_fraction: float, test_fraction: float, min_per_class: int) -> None:
+    """Refuse split fractions or a class minimum that cannot work, before anything is read."""
     check_range("val_fraction", val_fraction, 0.0, 0.9)
     check_range("test_fraction", test_fraction, 0.0, 0.9)
     if val_fraction + test_fraction >= 1.0:
@@ -311,9 +337,13 @@ def load_dataset(
             f"val_fraction + test_fraction must be below 1. Got {val_fraction} + {test_fraction}."
         )
     check_range("min_per_class", min_per_class, 1)
-    opts = LabelOptions(tuple(findings) if findings else None, uncertain)
+
+
+def _scan(
+    path: str | Path, class_names: Sequence[str] | None, salt: bytes | None, opts: LabelOptions
+) -> ScanResult:
+    """The source's scan of ``path``, with what it found logged."""
     scan = scan_source(path, class_names, salt, labels=opts)
-    multilabel = scan.task_kind == MULTILABEL
     noun = task_for(scan.classes, scan.task_kind).label_noun
     logger.info(
         "Found %d image(s) with %d %s (%s layout)",
@@ -325,16 +355,29 @@ def load_dataset(
     if scan.ignored:
         logger.info("%d file(s) ignored (hidden or documentation; see Dataset.ignored)",
                     len(scan.ignored))  # fmt: skip
+    return scan
+
+
+def _listed_samples(
+    scan: ScanResult, path: str | Path, subgroups: Sequence[str] | str | None
+) -> list[Sample]:
+    """The scanned samples in path order, with their subgroup attributes when asked for."""
     # path order, whatever order the source listed them in (a manifest's rows, a copied folder):
     # the same files give the same split and the same numbers
-    samples, skipped = sorted(scan.samples, key=listing_key), list(scan.skipped)
+    samples = sorted(scan.samples, key=listing_key)
     if subgroups:
         from medtl.data._attributes import attach_subgroups
         from medtl.subgroups import parse_subgroups
 
         manifest = Path(path).expanduser() if scan.source == "csv" else None
         samples = attach_subgroups(samples, parse_subgroups(subgroups), manifest=manifest)
-    classes = list(scan.classes)
+    return samples
+
+
+def _check_positive_class(
+    classes: list[str], positive_class: str | None, *, multilabel: bool
+) -> None:
+    """Refuse a positive class that is not one of two classes, before any decoding."""
     if positive_class is not None and multilabel:
         raise ConfigError(
             f"The 'positive_class' parameter applies to two-class data; this dataset has several "
@@ -342,6 +385,19 @@ def load_dataset(
         )
     if positive_class is not None:
         _put_positive_last(classes, [], positive_class)  # a wrong name fails before any decoding
+
+
+def _readable_samples(
+    samples: list[Sample],
+    scan: ScanResult,
+    patient_id_pattern: str | None,
+    salt: bytes | None,
+    verify: bool,
+    read_options: dict[str, Any] | None,
+    progress: bool,
+    num_workers: int,
+) -> tuple[list[Sample], list[SkippedFile]]:
+    """Samples with their patient ids from file names, and (when verifying) those that decode."""
     if patient_id_pattern:
         if source_info(scan.source).images_in_file:
             raise ConfigError(
@@ -350,23 +406,28 @@ def load_dataset(
             )
         samples = patient_ids_from_names(samples, patient_id_pattern, salt)
     if verify and not source_info(scan.source).images_in_file:
-        samples, bad = _verify(samples, read_options, progress, num_workers)
-        skipped.extend(bad)
-    if skipped:
-        logger.warning("%d file(s) skipped (see Dataset.skipped)", len(skipped))
-    check_class_counts(classes, samples, min_per_class)
-    samples = assign_splits(
-        samples,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        cache_dir=cache_dir,
-    )
+        return _verify(samples, read_options, progress, num_workers)
+    return samples, []
+
+
+def _finished_dataset(
+    scan: ScanResult,
+    classes: list[str],
+    samples: list[Sample],
+    skipped: list[SkippedFile],
+    positive_class: str | None,
+    salt: bytes | None,
+) -> Dataset:
+    """The Dataset once split: the positive class made index 1, unlearnable findings dropped."""
     # after splitting: the choice never moves an image between splits
     if positive_class is not None:
         classes, samples = _put_positive_last(classes, samples, positive_class)
     labelling = dict(scan.labelling) if scan.labelling else None
-    if multilabel and labelling is not None and any(s.split != "train" for s in samples):
+    if (
+        scan.task_kind == MULTILABEL
+        and labelling is not None
+        and any(s.split != "train" for s in samples)
+    ):
         # only when a training split is carved or given: a dataset read whole (evaluation, an
         # external test set) keeps every finding named
         classes, samples = _exclude_unlearnable(classes, samples, labelling)
@@ -408,7 +469,7 @@ def _exclude_unlearnable(
         f"{len(excluded)} finding(s) excluded: no positive or no negative image in the training "
         f"split: {detail}.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     classes, samples = drop_findings(classes, samples, list(excluded))
     labelling["findings"] = list(classes)

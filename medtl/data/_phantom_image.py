@@ -96,7 +96,28 @@ def render_chest(
 
     body = _soft(_ellipse(x, y, 0.0, 0.12, a.body_ax, a.body_ay, 2.2), 0.04)
     dens = 0.03 + body * (a.tissue + 0.10 * (y + 1.0) / 2.0)
+    lungs = _lung_fields(a, x, y)
+    # lungs are darkest laterally; vessels and hila make them denser towards the middle
+    dens -= a.lung_depth * lungs * body * (0.7 + 0.3 * np.clip(np.abs(x) / 0.55, 0.0, 1.0))
+    heart = _add_mediastinum(dens, a, x, y, body, edge)
+    dens += 0.10 * _ribs(a, x, y, edge) * body * (0.35 + 0.65 * lungs)
+    # lesions: round-ish opacities inside the lung fields (away from the heart)
+    if n_lesions:
+        candidates = np.argwhere((lungs > 0.97) & (heart < 0.2))
+        for _ in range(n_lesions):
+            r = float(rng.uniform(*lesion_radius))
+            iy, ix = _lesion_centre(rng, candidates, lungs, r)
+            _add_lesion(dens, rng, xx, yy, lin, iy, ix, r, lesion_contrast)
 
+    # anatomical (low-frequency) and quantum (fine) noise
+    dens += noise * 0.025 * _unit_noise(rng, size, size / 25.0)
+    dens += noise * 0.015 * _unit_noise(rng, size, size / 8.0)
+    dens += noise * 0.008 * rng.standard_normal((size, size)).astype(np.float32)
+    return np.clip(dens, 0.0, 1.0).astype(np.float32)
+
+
+def _lung_fields(a: Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The two lung fields (1 inside, 0 outside), their bottoms shaped by the diaphragm."""
     lungs = np.zeros_like(x)
     for k in range(2):
         shape = _ellipse(x, y, a.lung_cx[k], a.lung_cy[k], a.lung_ax[k], a.lung_ay[k], 2.3)
@@ -107,9 +128,13 @@ def render_chest(
             - y
         )
         lungs = np.maximum(lungs, _soft(np.minimum(shape, dome * 3.0), 0.06))
-    # lungs are darkest laterally; vessels and hila make them denser towards the middle
-    dens -= a.lung_depth * lungs * body * (0.7 + 0.3 * np.clip(np.abs(x) / 0.55, 0.0, 1.0))
+    return lungs
 
+
+def _add_mediastinum(
+    dens: np.ndarray, a: Anatomy, x: np.ndarray, y: np.ndarray, body: np.ndarray, edge: float
+) -> np.ndarray:
+    """Add the spine, mediastinum and heart to ``dens`` in place; the heart's mask."""
     spine = _soft(0.085 - np.abs(x), edge * 2) * body
     vertebrae = 0.5 + 0.5 * np.cos(2 * np.pi * (y + 1.0) / 0.11)
     dens += spine * (0.16 + 0.04 * vertebrae)
@@ -117,7 +142,11 @@ def render_chest(
     dens += 0.07 * mediastinum * body
     heart = _soft(_ellipse(x, y, 0.12, 0.28, a.heart_ax, a.heart_ay), 0.15)
     dens += 0.12 * heart * body
+    return heart
 
+
+def _ribs(a: Anatomy, x: np.ndarray, y: np.ndarray, edge: float) -> np.ndarray:
+    """Ten ribs and the clavicles as curved bright bands (before weighting by body and lungs)."""
     ribs = np.zeros_like(x)
     ax_ = np.abs(x)
     for k in range(10):
@@ -127,49 +156,57 @@ def render_chest(
     for sign in (-1.0, 1.0):  # clavicles
         yc = -0.62 + 0.25 * (sign * x - 0.35) ** 2
         ribs += 1.2 * np.exp(-(((y - yc) / 0.03) ** 2)) * _soft(0.6 - np.abs(x - sign * 0.35), 0.03)
-    ribs = np.minimum(ribs, 1.3) * _soft(ax_ - 0.07, edge * 2) * _soft(0.85 - ax_, 0.05)
-    dens += 0.10 * ribs * body * (0.35 + 0.65 * lungs)
+    return np.minimum(ribs, 1.3) * _soft(ax_ - 0.07, edge * 2) * _soft(0.85 - ax_, 0.05)
 
-    # lesions: round-ish opacities inside the lung fields (away from the heart)
-    if n_lesions:
-        candidates = np.argwhere((lungs > 0.97) & (heart < 0.2))
-        for _ in range(n_lesions):
-            r = float(rng.uniform(*lesion_radius))
-            iy = ix = size // 2
-            # rejection sampling: keep the lesion's centre at least ~r inside the lung field
-            for _try in range(30):
-                if not len(candidates):
-                    break
-                iy, ix = (int(v) for v in candidates[rng.integers(len(candidates))])
-                rp = int(r * size / 2.0)
-                near = [
-                    (iy, min(size - 1, ix + rp)),
-                    (iy, max(0, ix - rp)),
-                    (min(size - 1, iy + rp), ix),
-                    (max(0, iy - rp), ix),
-                ]
-                if all(lungs[p] > 0.5 for p in near):
-                    break
-            rx, ry = r * float(rng.uniform(0.8, 1.2)), r * float(rng.uniform(0.8, 1.2))
-            phase = float(rng.uniform(0, 2 * np.pi))
-            contrast = float(rng.uniform(*lesion_contrast))
-            # work in a box around the lesion only (the profile is ~0 beyond 2.5 radii)
-            half = int(np.ceil(2.5 * max(rx, ry) * size / 2.0)) + 1
-            y0, y1 = max(0, iy - half), min(size, iy + half + 1)
-            x0, x1 = max(0, ix - half), min(size, ix + half + 1)
-            ex = xx[y0:y1, x0:x1] - lin[ix]
-            ey = yy[y0:y1, x0:x1] - lin[iy]
-            theta = np.arctan2(ey, ex)
-            rho = np.sqrt((ex / rx) ** 2 + (ey / ry) ** 2) * (
-                1.0 + 0.12 * np.sin(3 * theta + phase)
-            )
-            dens[y0:y1, x0:x1] += contrast * _soft(1.0 - rho, 0.18)
 
-    # anatomical (low-frequency) and quantum (fine) noise
-    dens += noise * 0.025 * _unit_noise(rng, size, size / 25.0)
-    dens += noise * 0.015 * _unit_noise(rng, size, size / 8.0)
-    dens += noise * 0.008 * rng.standard_normal((size, size)).astype(np.float32)
-    return np.clip(dens, 0.0, 1.0).astype(np.float32)
+def _lesion_centre(
+    rng: np.random.Generator, candidates: np.ndarray, lungs: np.ndarray, r: float
+) -> tuple[int, int]:
+    """A lesion centre (row, column) drawn from ``candidates``, at least ~``r`` inside the lungs."""
+    size = lungs.shape[0]
+    iy = ix = size // 2
+    # rejection sampling: keep the lesion's centre at least ~r inside the lung field
+    for _try in range(30):
+        if not len(candidates):
+            break
+        iy, ix = (int(v) for v in candidates[rng.integers(len(candidates))])
+        rp = int(r * size / 2.0)
+        near = [
+            (iy, min(size - 1, ix + rp)),
+            (iy, max(0, ix - rp)),
+            (min(size - 1, iy + rp), ix),
+            (max(0, iy - rp), ix),
+        ]
+        if all(lungs[p] > 0.5 for p in near):
+            break
+    return iy, ix
+
+
+def _add_lesion(
+    dens: np.ndarray,
+    rng: np.random.Generator,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    lin: np.ndarray,
+    iy: int,
+    ix: int,
+    r: float,
+    lesion_contrast: tuple[float, float],
+) -> None:
+    """Add one round-ish, slightly lobulated opacity of radius ~``r`` at (iy, ix), in place."""
+    size = dens.shape[0]
+    rx, ry = r * float(rng.uniform(0.8, 1.2)), r * float(rng.uniform(0.8, 1.2))
+    phase = float(rng.uniform(0, 2 * np.pi))
+    contrast = float(rng.uniform(*lesion_contrast))
+    # work in a box around the lesion only (the profile is ~0 beyond 2.5 radii)
+    half = int(np.ceil(2.5 * max(rx, ry) * size / 2.0)) + 1
+    y0, y1 = max(0, iy - half), min(size, iy + half + 1)
+    x0, x1 = max(0, ix - half), min(size, ix + half + 1)
+    ex = xx[y0:y1, x0:x1] - lin[ix]
+    ey = yy[y0:y1, x0:x1] - lin[iy]
+    theta = np.arctan2(ey, ex)
+    rho = np.sqrt((ex / rx) ** 2 + (ey / ry) ** 2) * (1.0 + 0.12 * np.sin(3 * theta + phase))
+    dens[y0:y1, x0:x1] += contrast * _soft(1.0 - rho, 0.18)
 
 
 def _unit_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:

@@ -638,13 +638,25 @@ def _scan_csv(
     *,
     labels: LabelOptions | None = None,
 ) -> ScanResult:
-    root = csv_path.parent
+    """A manifest: ``path,label[,patient_id][,split]``, or a path and one column per finding."""
+    opts = labels or LabelOptions()
+    rows, col, multi = _manifest_table(csv_path, class_names, opts)
+    if multi is not None:
+        return _manifest_findings(csv_path, rows, multi, opts.uncertain, col, salt)
+    classes = _manifest_classes(rows, col, class_names, display_path(csv_path))
+    samples, skipped = _manifest_samples(csv_path, rows, col, classes, salt)
+    return ScanResult(str(csv_path.parent), "csv", classes, samples, skipped)
+
+
+def _manifest_table(
+    csv_path: Path, class_names: Sequence[str] | None, opts: LabelOptions
+) -> tuple[list[list[str]], Callable[[list[str], str], str], FindingColumns | None]:
+    """A manifest's non-blank rows, a reader of a row's named column, and its finding columns."""
     where = display_path(csv_path)
     delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
     header, raw_rows = _read_manifest_rows(csv_path, delimiter)
     fields = {(f or "").strip().lower(): i for i, f in enumerate(header)}
     rows = [r for r in raw_rows if any(c.strip() for c in r)]
-    opts = labels or LabelOptions()
     multi = None
     if "path" in fields and (opts.findings or "label" not in fields):
         # several findings per image: the findings named, else (no label column) those found;
@@ -668,20 +680,39 @@ def _scan_csv(
         i = fields.get(name)
         return row[i].strip() if i is not None and i < len(row) else ""
 
-    if multi is not None:
-        return _manifest_findings(csv_path, rows, multi, opts.uncertain, col, salt)
+    return rows, col, multi
+
+
+def _manifest_classes(
+    rows: list[list[str]],
+    col: Callable[[list[str], str], str],
+    class_names: Sequence[str] | None,
+    where: str,
+) -> list[str]:
+    """The classes of a single-label manifest: its labels sorted, or ``class_names`` checked."""
     labels_found = sorted({col(r, "label") for r in rows} - {""})
     if class_names is None:
         check_label_variants(labels_found, f"Manifest {where!r}")
-        classes = labels_found
-    else:
-        unknown = sorted(set(labels_found) - set(class_names))
-        if unknown:
-            raise DatasetError(
-                f"Manifest {where!r} has labels {unknown[:10]} that are not in 'class_names' "
-                f"{list(class_names)}. Add them to class_names or fix the manifest."
-            )
-        classes = list(class_names)
+        return labels_found
+    unknown = sorted(set(labels_found) - set(class_names))
+    if unknown:
+        raise DatasetError(
+            f"Manifest {where!r} has labels {unknown[:10]} that are not in 'class_names' "
+            f"{list(class_names)}. Add them to class_names or fix the manifest."
+        )
+    return list(class_names)
+
+
+def _manifest_samples(
+    csv_path: Path,
+    rows: list[list[str]],
+    col: Callable[[list[str], str], str],
+    classes: list[str],
+    salt: bytes | None,
+) -> tuple[list[Sample], list[SkippedFile]]:
+    """One sample per usable row; no path or label, repeats and two-label files are skipped."""
+    root = csv_path.parent
+    where = display_path(csv_path)
     index = {c: i for i, c in enumerate(classes)}
     samples: list[Sample] = []
     skipped: list[SkippedFile] = []
@@ -748,7 +779,7 @@ def _scan_csv(
             )
         )
     samples = [s for i, s in enumerate(samples) if i not in two_labels]
-    return ScanResult(str(root), "csv", classes, samples, skipped)
+    return samples, skipped
 
 
 def _manifest_paths(

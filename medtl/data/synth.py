@@ -37,7 +37,7 @@ import numpy as np
 
 from medtl._fileio import atomic_write_json, atomic_write_text, csv_record
 from medtl._options import check_range, look_up_option
-from medtl.data._phantom_image import draw_anatomy, render_chest
+from medtl.data._phantom_image import Anatomy, draw_anatomy, render_chest
 from medtl.errors import ConfigError
 
 __all__ = [
@@ -270,72 +270,15 @@ def make_phantom(
     out.mkdir(parents=True, exist_ok=True)
     contrast, radius, noise = _lesion_params(difficulty)
     n_patients = -(-n_per_class // IMAGES_PER_PATIENT)
-    root_seq = np.random.SeedSequence(seed)
-    # one child stream per patient; identifiers and subgroup attributes come from separate
-    # streams so they never change images (children are fixed by index: the first ones are as in v1)
-    n_all = len(CLASSES) * n_patients
-    seqs = root_seq.spawn(n_all + 2)
-    patient_seqs = seqs[:n_all]
-    id_rng = np.random.default_rng(seqs[n_all])
-    attr_rng = np.random.default_rng(seqs[n_all + 1])
-    sexes = attr_rng.choice(["F", "M"], size=n_all)
-    ages = attr_rng.integers(AGE_RANGE[0], AGE_RANGE[1] + 1, size=n_all)
-    fake_ids = id_rng.choice(900_000, size=len(CLASSES) * n_patients, replace=False) + 100_000
+    plan = _PhantomPlan(out=out, n_per_class=n_per_class, n_patients=n_patients, size=size,
+                        seed=seed, profiles=profiles, split=split, faint=faint,
+                        faint_factor=faint_factor, contrast=contrast, radius=radius,
+                        noise=noise)  # fmt: skip
+    streams = _phantom_streams(seed, len(CLASSES) * n_patients)
     rows: list[dict[str, str]] = []
     image_no = 0
     for ci, cls in enumerate(CLASSES):
-        split_of = (
-            _patient_splits(n_patients, np.random.default_rng([seed, ci, 99])) if split else None
-        )
-        k = 0
-        for p in range(n_patients):
-            gp = ci * n_patients + p  # global patient number
-            rng = np.random.default_rng(patient_seqs[gp])
-            anatomy = draw_anatomy(rng)
-            birth = (
-                f"19{rng.integers(40, 99):02d}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
-            )
-            for _ in range(IMAGES_PER_PATIENT):
-                if k >= n_per_class:
-                    break
-                prof = PROFILES[profiles[image_no % len(profiles)]]
-                view = "AP" if attr_rng.random() < AP_SHARE else "PA"
-                header = {"sex": str(sexes[gp]), "age": f"{int(ages[gp]):03d}Y", "view": view}
-                factor = faint_factor if _in_group(faint, header, prof) else 1.0
-                n_les = int(rng.integers(1, 4)) if cls == "opacity" else 0
-                density = render_chest(
-                    anatomy,
-                    size,
-                    rng,
-                    n_lesions=n_les,
-                    lesion_contrast=(contrast[0] * factor, contrast[1] * factor),
-                    lesion_radius=radius,
-                    noise=noise,
-                )
-                stored, centre, width = prof.encode(density)
-                data = _dicom_bytes(
-                    stored,
-                    prof,
-                    centre,
-                    width,
-                    uid_seed=f"medtl-phantom-{seed}-{cls}-{k}",
-                    patient_no=gp + 1,
-                    fake_patient_id=f"PHI-{int(fake_ids[gp]):06d}",
-                    fake_birth_date=birth,
-                    pixel_mm=430.0 / size,
-                    **header,
-                )
-                sub = f"{split_of[p]}/{cls}" if split_of else cls
-                rel = f"{sub}/img_{k:04d}.dcm"
-                dest = out / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
-                row = {"path": rel, "label": cls, "patient_id": f"P{gp + 1:04d}"}
-                if split_of:
-                    row["split"] = split_of[p]
-                rows.append(row)
-                k += 1
-                image_no += 1
+        image_no = _write_class(plan, streams, ci, cls, image_no, rows)
     _write_manifest(out / PHANTOM_MANIFEST_FILE, rows)
     atomic_write_json(
         out / PHANTOM_INFO_FILE,
@@ -356,6 +299,122 @@ def make_phantom(
     )
     logger.info("Wrote %d phantom DICOM file(s) to %s", len(rows), out)
     return out
+
+
+@dataclass(frozen=True)
+class _PhantomPlan:
+    """What every image of a two-class phantom shares: where it goes and how it is drawn."""
+
+    out: Path
+    n_per_class: int
+    n_patients: int  # per class
+    size: int
+    seed: int
+    profiles: list[str]
+    split: bool
+    faint: tuple[str, str] | None
+    faint_factor: float
+    contrast: tuple[float, float]
+    radius: tuple[float, float]
+    noise: float
+
+
+@dataclass
+class _PhantomStreams:
+    """A phantom's random streams: one per patient; identifiers and attributes from their own."""
+
+    patient_seqs: list[np.random.SeedSequence]
+    attr_rng: np.random.Generator  # also draws each image's view, in image order
+    sexes: np.ndarray
+    ages: np.ndarray
+    fake_ids: np.ndarray
+
+
+def _phantom_streams(seed: int, n_all: int) -> _PhantomStreams:
+    """The streams of ``n_all`` patients, with each patient's sex, age and fake id drawn."""
+    root_seq = np.random.SeedSequence(seed)
+    # one child stream per patient; identifiers and subgroup attributes come from separate
+    # streams so they never change images (children are fixed by index: the first ones are as in v1)
+    seqs = root_seq.spawn(n_all + 2)
+    patient_seqs = seqs[:n_all]
+    id_rng = np.random.default_rng(seqs[n_all])
+    attr_rng = np.random.default_rng(seqs[n_all + 1])
+    sexes = attr_rng.choice(["F", "M"], size=n_all)
+    ages = attr_rng.integers(AGE_RANGE[0], AGE_RANGE[1] + 1, size=n_all)
+    fake_ids = id_rng.choice(900_000, size=n_all, replace=False) + 100_000
+    return _PhantomStreams(patient_seqs, attr_rng, sexes, ages, fake_ids)
+
+
+def _write_class(
+    plan: _PhantomPlan,
+    streams: _PhantomStreams,
+    ci: int,
+    cls: str,
+    image_no: int,
+    rows: list[dict[str, str]],
+) -> int:
+    """Write class ``cls``'s images and append their manifest rows; the next image number."""
+    split_of = (
+        _patient_splits(plan.n_patients, np.random.default_rng([plan.seed, ci, 99]))
+        if plan.split
+        else None
+    )
+    k = 0
+    for p in range(plan.n_patients):
+        gp = ci * plan.n_patients + p  # global patient number
+        rng = np.random.default_rng(streams.patient_seqs[gp])
+        anatomy = draw_anatomy(rng)
+        birth = f"19{rng.integers(40, 99):02d}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+        for _ in range(IMAGES_PER_PATIENT):
+            if k >= plan.n_per_class:
+                break
+            prof = PROFILES[plan.profiles[image_no % len(plan.profiles)]]
+            view = "AP" if streams.attr_rng.random() < AP_SHARE else "PA"
+            sex, age = str(streams.sexes[gp]), f"{int(streams.ages[gp]):03d}Y"
+            header = {"sex": sex, "age": age, "view": view}
+            density = _draw_density(plan, rng, anatomy, cls, _in_group(plan.faint, header, prof))
+            stored, centre, width = prof.encode(density)
+            data = _dicom_bytes(
+                stored,
+                prof,
+                centre,
+                width,
+                uid_seed=f"medtl-phantom-{plan.seed}-{cls}-{k}",
+                patient_no=gp + 1,
+                fake_patient_id=f"PHI-{int(streams.fake_ids[gp]):06d}",
+                fake_birth_date=birth,
+                pixel_mm=430.0 / plan.size,
+                **header,
+            )
+            sub = f"{split_of[p]}/{cls}" if split_of else cls
+            rel = f"{sub}/img_{k:04d}.dcm"
+            dest = plan.out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+            row = {"path": rel, "label": cls, "patient_id": f"P{gp + 1:04d}"}
+            if split_of:
+                row["split"] = split_of[p]
+            rows.append(row)
+            k += 1
+            image_no += 1
+    return image_no
+
+
+def _draw_density(
+    plan: _PhantomPlan, rng: np.random.Generator, anatomy: Anatomy, cls: str, faint: bool
+) -> np.ndarray:
+    """One image's density: the anatomy, 1-3 lesions for ``opacity`` (fainter in the faint group)."""
+    factor = plan.faint_factor if faint else 1.0
+    n_les = int(rng.integers(1, 4)) if cls == "opacity" else 0
+    return render_chest(
+        anatomy,
+        plan.size,
+        rng,
+        n_lesions=n_les,
+        lesion_contrast=(plan.contrast[0] * factor, plan.contrast[1] * factor),
+        lesion_radius=plan.radius,
+        noise=plan.noise,
+    )
 
 
 def _parse_faint_group(spec: str | None) -> tuple[str, str] | None:

@@ -64,6 +64,33 @@ def write_test_dicom(
         >>> write_test_dicom(tmp_path / "a.dcm", np.zeros((8, 8), np.uint16), bits_stored=12)
     """
     arr = np.asarray(array)
+    colour, n_frames, rows, cols = _frame_layout(arr)
+    bits_allocated = arr.dtype.itemsize * 8
+    if bits_stored is None:
+        bits_stored = bits_allocated
+    if not 1 <= bits_stored <= bits_allocated:
+        raise ConfigError(
+            f"write_test_dicom: 'bits_stored' must be in [1, {bits_allocated}] for {arr.dtype}. "
+            f"Got {bits_stored}."
+        )
+    if photometric_interpretation is None:
+        photometric_interpretation = "RGB" if colour else "MONOCHROME2"
+    ds = _image_dataset(
+        arr, colour, n_frames, rows, cols, photometric_interpretation, bits_stored, modality
+    )
+    _set_optional_tags(
+        ds, rescale_slope, rescale_intercept, window_center, window_width, pixel_spacing, tags
+    )
+    ds.PixelData = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out, enforce_file_format=preamble, implicit_vr=False, little_endian=True)
+    return out
+
+
+def _frame_layout(arr: np.ndarray) -> tuple[bool, int, int, int]:
+    """Whether ``arr`` is colour, its frame count, rows and columns (a ConfigError if unusable)."""
     if arr.dtype.type not in _ALLOWED_DTYPES:
         raise ConfigError(
             f"write_test_dicom: 'array' dtype must be uint8, uint16 or int16. Got {arr.dtype}; "
@@ -81,17 +108,20 @@ def write_test_dicom(
             f"write_test_dicom: 'array' must be (H, W), (F, H, W) or uint8 (…, H, W, 3). "
             f"Got shape {arr.shape}."
         )
-    bits_allocated = arr.dtype.itemsize * 8
-    if bits_stored is None:
-        bits_stored = bits_allocated
-    if not 1 <= bits_stored <= bits_allocated:
-        raise ConfigError(
-            f"write_test_dicom: 'bits_stored' must be in [1, {bits_allocated}] for {arr.dtype}. "
-            f"Got {bits_stored}."
-        )
-    if photometric_interpretation is None:
-        photometric_interpretation = "RGB" if colour else "MONOCHROME2"
+    return colour, n_frames, rows, cols
 
+
+def _image_dataset(
+    arr: np.ndarray,
+    colour: bool,
+    n_frames: int,
+    rows: int,
+    cols: int,
+    photometric_interpretation: str,
+    bits_stored: int,
+    modality: str,
+) -> Dataset:
+    """A Secondary Capture dataset with fresh UIDs and the image pixel tags of ``arr``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -110,12 +140,25 @@ def write_test_dicom(
     ds.PhotometricInterpretation = photometric_interpretation
     if colour:
         ds.PlanarConfiguration = 0
-    ds.BitsAllocated = bits_allocated
+    ds.BitsAllocated = arr.dtype.itemsize * 8
     ds.BitsStored = int(bits_stored)
     ds.HighBit = int(bits_stored) - 1
     ds.PixelRepresentation = 1 if arr.dtype == np.int16 else 0
     if n_frames > 1 or arr.ndim == (4 if colour else 3):
         ds.NumberOfFrames = int(n_frames)
+    return ds
+
+
+def _set_optional_tags(
+    ds: Dataset,
+    rescale_slope: float | None,
+    rescale_intercept: float | None,
+    window_center: float | list[float] | None,
+    window_width: float | list[float] | None,
+    pixel_spacing: tuple[float, float] | None,
+    tags: dict[str, Any],
+) -> None:
+    """Set the rescale, window and spacing tags given, then any other DICOM keywords in ``tags``."""
     if rescale_slope is not None or rescale_intercept is not None:
         ds.RescaleSlope = float(1.0 if rescale_slope is None else rescale_slope)
         ds.RescaleIntercept = float(0.0 if rescale_intercept is None else rescale_intercept)
@@ -138,9 +181,3 @@ def write_test_dicom(
             setattr(ds, keyword, value)
         except Exception as exc:
             raise ConfigError(f"write_test_dicom: cannot set tag {keyword!r}: {exc}") from exc
-    ds.PixelData = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(out, enforce_file_format=preamble, implicit_vr=False, little_endian=True)
-    return out

@@ -172,21 +172,7 @@ def clinical_report(
         check_range("prevalence", float(prevalence), 1e-9, 1 - 1e-9)
     notes: list[str] = []
     has_val = y_val is not None
-    if has_val:
-        yv, pv = check_pair(y_val, p_val, "y_val", "p_val")
-        source = "validation"
-    else:
-        yv, pv = yt, pt
-        source = TEST_FALLBACK_SOURCE
-        if rule != "fixed":
-            msg = (
-                f"no validation split given: the {rule!r} threshold is chosen on the test set, so "
-                "the test operating point is optimistic. Pass y_val/p_val."
-            )
-            warnings.warn(msg, UserWarning, stacklevel=2)
-            notes.append(msg)
-        else:
-            source = "fixed"
+    yv, pv, source = _threshold_data(yt, pt, y_val, p_val, rule, notes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         thr = choose_threshold(yv, pv, rule=rule, target=target)
@@ -198,15 +184,8 @@ def clinical_report(
         t_fit: float | None = None
         calibrated: dict[str, Any] | None = None
         if temperature and has_val:
-            t_fit = fit_temperature(yv, pv, kind="probabilities")
-            pt_cal = apply_temperature(pt, t_fit, kind="probabilities")
-            calibrated = _calibration(yt, pt_cal, calib["n_bins"], bin_strategy, alpha)
-            # Temperature scaling is monotone: mapping the threshold keeps every classification.
-            calibrated["threshold"] = float(
-                apply_temperature(np.array([min(max(thr, 0.0), 1.0)]), t_fit, kind="probabilities")[
-                    0
-                ]
-            )
+            t_fit, calibrated = _temperature_scaled(yt, pt, yv, pv, thr, calib["n_bins"],
+                                                    bin_strategy, alpha)  # fmt: skip
         elif temperature:
             warnings.warn(
                 "temperature=True needs a validation split (y_val, p_val) to fit T without "
@@ -214,14 +193,7 @@ def clinical_report(
                 UserWarning,
                 stacklevel=2,
             )
-    # Re-emit the caught caveats once each and keep them in the report.
-    seen: set[str] = set()
-    for w in caught:
-        text = str(w.message)
-        if text not in seen:
-            seen.add(text)
-            notes.append(text)
-            warnings.warn(text, w.category, stacklevel=2)
+    _reemit_once(caught, notes)
     n_pos = int(yt.sum())
     return ClinicalReport(
         n=int(yt.size),
@@ -242,3 +214,53 @@ def clinical_report(
         calibrated=calibrated,
         warnings=notes,
     )
+
+
+def _threshold_data(
+    yt: np.ndarray, pt: np.ndarray, y_val: Any, p_val: Any, rule: str, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Labels and scores the threshold is chosen on, and where they come from (warns on test)."""
+    if y_val is not None:
+        yv, pv = check_pair(y_val, p_val, "y_val", "p_val")
+        return yv, pv, "validation"
+    if rule == "fixed":
+        return yt, pt, "fixed"
+    msg = (
+        f"no validation split given: the {rule!r} threshold is chosen on the test set, so "
+        "the test operating point is optimistic. Pass y_val/p_val."
+    )
+    warnings.warn(msg, UserWarning, stacklevel=3)
+    notes.append(msg)
+    return yt, pt, TEST_FALLBACK_SOURCE
+
+
+def _temperature_scaled(
+    yt: np.ndarray,
+    pt: np.ndarray,
+    yv: np.ndarray,
+    pv: np.ndarray,
+    thr: float,
+    n_bins: int,
+    bin_strategy: str,
+    alpha: float,
+) -> tuple[float, dict[str, Any]]:
+    """The temperature fitted on validation, and the test calibration and threshold it gives."""
+    t_fit = fit_temperature(yv, pv, kind="probabilities")
+    pt_cal = apply_temperature(pt, t_fit, kind="probabilities")
+    calibrated = _calibration(yt, pt_cal, n_bins, bin_strategy, alpha)
+    # Temperature scaling is monotone: mapping the threshold keeps every classification.
+    calibrated["threshold"] = float(
+        apply_temperature(np.array([min(max(thr, 0.0), 1.0)]), t_fit, kind="probabilities")[0]
+    )
+    return t_fit, calibrated
+
+
+def _reemit_once(caught: list[warnings.WarningMessage], notes: list[str]) -> None:
+    """Re-emit the caught caveats once each (at clinical_report's caller) and keep them in notes."""
+    seen: set[str] = set()
+    for w in caught:
+        text = str(w.message)
+        if text not in seen:
+            seen.add(text)
+            notes.append(text)
+            warnings.warn(text, w.category, stacklevel=3)

@@ -248,7 +248,7 @@ class _TrainedNetwork(Strategy):
         history_path: str | Path | None = None,
     ) -> _TrainedNetwork:
         """Train on ``train``, early-stop on ``val`` AUROC, keep the best epoch's weights; returns self."""
-        from medtl.training import LoopSettings, resolve_device, train_network, val_auroc
+        from medtl.training import resolve_device, train_network, val_auroc
 
         self._check_params()
         self._check_fit_inputs(train, val)
@@ -257,50 +257,12 @@ class _TrainedNetwork(Strategy):
             self.device
         )  # resolved once: training, alpha search, prediction
         t0 = time.perf_counter()
-        probe_auroc = None
-        if self.head_init == "probe":
-            probe = self._linear_probe(train, val)
-            model, cfg = probe.model_, probe.backbone_config_
-            for p in model.parameters():
-                p.requires_grad_(True)
-            probe_auroc = probe.best_val_auroc_
-        else:
-            torch.manual_seed(
-                self.seed
-            )  # head initialisation (and from-scratch weights) are seeded
-            model, cfg = _build_network(
-                self.backbone,
-                len(train.classes),
-                pretrained=self.pretrained,
-                weights_path=self.weights_path,
-                allow_download=self.allow_download,
-            )
+        model, cfg, probe_auroc = self._initial_network(train, val)
         model.to(self.device_)  # before the L2-SP anchor and the optimiser see the parameters
         start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        groups, frozen = self._param_groups(model, cfg)
-        if self._freeze_bn():
-            # BatchNorm keeps its running statistics (eval mode) while its affine weights still learn:
-            # the features at step 0 are exactly those the probe head was fitted on.
-            frozen = [
-                *frozen,
-                *(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)),
-            ]
+        groups, frozen = self._trainable(model, cfg)
         regularizer = self._l2sp_regularizer(model, start_state) if self.l2sp > 0 else None
-        settings = LoopSettings(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            weight_decay=self.weight_decay,
-            schedule=self.schedule,
-            warmup_frac=self.warmup_frac,
-            patience=self.patience,
-            class_weighting=self.class_weighting,
-            precision=self.precision,
-            device=self.device,
-            seed=self.seed,
-            max_minutes=self.max_minutes,
-            min_steps_per_epoch=self.min_steps_per_epoch,
-            micro_batch_size=self.micro_batch_size,
-        )
+        settings = self._loop_settings()
         ckpt = Path(self.checkpoint_dir) / "checkpoint.pt" if self.checkpoint_dir else None
         result = train_network(
             model,
@@ -347,6 +309,60 @@ class _TrainedNetwork(Strategy):
         self.epochs_run_ = len(result.history)
         self.stopped_early_ = result.stopped_early
         return self
+
+    def _initial_network(
+        self, train: PreparedImages, val: PreparedImages
+    ) -> tuple[nn.Module, Any, float | None]:
+        """The network training starts from, its config, and the probe's val AUROC (LP-FT only)."""
+        if self.head_init == "probe":
+            probe = self._linear_probe(train, val)
+            model, cfg = probe.model_, probe.backbone_config_
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return model, cfg, probe.best_val_auroc_
+        torch.manual_seed(self.seed)  # head initialisation (and from-scratch weights) are seeded
+        model, cfg = _build_network(
+            self.backbone,
+            len(train.classes),
+            pretrained=self.pretrained,
+            weights_path=self.weights_path,
+            allow_download=self.allow_download,
+        )
+        return model, cfg, None
+
+    def _trainable(
+        self, model: nn.Module, cfg: Any
+    ) -> tuple[list[dict[str, Any]], list[nn.Module]]:
+        """The parameter groups with their learning rates, and the modules kept in eval mode."""
+        groups, frozen = self._param_groups(model, cfg)
+        if self._freeze_bn():
+            # BatchNorm keeps its running statistics (eval mode) while its affine weights still learn:
+            # the features at step 0 are exactly those the probe head was fitted on.
+            frozen = [
+                *frozen,
+                *(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)),
+            ]
+        return groups, frozen
+
+    def _loop_settings(self) -> Any:
+        """The training loop's settings, from this strategy's parameters."""
+        from medtl.training import LoopSettings
+
+        return LoopSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            warmup_frac=self.warmup_frac,
+            patience=self.patience,
+            class_weighting=self.class_weighting,
+            precision=self.precision,
+            device=self.device,
+            seed=self.seed,
+            max_minutes=self.max_minutes,
+            min_steps_per_epoch=self.min_steps_per_epoch,
+            micro_batch_size=self.micro_batch_size,
+        )
 
     def _l2sp_regularizer(self, model: nn.Module, start: dict[str, torch.Tensor]):
         """L2-SP: ``l2sp / 2 * sum ||w - w0||^2`` over the backbone's (not the head's) parameters."""
