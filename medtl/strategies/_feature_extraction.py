@@ -514,6 +514,10 @@ def _logreg_path(
     # regularisation whose loss is within one standard error of the best is taken: validation
     # cannot tell those apart, and the simpler head transfers better to shifted data.
     w_va = compute_sample_weight(cw, y_va) if cw else np.ones(len(y_va))
+    # fewer images than features: fit in the span of the training rows (exact, see _row_basis)
+    basis = _row_basis(z_tr)
+    if basis is not None:
+        z_tr, z_va = z_tr @ basis, z_va @ basis
     history, fits = [], []
     t0 = time.perf_counter()
     # Walk the regularisation path from strong to weak with warm starts: each fit starts from the
@@ -542,6 +546,8 @@ def _logreg_path(
     pick = _choose_regularisation(history, select_by)
     history[pick]["chosen"] = True
     coef, intercept = fits[pick]
+    if basis is not None:
+        coef = coef @ basis.T
     W, b = _as_head(coef, intercept, n_classes)
     return W, b, history, float(history[pick]["C"])
 
@@ -560,8 +566,29 @@ def _logreg_refit(
 
     cw = "balanced" if class_weighting == "balanced" else None
     clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=seed)
-    clf.fit(z, y)
-    return _as_head(clf.coef_, clf.intercept_, n_classes)
+    basis = _row_basis(z)
+    clf.fit(z if basis is None else z @ basis, y)
+    coef = clf.coef_ if basis is None else clf.coef_ @ basis.T
+    return _as_head(coef, clf.intercept_, n_classes)
+
+
+def _row_basis(z: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis (d, r) of the span of the rows of ``z`` when there are fewer rows than
+    columns (None otherwise).
+
+    An L2-penalised logistic regression's weights lie in the span of its training rows (the
+    gradient of the data term is ``z.T @ r`` and the optimum sets ``w = -C z.T @ r``), so fitting on
+    ``z @ basis`` (n columns instead of d) and mapping the weights back with ``basis.T`` gives the
+    same head up to the solver's tolerance, at a fraction of the cost: 418 NIH images against
+    1280 Lite0 features fit 14 findings' regularisation paths ~3x faster. Hand-written because
+    scikit-learn's lbfgs solver works in the original d dimensions.
+    """
+    n, d = z.shape
+    if n >= d:
+        return None
+    # QR of z.T: n orthonormal columns spanning (at least) the rows; half the cost of an SVD
+    q, _ = np.linalg.qr(np.asarray(z, dtype=np.float64).T)
+    return q
 
 
 def _head_versions() -> tuple[str, ...]:
@@ -570,7 +597,7 @@ def _head_versions() -> tuple[str, ...]:
     from medtl.training import val_auroc
 
     # the validation AUROC that chooses C is the task's headline AUROC (medtl.tasks)
-    helpers = [_as_head, _choose_regularisation, val_auroc]
+    helpers = [_as_head, _choose_regularisation, _row_basis, val_auroc]
     helpers += [BinaryTask.headline_auroc, MultiClassTask.headline_auroc]
     return memo_versions(["scikit-learn", "numpy"], helpers)
 
