@@ -45,9 +45,11 @@ def test_lpft_second_phase_starts_from_the_probe_head(splits, monkeypatch):
 
     monkeypatch.setattr(tr, "train_network", spy)
     est = ft(head_init="probe", seed=3).fit(train, val)
-    probe = get_strategy("feature_extraction", backbone="tiny_test", seed=3, progress=False).fit(
-        train, val
-    )
+    # the probe LP-FT starts from is fitted on the training images only (refit=False): fine-tuning
+    # chooses its epoch on the validation images
+    probe = get_strategy(
+        "feature_extraction", backbone="tiny_test", seed=3, progress=False, refit=False
+    ).fit(train, val)
     for n, v in probe.model_.get_classifier().state_dict().items():
         torch.testing.assert_close(captured["head"][n], v)
     assert est.probe_val_auroc_ == pytest.approx(probe.best_val_auroc_)
