@@ -38,6 +38,63 @@ def subgroup_reports(run: Any, thresholds: dict[str, tuple[float, str]]) -> dict
     return out
 
 
+def macro_rows(run: Any, strategy_label: Any) -> dict[str, list[dict[str, str]]]:
+    """strategy label -> the macro AUROC per group over the findings (``summary.json``'s
+    multi-label subgroup block; empty when the run has none)."""
+    strategies = ((run.summary.get("subgroups") or {}).get("strategies")) or {}
+    out = {}
+    for n, s in strategies.items():
+        if not s.get("macro"):
+            continue
+        out[strategy_label(n)] = [
+            {
+                "Attribute": a,
+                "Group": r["group"] + (" (too small to judge)" if r.get("too_small") else ""),
+                "n": str(r.get("n")),
+                "Findings averaged": str(r.get("n_findings", "n/a")),
+                "Macro AUROC": "n/a" if r.get("auroc") is None else f"{r['auroc']:.3f}",
+            }
+            for a, rows in s["macro"].items()
+            for r in rows
+        ]
+    return out
+
+
+def _show_macro(run: Any, strategy_label: Any) -> None:
+    """The macro AUROC over the findings per group, for a run asked per finding."""
+    import streamlit as st
+
+    tables = macro_rows(run, strategy_label)
+    if not tables:
+        return
+    st.subheader("Macro AUROC over the findings, per group")
+    for label, rows in tables.items():
+        st.markdown(f"**{label}**")
+        st.table(rows, hide_index=True)
+    st.caption(
+        "Unweighted mean of each group's per-finding AUROCs over the findings judged on all test "
+        "images, each on the images labelled for it; a group is too small to judge when any "
+        "averaged finding is. Pick a finding below for its table, forest plot and operating point."
+    )
+
+
+def _finding_run(run: Any) -> Any:
+    """The run as a two-class run about the finding the user picks (the Subgroups selectbox)."""
+    import streamlit as st
+    from _app_findings import finding_choices, finding_label, finding_run_for
+
+    st.subheader("One finding by subgroup")
+    finding = st.selectbox(
+        "Finding",
+        finding_choices(run),
+        key="sg_finding",
+        format_func=lambda f: finding_label(run, f),
+        help="Each finding has its own threshold; the numbers below are for this finding, on "
+        "the images labelled for it.",
+    )
+    return finding_run_for(run, finding)
+
+
 def page_subgroups(run: Any, strategy_label: Any, thresholds_for: Any) -> None:
     """Draw the Subgroups view for ``run`` (None: a hint to open a run first)."""
     import streamlit as st
@@ -49,12 +106,9 @@ def page_subgroups(run: Any, strategy_label: Any, thresholds_for: Any) -> None:
     if run is None:
         st.info("Run or open a comparison in the Compare section first.")
         return
-    if run.task.per_finding:
-        st.info(
-            "Subgroups are shown here for two-class runs; this run has several findings per "
-            "image, which this page does not break down by subgroup yet."
-        )
-        return
+    if run.task.per_finding:  # the macro per group, then one finding at a time as two-class
+        _show_macro(run, strategy_label)
+        run = _finding_run(run)
     mode = st.session_state.get(_MODE_KEY)
     value = st.session_state.get(_THRESHOLD_KEY if mode == "threshold" else _TARGET_KEY)
     try:

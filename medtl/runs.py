@@ -466,6 +466,19 @@ def read_split_assignment(run_dir: str | os.PathLike) -> dict[str, str]:
         ) from None
 
 
+def read_patient_groups(run_dir: str | os.PathLike) -> dict[str, str]:
+    """``{uid: patient}`` from a run's ``splits.json``: the keyed hash of each image's patient
+    (never an identifier), the unit of a bootstrap over patients. Empty when the run has no
+    readable splits file or its dataset knows no patients (callers then resample images)."""
+    path = Path(run_dir) / SPLITS_FILE
+    try:
+        obj = json_loads(path.read_text(encoding="utf-8"))
+        return {str(r["uid"]): str(r["patient_id"]) for r in obj["samples"] if r.get("patient_id")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s: no patient groups (%s); bootstrapping images", path.name, exc)
+        return {}
+
+
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """``summary.json`` of a run, or None when absent/unreadable."""
     notes: list[str] = []
@@ -606,7 +619,9 @@ def paired_comparisons(
 
     The tests are the task's (:meth:`medtl.tasks.Task.compare_paired`: DeLong, paired bootstrap
     and McNemar for two classes; paired bootstrap of the macro AUROC and DeLong per class for
-    more). Computed once, when the run finishes, and
+    more). ``groups``: each test image's hashed patient from ``splits.json``, for the kinds that
+    bootstrap over patients (as their ``metrics.json`` does). Computed once, when the run
+    finishes, and
     stored in ``summary.json["paired"]``; the report, the app and the CLI read them from there.
     """
     from medtl.formatting import json_safe
@@ -619,6 +634,7 @@ def paired_comparisons(
             preds[n] = read_predictions(run_dir / n / PREDICTIONS_FILE)
         except (OSError, DatasetError) as exc:
             logger.warning("paired tests: %s", exc)
+    patients = read_patient_groups(run_dir)
     out = []
     for i, a in enumerate(done):
         for b in done[i + 1 :]:
@@ -640,6 +656,7 @@ def paired_comparisons(
                 seed=seed,
                 name_a=strategy_label(a),
                 name_b=strategy_label(b),
+                groups=[patients.get(u) or u for u in ua] if patients else None,
             )
             out.append(json_safe({"a": a, "b": b, **res}))
     return out

@@ -215,8 +215,11 @@ class Task:
         seed: int,
         name_a: str,
         name_b: str,
+        groups: Any = None,
     ) -> dict[str, Any]:  # pragma: no cover
-        """Paired comparison of two models' (N, K) probabilities on the same images."""
+        """Paired comparison of two models' (N, K) probabilities on the same images. ``groups``:
+        the patient of each image, the unit of a bootstrap over patients (used by the kinds that
+        resample patients; the others bootstrap images as before)."""
         raise NotImplementedError
 
     def score(
@@ -386,6 +389,7 @@ class BinaryTask(Task):
         seed: int,
         name_a: str,
         name_b: str,
+        groups: Any = None,
     ) -> dict[str, Any]:
         from medtl.metrics import compare_paired
 
@@ -526,6 +530,7 @@ class MultiClassTask(Task):
         seed: int,
         name_a: str,
         name_b: str,
+        groups: Any = None,
     ) -> dict[str, Any]:
         from medtl.metrics import compare_paired_multiclass
 
@@ -714,11 +719,12 @@ class MultiLabelTask(Task):
         seed: int,
         name_a: str,
         name_b: str,
+        groups: Any = None,
     ) -> dict[str, Any]:
         from medtl.metrics import compare_paired_multilabel
 
         return compare_paired_multilabel(
-            y, pa, pb, self.classes, seed=seed, name_a=name_a, name_b=name_b
+            y, pa, pb, self.classes, groups=groups, seed=seed, name_a=name_a, name_b=name_b
         )
 
     def score(

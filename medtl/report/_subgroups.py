@@ -27,11 +27,30 @@ def _fin(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
+def _task_of(summary: Mapping[str, Any]) -> Any:
+    """The run's task (:mod:`medtl.tasks`) from its summary; None when the summary names no
+    classes (an older or damaged run: its strategies are shown by the form of their blocks)."""
+    from medtl.tasks import task_for
+
+    ds = summary.get("dataset") or {}
+    try:
+        return task_for(list(ds["classes"]), ds.get("task")) if ds.get("classes") else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def subgroup_numbers(summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The section's numbers, keyed by display name (None when the run has no subgroups)."""
+    """The section's numbers, keyed by display name (None when the run has no subgroups).
+
+    ``strategies``: the binary tables (forest plot); ``macro``: the macro AUROC per group of the
+    other kinds; ``findings``: for a task asked per finding (several findings per image), each
+    strategy's per-finding tables (``per_finding`` is then True and ``macro`` is the macro over
+    the findings, not one-vs-rest over classes)."""
     sg = summary.get("subgroups")
     if not sg or not sg.get("strategies"):
         return None
+    task = _task_of(summary)
+    per_finding = bool(task is not None and task.per_finding)
     binary = {n: s for n, s in sg["strategies"].items() if s.get("kind") == "binary"}
     return {
         "strategies": {display_name(n): s for n, s in binary.items()},
@@ -39,6 +58,16 @@ def subgroup_numbers(summary: Mapping[str, Any]) -> dict[str, Any] | None:
             display_name(n): s.get("macro")
             for n, s in sg["strategies"].items()
             if s.get("kind") != "binary"
+        },
+        "per_finding": per_finding,
+        "findings": {
+            display_name(n): {
+                "per_finding": s.get("per_finding") or {},
+                "macro_findings": s.get("macro_findings") or [],
+                "thresholds": s.get("thresholds") or {},
+            }
+            for n, s in sg["strategies"].items()
+            if per_finding and s.get("per_finding")
         },
         "words": {display_name(n): w for n, w in (sg.get("words") or {}).items()},
         "paired": [
@@ -196,15 +225,7 @@ def subgroup_section(rep: Mapping[str, Any], figs: Mapping[str, tuple[bytes, str
             table(head, subgroup_rows(s["attributes"]), num_cols=range(2, 11)),
         ]
     for name, macro in (sg.get("macro") or {}).items():
-        rows = [
-            [a, r["group"] + (" (too small to judge)" if r.get("too_small") else ""), r["n"],
-             "n/a" if not _fin(r.get("auroc")) else f"{r['auroc']:.3f}"]
-            for a, rs in (macro or {}).items() for r in rs
-        ]  # fmt: skip
-        parts += [
-            tag("h3", f"{name}: macro one-vs-rest AUROC per group"),
-            table(["Attribute", "Group", "n", "Macro AUROC"], rows, num_cols=(2, 3)),
-        ]
+        parts += _macro_parts(name, macro, sg.get("per_finding"), sg.get("findings", {}).get(name))
     first = next(iter(sg["strategies"].values()), {})
     parts.append(
         tag(
@@ -221,6 +242,84 @@ def subgroup_section(rep: Mapping[str, Any], figs: Mapping[str, tuple[bytes, str
         )
     )
     return section(sid, title, *parts)
+
+
+def _group_label(r: Mapping[str, Any]) -> str:
+    return str(r["group"]) + (" (too small to judge)" if r.get("too_small") else "")
+
+
+def _macro_parts(
+    name: str, macro: Mapping[str, Any] | None, per_finding: bool | None, fin: Any
+) -> list[Any]:
+    """One strategy's macro AUROC per group and, for a task asked per finding, the per-finding
+    table (each group's AUROC per finding, with its DeLong CI)."""
+    if not per_finding:
+        rows = [
+            [a, _group_label(r), r["n"], "n/a" if not _fin(r.get("auroc")) else f"{r['auroc']:.3f}"]
+            for a, rs in (macro or {}).items()
+            for r in rs
+        ]
+        return [
+            tag("h3", f"{name}: macro one-vs-rest AUROC per group"),
+            table(["Attribute", "Group", "n", "Macro AUROC"], rows, num_cols=(2, 3)),
+        ]
+    fin = fin or {}
+    averaged = list(fin.get("macro_findings") or [])
+    rows = [
+        [a, _group_label(r), r["n"], r.get("n_findings", "n/a"),
+         "n/a" if not _fin(r.get("auroc")) else f"{r['auroc']:.3f}"]
+        for a, rs in (macro or {}).items() for r in rs
+    ]  # fmt: skip
+    parts: list[Any] = [
+        tag("h3", f"{name}: macro AUROC over the findings, per group"),
+        table(
+            ["Attribute", "Group", "n", "Findings averaged", "Macro AUROC"],
+            rows,
+            num_cols=(2, 3, 4),
+        ),
+        tag(
+            "p",
+            "Unweighted mean of the group's per-finding AUROCs over the findings judged on all "
+            f"test images ({', '.join(averaged) or 'none'}), each on the images labelled for it; "
+            "no interval (see the per-finding intervals below). A group is too small to judge "
+            "when any averaged finding is.",
+            cls="note",
+        ),
+    ]
+    per = fin.get("per_finding") or {}
+    if per:
+        parts += [
+            tag("h3", f"{name}: AUROC (95% DeLong CI) per finding and group"),
+            table(["Attribute", "Group", *per], finding_group_rows(per), num_cols=()),
+        ]
+        thr = fin.get("thresholds") or {}
+        if thr:
+            parts.append(
+                tag(
+                    "p",
+                    "Operating thresholds per finding (chosen on validation): "
+                    + ", ".join(f"{f} {t:.3f}" for f, t in thr.items() if _fin(t))
+                    + ". Blank (not labelled) images are left out of each finding's numbers.",
+                    cls="note",
+                )
+            )
+    return parts
+
+
+def finding_group_rows(per_finding: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """Rows (attribute, group, then one AUROC (CI) cell per finding) of the compact per-finding
+    subgroup table; a group too small to judge for a finding is marked so in that cell."""
+    keys: list[tuple[str, str]] = []
+    cells: dict[tuple[str, str, str], str] = {}
+    for f, rep in per_finding.items():
+        for attr, rs in (rep.get("attributes") or {}).items():
+            for r in rs:
+                key = (attr, str(r["group"]))
+                if key not in keys:
+                    keys.append(key)
+                cell = fci(r.get("auroc"), r.get("auroc_low"), r.get("auroc_high"))
+                cells[(*key, f)] = cell + (" (too small)" if r.get("too_small") else "")
+    return [[a, g, *(cells.get((a, g, f), "—") for f in per_finding)] for a, g in keys]
 
 
 def checklist_text(summary: Mapping[str, Any]) -> str | None:
