@@ -176,3 +176,69 @@ def test_report_shows_the_macro_per_subgroup(ml_run) -> None:
     tmp, _, _, _ = ml_run
     html = write_report(tmp / "run").read_text()
     assert "Performance by subgroup" in html
+
+
+def test_report_subgroups_macro_over_findings_and_per_finding_table(ml_run) -> None:
+    from medtl.report import write_report
+    from medtl.report._subgroups import finding_group_rows, subgroup_numbers
+
+    tmp, _, first, summary = ml_run
+    html = write_report(tmp / "run").read_text()
+    findings = summary["dataset"]["classes"]
+    sg_json = json.loads((tmp / "run" / "summary.json").read_text())
+    sg = subgroup_numbers(sg_json)
+    assert sg["per_finding"] and set(sg["findings"]) == {"Feature extraction", "Fine-tuning"}
+    assert "macro one-vs-rest" not in html  # not the multi-class wording
+    for label in ("Feature extraction", "Fine-tuning"):
+        assert f"{label}: macro AUROC over the findings, per group" in html
+        assert f"{label}: AUROC (95% DeLong CI) per finding and group" in html
+    # the compact table: one row per group, one AUROC cell per finding, from summary.json
+    fe = sg_json["subgroups"]["strategies"]["feature_extraction"]["per_finding"]
+    rows = finding_group_rows(fe)
+    assert [r[:2] for r in rows] == [["sex", "F"], ["sex", "M"]]
+    assert len(rows[0]) == 2 + len(findings)
+    f_row = next(r for r in fe[first]["attributes"]["sex"] if r["group"] == "F")
+    assert rows[0][2 + findings.index(first)].startswith(f"{f_row['auroc']:.3f}")
+    # the largest gap of each finding in words, under the strategy's name
+    words = [w for ws in sg["words"].values() for w in ws]
+    assert all(w in html for w in words)
+    assert not any("one-vs-rest" in w for w in words)
+
+
+def test_app_subgroups_per_finding(ml_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    tmp, _, first, summary = ml_run
+    findings = summary["dataset"]["classes"]
+    monkeypatch.setenv("MEDTL_APP_WORK", str(tmp_path / "work"))
+    app = str(Path(__file__).resolve().parents[1] / "apps" / "medtl_app.py")
+    at = AppTest.from_file(app, default_timeout=120)
+    at.session_state["run_dir"] = str(tmp / "run")
+    at.run()
+    at = at.sidebar.radio(key="section").set_value("Subgroups").run()
+    assert not at.exception, at.exception
+    assert not at.info  # neither "not broken down" nor "no subgroups"
+    macro = [t.value for t in at.table if "Macro AUROC" in t.value.columns]
+    assert len(macro) == 2 and {g.split(" (")[0] for g in macro[0]["Group"]} == {"F", "M"}
+    pick = at.selectbox(key="sg_finding")
+    assert {o.split(" (")[0] for o in pick.options} == set(findings)
+    pick.set_value(first).run()
+    assert not at.exception, at.exception
+    binary = [t.value for t in at.table if "FNR (95% CI)" in t.value.columns]
+    assert len(binary) == 2  # the binary table per strategy, for the chosen finding
+    # its n per group: the images labelled for that finding (blanks left out)
+    per = json.loads((tmp / "run" / "summary.json").read_text())["subgroups"]["strategies"][
+        "feature_extraction"
+    ]["per_finding"]
+
+    def shown_n() -> list[int]:
+        t = next(t.value for t in at.table if "FNR (95% CI)" in t.value.columns)
+        return sorted(map(int, t["n"]))
+
+    assert shown_n() == sorted(r["n"] for r in per[first]["attributes"]["sex"])
+    other = next(f for f in findings if f != first)
+    at.selectbox(key="sg_finding").set_value(other).run()
+    assert not at.exception, at.exception
+    assert shown_n() == sorted(r["n"] for r in per[other]["attributes"]["sex"])
+    assert sum(shown_n()) > sum(r["n"] for r in per[first]["attributes"]["sex"])  # no blanks
