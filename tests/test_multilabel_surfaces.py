@@ -262,6 +262,36 @@ def test_data_rows_and_single_image_calls(ml) -> None:
     assert {r["Call"] for r in rows} <= {"present", "absent"}
 
 
+# -- paired comparison ----------------------------------------------------------------------------
+def test_paired_macro_bootstrap_is_over_patients_from_splits_json(ml) -> None:
+    """summary.json's paired macro difference resamples patients (their hashed ids read from
+    splits.json), as metrics.json's intervals do; per-finding DeLong is unchanged."""
+    from medtl.metrics import compare_paired_multilabel
+    from medtl.runs import read_predictions
+
+    _, run_dir, _ = ml
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (pair,) = summary["paired"]
+    assert pair["bootstrap"]["unit"] == "patient"
+    splits = json.loads((run_dir / "splits.json").read_text())
+    pid = {r["uid"]: r["patient_id"] for r in splits["samples"]}
+    pa = read_predictions(run_dir / pair["a"] / "predictions.csv")
+    pb = read_predictions(run_dir / pair["b"] / "predictions.csv")
+    m = pa.split == "test"
+    groups = [pid[u] for u, k in zip(pa.uid, m) if k]
+    assert len(set(groups)) < len(groups)  # two images per patient: patients differ from images
+    seed = pair["bootstrap"]["seed"]
+    args = (pa.label[m], pa.proba[m], pb.proba[pb.split == "test"], FINDINGS)
+    by_patient = compare_paired_multilabel(*args, groups=groups, seed=seed)
+    by_image = compare_paired_multilabel(*args, seed=seed)
+    for k in ("low", "high", "se"):
+        assert pair["bootstrap"][k] == pytest.approx(by_patient["bootstrap"][k])
+    assert pair["bootstrap"]["se"] != pytest.approx(by_image["bootstrap"]["se"])
+    assert pair["per_class"][FINDINGS[0]]["p_value"] == pytest.approx(
+        by_image["per_class"][FINDINGS[0]]["p_value"]
+    )
+
+
 # -- the app, headless ------------------------------------------------------------------------------
 @pytest.mark.timeout(300)
 def test_app_pages_on_a_multilabel_run(ml, monkeypatch) -> None:
@@ -325,7 +355,8 @@ def test_app_pages_on_a_multilabel_run(ml, monkeypatch) -> None:
 
     at = goto("Subgroups")
     assert not at.exception, at.exception
-    assert "several findings per image" in at.info[0].value  # said, not "no subgroups"
+    assert "has no subgroups" in at.info[0].value  # broken down per finding when it has some
+    assert at.selectbox(key="sg_finding").options  # the finding picker comes first
 
     at = goto("Single image")
     img = sorted((ph / "images").glob("*.dcm"))[0]
