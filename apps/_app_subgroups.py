@@ -3,7 +3,10 @@
 The table and forest plot are the report's (``medtl.report._subgroups``); here they are recomputed
 from the run's ``predictions.csv`` and ``subgroups.csv`` at the operating point chosen in the
 Operating point section, so the user sees sensitivity and the false-negative rate per subgroup at
-the threshold they picked. Nothing here reads images or DICOM headers.
+the threshold they picked. For a task asked per finding (several findings per image) the page
+first shows the macro AUROC over the findings per group (from ``summary.json``), then the same
+binary view for the finding the user picks, on the images labelled for it. Nothing here reads
+images or DICOM headers.
 """
 
 from __future__ import annotations

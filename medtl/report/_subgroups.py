@@ -207,7 +207,7 @@ def subgroup_section(rep: Mapping[str, Any], figs: Mapping[str, tuple[bytes, str
     if FIGURE_KEY in figs:
         png, caption = figs[FIGURE_KEY]
         parts += [img(png, caption), tag("p", caption, cls="note")]
-    words = [w for ws in sg["words"].values() for w in ws]
+    words = list(dict.fromkeys(w for ws in sg["words"].values() for w in ws))  # said once each
     if words:
         parts += [tag("h3", "Largest gaps"), tag("ul", join(tag("li", w) for w in words))]
     for p in sg["paired"]:
@@ -230,7 +230,9 @@ def subgroup_section(rep: Mapping[str, Any], figs: Mapping[str, tuple[bytes, str
     parts.append(
         tag(
             "p",
-            "Test images only, at each strategy's operating threshold (chosen on validation). "
+            "Test images only, at each strategy's operating threshold"
+            + (" for each finding" if sg.get("per_finding") else "")
+            + " (chosen on validation). "
             "Gaps are each group minus the rest of the test images: AUROC by "
             f"{(first.get('tests') or {}).get('auroc_gap', 'an unpaired DeLong z test')}; FNR "
             "(false-negative rate, missed positives) by Fisher's exact test with a Newcombe CI. "
