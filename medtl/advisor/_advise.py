@@ -86,34 +86,80 @@ def advise(
         >>> advice = medtl.advise("chest_xray/", budget_minutes=15, pilot_minutes=2)
         >>> print(advice.explain())
     """
-    from medtl._options import check_range
-    from medtl.advisor._pilot import CostModel, count_macs, plan_pilot, pool_size, run_pilot
-    from medtl.backbones import DEFAULT_BACKBONE, backbone_config, create_backbone
-    from medtl.data import image_cache_dir, load_dataset, prepare_images
-    from medtl.strategies import FineTuning
+    from medtl.backbones import DEFAULT_BACKBONE
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     backbone = backbone or DEFAULT_BACKBONE
+    _check_budgets(max_images, pilot_minutes, budget_minutes)
+    read_options = dict(DEFAULT_READ_OPTIONS if read_options is None else read_options)
+    size = _image_size(backbone, image_size)  # unknown names fail here, before any decoding
+    dataset = _load_advice_dataset(
+        data, read_options, progress, patient_id_pattern, cache_dir, findings, uncertain
+    )
+    _check_positive_class(dataset, positive_class)
+    samples, n_train, n_val = advice_samples(dataset)
+    timings["load"] = time.perf_counter() - started
+    return _pilot_and_decide(
+        dataset,
+        samples,
+        n_train,
+        n_val,
+        started=started,
+        timings=timings,
+        backbone=backbone,
+        size=size,
+        budget_minutes=budget_minutes,
+        pilot_minutes=pilot_minutes,
+        cache_dir=cache_dir,
+        max_images=max_images,
+        seed=seed,
+        progress=progress,
+        read_options=read_options,
+        epochs=epochs,
+    )
+
+
+def _check_budgets(max_images: int, pilot_minutes: float, budget_minutes: float | None) -> None:
+    """Check advise's size and time limits before anything is read (ConfigError naming the one)."""
+    from medtl._options import check_range
+
     check_range("max_images", max_images, 10)
     check_range("pilot_minutes", pilot_minutes, 0)
     if budget_minutes is not None:
         check_range("budget_minutes", budget_minutes, 0)
-    read_options = dict(DEFAULT_READ_OPTIONS if read_options is None else read_options)
-    cfg = backbone_config(
-        backbone
-    )  # unknown names fail here with did-you-mean, before any decoding
-    size = int(image_size or cfg.input_size)
+
+
+def _image_size(backbone: str, image_size: int | None) -> int:
+    """The side length the advisor decodes at: ``image_size`` or the backbone's input size."""
+    from medtl.backbones import backbone_config
+
+    cfg = backbone_config(backbone)  # unknown names fail here with did-you-mean
+    return int(image_size or cfg.input_size)
+
+
+def _load_advice_dataset(
+    data: str | Path | Dataset,
+    read_options: dict[str, Any],
+    progress: bool,
+    patient_id_pattern: str | None,
+    cache_dir: str | Path,
+    findings: Sequence[str] | None,
+    uncertain: str,
+) -> Dataset:
+    """The dataset to advise on: ``data`` itself, or loaded with the splits `medtl compare` uses."""
+    from medtl.data import load_dataset
+
     if isinstance(data, Dataset):
-        dataset = data
-    elif isinstance(data, str | Path):
+        return data
+    if isinstance(data, str | Path):
         from medtl.data import phantom_manifest, project_salt
 
         # the splits `medtl compare` makes with its defaults (as medtl.experiment.load_data): no
         # verify pass, so unreadable files do not shift the carving, and the advice never sees
         # the test images compare will score; the pool's files are decoded (and bad ones
         # skipped) once, by prepare_images below
-        dataset = load_dataset(
+        return load_dataset(
             phantom_manifest(str(data)),
             read_options=read_options,
             progress=progress,
@@ -124,51 +170,63 @@ def advise(
             findings=findings,
             uncertain=uncertain,
         )
-    else:
-        raise ConfigError(
-            f"The 'data' parameter of advise must be a path or a medtl.data.Dataset. "
-            f"Got {type(data).__name__}."
-        )
+    raise ConfigError(
+        f"The 'data' parameter of advise must be a path or a medtl.data.Dataset. "
+        f"Got {type(data).__name__}."
+    )
+
+
+def _check_positive_class(dataset: Dataset, positive_class: str | None) -> None:
+    """ConfigError when ``positive_class`` is given and is not one of the dataset's classes."""
     if positive_class is not None and positive_class not in dataset.classes:
         raise ConfigError(
             f"positive_class {positive_class!r} is not a class of this dataset "
             f"({', '.join(dataset.classes)}). Give one of them (the same as for `medtl compare`)."
         )
-    samples, n_train, n_val = advice_samples(dataset)
-    timings["load"] = time.perf_counter() - started
+
+
+def _pilot_and_decide(
+    dataset: Dataset,
+    samples: Any,
+    n_train: int,
+    n_val: int,
+    *,
+    started: float,
+    timings: dict[str, float],
+    backbone: str,
+    size: int,
+    budget_minutes: float | None,
+    pilot_minutes: float,
+    cache_dir: str | Path,
+    max_images: int,
+    seed: int,
+    progress: bool,
+    read_options: dict[str, Any],
+    epochs: int | None,
+) -> Advice:
+    """Measure the pool, run the pilot, extrapolate it to full size and apply the rule."""
+    from medtl.advisor._pilot import CostModel, count_macs, plan_pilot, run_pilot
+    from medtl.backbones import create_backbone
+    from medtl.strategies import FineTuning
 
     net, _ = create_backbone(backbone, pretrained=False, num_classes=len(dataset.classes))
     cost = CostModel(macs=count_macs(net, size))
     del net
-    n_pool = pool_size(len(samples), cost, float(pilot_minutes), int(max_images))
-    profiled = stratified_cap(samples, n_pool, seed)
-    if len(profiled) < len(samples):
-        log.info("advisor: measuring a stratified %d of %d images", len(profiled), len(samples))
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
-    t0 = time.perf_counter()
-    images = prepare_images(
-        profiled,
-        dataset.classes,
+    images, measured, patient_ids, n_strata, min_count = _measure_pool(
+        samples,
+        dataset,
+        cost,
+        backbone=backbone,
         size=size,
-        channels=1,
-        cache_dir=image_cache_dir(cache),
+        pilot_minutes=pilot_minutes,
+        max_images=max_images,
+        seed=seed,
+        cache=cache,
         read_options=read_options,
         progress=progress,
+        timings=timings,
     )
-    timings["decode"] = time.perf_counter() - t0
-    n_strata, min_count = _pilot_counts(images, dataset)
-    pid = {s.uid: s.patient_id for s in profiled}
-    patient_ids = [pid.get(u) for u in images.uids]
-    t0 = time.perf_counter()
-    measured = measure(
-        images,
-        backbone=backbone,
-        cache_dir=cache,
-        seed=seed,
-        progress=progress,
-        patient_ids=patient_ids,
-    )
-    timings["embed_and_profile"] = time.perf_counter() - t0
     epochs = int(epochs or FineTuning().epochs)
     plan = plan_pilot(len(images), n_strata, min_count, cost, float(pilot_minutes), epochs)
     pilot = run_pilot(
@@ -199,7 +257,67 @@ def advise(
         started=started,
         macs_per_image=cost.macs,
     )
-    profile.pilot = {
+    profile.pilot = _pilot_record(plan, pilot, epochs)
+    profile.timings = {k: round(v, 2) for k, v in timings.items()}
+    advice = decide(profile, m, budget_minutes=budget_minutes)
+    advice.budget = _budget_record(pilot_minutes, timings, plan)
+    log.info("advisor: %s (%s confidence)", advice.strategy, advice.confidence)
+    return advice
+
+
+def _measure_pool(
+    samples: Any,
+    dataset: Dataset,
+    cost: Any,
+    *,
+    backbone: str,
+    size: int,
+    pilot_minutes: float,
+    max_images: int,
+    seed: int,
+    cache: Path | None,
+    read_options: dict[str, Any],
+    progress: bool,
+    timings: dict[str, float],
+) -> tuple[Any, Any, list[Any], int, int]:
+    """Cap, decode and profile the pool: (images, measured, ids, strata, fewest of a stratum)."""
+    from medtl.advisor._pilot import pool_size
+    from medtl.data import image_cache_dir, prepare_images
+
+    n_pool = pool_size(len(samples), cost, float(pilot_minutes), int(max_images))
+    profiled = stratified_cap(samples, n_pool, seed)
+    if len(profiled) < len(samples):
+        log.info("advisor: measuring a stratified %d of %d images", len(profiled), len(samples))
+    t0 = time.perf_counter()
+    images = prepare_images(
+        profiled,
+        dataset.classes,
+        size=size,
+        channels=1,
+        cache_dir=image_cache_dir(cache),
+        read_options=read_options,
+        progress=progress,
+    )
+    timings["decode"] = time.perf_counter() - t0
+    n_strata, min_count = _pilot_counts(images, dataset)
+    pid = {s.uid: s.patient_id for s in profiled}
+    patient_ids = [pid.get(u) for u in images.uids]
+    t0 = time.perf_counter()
+    measured = measure(
+        images,
+        backbone=backbone,
+        cache_dir=cache,
+        seed=seed,
+        progress=progress,
+        patient_ids=patient_ids,
+    )
+    timings["embed_and_profile"] = time.perf_counter() - t0
+    return images, measured, patient_ids, n_strata, min_count
+
+
+def _pilot_record(plan: Any, pilot: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The pilot's plan, schedule and recipe as the profile records them."""
+    return {
         "plan": plan.to_dict(),
         "epochs": plan.schedule.epochs,
         "recipe": "LP-FT (FineTuning defaults)"
@@ -207,9 +325,11 @@ def advise(
         "guard_hit": bool(pilot["guard_hit"]),
         "disjoint": bool(pilot.get("disjoint")),
     }
-    profile.timings = {k: round(v, 2) for k, v in timings.items()}
-    advice = decide(profile, m, budget_minutes=budget_minutes)
-    advice.budget = {
+
+
+def _budget_record(pilot_minutes: float, timings: dict[str, float], plan: Any) -> dict[str, Any]:
+    """The advisor's time budget and how each phase spent it, for ``Advice.budget``."""
+    return {
         "pilot_minutes": float(pilot_minutes),
         "seconds": {k: round(v, 1) for k, v in timings.items() if k not in ("budget",)},
         "share_of_budget": {
@@ -219,8 +339,6 @@ def advise(
         },
         "planned_seconds": plan.to_dict()["planned_seconds"],
     }
-    log.info("advisor: %s (%s confidence)", advice.strategy, advice.confidence)
-    return advice
 
 
 def _pilot_counts(images: Any, dataset: Dataset) -> tuple[int, int]:

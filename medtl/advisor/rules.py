@@ -267,59 +267,11 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
     # the gain the rule weighs: the paired difference measured in the pilot (its largest size); the
     # extrapolated difference only where nothing was measured (see the module docstring for why)
     basis = d_meas if np.isfinite(d_meas) else gain["diff"]
-    branch: str
-    if not fits[FT]:
-        strategy, branch = FE, "budget"
-    elif basis >= needed:
-        strategy, branch = FT, "gain" if sig else "likely_gain"
-    elif basis > 0:
-        strategy, branch = FE, "not_worth"
-    else:
-        strategy, branch = FE, "no_gain"
-
-    # confidence
-    agrees = (strategy == FT and d_meas > 0) or (strategy == FE and d_meas < 0)
-    side_ok = (strategy == FT and gain["low"] > 0) or (strategy == FE and gain["high"] < 0)
-    # the measured trial and the extrapolated curves can point different ways: say so, never hide it
-    # (a pick whose own predicted AUROC is below the other strategy's reads as a contradiction)
-    conflict = branch != "budget" and (strategy == FT) != (gain["diff"] >= needed)
-    if sig and agrees:
-        confidence = "high"
-    elif conflict:
-        confidence = "low"
-    elif side_ok or branch == "budget" or (branch == "not_worth" and sig):
-        confidence = "medium"
-    else:
-        confidence = "low"
+    strategy, branch = _pick(fits[FT], basis, needed, sig)
+    confidence, conflict = _confidence(strategy, branch, sig, d_meas, gain, needed)
     share = gain["share_positive"]
     score = share if strategy == FT else 1.0 - share
-    notes: list[str] = []
-    if not p.pretrained:
-        notes.append(
-            f"Backbone {p.backbone!r} has random weights: this says nothing about ImageNet transfer."
-        )
-        confidence = "low"
-    if not all(c.fitted for c in m.curves.values()):
-        notes.append(
-            "A learning curve could not be fitted (too few sizes or no trend): its prediction is the "
-            "measured AUROC with a wide upper margin."
-        )
-    if p.subsampled:
-        notes.append(
-            f"Measured on a stratified {p.n_profiled} of {p.n_images} images to fit the time budget "
-            "(raise --pilot-minutes to measure more)."
-        )
-    if confidence == "low" and _pilot_was_shortened(p):
-        notes.append(
-            "The fine-tuning trial was shortened to fit the advisor's time budget (fewer images or "
-            "epochs than your real run): a longer pilot measures the difference more precisely. "
-            "Raise --pilot-minutes (e.g. 5) if the choice matters."
-        )
-    if p.pilot.get("guard_hit"):
-        notes.append(
-            "The machine was much slower than the reference: a pilot run was cut short, so this advice "
-            "may not repeat exactly. Re-run when the machine is idle."
-        )
+    notes, confidence = _caveats(p, m, confidence)
 
     fe, ft = m.curves[FE], m.curves[FT]
     rationale = _clinician_sentences(p, m, strategy, branch, gain, needed, budget_minutes)
@@ -364,6 +316,69 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
         notes=notes,
         curves={s: m.curves[s].to_dict() for s in STRATEGIES},
     )
+
+
+def _pick(ft_fits: bool, basis: float, needed: float, sig: bool) -> tuple[str, str]:
+    """The written rule's pick and the branch that made it: (strategy, branch)."""
+    if not ft_fits:
+        return FE, "budget"
+    if basis >= needed:
+        return FT, "gain" if sig else "likely_gain"
+    if basis > 0:
+        return FE, "not_worth"
+    return FE, "no_gain"
+
+
+def _confidence(
+    strategy: str, branch: str, sig: bool, d_meas: float, gain: dict[str, Any], needed: float
+) -> tuple[str, bool]:
+    """The pick's confidence and whether the curves disagree with it: (confidence, conflict)."""
+    agrees = (strategy == FT and d_meas > 0) or (strategy == FE and d_meas < 0)
+    side_ok = (strategy == FT and gain["low"] > 0) or (strategy == FE and gain["high"] < 0)
+    # the measured trial and the extrapolated curves can point different ways: say so, never hide it
+    # (a pick whose own predicted AUROC is below the other strategy's reads as a contradiction)
+    conflict = branch != "budget" and (strategy == FT) != (gain["diff"] >= needed)
+    if sig and agrees:
+        confidence = "high"
+    elif conflict:
+        confidence = "low"
+    elif side_ok or branch == "budget" or (branch == "not_worth" and sig):
+        confidence = "medium"
+    else:
+        confidence = "low"
+    return confidence, conflict
+
+
+def _caveats(p: Profile, m: Measured, confidence: str) -> tuple[list[str], str]:
+    """The advice's notes on how it was measured, and its confidence after them: (notes, conf)."""
+    notes: list[str] = []
+    if not p.pretrained:
+        notes.append(
+            f"Backbone {p.backbone!r} has random weights: this says nothing about ImageNet transfer."
+        )
+        confidence = "low"
+    if not all(c.fitted for c in m.curves.values()):
+        notes.append(
+            "A learning curve could not be fitted (too few sizes or no trend): its prediction is the "
+            "measured AUROC with a wide upper margin."
+        )
+    if p.subsampled:
+        notes.append(
+            f"Measured on a stratified {p.n_profiled} of {p.n_images} images to fit the time budget "
+            "(raise --pilot-minutes to measure more)."
+        )
+    if confidence == "low" and _pilot_was_shortened(p):
+        notes.append(
+            "The fine-tuning trial was shortened to fit the advisor's time budget (fewer images or "
+            "epochs than your real run): a longer pilot measures the difference more precisely. "
+            "Raise --pilot-minutes (e.g. 5) if the choice matters."
+        )
+    if p.pilot.get("guard_hit"):
+        notes.append(
+            "The machine was much slower than the reference: a pilot run was cut short, so this advice "
+            "may not repeat exactly. Re-run when the machine is idle."
+        )
+    return notes, confidence
 
 
 def _clinician_sentences(

@@ -281,10 +281,7 @@ def model_card(
     s = run.summary
     b = strat.get(best) if best else None
     task = run.task.describe()
-
-    def f(name: str, value: Any, auto: bool = True) -> dict[str, Any]:
-        return {"name": name, "value": str(value), "auto": auto}
-
+    f = _field
     details = [
         f(
             "Model",
@@ -318,6 +315,27 @@ def model_card(
         f("Excluded files", f"{data.get('n_skipped') if data.get('n_skipped') is not None else 'n/a'} unreadable or unusable files"),
         f("Reference standard", f"labels from the dataset's folders/manifest; {TODO}: how they were established.", False),
     ]  # fmt: skip
+    metrics = _card_metrics(run, b, best)
+    limits = _card_limits(b, data)
+    ethics = [f("Ethics, consent, data governance", f"{TODO}", False)]
+    return [
+        {"heading": "Model details", "fields": details},
+        {"heading": "Intended use", "fields": intended},
+        {"heading": "Data", "fields": datas},
+        {"heading": "Metrics (test set, 95% CIs)", "fields": metrics},
+        {"heading": "Limitations", "fields": limits},
+        {"heading": "Ethical considerations", "fields": ethics},
+    ]
+
+
+def _field(name: str, value: Any, auto: bool = True) -> dict[str, Any]:
+    """One model-card field; ``auto`` is False where the authors must fill it in."""
+    return {"name": name, "value": str(value), "auto": auto}
+
+
+def _card_metrics(run: RunData, b: dict | None, best: str | None) -> list[dict[str, Any]]:
+    """The model card's metrics fields for the best strategy ``b`` (its row of numbers)."""
+    f = _field
     metrics = []
     if b:
         metrics.append(
@@ -339,6 +357,12 @@ def model_card(
             ]  # fmt: skip
     else:
         metrics.append(f("Metrics", "n/a (no strategy finished)"))
+    return metrics
+
+
+def _card_limits(b: dict | None, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model card's limitations fields: what the run itself shows, then what it cannot."""
+    f = _field
     limits = []
     n_test = b.get("n_test") if b else None
     if isinstance(n_test, int) and n_test < 200:
@@ -374,15 +398,7 @@ def model_card(
             False,
         )
     )
-    ethics = [f("Ethics, consent, data governance", f"{TODO}", False)]
-    return [
-        {"heading": "Model details", "fields": details},
-        {"heading": "Intended use", "fields": intended},
-        {"heading": "Data", "fields": datas},
-        {"heading": "Metrics (test set, 95% CIs)", "fields": metrics},
-        {"heading": "Limitations", "fields": limits},
-        {"heading": "Ethical considerations", "fields": ethics},
-    ]
+    return limits
 
 
 def checklist(

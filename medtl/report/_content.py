@@ -115,35 +115,11 @@ def strategy_numbers(run: RunData, st: StrategyRun, notes: list[str]) -> dict[st
         out["test_auroc_low"], out["test_auroc_high"] = num(ci[0]), num(ci[1])
     if not fin(out["val_auroc"]):
         out["val_auroc"] = num(_get(st.metrics, "val", "auroc", "auroc"))
-    pr = st.predictions
     out["per_class_auroc"] = None
     out["per_class_ci"] = None
     out["confusion"] = _get(test, "operating_point", "confusion")
     if not run.task.thresholded:
-        mc = _get(test, "multiclass")
-        yt, pt = pr.subset("test") if pr is not None else (None, None)
-        if mc is None and yt is not None and yt.size and pt.ndim == 2:
-            seed = int(_get(run.config, "train", "seed") or 0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                mc = multiclass_auroc_ci(yt, pt, pr.class_names, seed=seed)
-        if isinstance(mc, dict):
-            per = mc.get("per_class") or {}
-            # metrics.json written without class names keys the classes "0", "1", ...
-            keys = {c: c if c in per else str(i) for i, c in enumerate(run.classes)}
-            out["per_class_auroc"] = {c: num(_get(per, k, "auroc")) for c, k in keys.items()}
-            out["per_class_ci"] = {
-                c: [num(_get(per, k, "low")), num(_get(per, k, "high"))] for c, k in keys.items()
-            }
-            if fin(mc.get("macro")):
-                out["test_auroc"] = num(mc["macro"])
-                out["test_auroc_low"] = num(mc.get("macro_low"))
-                out["test_auroc_high"] = num(mc.get("macro_high"))
-        if yt is not None and yt.size and pt.ndim == 2:
-            k = pt.shape[1]
-            out["confusion"] = confusion_matrix(
-                yt, pt.argmax(axis=1), labels=list(range(k))
-            ).tolist()
+        _multiclass_numbers(run, st, test, out)
     diff = out["val_auroc"] - out["test_auroc"]
     out["val_minus_test"] = diff
     out["gap_flag"] = gap_flag(diff)
@@ -182,6 +158,42 @@ def strategy_numbers(run: RunData, st: StrategyRun, notes: list[str]) -> dict[st
         epochs_run=info.get("epochs_run"),
         images_per_s=num(info.get("images_per_s")),
     )
+    _learning_numbers(st, out)
+    out["report_warnings"] = list(_get(test, "warnings") or [])
+    return out
+
+
+def _multiclass_numbers(run: RunData, st: StrategyRun, test: Any, out: dict[str, Any]) -> None:
+    """Fill ``out`` with the per-class AUROCs, macro AUROC and confusion matrix of a task
+    without a threshold (from metrics.json, else recomputed from the predictions)."""
+    pr = st.predictions
+    mc = _get(test, "multiclass")
+    yt, pt = pr.subset("test") if pr is not None else (None, None)
+    if mc is None and yt is not None and yt.size and pt.ndim == 2:
+        seed = int(_get(run.config, "train", "seed") or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mc = multiclass_auroc_ci(yt, pt, pr.class_names, seed=seed)
+    if isinstance(mc, dict):
+        per = mc.get("per_class") or {}
+        # metrics.json written without class names keys the classes "0", "1", ...
+        keys = {c: c if c in per else str(i) for i, c in enumerate(run.classes)}
+        out["per_class_auroc"] = {c: num(_get(per, k, "auroc")) for c, k in keys.items()}
+        out["per_class_ci"] = {
+            c: [num(_get(per, k, "low")), num(_get(per, k, "high"))] for c, k in keys.items()
+        }
+        if fin(mc.get("macro")):
+            out["test_auroc"] = num(mc["macro"])
+            out["test_auroc_low"] = num(mc.get("macro_low"))
+            out["test_auroc_high"] = num(mc.get("macro_high"))
+    if yt is not None and yt.size and pt.ndim == 2:
+        k = pt.shape[1]
+        out["confusion"] = confusion_matrix(yt, pt.argmax(axis=1), labels=list(range(k))).tolist()
+
+
+def _learning_numbers(st: StrategyRun, out: dict[str, Any]) -> None:
+    """Fill ``out`` with the learning-curve signature and whether the strategy has epochs."""
+    info = st.info
     # Learning-curve signature: from the history itself (the same numbers the legend shows), else
     # from summary.json. A strategy without epochs (feature extraction) has no start, slope or best
     # epoch, only the regularisation setting it kept.
@@ -197,8 +209,6 @@ def strategy_numbers(run: RunData, st: StrategyRun, notes: list[str]) -> dict[st
         out["epochs_run"] = None
     out["epochless"] = epochless
     out["learning"] = learn
-    out["report_warnings"] = list(_get(test, "warnings") or [])
-    return out
 
 
 def paired_numbers(run: RunData, strat: dict[str, dict[str, Any]], notes: list[str]) -> list[dict]:

@@ -88,47 +88,6 @@ def _results(rep: dict[str, Any]) -> Raw:
     def row(label: str, fn: Any) -> list[Any]:
         return [label, *(fn(s) for s in cols)]
 
-    def status(s: dict) -> Any:
-        if s["status"] == "failed":
-            return tag("span", f"failed: {s['error'] or 'no error recorded'}", cls="todo")
-        return s["status"]
-
-    def gap(s: dict) -> Any:
-        if not fin(s["val_minus_test"]):
-            return "n/a"
-        if s.get("gap_flag") == "overstates":
-            return tag(
-                "span", f"⚠ {s['val_minus_test']:+.3f}: validation overstates test", cls="todo"
-            )
-        if s.get("gap_flag"):
-            return tag(
-                "span",
-                f"⚠ {s['val_minus_test']:+.3f}: test above validation (see summary)",
-                cls="todo",
-            )
-        return f"{s['val_minus_test']:+.3f} (within ±{OVERSTATE_MARGIN:.2f}: consistent)"
-
-    def epochs(s: dict) -> str:
-        if s.get("epochless"):
-            return "none: features extracted once, then a classifier fitted"
-        return "n/a" if s["epochs_run"] is None else str(s["epochs_run"])
-
-    def cal(s: dict, k: str) -> str:
-        if k == "slope" and s.get("calibration_note") and not fin(s["calibration_slope"]):
-            return f"n/a ({s['calibration_note']})"
-        return fci(
-            s[f"calibration_{k}"],
-            s[f"calibration_{k}_low"],
-            s[f"calibration_{k}_high"],
-            2,
-            sep=" to ",
-        )
-
-    def thr(s: dict) -> str:
-        if not fin(s["threshold"]):
-            return "n/a"
-        return f"{s['threshold']:.3f} ({rule_text(s['threshold_rule'], s.get('threshold_target'))}, chosen on {s['threshold_source'] or 'validation'})"
-
     dep = next((s["deployment_prevalence"] for s in cols if fin(s["deployment_prevalence"])), None)
     tprev = next((s["test_prevalence"] for s in cols if fin(s["test_prevalence"])), None)
     tp_txt = f" ({tprev:.1%})" if tprev is not None else ""
@@ -136,49 +95,16 @@ def _results(rep: dict[str, Any]) -> Raw:
         "Test AUROC (95% CI)" if rep["task"] == "binary" else "Test macro AUROC (95% bootstrap CI)"
     )
     rows = [
-        row("Status", status),
+        row("Status", _status_cell),
         row(auroc_label, lambda s: fci(s["test_auroc"], s["test_auroc_low"], s["test_auroc_high"])),
         row(f"Validation {rep.get('curve_metric') or 'AUROC'}", lambda s: fnum(s["val_auroc"])),
-        row("Validation − test AUROC", gap),
+        row("Validation − test AUROC", _gap_cell),
     ]  # fmt: skip
     if rep["task"] == "binary":
-        rows += [
-            row("Operating threshold", thr),
-            row("Sensitivity (95% Wilson CI)", lambda s: fci(s["sensitivity"], s["sensitivity_low"], s["sensitivity_high"])),
-            row("Specificity (95% Wilson CI)", lambda s: fci(s["specificity"], s["specificity_low"], s["specificity_high"])),
-            row(f"PPV at test prevalence{tp_txt}", lambda s: fci(s["ppv"], s["ppv_low"], s["ppv_high"])),
-            row(f"NPV at test prevalence{tp_txt}", lambda s: fci(s["npv"], s["npv_low"], s["npv_high"])),
-        ]  # fmt: skip
-        if dep is not None:
-            rows += [
-                row(
-                    f"PPV at deployment prevalence ({dep:.1%})",
-                    lambda s: fnum(s["ppv_at_prevalence"]),
-                ),
-                row(
-                    f"NPV at deployment prevalence ({dep:.1%})",
-                    lambda s: fnum(s["npv_at_prevalence"]),
-                ),
-            ]
-        else:
-            rows.append(
-                [
-                    "PPV/NPV at deployment prevalence",
-                    *("not given (set metrics.prevalence)" for _ in cols),
-                ]
-            )
-        rows += [
-            row("LR+ / LR−", lambda s: f"{fnum(s['lr_pos'], 2)} / {fnum(s['lr_neg'], 2)}"),
-            row("F1", lambda s: fnum(s["f1"])),
-            row("AUPRC", lambda s: fnum(s["auprc"])),
-            row("Calibration slope (95% CI; 1 is ideal, < 1 too extreme)", lambda s: cal(s, "slope")),
-            row("Calibration intercept (95% CI; 0 is ideal, < 0 over-predicts)", lambda s: cal(s, "intercept")),
-            row("Brier score (lower is better)", lambda s: fnum(s["brier"])),
-            row("ECE (lower is better)", lambda s: fnum(s["ece"]) + (f" ({s['ece_bins']} bins)" if s.get("ece_bins") else "")),
-        ]  # fmt: skip
+        rows += _binary_rows(cols, row, tp_txt, dep)
     rows += [
         row("Training time", lambda s: fseconds(s["train_seconds"])),
-        row("Epochs run", epochs),
+        row("Epochs run", _epochs_cell),
         row("Throughput (images/s)", lambda s: fnum(s["images_per_s"], 1)),
     ]
     parts: list[Any] = [table(header, rows, num_cols=range(1, len(header)))]
@@ -190,26 +116,116 @@ def _results(rep: dict[str, Any]) -> Raw:
     elif rep.get("findings"):  # several findings per image: one table per strategy
         parts.append(findings_results_html(rep["findings"]))
     else:
-        classes = rep["classes"]
+        parts += _per_class_parts(rep["classes"], cols)
+    return section("results", _TITLE["results"], *parts)
 
-        def per_class(s: dict, c: str) -> str:
-            lo, hi = ((s["per_class_ci"] or {}).get(c) or (None, None))[:2]
-            return fci((s["per_class_auroc"] or {}).get(c), lo, hi)
 
-        pc_rows = [[c, *(per_class(s, c) for s in cols)] for c in classes]
-        parts += [
-            tag("h3", "Per-class AUROC (one-vs-rest, test set, 95% DeLong CI)"),
-            table(
-                ["Class", *(s["display"] for s in cols)], pc_rows, num_cols=range(1, len(cols) + 1)
+def _status_cell(s: dict) -> Any:
+    """A strategy's run status, with its error when it failed."""
+    if s["status"] == "failed":
+        return tag("span", f"failed: {s['error'] or 'no error recorded'}", cls="todo")
+    return s["status"]
+
+
+def _gap_cell(s: dict) -> Any:
+    """Validation minus test AUROC, flagged when it is outside the margin either way."""
+    if not fin(s["val_minus_test"]):
+        return "n/a"
+    if s.get("gap_flag") == "overstates":
+        return tag("span", f"⚠ {s['val_minus_test']:+.3f}: validation overstates test", cls="todo")
+    if s.get("gap_flag"):
+        return tag(
+            "span",
+            f"⚠ {s['val_minus_test']:+.3f}: test above validation (see summary)",
+            cls="todo",
+        )
+    return f"{s['val_minus_test']:+.3f} (within ±{OVERSTATE_MARGIN:.2f}: consistent)"
+
+
+def _epochs_cell(s: dict) -> str:
+    """Epochs run, or what an epochless strategy did instead."""
+    if s.get("epochless"):
+        return "none: features extracted once, then a classifier fitted"
+    return "n/a" if s["epochs_run"] is None else str(s["epochs_run"])
+
+
+def _calibration_cell(s: dict, k: str) -> str:
+    """Calibration ``k`` (slope or intercept) with its CI, or why it is not available."""
+    if k == "slope" and s.get("calibration_note") and not fin(s["calibration_slope"]):
+        return f"n/a ({s['calibration_note']})"
+    return fci(
+        s[f"calibration_{k}"],
+        s[f"calibration_{k}_low"],
+        s[f"calibration_{k}_high"],
+        2,
+        sep=" to ",
+    )
+
+
+def _threshold_cell(s: dict) -> str:
+    """The operating threshold, its rule and the split it was chosen on."""
+    if not fin(s["threshold"]):
+        return "n/a"
+    return f"{s['threshold']:.3f} ({rule_text(s['threshold_rule'], s.get('threshold_target'))}, chosen on {s['threshold_source'] or 'validation'})"
+
+
+def _binary_rows(cols: list[dict], row: Any, tp_txt: str, dep: float | None) -> list[list[Any]]:
+    """The results table's rows that need one positive class: threshold, PPV/NPV, calibration."""
+    rows = [
+        row("Operating threshold", _threshold_cell),
+        row("Sensitivity (95% Wilson CI)", lambda s: fci(s["sensitivity"], s["sensitivity_low"], s["sensitivity_high"])),
+        row("Specificity (95% Wilson CI)", lambda s: fci(s["specificity"], s["specificity_low"], s["specificity_high"])),
+        row(f"PPV at test prevalence{tp_txt}", lambda s: fci(s["ppv"], s["ppv_low"], s["ppv_high"])),
+        row(f"NPV at test prevalence{tp_txt}", lambda s: fci(s["npv"], s["npv_low"], s["npv_high"])),
+    ]  # fmt: skip
+    if dep is not None:
+        rows += [
+            row(
+                f"PPV at deployment prevalence ({dep:.1%})",
+                lambda s: fnum(s["ppv_at_prevalence"]),
             ),
-            _note(
-                f"Multi-class run ({len(classes)} classes): each class's AUROC treats that class as "
-                "positive and all others as negative; the macro AUROC is their unweighted mean, "
-                "with a class-stratified bootstrap CI. Sensitivity, specificity and calibration "
-                "need one positive class and are not shown."
+            row(
+                f"NPV at deployment prevalence ({dep:.1%})",
+                lambda s: fnum(s["npv_at_prevalence"]),
             ),
         ]
-    return section("results", _TITLE["results"], *parts)
+    else:
+        rows.append(
+            [
+                "PPV/NPV at deployment prevalence",
+                *("not given (set metrics.prevalence)" for _ in cols),
+            ]
+        )
+    rows += [
+        row("LR+ / LR−", lambda s: f"{fnum(s['lr_pos'], 2)} / {fnum(s['lr_neg'], 2)}"),
+        row("F1", lambda s: fnum(s["f1"])),
+        row("AUPRC", lambda s: fnum(s["auprc"])),
+        row("Calibration slope (95% CI; 1 is ideal, < 1 too extreme)", lambda s: _calibration_cell(s, "slope")),
+        row("Calibration intercept (95% CI; 0 is ideal, < 0 over-predicts)", lambda s: _calibration_cell(s, "intercept")),
+        row("Brier score (lower is better)", lambda s: fnum(s["brier"])),
+        row("ECE (lower is better)", lambda s: fnum(s["ece"]) + (f" ({s['ece_bins']} bins)" if s.get("ece_bins") else "")),
+    ]  # fmt: skip
+    return rows
+
+
+def _per_class_parts(classes: list[str], cols: list[dict]) -> list[Any]:
+    """The multi-class per-class AUROC table and its note."""
+
+    def per_class(s: dict, c: str) -> str:
+        lo, hi = ((s["per_class_ci"] or {}).get(c) or (None, None))[:2]
+        return fci((s["per_class_auroc"] or {}).get(c), lo, hi)
+
+    pc_rows = [[c, *(per_class(s, c) for s in cols)] for c in classes]
+    return [
+        tag("h3", "Per-class AUROC (one-vs-rest, test set, 95% DeLong CI)"),
+        table(["Class", *(s["display"] for s in cols)], pc_rows, num_cols=range(1, len(cols) + 1)),
+        _note(
+            f"Multi-class run ({len(classes)} classes): each class's AUROC treats that class as "
+            "positive and all others as negative; the macro AUROC is their unweighted mean, "
+            "with a class-stratified bootstrap CI. Sensitivity, specificity and calibration "
+            "need one positive class and are not shown."
+        ),
+    ]
 
 
 def _learning(rep: dict[str, Any], figs: Figures) -> Raw:

@@ -579,7 +579,7 @@ def train_network(
     """Train ``model`` on ``train``, early-stop on validation AUROC, and load the best weights back.
 
     Steps: :func:`_set_up`, :func:`_resume`, then per epoch :func:`_train_epoch`, :func:`_validation_logits`,
-    :func:`_record_epoch` (the stopping rule) and :func:`_save_checkpoint`.
+    :func:`_record_epoch` (the stopping rule) and :func:`_finish_epoch` (history, checkpoint).
 
     Args:
         model: network mapping normalised (N, 3, S, S) inputs to logits (N, K).
@@ -598,8 +598,6 @@ def train_network(
         task: the task kind (loss, validation AUROC); default: the single-label task of
             ``train.classes``.
     """
-    from tqdm.auto import tqdm
-
     s = settings
     task = task or task_for(train.classes)
     progress = progress and distributed.is_main()  # one progress bar per job, not per process
@@ -608,12 +606,7 @@ def train_network(
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     pg = _resume(model, lp, ckpt, resume)
     if lp.n_ranks > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # construction broadcasts rank 0's parameters and buffers: every replica starts identical
-        lp.net = DistributedDataParallel(
-            model, device_ids=[lp.device.index] if lp.device.type == "cuda" else None
-        )
+        _wrap_ddp(model, lp)
 
     t0 = time.perf_counter()
     stopped_early = False
@@ -636,35 +629,11 @@ def train_network(
         improved, over_budget = _record_epoch(model, pg, auc, vloss, elapsed, s)
         if improved:
             pg.best_epoch = epoch + 1
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": total_loss / max(1, seen),
-            "val_loss": vloss,
-            "val_auroc": auc,
-            "seconds": time.perf_counter() - te,
-            "train_seconds": train_seconds,
-            "images": seen,
-            "elapsed": elapsed,
-            "lr": [g["lr"] for g in lp.opt.param_groups],
-            "best": improved,
-        }
-        pg.history.append(row)
-        log.info(
-            "%s epoch %d: train loss %.4f, val AUROC %.4f, %.1fs",
-            desc, epoch + 1, row["train_loss"], auc, row["seconds"],
+        _finish_epoch(
+            model, lp, pg, s, epoch, te=te, train_seconds=train_seconds, total_loss=total_loss,
+            seen=seen, vloss=vloss, auc=auc, elapsed=elapsed, improved=improved, desc=desc,
+            progress=progress, history_path=history_path, ckpt=ckpt, on_epoch_end=on_epoch_end,
         )  # fmt: skip
-        if progress:
-            tqdm.write(
-                f"{desc} epoch {epoch + 1}/{s.epochs}: train loss {row['train_loss']:.4f}  "
-                f"val AUROC {auc:.4f}  ({row['seconds']:.1f}s)",
-                file=sys.stderr,  # stdout is for results
-            )
-        if history_path is not None and distributed.is_main():
-            atomic_write_json(history_path, pg.history)
-        if ckpt is not None and distributed.is_main():
-            _save_checkpoint(ckpt, model, lp, pg, epoch, elapsed)
-        if on_epoch_end is not None:
-            on_epoch_end(row)
         if over_budget:
             log.info(
                 "%s: time budget of %.1f min reached after epoch %d", desc, s.max_minutes, epoch + 1
@@ -686,6 +655,71 @@ def train_network(
         stopped_early=stopped_early,
         resumed_from_epoch=pg.start_epoch,
     )
+
+
+def _wrap_ddp(model: nn.Module, lp: _Loop) -> None:
+    """Wrap ``model`` for distributed data parallel training (``lp.net``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # construction broadcasts rank 0's parameters and buffers: every replica starts identical
+    lp.net = DistributedDataParallel(
+        model, device_ids=[lp.device.index] if lp.device.type == "cuda" else None
+    )
+
+
+def _finish_epoch(
+    model: nn.Module,
+    lp: _Loop,
+    pg: _Progress,
+    s: LoopSettings,
+    epoch: int,
+    *,
+    te: float,
+    train_seconds: float,
+    total_loss: float,
+    seen: int,
+    vloss: float,
+    auc: float,
+    elapsed: float,
+    improved: bool,
+    desc: str,
+    progress: bool,
+    history_path: str | os.PathLike | None,
+    ckpt: Path | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Record the epoch's history row, log it, write history and checkpoint, call back."""
+    from tqdm.auto import tqdm
+
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": total_loss / max(1, seen),
+        "val_loss": vloss,
+        "val_auroc": auc,
+        "seconds": time.perf_counter() - te,
+        "train_seconds": train_seconds,
+        "images": seen,
+        "elapsed": elapsed,
+        "lr": [g["lr"] for g in lp.opt.param_groups],
+        "best": improved,
+    }
+    pg.history.append(row)
+    log.info(
+        "%s epoch %d: train loss %.4f, val AUROC %.4f, %.1fs",
+        desc, epoch + 1, row["train_loss"], auc, row["seconds"],
+    )  # fmt: skip
+    if progress:
+        tqdm.write(
+            f"{desc} epoch {epoch + 1}/{s.epochs}: train loss {row['train_loss']:.4f}  "
+            f"val AUROC {auc:.4f}  ({row['seconds']:.1f}s)",
+            file=sys.stderr,  # stdout is for results
+        )
+    if history_path is not None and distributed.is_main():
+        atomic_write_json(history_path, pg.history)
+    if ckpt is not None and distributed.is_main():
+        _save_checkpoint(ckpt, model, lp, pg, epoch, elapsed)
+    if on_epoch_end is not None:
+        on_epoch_end(row)
 
 
 # A batch larger than the training set repeats its images to fill itself (harmless at 32 on 9 images,
