@@ -173,43 +173,16 @@ def gradient_early_share(
         ``early_share`` is None when the backbone has fewer than 2 stages.
     """
 
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from medtl.backbones import stage_index
     from medtl.training import micro_batch_size, to_model_input
 
     stages = list(getattr(cfg, "stages", ()) or ())
     multilabel = np.asarray(y).ndim == 2  # (N, K) targets of several findings per image
     if len(stages) < 2 or (not multilabel and len(np.unique(y)) < 2):
         return {"early_share": None, "per_stage": [], "images": 0}
-    sc = StandardScaler().fit(emb)
-
-    def logreg(z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf = LogisticRegression(
-                C=C, max_iter=1000, class_weight="balanced", random_state=seed
-            ).fit(z, t)
-        return clf.coef_, clf.intercept_
-
-    z = sc.transform(emb)
-    if multilabel:  # one logistic head per finding on its labelled images (as feature extraction)
-        yf = np.asarray(y, dtype=np.float64)
-        coef, bias = np.zeros((yf.shape[1], emb.shape[1])), np.zeros(yf.shape[1])
-        for k in range(yf.shape[1]):
-            rows = ~np.isnan(yf[:, k])
-            if len(np.unique(yf[rows, k])) == 2:
-                (coef[k],), (bias[k],) = logreg(z[rows], yf[rows, k].astype(np.int64))
-        if not coef.any():
-            return {"early_share": None, "per_stage": [], "images": 0}
-    else:
-        coef, bias = logreg(z, y)
-    coef = coef / sc.scale_  # fold the scaler into the head: (x - mu) / s . w
-    bias = bias - coef @ sc.mean_
-    if not multilabel and coef.shape[0] == 1:  # binary: logits [0, z]
-        coef = np.vstack([np.zeros_like(coef), coef])
-        bias = np.r_[0.0, bias]
+    head_params = _probe_head(emb, y, C, seed, multilabel)
+    if head_params is None:
+        return {"early_share": None, "per_stage": [], "images": 0}
+    coef, bias = head_params
     net = copy.deepcopy(model).eval()  # eval: BatchNorm statistics frozen, as LP-FT trains
     device = next(net.parameters()).device
     for p in net.parameters():
@@ -242,19 +215,64 @@ def gradient_early_share(
         feats = net.forward_head(net.forward_features(xb), pre_logits=True)
         loss = loss_fn(head(feats), target[i : i + per_pass])
         (loss / len(idx)).backward()
-    g2 = np.zeros(len(stages))
-    w2 = np.zeros(len(stages))
+    rel = _stage_relative_gradients(net, cfg, len(stages))
+    half = len(stages) // 2
+    total = float(rel.sum())
+    share = float(rel[:half].sum() / total) if total > 0 else None
+    return {"early_share": share, "per_stage": [float(v) for v in rel], "images": len(idx)}
+
+
+def _probe_head(
+    emb: np.ndarray, y: np.ndarray, C: float, seed: int, multilabel: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The probe's logistic head on standardised embeddings, the scaler folded in, as (coef, bias)
+    over the network's outputs (binary: logits [0, z]); None when no finding can be learned."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(emb)
+
+    def logreg(z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf = LogisticRegression(
+                C=C, max_iter=1000, class_weight="balanced", random_state=seed
+            ).fit(z, t)
+        return clf.coef_, clf.intercept_
+
+    z = sc.transform(emb)
+    if multilabel:  # one logistic head per finding on its labelled images (as feature extraction)
+        yf = np.asarray(y, dtype=np.float64)
+        coef, bias = np.zeros((yf.shape[1], emb.shape[1])), np.zeros(yf.shape[1])
+        for k in range(yf.shape[1]):
+            rows = ~np.isnan(yf[:, k])
+            if len(np.unique(yf[rows, k])) == 2:
+                (coef[k],), (bias[k],) = logreg(z[rows], yf[rows, k].astype(np.int64))
+        if not coef.any():
+            return None
+    else:
+        coef, bias = logreg(z, y)
+    coef = coef / sc.scale_  # fold the scaler into the head: (x - mu) / s . w
+    bias = bias - coef @ sc.mean_
+    if not multilabel and coef.shape[0] == 1:  # binary: logits [0, z]
+        coef = np.vstack([np.zeros_like(coef), coef])
+        bias = np.r_[0.0, bias]
+    return coef, bias
+
+
+def _stage_relative_gradients(net: nn.Module, cfg: Any, n_stages: int) -> np.ndarray:
+    """Each stage's relative gradient ``||dL/dW|| / ||W||`` after the backward pass."""
+    from medtl.backbones import stage_index
+
+    g2 = np.zeros(n_stages)
+    w2 = np.zeros(n_stages)
     for name, p in net.named_parameters():
         i = stage_index(name, cfg)
         if i is None or p.grad is None:
             continue
         g2[i] += float(p.grad.double().pow(2).sum())
         w2[i] += float(p.detach().double().pow(2).sum())
-    rel = np.sqrt(g2) / np.sqrt(np.maximum(w2, 1e-12))
-    half = len(stages) // 2
-    total = float(rel.sum())
-    share = float(rel[:half].sum() / total) if total > 0 else None
-    return {"early_share": share, "per_stage": [float(v) for v in rel], "images": len(idx)}
+    return np.sqrt(g2) / np.sqrt(np.maximum(w2, 1e-12))
 
 
 # -- transferability of frozen features --------------------------------------------------------------
