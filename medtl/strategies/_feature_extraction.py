@@ -349,6 +349,11 @@ class FeatureExtraction(Strategy):
         import warnings
 
         y_tr, y_va = np.asarray(y_tr, np.float64), np.asarray(y_va, np.float64)
+        # every finding's rows are among the training rows: one basis of their span serves all
+        # heads (exact, see _row_basis), computed once instead of once per finding
+        basis = _row_basis(z_tr)
+        if basis is not None:
+            z_tr, z_va = z_tr @ basis, z_va @ basis
         k, d = y_tr.shape[1], z_tr.shape[1]
         W, b = np.zeros((k, d)), np.zeros(k)
         Cs = tuple(sorted(float(c) for c in self.Cs))
@@ -385,11 +390,14 @@ class FeatureExtraction(Strategy):
             )
         if history:
             history[int(np.median(picks)) if picks else 0]["chosen"] = True
-        return W, b, history
+        return (W if basis is None else W @ basis.T), b, history
 
     def _refit_per_finding(self, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The per-finding heads refitted on train + validation at their chosen C."""
         y = np.asarray(y, np.float64)
+        basis = _row_basis(z)  # one basis for every finding's heads (see _fit_logreg_per_finding)
+        if basis is not None:
+            z = z @ basis
         W, b = np.zeros((y.shape[1], z.shape[1])), np.zeros(y.shape[1])
         for j in range(y.shape[1]):
             lab = ~np.isnan(y[:, j])
@@ -400,7 +408,7 @@ class FeatureExtraction(Strategy):
                 continue
             Wj, bj = self._logreg_head(z[lab], yj, C, 2)
             W[j], b[j] = Wj[1] - Wj[0], bj[1] - bj[0]
-        return W, b
+        return (W if basis is None else W @ basis.T), b
 
     def _fit_linear(
         self, z_tr, y_tr, z_va, y_va, n_classes, task, epochs: int = 200, patience: int = 20
