@@ -324,14 +324,14 @@ def test_logistic_head_in_the_row_span_equals_the_full_fit():
     L2-penalised solution lies in; the result equals the full-dimension fit within solver tolerance."""
     from sklearn.linear_model import LogisticRegression
 
-    from medtl.strategies._feature_extraction import _logreg_refit, _row_basis
+    from medtl.strategies._feature_extraction import _logreg_refit, row_span_basis
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(40, 200))
     y = (z[:, :5].sum(1) + rng.normal(size=40) > 0).astype(int)
-    basis = _row_basis(z)
+    basis = row_span_basis(z)
     assert basis.shape == (200, 40) and np.allclose(basis.T @ basis, np.eye(40), atol=1e-10)
-    assert _row_basis(z[:, :30]) is None  # more rows than columns: nothing to gain
+    assert row_span_basis(z[:, :30]) is None  # more rows than columns: nothing to gain
     W, b = _logreg_refit(z, y, 0.1, 2, "balanced", 0, ())
     full = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000, tol=1e-10).fit(z, y)
     z_new = rng.normal(size=(30, 200))

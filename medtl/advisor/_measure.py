@@ -355,16 +355,17 @@ def probe_transferability(
         for tr, te in folds:
             sc = StandardScaler().fit(emb[tr])
             ztr, zte = sc.transform(emb[tr]), sc.transform(emb[te])
-            zs.append((ztr, zte))
+            zs.append(_in_row_span(ztr, zte))
             nn_k = int(max(1, min(15, round(math.sqrt(len(tr))))))
             knn = KNeighborsClassifier(n_neighbors=nn_k, weights="distance", metric="cosine")
             knn.fit(ztr, y[tr])
             knn_auc.append(_auroc(y[te], knn.predict_proba(zte)))
+            ptr, pte = zs[-1]  # the logistic probes fit in the span of the fold's rows (exact)
             for C in PROBE_CS:
                 t0 = time.perf_counter()
-                clf = logreg(C).fit(ztr, y[tr])
+                clf = logreg(C).fit(ptr, y[tr])
                 fit_seconds.append((len(tr), time.perf_counter() - t0))
-                lr_auc[C].append(_auroc(y[te], clf.predict_proba(zte)))
+                lr_auc[C].append(_auroc(y[te], clf.predict_proba(pte)))
         best_C = max(PROBE_CS, key=lambda c: np.nan_to_num(np.nanmean(lr_auc[c]), nan=-1.0))
         for (tr, te), (ztr, zte) in zip(folds, zs):
             for f in CURVE_FRACTIONS:
@@ -397,6 +398,16 @@ def probe_transferability(
         "slope_per_doubling": slope,
         "head_seconds": float(head_seconds),
     }
+
+
+def _in_row_span(ztr: np.ndarray, zte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ztr, zte)`` in the span of ``ztr``'s rows when there are fewer rows than features: an
+    L2-penalised logistic fit on any subset of those rows is the same there within the solver's
+    tolerance, at n instead of d columns (see :func:`medtl.strategies.row_span_basis`)."""
+    from medtl.strategies import row_span_basis
+
+    basis = row_span_basis(ztr)
+    return (ztr, zte) if basis is None else (ztr @ basis, zte @ basis)
 
 
 def probe_findings(

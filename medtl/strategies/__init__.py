@@ -16,7 +16,11 @@ from medtl.strategies._base import (
     strategy_tags,
 )
 from medtl.strategies._embeddings import embedding_row_key
-from medtl.strategies._feature_extraction import FeatureExtraction, extract_embeddings
+from medtl.strategies._feature_extraction import (
+    FeatureExtraction,
+    extract_embeddings,
+    row_span_basis,
+)
 from medtl.strategies._modelfile import META_FILE, MODEL_FILE, ModelFileError, read_meta
 from medtl.strategies._network import FineTuning, FromScratch, PartialFineTuning
 
@@ -38,6 +42,7 @@ __all__ = [
     "load_model",
     "read_meta",
     "register_strategy",
+    "row_span_basis",
     "strategy_description",
     "strategy_label",
     "strategy_tags",

@@ -350,8 +350,8 @@ class FeatureExtraction(Strategy):
 
         y_tr, y_va = np.asarray(y_tr, np.float64), np.asarray(y_va, np.float64)
         # every finding's rows are among the training rows: one basis of their span serves all
-        # heads (exact, see _row_basis), computed once instead of once per finding
-        basis = _row_basis(z_tr)
+        # heads (exact, see row_span_basis), computed once instead of once per finding
+        basis = row_span_basis(z_tr)
         if basis is not None:
             z_tr, z_va = z_tr @ basis, z_va @ basis
         k, d = y_tr.shape[1], z_tr.shape[1]
@@ -395,7 +395,9 @@ class FeatureExtraction(Strategy):
     def _refit_per_finding(self, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The per-finding heads refitted on train + validation at their chosen C."""
         y = np.asarray(y, np.float64)
-        basis = _row_basis(z)  # one basis for every finding's heads (see _fit_logreg_per_finding)
+        basis = row_span_basis(
+            z
+        )  # one basis for every finding's heads (see _fit_logreg_per_finding)
         if basis is not None:
             z = z @ basis
         W, b = np.zeros((y.shape[1], z.shape[1])), np.zeros(y.shape[1])
@@ -522,8 +524,8 @@ def _logreg_path(
     # regularisation whose loss is within one standard error of the best is taken: validation
     # cannot tell those apart, and the simpler head transfers better to shifted data.
     w_va = compute_sample_weight(cw, y_va) if cw else np.ones(len(y_va))
-    # fewer images than features: fit in the span of the training rows (exact, see _row_basis)
-    basis = _row_basis(z_tr)
+    # fewer images than features: fit in the span of the training rows (exact, see row_span_basis)
+    basis = row_span_basis(z_tr)
     if basis is not None:
         z_tr, z_va = z_tr @ basis, z_va @ basis
     history, fits = [], []
@@ -574,13 +576,13 @@ def _logreg_refit(
 
     cw = "balanced" if class_weighting == "balanced" else None
     clf = LogisticRegression(C=C, class_weight=cw, max_iter=2000, random_state=seed)
-    basis = _row_basis(z)
+    basis = row_span_basis(z)
     clf.fit(z if basis is None else z @ basis, y)
     coef = clf.coef_ if basis is None else clf.coef_ @ basis.T
     return _as_head(coef, clf.intercept_, n_classes)
 
 
-def _row_basis(z: np.ndarray) -> np.ndarray | None:
+def row_span_basis(z: np.ndarray) -> np.ndarray | None:
     """An orthonormal basis (d, r) of the span of the rows of ``z`` when there are fewer rows than
     columns (None otherwise).
 
@@ -605,7 +607,7 @@ def _head_versions() -> tuple[str, ...]:
     from medtl.training import val_auroc
 
     # the validation AUROC that chooses C is the task's headline AUROC (medtl.tasks)
-    helpers = [_as_head, _choose_regularisation, _row_basis, val_auroc]
+    helpers = [_as_head, _choose_regularisation, row_span_basis, val_auroc]
     helpers += [BinaryTask.headline_auroc, MultiClassTask.headline_auroc]
     return memo_versions(["scikit-learn", "numpy"], helpers)
 
