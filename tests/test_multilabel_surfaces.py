@@ -290,6 +290,10 @@ def test_paired_macro_bootstrap_is_over_patients_from_splits_json(ml) -> None:
     assert pair["per_class"][FINDINGS[0]]["p_value"] == pytest.approx(
         by_image["per_class"][FINDINGS[0]]["p_value"]
     )
+    # and the report says what was resampled
+    from medtl.report import write_report
+
+    assert "Macro AUROC (paired bootstrap over patients)" in write_report(run_dir).read_text()
 
 
 # -- the app, headless ------------------------------------------------------------------------------

@@ -250,6 +250,8 @@ def paired_numbers(run: RunData, strat: dict[str, dict[str, Any]], notes: list[s
             "boot_low": num(_get(p, "bootstrap", "low")),
             "boot_high": num(_get(p, "bootstrap", "high")),
             "boot_p": num(_get(p, "bootstrap", "p_value")),
+            # what the paired bootstrap resampled ("patient" or "image"; older runs: unknown)
+            "boot_unit": _get(p, "bootstrap", "unit"),
             "mcnemar_p": num(_get(p, "mcnemar", "p_value")),
             "alpha": num(p.get("alpha")) if fin(p.get("alpha")) else 0.05,
             "per_class": {

@@ -132,8 +132,10 @@ def paired_html(block: dict[str, Any], rows: list[dict[str, Any]]) -> Raw:
         a, b = display_name(r["a"]), display_name(r["b"])
         diff = lambda v: "n/a" if not fin(v) else f"{v:+.3f}"  # noqa: E731
         ci = lambda lo, hi: f"{lo:+.3f} to {hi:+.3f}" if fin(lo) and fin(hi) else "n/a"  # noqa: E731
+        unit = r.get("boot_unit")
+        label = "Macro AUROC (paired bootstrap" + (f" over {unit}s)" if unit else ")")
         body: list[list[Any]] = [[
-            tag("b", "Macro AUROC (paired bootstrap)"), fnum(r["auc_a"]), fnum(r["auc_b"]),
+            tag("b", label), fnum(r["auc_a"]), fnum(r["auc_b"]),
             diff(r["diff"]), ci(r["boot_low"], r["boot_high"]), p(r["boot_p"]), "—",
         ]]  # fmt: skip
         for f in [f for f in order if f in r["per_class"]]:
