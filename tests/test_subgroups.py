@@ -428,3 +428,24 @@ def test_app_subgroups_view(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert len(at.table) == 2  # one table per strategy
     text = " ".join(str(m.value) for m in at.markdown)
     assert "Operating point" in text and "FNR" in text
+
+
+def test_data_card_command_shows_who_is_represented(tmp_path: Path, capsys) -> None:
+    """``medtl data card --subgroups``: images per split and group, without identifiers."""
+    from PIL import Image
+
+    from medtl.cli import main
+
+    root = tmp_path / "site"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    with open(root / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "patient_id", "sex"])
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / f"{i}.png")
+            w.writerow([f"{i}.png", "ab"[i % 2], f"P{i:03d}", "FM"[i // 20]])
+    assert main(["data", "card", str(root / "labels.csv"), "--subgroups", "sex", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "## Composition by subgroup" in out and "### sex" in out
+    assert "| F |" in out and "| M |" in out and "P001" not in out

@@ -448,8 +448,9 @@ def data_card(args: argparse.Namespace) -> int:
 
     # the project's salt, as `data check` and `compare` use: one id per file in every output
     ds = load_dataset(
-        args.path, progress=_progress(args), min_per_class=1, salt=_salt(), **_label_kwargs(args)
-    )
+        args.path, progress=_progress(args), min_per_class=1, salt=_salt(),
+        subgroups=getattr(args, "subgroups", None), **_label_kwargs(args),
+    )  # fmt: skip
     text = make_card(ds)
     if args.out:
         atomic_write_text(args.out, text)

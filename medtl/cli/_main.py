@@ -446,11 +446,17 @@ def _add_data_card_parser(dsubs: Any) -> None:
         dsubs,
         "card",
         "Scan a dataset and write a data card draft (Markdown).",
-        "  medtl data card ./xrays\n  medtl data card ./xrays --out data_cards/my_site.md",
+        "  medtl data card ./xrays\n  medtl data card ./xrays --out data_cards/my_site.md\n"
+        "  medtl data card labels.csv --subgroups sex,age,view",
         cmd.data_card,
     )
     p.add_argument("path", help="dataset folder, CSV manifest or .npz")
     _add_label_args(p)
+    p.add_argument(
+        "--subgroups",
+        help="who is represented: images per split and group of these attributes, e.g. sex,age,view "
+        "(manifest columns or DICOM headers)",
+    )
     p.add_argument("--out", help="Markdown file to write (default: print)")
     _add_output_args(p)
 
