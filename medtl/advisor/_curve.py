@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medtl.metrics import weighted_auc
 from medtl.tasks import Task, task_for
 
 # 90% two-sided intervals: their lower bound is a one-sided 95% bound, which is what the rule reads.
@@ -87,18 +88,7 @@ def weighted_auroc(
         if questions is not None and name not in questions:
             continue
         known = ~np.isnan(pos_all)  # an unlabelled image weighs nothing for this question
-        w = np.where(known, w_all, 0.0)
-        pos = np.nan_to_num(pos_all)
-        order = np.argsort(score, kind="stable")
-        s = score[order]
-        starts = np.flatnonzero(np.r_[True, np.diff(s) > 0])
-        wp = np.add.reduceat(w[:, order] * pos[order], starts, axis=1)
-        wn = np.add.reduceat(w[:, order] * (1.0 - pos[order]), starts, axis=1)
-        below = np.cumsum(wn, axis=1) - wn
-        num = (wp * (below + 0.5 * wn)).sum(1)
-        den = wp.sum(1) * wn.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(np.where(den > 0, num / den, np.nan))
+        out.append(weighted_auc(score, np.nan_to_num(pos_all), np.where(known, w_all, 0.0)))
     return np.mean(out, axis=0)
 
 

@@ -37,6 +37,7 @@ from medtl.metrics._multilabel import (
     MIN_SCORABLE,
     compare_paired_multilabel,
     multilabel_auroc_ci,
+    weighted_auc,
 )
 from medtl.metrics._paired import compare_paired, holm, mcnemar_test
 from medtl.metrics._report import ClinicalReport, clinical_report
@@ -95,5 +96,6 @@ __all__ = [
     "subgroup_report_multiclass",
     "subgroup_report_multilabel",
     "subgroup_table",
+    "weighted_auc",
     "wilson_ci",
 ]

@@ -68,24 +68,24 @@ def resample_weights(
 
 def weighted_auc(scores: np.ndarray, positive: np.ndarray, w: np.ndarray) -> np.ndarray:
     """AUROC of ``scores`` (m,) against 0/1 ``positive`` under each row of multiplicities ``w``
-    (b, m): the weighted Mann-Whitney statistic, ties counted half. NaN where a class is absent."""
+    (b, m): the weighted Mann-Whitney statistic, ties counted half. NaN where a class is absent.
+
+    The one implementation: the advisor's bootstrap AUROC (:func:`medtl.advisor._curve.weighted_auroc`)
+    calls it too. Hand-written because scikit-learn's ``roc_auc_score`` takes one weight vector at
+    a time; this scores every bootstrap replicate in one pass.
+    """
+    pos = np.asarray(positive, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
     order = np.argsort(scores, kind="stable")
-    s, pos = scores[order], positive[order].astype(bool)
-    w = w[:, order]
-    wneg = np.where(pos, 0.0, w)
-    cum = np.cumsum(wneg, axis=1)
-    # each score level: cumulative negative weight before it and within it
-    level_start = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
-    level = np.cumsum(np.r_[0, (np.diff(s) != 0).astype(np.int64)])
-    level_end = np.r_[level_start[1:], len(s)] - 1
-    before = np.where(level_start > 0, cum[:, np.maximum(level_start - 1, 0)], 0.0)
-    within = cum[:, level_end] - before
-    credit = before[:, level] + 0.5 * within[:, level]
-    wpos = np.where(pos, w, 0.0)
-    num = (wpos * credit).sum(axis=1)
-    den = wpos.sum(axis=1) * wneg.sum(axis=1)
+    s = np.asarray(scores)[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(s) > 0])  # one block per score level
+    wp = np.add.reduceat(w[:, order] * pos[order], starts, axis=1)
+    wn = np.add.reduceat(w[:, order] * (1.0 - pos[order]), starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each level
+    num = (wp * (below + 0.5 * wn)).sum(1)
+    den = wp.sum(1) * wn.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        return np.where(den > 0, num / den, np.nan)
 
 
 def _scorable(y: np.ndarray, min_count: int) -> list[int]:
