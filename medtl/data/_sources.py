@@ -756,18 +756,13 @@ def _manifest_samples(
             skipped.append(SkippedFile(f"{csv_path}:{lineno}", reason, line_uid))
             continue
         seen[real] = (lineno, label, len(samples))
-        split_raw = col(row, "split").lower()
-        if split_raw not in SPLIT_VALUES:
-            raise DatasetError(
-                f"Manifest {where!r} line {lineno}: split {split_raw[:40]!r} is not one of "
-                "train/val/valid/test (or empty). Fix the split column."
-            )
+        split = _manifest_split(col(row, "split"), where, lineno)
         samples.append(
             Sample(
                 path=str(f),
                 label=index[label],
                 uid=uid,
-                split=SPLIT_VALUES[split_raw],
+                split=split,
                 patient_id=hash_patient_id(col(row, "patient_id") or None, salt),
             )
         )
@@ -780,6 +775,17 @@ def _manifest_samples(
         )
     samples = [s for i, s in enumerate(samples) if i not in two_labels]
     return samples, skipped
+
+
+def _manifest_split(raw: str, where: str, lineno: int) -> str | None:
+    """The split a manifest row's ``split`` cell names (None when empty); DatasetError otherwise."""
+    key = raw.lower()
+    if key not in SPLIT_VALUES:
+        raise DatasetError(
+            f"Manifest {where!r} line {lineno}: split {key[:40]!r} is not one of "
+            "train/val/valid/test (or empty). Fix the split column."
+        )
+    return SPLIT_VALUES[key]
 
 
 def _manifest_paths(
@@ -797,8 +803,7 @@ def _manifest_paths(
             skipped.append(SkippedFile(where, "manifest row without a path", line_uid))
             continue
         try:
-            f = Path(raw_path).expanduser()
-            f = Path(os.path.abspath(f if f.is_absolute() else root / f))
+            f = manifest_row_path(raw_path, root)
             rel = relative_posix(f, root)
         except (OSError, ValueError) as exc:
             reason = f"manifest line {lineno}: unusable path ({type(exc).__name__})"
@@ -828,18 +833,13 @@ def _manifest_findings(
     usable, skipped = _manifest_paths(csv_path, rows, col, salt)
     samples: list[Sample] = []
     for lineno, row, f, uid in usable:
-        split_raw = col(row, "split").lower()
-        if split_raw not in SPLIT_VALUES:
-            raise DatasetError(
-                f"Manifest {where!r} line {lineno}: split {split_raw[:40]!r} is not one of "
-                "train/val/valid/test (or empty). Fix the split column."
-            )
+        split = _manifest_split(col(row, "split"), where, lineno)
         samples.append(
             Sample(
                 path=str(f),
                 label=0,
                 uid=uid,
-                split=SPLIT_VALUES[split_raw],
+                split=split,
                 patient_id=hash_patient_id(col(row, "patient_id") or None, salt),
                 targets=read_targets(row, lineno, cols, uncertain, where, tally),
             )
