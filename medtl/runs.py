@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -627,39 +628,62 @@ def paired_comparisons(
     from medtl.formatting import json_safe
     from medtl.strategies import strategy_label
 
-    done = [n for n, r in summary["strategies"].items() if r.get("status") == STATUS_DONE]
-    preds = {}
-    for n in done:
+    preds: dict[str, Predictions] = {}
+    for n in finished_strategies(summary):
         try:
             preds[n] = read_predictions(run_dir / n / PREDICTIONS_FILE)
         except (OSError, DatasetError) as exc:
             logger.warning("paired tests: %s", exc)
     patients = read_patient_groups(run_dir)
     out = []
-    for i, a in enumerate(done):
-        for b in done[i + 1 :]:
-            if a not in preds or b not in preds:
-                continue
+    for pair in comparable_pairs(preds):
+        a, b, pa = pair.a, pair.b, pair.pa
+        assert pa.task is not None
+        res = pa.task.compare_paired(
+            pa.label[pair.mask_a],
+            pa.proba[pair.mask_a],
+            pair.pb.proba[pair.mask_b],
+            threshold_a=summary["strategies"][a].get("threshold"),
+            threshold_b=summary["strategies"][b].get("threshold"),
+            seed=seed,
+            name_a=strategy_label(a),
+            name_b=strategy_label(b),
+            groups=[patients.get(u) or u for u in pair.uids] if patients else None,
+        )
+        out.append(json_safe({"a": a, "b": b, **res}))
+    return out
+
+
+def finished_strategies(summary: dict[str, Any]) -> list[str]:
+    """The strategies of a run's summary that finished (status ``done``), in run order."""
+    return [n for n, r in summary["strategies"].items() if r.get("status") == STATUS_DONE]
+
+
+@dataclasses.dataclass
+class ComparablePair:
+    """Two strategies' predictions on the same test images (see :func:`comparable_pairs`)."""
+
+    a: str
+    b: str
+    pa: Predictions
+    pb: Predictions
+    mask_a: np.ndarray  # rows of ``pa`` on the test split
+    mask_b: np.ndarray
+    uids: list[str]  # the shared test images, in order
+
+
+def comparable_pairs(preds: dict[str, Predictions]) -> Iterator[ComparablePair]:
+    """Every pair of strategies (in the order of ``preds``) whose predictions cover the same test
+    images in the same order with the same columns: what a paired comparison may compare."""
+    names = list(preds)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
             pa, pb = preds[a], preds[b]
             ma, mb = pa.split == "test", pb.split == "test"
             ua = [u for u, k in zip(pa.uid, ma) if k]
-            ub = [u for u, k in zip(pb.uid, mb) if k]
-            if ua != ub or pa.proba.shape[1] != pb.proba.shape[1]:
+            if ua != [u for u, k in zip(pb.uid, mb) if k] or pa.proba.shape[1] != pb.proba.shape[1]:
                 continue
-            assert pa.task is not None
-            res = pa.task.compare_paired(
-                pa.label[ma],
-                pa.proba[ma],
-                pb.proba[mb],
-                threshold_a=summary["strategies"][a].get("threshold"),
-                threshold_b=summary["strategies"][b].get("threshold"),
-                seed=seed,
-                name_a=strategy_label(a),
-                name_b=strategy_label(b),
-                groups=[patients.get(u) or u for u in ua] if patients else None,
-            )
-            out.append(json_safe({"a": a, "b": b, **res}))
-    return out
+            yield ComparablePair(a, b, pa, pb, ma, mb, ua)
 
 
 #: kinds of run note (``summary.json["note_records"]``): a validation-test gap of one strategy

@@ -230,7 +230,7 @@ def run_subgroups(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any
     if not path.is_file():
         return None
     attrs = read_attributes_csv(path)
-    done = [n for n, r in summary["strategies"].items() if r.get("status") == runs.STATUS_DONE]
+    done = runs.finished_strategies(summary)
     out: dict[str, Any] = {"split": "test", "strategies": {}, "words": {}, "paired": []}
     preds = {}
     for n in done:
@@ -259,31 +259,25 @@ def run_subgroups(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any
             out["words"][n] = _finding_words(block, strategy_label(n))
         else:
             out["strategies"][n] = {"kind": block.get("kind"), "macro": block.get("macro")}
-    for i, a in enumerate(done):
-        for b in done[i + 1 :]:
-            if a not in preds or b not in preds:
-                continue
-            pa, pb = preds[a], preds[b]
-            ma, mb = pa.split == "test", pb.split == "test"
-            uids = [u for u, k in zip(pa.uid, ma) if k]
-            if uids != [u for u, k in zip(pb.uid, mb) if k]:
-                continue
-            cols = attribute_columns([attrs.get(u) for u in uids])
-            kind = out["strategies"].get(a, {}).get("kind")
-            if kind == "multilabel":  # per finding averaged in the macro, each on its labels
-                res = _paired_per_finding(
-                    pa.label[ma], pa.proba[ma], pb.proba[mb], cols, pa.task.classes,
-                    out["strategies"][a].get("macro_findings") or [],
-                    strategy_label(a), strategy_label(b),
-                )  # fmt: skip
-                res.update(a=a, b=b)
-                out["paired"].append(json_safe(res))
-                continue
-            if kind != "binary":
-                continue  # one-vs-rest per class would multiply the tests; macro is not paired
-            res = subgroup_paired(pa.label[ma], pa.proba[ma][:, 1], pb.proba[mb][:, 1], cols)
-            res.update(a=a, b=b, words=paired_words(res, strategy_label(a), strategy_label(b)))
+    for pair in runs.comparable_pairs(preds):
+        a, b, ma, mb = pair.a, pair.b, pair.mask_a, pair.mask_b
+        pa, pb = pair.pa, pair.pb
+        cols = attribute_columns([attrs.get(u) for u in pair.uids])
+        kind = out["strategies"].get(a, {}).get("kind")
+        if kind == "multilabel":  # per finding averaged in the macro, each on its labels
+            res = _paired_per_finding(
+                pa.label[ma], pa.proba[ma], pb.proba[mb], cols, pa.task.classes,
+                out["strategies"][a].get("macro_findings") or [],
+                strategy_label(a), strategy_label(b),
+            )  # fmt: skip
+            res.update(a=a, b=b)
             out["paired"].append(json_safe(res))
+            continue
+        if kind != "binary":
+            continue  # one-vs-rest per class would multiply the tests; macro is not paired
+        res = subgroup_paired(pa.label[ma], pa.proba[ma][:, 1], pb.proba[mb][:, 1], cols)
+        res.update(a=a, b=b, words=paired_words(res, strategy_label(a), strategy_label(b)))
+        out["paired"].append(json_safe(res))
     return json_safe(out)
 
 
