@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from medtl import cachekeys
+
 REFERENCE_FILE = Path(__file__).with_name("cache_reference.json")
 EMBEDDING_RTOL = 1e-3
 
@@ -175,17 +177,9 @@ def library_snapshot(names: tuple[str, ...]) -> dict[str, str]:
     return {n: installed_version(n) for n in names}
 
 
-IMAGE_LIBRARIES = (
-    "pydicom",
-    "pillow",
-    "pylibjpeg",
-    "pylibjpeg-openjpeg",
-    "pylibjpeg-libjpeg",
-    "pylibjpeg-rle",
-    "tifffile",
-    "numpy",
-)
-EMBEDDING_LIBRARIES = ("torch", "timm", "numpy")
+# the libraries the cache keys name (medtl.cachekeys owns the lists), plus numpy
+IMAGE_LIBRARIES = (*cachekeys.DECODER_LIBRARIES, "numpy")
+EMBEDDING_LIBRARIES = (*cachekeys.EMBEDDING_LIBRARIES, "numpy")
 
 
 def build_reference(folder: Path) -> dict[str, Any]:
