@@ -254,21 +254,11 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
                 f"{path}: columns {cols} lack {missing or 'p_<class> columns (two or more)'}; "
                 "expected uid,split,label,p_<class0>,p_<class1>,..."
             )
-        iu, isp, il = cols.index("uid"), cols.index("split"), cols.index("label")
-        uid, split, label, proba = [], [], [], []
-        for rown, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                uid.append(row[iu])
-                split.append(row[isp].strip())
-                label.append(int(float(row[il])))
-                proba.append([float(row[i]) for i in pcols])
-            except (IndexError, ValueError) as exc:
-                raise DatasetError(
-                    f"{path}, line {rown}: cannot parse the row ({exc}); each row needs a uid, a "
-                    "split, an integer class index and one probability per p_<class> column."
-                ) from exc
+        il = cols.index("label")
+        uid, split, label, proba = _prediction_rows(
+            path, reader, cols, pcols, lambda row: int(float(row[il])),
+            "an integer class index and one probability per p_<class> column",
+        )  # fmt: skip
     return Predictions(
         uid=uid,
         split=np.asarray(split, dtype=str),
@@ -289,21 +279,11 @@ def _read_multilabel_predictions(path: Path, cols: list[str], reader: Any) -> Pr
             f"{path}: columns {cols[:12]} are not uid,split,y_<finding>...,p_<finding>... with the "
             "same findings in the same order."
         )
-    iu, isp = cols.index("uid"), cols.index("split")
-    uid, split, label, proba = [], [], [], []
-    for rown, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        try:
-            uid.append(row[iu])
-            split.append(row[isp].strip())
-            label.append([float(row[i]) if row[i].strip() else float("nan") for i in ycols])
-            proba.append([float(row[i]) for i in pcols])
-        except (IndexError, ValueError) as exc:
-            raise DatasetError(
-                f"{path}, line {rown}: cannot parse the row ({exc}); each row needs a uid, a "
-                "split, 1/0/blank per y_<finding> and a probability per p_<finding>."
-            ) from exc
+    uid, split, label, proba = _prediction_rows(
+        path, reader, cols, pcols,
+        lambda row: [float(row[i]) if row[i].strip() else float("nan") for i in ycols],
+        "1/0/blank per y_<finding> and a probability per p_<finding>",
+    )  # fmt: skip
     k = len(names)
     return Predictions(
         uid=uid,
@@ -313,6 +293,37 @@ def _read_multilabel_predictions(path: Path, cols: list[str], reader: Any) -> Pr
         class_names=names,
         task=task_for(names, "multilabel"),
     )
+
+
+def _prediction_rows(
+    path: Path,
+    reader: Any,
+    cols: list[str],
+    pcols: list[int],
+    label_of: Any,
+    needs: str,
+) -> tuple[list[str], list[str], list[Any], list[list[float]]]:
+    """(uids, splits, labels, probabilities) of ``predictions.csv``'s rows, the label read by
+    ``label_of(row)``; a row that does not parse names the file and line and what it ``needs``."""
+    iu, isp = cols.index("uid"), cols.index("split")
+    uid: list[str] = []
+    split: list[str] = []
+    label: list[Any] = []
+    proba: list[list[float]] = []
+    for rown, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        try:
+            uid.append(row[iu])
+            split.append(row[isp].strip())
+            label.append(label_of(row))
+            proba.append([float(row[i]) for i in pcols])
+        except (IndexError, ValueError) as exc:
+            raise DatasetError(
+                f"{path}, line {rown}: cannot parse the row ({exc}); each row needs a uid, a "
+                f"split, {needs}."
+            ) from exc
+    return uid, split, label, proba
 
 
 def _read_skipped(path: Path) -> list[tuple[str, str]]:
