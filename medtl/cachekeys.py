@@ -37,6 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: the image-reading code (medtl.io readers, medtl.data._prepare's conversion, resize and quantisation)
+#: The project's cache folder (decoded images, embeddings, the phantom, the id salt). One owner:
+#: every command and the API default to it (``medtl.data`` re-exports it), so ids agree across
+#: compare, evaluate, predict, adapt and advise. Here, in a module without heavy imports, so that
+#: the CLI's parser can name it without importing the data package.
+DEFAULT_CACHE_DIR = ".medtl_cache"
+
 IMAGE_KEY_VERSION = "medtl-prep-v2"
 #: the extraction code (medtl.strategies._feature_extraction.extract_embeddings and what it calls)
 EMBEDDING_KEY_VERSION = "medtl-embed-v2"

@@ -70,7 +70,7 @@ def add_cache_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> 
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from medtl.data import DEFAULT_CACHE_DIR
+    from medtl.cachekeys import DEFAULT_CACHE_DIR  # light: the parser is built at every start
 
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="the project's cache folder")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")

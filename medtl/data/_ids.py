@@ -29,6 +29,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medtl.cachekeys import DEFAULT_CACHE_DIR as DEFAULT_CACHE_DIR  # re-exported
 from medtl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,9 +48,6 @@ __all__ = [
 ]
 
 SALT_FILE = "salt"
-# The project's cache folder (decoded images, embeddings, the phantom, the id salt). One owner: every
-# command and the API default to it, so ids agree across compare, evaluate, predict, adapt and advise.
-DEFAULT_CACHE_DIR = ".medtl_cache"
 _SALT_BYTES = 32
 _UID_HEX = 16
 _PROCESS_SALT = secrets.token_bytes(_SALT_BYTES)
