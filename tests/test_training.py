@@ -203,6 +203,7 @@ def test_micro_batch_size_scales_with_image_area():
 
     cpu = torch.device("cpu")
     assert micro_batch_size(cpu, 224) == 4
+    assert micro_batch_size(cpu, 224, batch_size=32, folded=True) == 16
     assert micro_batch_size(cpu, 112) == 16
     assert micro_batch_size(cpu, 512) == 2  # never a batch of one (BatchNorm, stable kernels)
     assert micro_batch_size(cpu, 64, batch_size=8) == 8  # never more than the logical batch
@@ -308,3 +309,111 @@ def test_cpu_training_steps_run_in_fp32_unless_bf16_is_asked_for():
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
     text = describe_precision(cpu)
     assert "fp32" in text and ("training" in text or text == "fp32 (CPU has no native bf16)")
+
+
+def _timm_lite(seed: int):
+    """EfficientNet-Lite0's architecture (timm's BatchNormAct2d with ReLU6), random weights and statistics."""
+    import timm
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_folded_training_step_equals_the_plain_fp32_step():
+    """BatchNorm folded for training is the same function of the same parameters: one step from the same
+    start gives the same loss and gradients (fp32 rounding apart), and the module is restored. (SGD: an
+    Adam first step is ~lr * sign(gradient), which turns rounding of near-zero gradients into lr.)"""
+    import copy
+
+    from torch import nn
+
+    from medtl.training import training_step
+    from medtl.training._inference import folded_for_training
+
+    model = _timm_lite(0)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # LP-FT: statistics frozen, affine weights learn
+    twin = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, 64, 64, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    keys = list(model.state_dict())
+
+    def step(net):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        loss = training_step(net, opt, loss_fn, x, y, micro_batch=4, precision="fp32")
+        return loss, [p.grad.clone() for p in net.parameters()]
+
+    plain_loss, plain_grads = step(twin)
+    with folded_for_training(model, x[:2]) as n:
+        assert n == 49  # every (convolution, BatchNorm) pair of EfficientNet-Lite0
+        folded_loss, folded_grads = step(model)
+    assert float(model.bn1.weight.grad.abs().sum()) > 0  # gamma still learns
+    assert folded_loss == pytest.approx(plain_loss, rel=1e-5)
+    names = [name for name, _ in model.named_parameters()]
+    for name, a, b in zip(names, folded_grads, plain_grads):
+        # within 1e-3 of the tensor's largest gradient: fp32 sums in another order, nothing more
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3 * float(b.abs().max()) + 1e-9, msg=name)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert list(model.state_dict()) == keys
+    assert not any("forward" in vars(m) for m in model.modules())  # class forwards are back
+    model.eval(), twin.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-4, atol=1e-5)
+
+
+def test_folding_for_training_skips_training_batchnorm_and_wrong_orders():
+    from torch import nn
+
+    from medtl.training._inference import folded_for_training
+
+    model = _timm_lite(1).train()  # every BatchNorm trains: nothing may be folded
+    x = torch.randn(2, 3, 64, 64)
+    with folded_for_training(model, x) as n:
+        assert n == 0
+
+    class Reordered(nn.Module):  # registration order conv, bn but forward applies bn first
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.bn.running_mean.fill_(2.0)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    odd = Reordered().eval()
+    with folded_for_training(odd, torch.randn(2, 3, 8, 8)) as k:
+        assert k == 0  # the numerical check refused the wrong fold ...
+        assert "forward" not in vars(odd.conv)  # ... and undid it
+
+
+def test_fine_tuning_with_folded_batchnorm_gives_the_unfolded_result(splits, monkeypatch):
+    import contextlib
+
+    from medtl.training import _loop
+
+    train, val, test = splits
+    folded = ft(epochs=2, precision="fp32").fit(train, val)
+    assert folded.batchnorm_folded_ > 0
+    monkeypatch.setattr(_loop, "_folding", lambda *a: contextlib.nullcontext(0))
+    plain = ft(epochs=2, precision="fp32", micro_batch_size=16).fit(train, val)
+    assert plain.batchnorm_folded_ == 0
+    np.testing.assert_allclose(
+        folded.predict_proba(test), plain.predict_proba(test), rtol=1e-3, atol=1e-4
+    )
+    assert [r["val_auroc"] for r in folded.history_] == pytest.approx(
+        [r["val_auroc"] for r in plain.history_], abs=1e-6
+    )

@@ -308,6 +308,7 @@ class _TrainedNetwork(Strategy):
         )
         self.epochs_run_ = len(result.history)
         self.stopped_early_ = result.stopped_early
+        self.batchnorm_folded_ = int(result.extra.get("batchnorm_folded", 0))
         return self
 
     def _initial_network(
@@ -425,6 +426,8 @@ class _TrainedNetwork(Strategy):
             "alpha": getattr(self, "alpha_", None),
             "interpolation": getattr(self, "interpolation_", None),
             "probe_val_auroc": getattr(self, "probe_val_auroc_", None),
+            # convolutions that computed their frozen-statistics BatchNorm while training (CPU speed-up)
+            "batchnorm_folded": getattr(self, "batchnorm_folded_", 0),
             # the recipe as it ran (None parameters resolved), for the report's training details
             "recipe": {
                 "optimizer": "AdamW",
@@ -447,6 +450,7 @@ class _TrainedNetwork(Strategy):
         self.alpha_ = extra.get("alpha")
         self.interpolation_ = extra.get("interpolation")
         self.probe_val_auroc_ = extra.get("probe_val_auroc")
+        self.batchnorm_folded_ = int(extra.get("batchnorm_folded") or 0)
 
 
 @register_strategy

@@ -51,6 +51,7 @@ from medtl.training._device import (
     to_device,
     training_precision,
 )
+from medtl.training._inference import folded_for_training
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class LoopSettings:
     # those of the whole batch, and cache-sized passes are much faster on a CPU. None = automatic
     # (cache-sized on a CPU, the whole batch on CUDA or while BatchNorm trains); 0 = always whole batch.
     micro_batch_size: int | None = None
+    # On a CPU, fold each frozen-statistics BatchNorm into its convolution while training (same function
+    # of the same parameters, one memory pass fewer; see folded_for_training). False = train unfolded.
+    fold_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         from medtl._options import check_epochs_bounded, check_range
@@ -208,16 +212,17 @@ def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
 
 
 def micro_batch_for(
-    model: nn.Module, s: LoopSettings, device: torch.device, image_size: int
+    model: nn.Module, s: LoopSettings, device: torch.device, image_size: int, folded: bool = False
 ) -> int:
-    """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch)."""
+    """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch);
+    ``folded``: BatchNorm is folded into the convolutions (see :func:`micro_batch_size`)."""
     if s.micro_batch_size == 0:
         return s.batch_size
     if any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         return s.batch_size
     if s.micro_batch_size is not None:
         return min(s.micro_batch_size, s.batch_size)
-    return micro_batch_size(device, image_size, s.batch_size)
+    return micro_batch_size(device, image_size, s.batch_size, folded=folded)
 
 
 def training_step(
@@ -331,6 +336,7 @@ class _Loop:
     aug: BatchAugment
     steps_per_epoch: int
     n_ranks: int
+    folded: int = 0  # (convolution, BatchNorm) pairs folded for training
 
 
 @dataclass
@@ -443,7 +449,7 @@ def _train_epoch(
     passes = math.ceil(lp.steps_per_epoch * s.batch_size / max(1, len(train)))
     order = np.concatenate([rng.permutation(len(train)) for _ in range(passes)])
     _set_train_mode(model, frozen_modules)
-    micro = micro_batch_for(model, s, lp.device, int(train.pixels.shape[-1]))
+    micro = micro_batch_for(model, s, lp.device, int(train.pixels.shape[-1]), folded=lp.folded > 0)
     if first and micro < s.batch_size:
         log.info("%s: %d images per pass, %d per optimiser step", desc, micro, s.batch_size)
     total_loss, seen = 0.0, 0
@@ -609,6 +615,68 @@ def train_network(
         _wrap_ddp(model, lp)
 
     t0 = time.perf_counter()
+    _set_train_mode(model, frozen_modules)  # folding looks at which BatchNorms are frozen
+    with _folding(model, lp, train, mean, std) as lp.folded:
+        if lp.folded:
+            log.info("%s: BatchNorm folded into %d convolutions for training", desc, lp.folded)
+        stopped_early = _run_epochs(
+            model, lp, pg, train, val, mean=mean, std=std, frozen_modules=frozen_modules,
+            regularizer=regularizer, progress=progress, desc=desc, history_path=history_path,
+            ckpt=ckpt, t0=t0, on_epoch_end=on_epoch_end, on_batch_end=on_batch_end,
+        )  # fmt: skip
+    if pg.best_state is not None:
+        model.load_state_dict(pg.best_state)
+    model.to(memory_format=torch.contiguous_format)
+    best_auc = max(
+        (r["val_auroc"] for r in pg.history if not math.isnan(r["val_auroc"])),
+        default=float("nan"),
+    )
+    return TrainResult(
+        history=pg.history,
+        best_epoch=pg.best_epoch,
+        best_val_auroc=best_auc,
+        seconds=pg.elapsed_before + time.perf_counter() - t0,
+        stopped_early=stopped_early,
+        resumed_from_epoch=pg.start_epoch,
+        extra={"batchnorm_folded": lp.folded},
+    )
+
+
+def _folding(
+    model: nn.Module, lp: _Loop, train: PreparedImages, mean: Sequence[float], std: Sequence[float]
+) -> contextlib.AbstractContextManager[int]:
+    """BatchNorm folded for training (checked on two training images) where it applies: on a CPU,
+    ``fold_batchnorm`` on, frozen statistics; a context yielding 0 everywhere else."""
+    if not lp.s.fold_batchnorm or lp.device.type != "cpu":
+        return contextlib.nullcontext(0)
+    x = to_device(train.pixels[:2], lp.device).float().div_(255.0)
+    example = to_model_input(x, mean, std)
+    if lp.s.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    return folded_for_training(model, example)
+
+
+def _run_epochs(
+    model: nn.Module,
+    lp: _Loop,
+    pg: _Progress,
+    train: PreparedImages,
+    val: PreparedImages,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    frozen_modules: Sequence[nn.Module],
+    regularizer: Callable[[nn.Module], torch.Tensor] | None,
+    progress: bool,
+    desc: str,
+    history_path: str | os.PathLike | None,
+    ckpt: Path | None,
+    t0: float,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    on_batch_end: Callable[[int, int], None] | None,
+) -> bool:
+    """The epochs from ``pg.start_epoch``: train, validate, record, stop; True when stopped early."""
+    s = lp.s
     stopped_early = False
     for epoch in range(pg.start_epoch, s.epochs):
         if s.patience is not None and pg.bad_epochs >= s.patience:
@@ -640,21 +708,7 @@ def train_network(
             )
             stopped_early = True
             break
-    if pg.best_state is not None:
-        model.load_state_dict(pg.best_state)
-    model.to(memory_format=torch.contiguous_format)
-    best_auc = max(
-        (r["val_auroc"] for r in pg.history if not math.isnan(r["val_auroc"])),
-        default=float("nan"),
-    )
-    return TrainResult(
-        history=pg.history,
-        best_epoch=pg.best_epoch,
-        best_val_auroc=best_auc,
-        seconds=pg.elapsed_before + time.perf_counter() - t0,
-        stopped_early=stopped_early,
-        resumed_from_epoch=pg.start_epoch,
-    )
+    return stopped_early
 
 
 def _wrap_ddp(model: nn.Module, lp: _Loop) -> None:
