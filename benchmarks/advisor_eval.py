@@ -48,6 +48,10 @@ DATA = {
         [50, 200, 1000, None],
     ),
     "brain": ("/work/shared/data/brain_tumor_mri", "Training", "Testing", [100, 500, None]),
+    # NIH ChestX-ray14, 598 adult radiographs, 14 findings (macro AUROC over the scorable ones), one image
+    # per patient: no test folder, so medtl's own patient-grouped split of labels.csv decides: its
+    # training part (418) is the pool, its validation + test parts (180) the test images; no dev holdout.
+    "nih": ("/work/shared/data/nih_cxr14_multilabel", "labels.csv", None, [300, None]),
     # the built-in phantom (synthetic DICOM chest radiographs, two images per fake patient), written to
     # <work>/phantom on first use: train 2 x 400 images (seed 11), test 2 x 200 (seed 12, other patients).
     # Synthetic: it profiles a large domain gap (KL 0.26 at 224 px, 0.52 at 64 px) and checks the grid's plumbing on data any
@@ -114,30 +118,45 @@ def _load(folder: Path, pattern: str | None) -> Any:
     return load_dataset(str(src), progress=False, patient_id_pattern=pattern, salt=SALT)
 
 
+def _nih_parts(root: Path) -> tuple[Any, list[Any], list[Any]]:
+    """NIH: (dataset, pool = medtl's training split, test = its validation + test splits)."""
+    from medtl.data import load_dataset
+
+    ds = load_dataset(str(root / "labels.csv"), progress=False, salt=SALT)
+    return ds, ds.split("train"), [*ds.split("val"), *ds.split("test")]
+
+
 def load_cell_data(
     name: str, seed: int, n: int | None, work: str | Path = "runs/advisor_eval"
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(train+val Dataset for the cell, dev holdout, test Dataset, notes).
+    """(train+val Dataset for the cell, dev holdout or None, test Dataset, notes).
 
     The cell is a stratified subsample of the training folder minus the dev holdout ("all" = all of
     it), split ~86/14 into train/val grouped by patient; the test folder loses the files whose bytes
     equal a training-folder file.
     """
+    from dataclasses import replace
+
     from sklearn.model_selection import train_test_split
 
-    from medtl.data._types import Dataset, Sample
+    from medtl.data._types import Sample
 
     _, tr_dir, te_dir, _ = DATA[name]
     root = data_root(name, work)
-    pat = PATIENT_PATTERN.get(name)
-    train = _load(root / tr_dir, pat)
-    test = _load(root / te_dir, None)
-    if train.classes != test.classes:
-        raise SystemExit(f"{name}: class folders differ: {train.classes} vs {test.classes}")
-    samples = list(train.samples)
-    rest, held = _group_split(samples, DEV_FOLDS, DEV_SEED)
-    dev = [Sample(**{**samples[i].__dict__, "split": "test"}) for i in held]
-    pool = [samples[i] for i in rest]
+    if name == "nih":
+        train, pool, test_samples = _nih_parts(root)
+        samples, dev = list(pool), None
+        test = replace(train, samples=test_samples)
+    else:
+        train = _load(root / tr_dir, PATIENT_PATTERN.get(name))
+        test = _load(root / te_dir, None)
+        if train.classes != test.classes:
+            raise SystemExit(f"{name}: class folders differ: {train.classes} vs {test.classes}")
+        samples = list(train.samples)
+        rest, held = _group_split(samples, DEV_FOLDS, DEV_SEED)
+        dev_samples = [Sample(**{**samples[i].__dict__, "split": "test"}) for i in held]
+        dev = replace(train, samples=dev_samples)
+        pool = [samples[i] for i in rest]
     idx = np.arange(len(pool))
     if n is not None and n < len(pool):
         idx, _ = train_test_split(
@@ -146,11 +165,8 @@ def load_cell_data(
     sub = [pool[i] for i in sorted(idx)]
     tr, va = _group_split(sub, 7, seed)
     split = {int(i): "train" for i in tr} | {int(i): "val" for i in va}
-    cell = Dataset(
-        train.root,
-        train.source,
-        train.classes,
-        [Sample(**{**s.__dict__, "split": split[i]}) for i, s in enumerate(sub)],
+    cell = replace(
+        train, samples=[Sample(**{**s.__dict__, "split": split[i]}) for i, s in enumerate(sub)]
     )
     # drop test files whose bytes equal any file of the whole training folder (not just the cell)
     seen = {_sha(s.path) for s in samples}
@@ -160,51 +176,49 @@ def load_cell_data(
     notes = {
         "test_files": len(test.samples),
         "test_dropped_duplicates": len(test.samples) - len(kept),
-        "dev_images": len(dev),
+        "dev_images": len(dev.samples) if dev is not None else 0,
     }
-    return (
-        cell,
-        Dataset(train.root, train.source, train.classes, dev),
-        Dataset(test.root, test.source, test.classes, kept),
-        notes,
-    )
+    return cell, dev, replace(test, samples=kept), notes
 
 
-def paired_test(y: np.ndarray, p_fe: np.ndarray, p_ft: np.ndarray, seed: int) -> dict[str, Any]:
-    """FT - FE on the test images: DeLong (two classes) or a paired bootstrap of macro AUROC."""
-    if p_fe.shape[1] == 2:
-        from medtl.metrics import delong_test
-
-        d = delong_test(y, p_ft[:, 1], p_fe[:, 1])
-        return {"method": "delong", "diff": d["diff"], "p_value": d["p_value"]}
+def seed_averaged(
+    y: np.ndarray, probs: dict[str, list[np.ndarray]], task: Any, seed: int, questions: Any = None
+) -> dict[str, Any]:
+    """Each strategy's AUROC averaged over its training seeds, and FT - FE of those means with a paired
+    bootstrap over the images (every seed's AUROC recomputed on the same replicate): the strategy, not
+    one run, is compared. Multi-label: the macro over ``questions`` (the findings scorable here)."""
     from medtl.advisor._curve import bootstrap_weights, paired_difference, weighted_auroc
 
     w = bootstrap_weights(len(y), 2000, np.random.default_rng(seed))
-    d = paired_difference(weighted_auroc(y, p_ft, w), weighted_auroc(y, p_fe, w))
-    return {"method": "bootstrap_macro", "diff": d["diff"], "p_value": d["p_value"]}
-
-
-def _aurocs(y: np.ndarray, p_fe: np.ndarray, p_ft: np.ndarray, seed: int) -> dict[str, Any]:
-    from medtl.advisor._curve import weighted_auroc
-
+    reps = {
+        s: np.mean([weighted_auroc(y, p, w, task, questions) for p in ps], axis=0)
+        for s, ps in probs.items()
+    }
     ones = np.ones((1, len(y)))
+    per_seed = {
+        s: [float(weighted_auroc(y, p, ones, task, questions)[0]) for p in ps]
+        for s, ps in probs.items()
+    }
+    d = paired_difference(reps["fine_tuning"], reps["feature_extraction"])
     return {
-        "auroc": {
-            "feature_extraction": float(weighted_auroc(y, p_fe, ones)[0]),
-            "fine_tuning": float(weighted_auroc(y, p_ft, ones)[0]),
-        },
-        "paired": paired_test(y, p_fe, p_ft, seed),
+        "auroc": {s: float(np.mean(v)) for s, v in per_seed.items()},
+        "per_seed": per_seed,
+        "paired": {"method": "bootstrap_seed_mean", **d},
         "n": len(y),
     }
 
 
 def train_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train both strategies on the cell and score them on the dev holdout and the test folder."""
+    """Train both strategies with every training seed on the cell; score the seed means on the dev
+    holdout (where the dataset has one) and on the test images."""
+    from medtl.advisor._findings import scored_findings
     from medtl.data import prepare_images
     from medtl.strategies import FeatureExtraction, FineTuning
+    from medtl.tasks import task_for
 
     cell, dev, test, notes = load_cell_data(name, seed, n, args.work)
     cache = Path(args.cache or Path(args.work) / "cache")
+    task = task_for(cell.classes, cell.task_kind)
 
     def prep(samples: list[Any]) -> Any:
         return prepare_images(
@@ -218,27 +232,48 @@ def train_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) ->
         )
 
     tr, va = prep(cell.split("train")), prep(cell.split("val"))
-    targets = {"dev": prep(dev.samples), "test": prep(test.samples)}
-    kw = {"backbone": args.backbone, "seed": seed, "cache_dir": str(cache), "progress": False}
-    t0 = time.perf_counter()
-    fe = FeatureExtraction(**kw).fit(tr, va)
-    t1 = time.perf_counter()
-    ft = FineTuning(epochs=args.epochs, **kw).fit(tr, va)
-    t2 = time.perf_counter()
-    scores = {
-        k: _aurocs(np.asarray(d.labels), fe.predict_proba(d), ft.predict_proba(d), seed)
-        for k, d in targets.items()
-    }
+    targets = {"test": prep(test.samples)}
+    if dev is not None:
+        targets["dev"] = prep(dev.samples)
+    probs: dict[str, dict[str, list[np.ndarray]]] = {t: {} for t in targets}
+    runs = []
+    for ts in args.train_seeds:
+        kw = {"backbone": args.backbone, "seed": ts, "cache_dir": str(cache), "progress": False}
+        t0 = time.perf_counter()
+        fe = FeatureExtraction(**kw).fit(tr, va)
+        t1 = time.perf_counter()
+        ft = FineTuning(epochs=args.epochs, **kw).fit(tr, va)
+        t2 = time.perf_counter()
+        for t, d in targets.items():
+            probs[t].setdefault("feature_extraction", []).append(fe.predict_proba(d))
+            probs[t].setdefault("fine_tuning", []).append(ft.predict_proba(d))
+        runs.append(
+            {
+                "train_seed": ts,
+                "seconds": {"fe": t1 - t0, "ft": t2 - t1},
+                "ft_epochs_run": int(ft.epochs_run_),
+                "ft_best_epoch": int(ft.best_epoch_),
+                "ft_val_auroc_by_epoch": [float(r["val_auroc"]) for r in ft.history_],
+                "ft_epoch_seconds": [float(r["train_seconds"]) for r in ft.history_],
+                "ft_batchnorm_folded": int(getattr(ft, "batchnorm_folded_", 0)),
+            }
+        )
+        log.info("%s n=%s: training seed %d done in %.0f s", name, n or "all", ts, t2 - t0)
+    scores = {}
+    for t, d in targets.items():
+        y = np.asarray(d.labels)
+        questions = scored_findings([y], cell.classes)[0] if task.kind == "multilabel" else None
+        scores[t] = seed_averaged(y, probs[t], task, seed, questions)
     return {
         "dataset": name,
         "n": n or "all",
         "n_train_val": len(cell.samples),
+        "n_train": len(tr),
         "patients_known": any(s.patient_id for s in cell.samples),
         "seed": seed,
         **notes,
         **scores,
-        "ft_epochs_run": int(ft.epochs_run_),
-        "seconds": {"fe": t1 - t0, "ft": t2 - t1},
+        "runs": runs,
     }
 
 
@@ -284,9 +319,15 @@ def advise_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -
     }
 
 
+def truth_target(cell: dict[str, Any]) -> str:
+    """Where a cell's truth is read: the in-distribution dev holdout, or the test images where the
+    dataset has no dev holdout (NIH: medtl's own split of one distribution)."""
+    return "dev" if "dev" in cell else "test"
+
+
 def score(cell: dict[str, Any], adv: dict[str, Any], target: str) -> dict[str, Any]:
-    """Agreement, regret and coverage of one cell's advice against one target (dev or test)."""
-    t = cell[target]
+    """Agreement, regret and coverage of one cell's advice against one target (dev, test or truth)."""
+    t = cell[truth_target(cell) if target == "truth" else target]
     aucs, pt = t["auroc"], t["paired"]
     best = max(aucs, key=aucs.get)
     iv = adv["interval"]
@@ -326,6 +367,9 @@ def report(results: dict[str, Any]) -> str:
         p, i = a["predicted"], a["interval"]
         cells = []
         for t in ("dev", "test"):
+            if t not in c:
+                cells += ["-", "-", "-"]
+                continue
             au, pt = c[t]["auroc"], c[t]["paired"]
             cells += [
                 f"{au['feature_extraction']:.3f}",
@@ -333,7 +377,8 @@ def report(results: dict[str, Any]) -> str:
                 f"{pt['diff']:+.3f} ({pt['p_value']:.3f})",
             ]
         lines.append(
-            f"| {c['dataset']}_n{c['n']}_s{c['seed']} | {c['dev']['n']}/{c['test']['n']} | "
+            f"| {c['dataset']}_n{c['n']}_s{c['seed']} | {c.get('dev', {}).get('n', '-')}/"
+            f"{c['test']['n']} | "
             + " | ".join(cells)
             + f" | {a['pick']} ({a['confidence']}) | {p['feature_extraction']:.3f} "
             f"[{i['feature_extraction'][0]:.3f}, {i['feature_extraction'][1]:.3f}] | "
@@ -366,14 +411,19 @@ def report(results: dict[str, Any]) -> str:
         )
     for t, what in (
         (
-            "dev",
-            "dev holdout (in-distribution: what the advisor predicts; rules may be chosen here)",
+            "truth",
+            "truth (the dev holdout where the dataset has one, else its in-distribution test "
+            "images; seed means; rules are chosen here, leave one dataset out)",
         ),
+        ("dev", "dev holdout (in-distribution)"),
         ("test", "test folder (reported only; Kermany's test is shifted)"),
     ):
-        lines += ["", f"On the {what}:", *summary(rows, t)]
+        have = [(c, a) for c, a in rows if t == "truth" or t in c]
+        if not have:
+            continue
+        lines += ["", f"On the {what}:", *summary(have, t)]
         by: dict[str, list[Any]] = {}
-        for c, a in rows:
+        for c, a in have:
             by.setdefault(f"{c['dataset']} n={c['n']}", []).append((c, a))
         for k, sub in by.items():
             sc = [score(c, a, t) for c, a in sub]
@@ -394,7 +444,16 @@ def main() -> None:
         "--datasets", nargs="*", default=["kermany", "brain", "phantom"], choices=list(DATA)
     )
     ap.add_argument("--sizes", nargs="*", type=int, help="override every dataset's sizes (0 = all)")
-    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument(
+        "--seeds", nargs="*", type=int, default=[0], help="data seeds (which subsample a cell is)"
+    )
+    ap.add_argument(
+        "--train-seeds",
+        nargs="*",
+        type=int,
+        default=[0, 1, 2],
+        help="training seeds per cell: the truth is the strategies' mean over them",
+    )
     ap.add_argument("--backbone", default="efficientnet_lite0.in1k")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the real fine-tuning runs")

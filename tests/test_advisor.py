@@ -355,3 +355,44 @@ def test_advisor_caches_the_embeddings_feature_extraction_computes(tmp_path):
     assert warm.cache_hits_ == len(both)  # every embedding came from the advisor
     alone = FeatureExtraction(backbone="tiny_test", progress=False).fit(train, val)
     np.testing.assert_array_equal(warm.predict_proba(val.pixels), alone.predict_proba(val.pixels))
+
+
+def test_small_data_runs_both_strategies_in_full_cross_validated(tmp_path):
+    """When running both strategies in full on K folds costs no more than the pilot would, the advisor
+    does that (the measured comparison near the full size, every image scored once) and says so."""
+    from PIL import Image
+
+    from medtl.advisor._pilot import (
+        CV_FOLDS,
+        CostModel,
+        choose_plan,
+        plan_cross_validation,
+        plan_pilot,
+    )
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "small"
+    for c, name in enumerate(["normal", "lesion"]):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            img = rng.normal(100, 25, (32, 32))
+            img[10:20, 10:20] += 50 * c
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    a = advise(
+        root, backbone="tiny_test", cache_dir=tmp_path / "c", progress=False, image_size=32,
+        pilot_minutes=5.0,
+    )  # fmt: skip
+    d = a.to_dict()
+    plan = d["profile"]["pilot"]["plan"]
+    assert plan["kind"] == "cross_validation" and d["decision"]["method"] == "cross_validation"
+    assert plan["repeats"] == CV_FOLDS and len(plan["ft_sizes"]) == 1
+    assert plan["schedule"]["epochs"] == 8  # the default recipe, not a short pilot schedule
+    assert d["profile"]["pilot"]["disjoint"]  # each image held out once
+    assert "cross-validation" in " ".join(a.rationale)
+    # the rule: cross-validation only when it costs no more than the pilot would
+    cost = CostModel(macs=10**9)  # a large network: a full fit is expensive
+    pilot = plan_pilot(48, 2, 24, cost, 2.0, 8)
+    cv = plan_cross_validation(48, 24, cost, 2.0, 8)
+    assert cv is not None and cv.planned_seconds["fine_tuning_pilot"] > 60 * 2.0
+    assert choose_plan(pilot, cv) is pilot
+    assert plan_cross_validation(48, 4, cost, 2.0, 8) is None  # 4 of a class cannot fill 3 folds

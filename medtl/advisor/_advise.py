@@ -205,7 +205,14 @@ def _pilot_and_decide(
     epochs: int | None,
 ) -> Advice:
     """Measure the pool, run the pilot, extrapolate it to full size and apply the rule."""
-    from medtl.advisor._pilot import CostModel, count_macs, plan_pilot, run_pilot
+    from medtl.advisor._pilot import (
+        CostModel,
+        choose_plan,
+        count_macs,
+        plan_cross_validation,
+        plan_pilot,
+        run_pilot,
+    )
     from medtl.backbones import create_backbone
     from medtl.strategies import FineTuning
 
@@ -228,7 +235,12 @@ def _pilot_and_decide(
         timings=timings,
     )
     epochs = int(epochs or FineTuning().epochs)
-    plan = plan_pilot(len(images), n_strata, min_count, cost, float(pilot_minutes), epochs)
+    plan = choose_plan(
+        plan_pilot(len(images), n_strata, min_count, cost, float(pilot_minutes), epochs),
+        plan_cross_validation(len(images), min_count, cost, float(pilot_minutes), epochs)
+        if len(images) == len(samples)  # all the images, not a subsample
+        else None,
+    )
     pilot = run_pilot(
         images,
         plan,
@@ -319,6 +331,7 @@ def _pilot_record(plan: Any, pilot: dict[str, Any], epochs: int) -> dict[str, An
     """The pilot's plan, schedule and recipe as the profile records them."""
     return {
         "plan": plan.to_dict(),
+        "method": plan.kind,
         "epochs": plan.schedule.epochs,
         "recipe": "LP-FT (FineTuning defaults)"
         + (", its own schedule" if plan.schedule.epochs >= epochs else ", a shortened schedule"),

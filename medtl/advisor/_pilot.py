@@ -63,6 +63,12 @@ MAX_REPEATS = 3
 EMBED_SHARE = 0.3
 PILOT_SHARE = 0.45
 MIN_PER_CLASS = 4  # a pilot size needs at least this many images of every class
+# Small data: both strategies in full (the default recipe) on CV_FOLDS folds of the pool, each scored on
+# its held-out fold, when that costs no more than the pilot would (plan_cross_validation).
+CV_FOLDS = 3
+# grouped, stratified folds are uneven: every fold trains on the same number of images, this margin
+# below the mean training part
+CV_SIZE_MARGIN = 1.15
 
 
 def count_macs(model: nn.Module, size: int) -> int:
@@ -179,9 +185,11 @@ class PilotPlan:
     repeats: int
     planned_seconds: dict[str, float] = field(default_factory=dict)
     schedule: Schedule = SHORT_SCHEDULE
+    kind: str = "pilot"  # or "cross_validation" (see plan_cross_validation)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "pilot_minutes": self.pilot_minutes,
             "n_pool": self.n_pool,
             "n_eval": self.n_eval,
@@ -261,6 +269,51 @@ def plan_pilot(
         planned_seconds=planned,
         schedule=sch,
     )
+
+
+def plan_cross_validation(
+    n_pool: int, min_class: int, cost: CostModel, pilot_minutes: float, full_epochs: int
+) -> PilotPlan | None:
+    """Both strategies in full (the default recipe's own schedule) on ``CV_FOLDS`` folds of the pool.
+
+    Returns the plan, or None when a fold could not hold every class twice over. Its cost is in
+    ``planned_seconds`` for :func:`choose_plan` to weigh against the pilot's.
+    """
+    from medtl.training import LoopSettings
+
+    if min_class < 2 * CV_FOLDS or n_pool < 4 * CV_FOLDS:
+        return None
+    n_eval = math.ceil(n_pool / CV_FOLDS)
+    size = n_pool - math.ceil(CV_SIZE_MARGIN * n_eval)
+    real = LoopSettings()
+    sch = Schedule(int(full_epochs), real.batch_size, real.min_steps_per_epoch)
+    fit = cost.ft_fit_seconds(size, n_eval, sch.epochs, sch.min_steps, sch.batch)
+    return PilotPlan(
+        pilot_minutes=pilot_minutes,
+        n_pool=n_pool,
+        n_eval=n_eval,
+        ft_sizes=[size],
+        fe_sizes=[size],
+        repeats=CV_FOLDS,
+        planned_seconds={
+            "embed": n_pool * (cost.decode_s + cost.extract_s),
+            "fine_tuning_pilot": CV_FOLDS * fit,
+        },
+        schedule=sch,
+        kind="cross_validation",
+    )
+
+
+def choose_plan(pilot: PilotPlan, cv: PilotPlan | None) -> PilotPlan:
+    """The cross-validated comparison when running both strategies in full costs no more than the
+    pilot would (its plan, or its share of the advisor's budget, whichever is larger): then the
+    measurement is the real recipe near the full size, not an extrapolation."""
+    if cv is None:
+        return pilot
+    allowed = max(
+        pilot.planned_seconds["fine_tuning_pilot"], PILOT_SHARE * 60 * pilot.pilot_minutes
+    )
+    return cv if cv.planned_seconds["fine_tuning_pilot"] <= allowed else pilot
 
 
 def _sizes(top: int, least: int) -> list[int]:
@@ -420,6 +473,7 @@ def run_pilot(
         "guard_hit": guard_hit,
         "disjoint": disjoint,
         "task": task,
+        "method": plan.kind,
     }
 
 
