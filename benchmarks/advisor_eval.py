@@ -436,6 +436,238 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- re-scoring the rule from the stored cells (no training) ----------------------------------------------
+# Candidate prior constants of the rule (medtl.advisor.rules.full_size_gain); the literature-informed
+# default comes first and wins ties. Chosen leave one dataset out: the constants that score a dataset's
+# cells are those with the least mean regret (then the most agreement) on the other datasets' cells.
+PRIOR_GAINS = (0.01, 0.0, 0.005, 0.02, 0.03)
+PRIOR_SDS = (0.02, 0.01, 0.04, float("inf"))
+
+
+def _needed(adv: dict[str, Any]) -> float:
+    from medtl.advisor.rules import GAIN_PER_HOUR, MIN_GAIN
+
+    m = adv["minutes"]
+    return MIN_GAIN + GAIN_PER_HOUR * max(m["fine_tuning"] - m["feature_extraction"], 0.0) / 60.0
+
+
+def apply_rule(adv: dict[str, Any], rule: str, prior: tuple[float, float] | None = None) -> dict:
+    """The pick and intervals a rule gives from a cell's stored advice ingredients.
+
+    ``full``: the shipped rule (expected gain at the full size, prior ``prior``); ``pilot``: the
+    previous rule (the pilot's measured difference alone); ``curves``: the curves' extrapolated
+    difference alone; ``always_ft`` / ``always_fe``.
+    """
+    from medtl.advisor.rules import full_size_gain, predictions_from_gain
+
+    dec, curves = adv["decision"], adv["curves"]
+    needed = _needed(adv)
+    fe_c = curves["feature_extraction"]
+    if rule == "full":
+        params = {s: (c["params"] if c["fitted"] else None) for s, c in curves.items()}
+        g = full_size_gain(
+            dec["measured_paired"],
+            params,
+            int(curves["fine_tuning"]["n_full"]),
+            dec["predicted_gain"],
+            prior_gain=prior[0],
+            prior_sd=prior[1],
+        )
+        predicted, expected = predictions_from_gain(fe_c["predicted_auroc"], fe_c["interval"], g)
+        pick = "fine_tuning" if g["diff"] >= needed else "feature_extraction"
+        return {"pick": pick, "predicted": predicted, "interval": expected, "gain": g["diff"]}
+    basis = {
+        "pilot": dec["measured_paired"].get("diff"),
+        "curves": dec["predicted_gain"]["diff"],
+        "always_ft": 1.0,
+        "always_fe": -1.0,
+    }[rule]
+    pick = "fine_tuning" if basis is not None and basis >= needed else "feature_extraction"
+    return {
+        "pick": pick,
+        "predicted": adv["predicted"],
+        "interval": adv["interval"],
+        "gain": basis,
+    }
+
+
+def _scores(rows: list[tuple[dict, dict]], rule: str, prior: Any = None) -> list[dict[str, Any]]:
+    return [score(c, apply_rule(a, rule, prior), "truth") for c, a in rows]
+
+
+def _objective(sc: list[dict[str, Any]]) -> tuple[float, float]:
+    sig = [x for x in sc if x["significant"]]
+    agree = np.mean([x["right"] for x in sig]) if sig else 1.0
+    return (float(np.mean([x["regret"] for x in sc])), -float(agree))
+
+
+def _aggregate(sc: list[dict[str, Any]]) -> dict[str, Any]:
+    sig = [x for x in sc if x["significant"]]
+    cov = [v for x in sc for v in x["covered"].values()]
+    wid = [v for x in sc for v in x["width"].values()]
+    return {
+        "cells": len(sc),
+        "with_winner": len(sig),
+        "winner_picked": int(sum(x["right"] for x in sig)),
+        "mean_regret": float(np.mean([x["regret"] for x in sc])) if sc else float("nan"),
+        "coverage": float(np.mean(cov)) if cov else float("nan"),
+        "mean_width": float(np.mean(wid)) if wid else float("nan"),
+    }
+
+
+def leave_one_dataset_out(results: dict[str, Any]) -> dict[str, Any]:
+    """Choose the prior constants without each dataset in turn, score that dataset's cells with them;
+    the baselines (previous rule, curves alone, always one strategy) are scored on all cells."""
+    rows = [(r["train"], r["advice"]) for r in results.values() if "advice" in r and "train" in r]
+    names = sorted({c["dataset"] for c, _ in rows})
+    grid = [(g, sd) for g in PRIOR_GAINS for sd in PRIOR_SDS]
+    chosen, held_scores = {}, []
+    for d in names:
+        others = [(c, a) for c, a in rows if c["dataset"] != d]
+        mine = [(c, a) for c, a in rows if c["dataset"] == d]
+        best = grid[0]
+        if others:
+            best = min(grid, key=lambda pr: _objective(_scores(others, "full", pr)))
+        chosen[d] = {"prior_gain": best[0], "prior_sd": best[1]}
+        for (c, _), x in zip(mine, _scores(mine, "full", best)):
+            held_scores.append({**x, "cell": f"{c['dataset']}_n{c['n']}"})
+    all_rows_best = min(grid, key=lambda pr: _objective(_scores(rows, "full", pr)))
+    return {
+        "lodo": _aggregate(held_scores),
+        "lodo_cells": held_scores,
+        "chosen_without": chosen,
+        "chosen_on_all": {"prior_gain": all_rows_best[0], "prior_sd": all_rows_best[1]},
+        "baselines": {
+            r: _aggregate(_scores(rows, r)) for r in ("pilot", "curves", "always_ft", "always_fe")
+        },
+        "shipped_constants_on_all": _aggregate(_scores(rows, "full", grid[0])),
+    }
+
+
+def cost_check(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The advice's estimated minutes against the measured fits (mean over training seeds)."""
+    out = []
+    for r in results.values():
+        if "advice" not in r or "runs" not in r.get("train", {}):
+            continue
+        c, a = r["train"], r["advice"]
+        for key, s in (("fe", "feature_extraction"), ("ft", "fine_tuning")):
+            took = float(np.mean([run["seconds"][key] for run in c["runs"]])) / 60.0
+            out.append(
+                {
+                    "cell": f"{c['dataset']}_n{c['n']}",
+                    "strategy": s,
+                    "estimated_min": a["minutes"][s],
+                    "measured_min": took,
+                    "ratio": a["minutes"][s] / took if took > 0 else float("nan"),
+                }
+            )
+    return out
+
+
+def twice_check(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The advice's "twice as many images" prediction, scored: an advice-only cell at about half a
+    trained cell's train+val size predicts each strategy's AUROC at twice its size (``at_full +
+    gain_2x``, interval: its full-size interval shifted by the gain's interval); the trained cell's
+    seed-mean AUROC (on its truth target) is what twice the images gave."""
+    trained = {
+        (r["train"]["dataset"], int(r["train"]["n_train_val"])): r["train"]
+        for r in results.values()
+        if "train" in r
+    }
+    out = []
+    for r in results.values():
+        if "train" in r or "advice" not in r:
+            continue
+        a = r["advice"]
+        n_half = int(a["curves"]["fine_tuning"]["n_full"])
+        name = r.get("dataset")
+        match = [
+            (n, c)
+            for (d, n), c in trained.items()
+            if d == name and 1.6 * n_half <= n <= 2.4 * n_half
+        ]
+        if not match:
+            continue
+        n2, c = match[0]
+        truth = c[truth_target(c)]["auroc"]
+        for s, cv in a["curves"].items():
+            g, (glo, ghi) = cv["gain_2x"], cv["gain_2x_interval"]
+            lo, hi = cv["interval"]
+            pred = cv["predicted_auroc"] + g
+            iv = [lo + glo, hi + ghi]
+            out.append(
+                {
+                    "cell": f"{name} {n_half} -> {n2}",
+                    "strategy": s,
+                    "predicted": pred,
+                    "interval": iv,
+                    "measured": truth[s],
+                    "covered": bool(iv[0] <= truth[s] <= iv[1]),
+                }
+            )
+    return out
+
+
+def rescore_report(results: dict[str, Any]) -> str:
+    res = leave_one_dataset_out(results)
+    lines = [
+        "## Rule re-scored from the stored cells (truth: seed means; leave one dataset out)",
+        "",
+    ]
+
+    def row(name: str, agg: dict[str, Any]) -> str:
+        return (
+            f"| {name} | {agg['cells']} | {agg['winner_picked']}/{agg['with_winner']} | "
+            f"{agg['mean_regret']:.4f} | {agg['coverage']:.0%} | {agg['mean_width']:.3f} |"
+        )
+
+    lines += [
+        "| rule | cells | winner picked | mean regret | interval coverage | mean width |",
+        "|---|---|---|---|---|---|",
+        row("expected gain at full size + prior (LODO constants)", res["lodo"]),
+        row("the same, shipped constants, all cells", res["shipped_constants_on_all"]),
+        *(row(f"baseline: {k}", v) for k, v in res["baselines"].items()),
+        "",
+        "Constants chosen without each dataset: "
+        + "; ".join(f"{d}: {v}" for d, v in res["chosen_without"].items())
+        + f"; on all cells: {res['chosen_on_all']}.",
+        "",
+        "| cell | significant | best | LODO pick right | regret |",
+        "|---|---|---|---|---|",
+    ]
+    for x in res["lodo_cells"]:
+        lines.append(
+            f"| {x['cell']} | {x['significant']} | {x['best']} | {x['right']} | {x['regret']:.4f} |"
+        )
+    lines += [
+        "",
+        "| cell | strategy | estimated min | measured min (fit) | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for x in cost_check(results):
+        lines.append(
+            f"| {x['cell']} | {x['strategy']} | {x['estimated_min']:.2f} | {x['measured_min']:.2f} "
+            f"| {x['ratio']:.2f} |"
+        )
+    tw = twice_check(results)
+    if tw:
+        lines += [
+            "",
+            "Twice as many images, predicted from half the pool (advice-only cells) and measured:",
+            "",
+            "| cells | strategy | predicted | interval | measured | covered |",
+            "|---|---|---|---|---|---|",
+        ]
+        for x in tw:
+            lines.append(
+                f"| {x['cell']} | {x['strategy']} | {x['predicted']:.3f} | {x['interval'][0]:.3f}-"
+                f"{x['interval'][1]:.3f} | {x['measured']:.3f} | {x['covered']} |"
+            )
+        lines.append(f"Coverage {np.mean([x['covered'] for x in tw]):.0%} of {len(tw)}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -462,6 +694,17 @@ def main() -> None:
     ap.add_argument("--work", default="runs/advisor_eval")
     ap.add_argument("--cache", help="embedding/image cache folder (default: <work>/cache)")
     ap.add_argument(
+        "--advise-only",
+        action="store_true",
+        help="advise without training (cells at half a trained cell's size: checks the advice's "
+        "'twice as many images' prediction against the trained cell)",
+    )
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="no training or advising: re-score the rule from the stored cells (leave one dataset out)",
+    )
+    ap.add_argument(
         "--readvise",
         action="store_true",
         help="re-run the advisor on every cell, keep the training",
@@ -475,6 +718,11 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     out = Path(args.work) / f"advisor_eval{'_smoke' if args.smoke else ''}.json"
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    if args.rescore:
+        text = rescore_report(results)
+        print(text)
+        out.with_name(out.stem + "_rescored.md").write_text(text + "\n")
+        return
     from medtl._fileio import atomic_write_json
 
     for name in args.datasets:
@@ -486,12 +734,13 @@ def main() -> None:
             for seed in args.seeds:
                 cid = f"{name}_n{n or 'all'}_s{seed}_{args.image_size}px"
                 r = results.setdefault(cid, {})
-                if "train" not in r:
+                if "train" not in r and not args.advise_only:
                     log.info("%s: training both strategies", cid)
                     r["train"] = train_cell(name, n, seed, args)
                     atomic_write_json(out, results)
                 if "advice" not in r or args.readvise:
                     log.info("%s: advising", cid)
+                    r["dataset"] = name
                     r["advice"] = advise_cell(name, n, seed, args)
                     atomic_write_json(out, results)
     table = report(results)

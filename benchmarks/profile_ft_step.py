@@ -4,15 +4,21 @@ EfficientNet-Lite0 at 224 px, a batch of 32 random images, BatchNorm statistics 
 default recipe trains), the training precision medtl picks on this machine: uint8 -> float,
 augmentation, normalisation, forward, backward, optimiser, for passes of 4 images (what medtl uses
 on a CPU when BatchNorm is frozen) and of 32 (one pass per batch); then the inference speed a
-validation pass gets in fp32 and bf16. Not a test; run on an idle machine:
+validation pass gets in fp32 and bf16. The batch is 32 real Kermany chest X-rays when
+../shared/data has them (random pixels ran the folded step 1.5x faster than real images did: speed
+depends on the content here, so the profile uses real ones), else random pixels. ``--fold`` folds each
+frozen BatchNorm into its convolution as medtl's training does on a CPU (``folded_for_training``).
+Not a test; run on an idle machine:
 
-    python benchmarks/profile_ft_step.py                      # medtl's training precision
+    python benchmarks/profile_ft_step.py                      # unfolded, passes of 4 and 32
+    python benchmarks/profile_ft_step.py --fold               # folded, as medtl trains (passes of 16)
     python benchmarks/profile_ft_step.py --precision bf16     # what bf16 autocast would give
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -24,6 +30,7 @@ from medtl.training import (
     AugmentSettings,
     BatchAugment,
     autocast_context,
+    folded_for_training,
     training_precision,
 )
 
@@ -37,9 +44,26 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def _images() -> torch.Tensor:
+    """32 real Kermany images (uint8, 3 x 224 x 224) when present, else random pixels."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray_pneumonia_224"
+    files = sorted(root.glob("train/*/*.jpeg"))[::50][:BATCH]
+    if len(files) == BATCH:
+        arr = [np.asarray(Image.open(f).convert("RGB").resize((224, 224))) for f in files]
+        return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).contiguous()
+    print("Kermany images not found: random pixels (faster than real images here)")
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(rng.integers(0, 255, (BATCH, 3, 224, 224), dtype=np.uint8))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--fold", action="store_true", help="BatchNorm folded as medtl trains")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, cfg = create_backbone("efficientnet_lite0.in1k", num_classes=2, pretrained=True)
@@ -51,8 +75,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     aug = BatchAugment(AugmentSettings())
-    rng = np.random.default_rng(0)
-    px = torch.from_numpy(rng.integers(0, 255, (BATCH, 3, 224, 224), dtype=np.uint8))
+    px = _images()
     y = torch.randint(0, 2, (BATCH,))
     gen = torch.Generator().manual_seed(0)
     prec = training_precision(DEVICE, args.precision)
@@ -82,13 +105,17 @@ def main() -> None:
         _, t["optimiser"] = _timed(update)
         return t
 
-    for micro in (4, BATCH):
-        step(micro)  # warm-up
-        runs = [step(micro) for _ in range(3)]
-        mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
-        total = sum(mean.values())
-        parts = ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in mean.items())
-        print(f"passes of {micro}: {BATCH / total:.1f} img/s; {parts}")
+    example = to_model_input(px[:2].float().div(255), cfg.mean, cfg.std)
+    fold = folded_for_training(model, example) if args.fold else contextlib.nullcontext(0)
+    with fold as n:
+        print(f"BatchNorm folded into {n} convolutions")
+        for micro in (4, 16, BATCH):
+            step(micro)  # warm-up
+            runs = [step(micro) for _ in range(3)]
+            mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+            total = sum(mean.values())
+            parts = ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in mean.items())
+            print(f"passes of {micro}: {BATCH / total:.1f} img/s; {parts}")
     model.eval()
     with torch.inference_mode():
         for p in ("fp32", "bf16"):

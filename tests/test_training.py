@@ -104,6 +104,23 @@ def test_loop_settings_validated():
         LoopSettings(epochs=0)
 
 
+def _reordered():
+    """Registration order conv, bn, but the forward applies bn first: folding would be wrong."""
+    from torch import nn
+
+    class Reordered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.bn.running_mean.fill_(2.0)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    return Reordered()
+
+
 def test_batchnorm_folding_is_exact_and_checked():
     from torch import nn
 
@@ -122,17 +139,7 @@ def test_batchnorm_folding_is_exact_and_checked():
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-5)
 
-    class Reordered(nn.Module):  # registration order conv, bn but forward applies bn first
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 3, 3, padding=1)
-            self.bn = nn.BatchNorm2d(3)
-            self.bn.running_mean.fill_(2.0)
-
-        def forward(self, x):
-            return self.conv(self.bn(x))
-
-    odd = Reordered().eval()
+    odd = _reordered().eval()
     same, k = fold_batchnorm(odd, x)
     assert same is odd and k == 0  # the numerical check refused the wrong fold
 
@@ -375,7 +382,6 @@ def test_folded_training_step_equals_the_plain_fp32_step():
 
 
 def test_folding_for_training_skips_training_batchnorm_and_wrong_orders():
-    from torch import nn
 
     from medtl.training._inference import folded_for_training
 
@@ -384,17 +390,7 @@ def test_folding_for_training_skips_training_batchnorm_and_wrong_orders():
     with folded_for_training(model, x) as n:
         assert n == 0
 
-    class Reordered(nn.Module):  # registration order conv, bn but forward applies bn first
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 3, 3, padding=1)
-            self.bn = nn.BatchNorm2d(3)
-            self.bn.running_mean.fill_(2.0)
-
-        def forward(self, x):
-            return self.conv(self.bn(x))
-
-    odd = Reordered().eval()
+    odd = _reordered().eval()
     with folded_for_training(odd, torch.randn(2, 3, 8, 8)) as k:
         assert k == 0  # the numerical check refused the wrong fold ...
         assert "forward" not in vars(odd.conv)  # ... and undid it

@@ -13,7 +13,7 @@ from medtl.training._device import (
     to_device,
     training_precision,
 )
-from medtl.training._inference import fold_batchnorm
+from medtl.training._inference import fold_batchnorm, folded_for_training
 from medtl.training._loop import (
     LoopSettings,
     TrainResult,
@@ -36,6 +36,7 @@ __all__ = [
     "cuda_dtype",
     "describe_precision",
     "fold_batchnorm",
+    "folded_for_training",
     "grad_scaler",
     "inference_precision",
     "logits_to_proba",
