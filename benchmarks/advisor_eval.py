@@ -442,6 +442,7 @@ def report(results: dict[str, Any]) -> str:
 # cells are those with the least mean regret (then the most agreement) on the other datasets' cells.
 PRIOR_GAINS = (0.01, 0.0, 0.005, 0.02, 0.03)
 PRIOR_SDS = (0.02, 0.01, 0.04, float("inf"))
+PILOT_BIASES = (0.0, 0.005, 0.01)
 
 
 def _needed(adv: dict[str, Any]) -> float:
@@ -451,7 +452,17 @@ def _needed(adv: dict[str, Any]) -> float:
     return MIN_GAIN + GAIN_PER_HOUR * max(m["fine_tuning"] - m["feature_extraction"], 0.0) / 60.0
 
 
-def apply_rule(adv: dict[str, Any], rule: str, prior: tuple[float, float] | None = None) -> dict:
+def _shortened(adv: dict[str, Any]) -> bool:
+    """Whether the cell's fine-tuning pilot trained less than the real run (as the rule sees it)."""
+    plan = adv["pilot"].get("plan") or {}
+    epochs = (plan.get("schedule") or {}).get("epochs", 0)
+    top = max(plan.get("ft_sizes") or [0])
+    pool = int(plan.get("n_pool", 0)) - int(plan.get("n_eval", 0))
+    # the rule's own test (rules._pilot_was_shortened) on the stored plan; 8: the recipe's epochs
+    return plan.get("kind") != "cross_validation" and (epochs < 8 or top < pool)
+
+
+def apply_rule(adv: dict[str, Any], rule: str, prior: tuple[float, ...] | None = None) -> dict:
     """The pick and intervals a rule gives from a cell's stored advice ingredients.
 
     ``full``: the shipped rule (expected gain at the full size, prior ``prior``); ``pilot``: the
@@ -472,6 +483,8 @@ def apply_rule(adv: dict[str, Any], rule: str, prior: tuple[float, float] | None
             dec["predicted_gain"],
             prior_gain=prior[0],
             prior_sd=prior[1],
+            shortened=_shortened(adv),
+            pilot_bias=prior[2] if len(prior) > 2 else 0.0,
         )
         predicted, expected = predictions_from_gain(fe_c["predicted_auroc"], fe_c["interval"], g)
         pick = "fine_tuning" if g["diff"] >= needed else "feature_extraction"
@@ -520,7 +533,7 @@ def leave_one_dataset_out(results: dict[str, Any]) -> dict[str, Any]:
     the baselines (previous rule, curves alone, always one strategy) are scored on all cells."""
     rows = [(r["train"], r["advice"]) for r in results.values() if "advice" in r and "train" in r]
     names = sorted({c["dataset"] for c, _ in rows})
-    grid = [(g, sd) for g in PRIOR_GAINS for sd in PRIOR_SDS]
+    grid = [(g, sd, b) for b in PILOT_BIASES for g in PRIOR_GAINS for sd in PRIOR_SDS]
     chosen, held_scores = {}, []
     for d in names:
         others = [(c, a) for c, a in rows if c["dataset"] != d]
@@ -528,7 +541,7 @@ def leave_one_dataset_out(results: dict[str, Any]) -> dict[str, Any]:
         best = grid[0]
         if others:
             best = min(grid, key=lambda pr: _objective(_scores(others, "full", pr)))
-        chosen[d] = {"prior_gain": best[0], "prior_sd": best[1]}
+        chosen[d] = {"prior_gain": best[0], "prior_sd": best[1], "pilot_bias": best[2]}
         for (c, _), x in zip(mine, _scores(mine, "full", best)):
             held_scores.append({**x, "cell": f"{c['dataset']}_n{c['n']}"})
     all_rows_best = min(grid, key=lambda pr: _objective(_scores(rows, "full", pr)))
@@ -536,7 +549,11 @@ def leave_one_dataset_out(results: dict[str, Any]) -> dict[str, Any]:
         "lodo": _aggregate(held_scores),
         "lodo_cells": held_scores,
         "chosen_without": chosen,
-        "chosen_on_all": {"prior_gain": all_rows_best[0], "prior_sd": all_rows_best[1]},
+        "chosen_on_all": {
+            "prior_gain": all_rows_best[0],
+            "prior_sd": all_rows_best[1],
+            "pilot_bias": all_rows_best[2],
+        },
         "baselines": {
             r: _aggregate(_scores(rows, r)) for r in ("pilot", "curves", "always_ft", "always_fe")
         },

@@ -162,6 +162,10 @@ def test_full_size_gain_weights_measurement_and_prior_by_precision():
     assert flat["sd"] == pytest.approx(sd_m)
     g = full_size_gain(meas, {}, 400, prior_gain=0.0, prior_sd=sd_m)  # equal precisions: halfway
     assert g["diff"] == pytest.approx(0.02) and g["sd"] == pytest.approx(sd_m / 2**0.5)
+    # a pilot that trained less than the real run: its measured difference is raised by the bias
+    short = full_size_gain(meas, {}, 400, prior_sd=float("inf"), shortened=True, pilot_bias=0.01)
+    assert short["diff"] == pytest.approx(0.05) and short["pilot_bias"] == 0.01
+    assert full_size_gain(meas, {}, 400, prior_sd=float("inf"), pilot_bias=0.01)["diff"] == 0.04
     # nothing measured: the curves' extrapolation is the data's estimate
     ex = full_size_gain({"diff": float("nan")}, {}, 400, {"diff": 0.03, "low": 0.01, "high": 0.05})
     assert ex["data_estimate"] == pytest.approx(0.03)

@@ -60,6 +60,9 @@ GAIN_PER_HOUR = 0.01
 # dataset out on the 224 px development grid (benchmarks/README_advisor.md).
 PRIOR_GAIN = 0.01
 PRIOR_SD = 0.02
+# A fine-tuning pilot that trains less than the real run (a short schedule, part of the pool) measures a
+# weaker fine-tuning than the user will get; this is added to its measured difference.
+PILOT_BIAS = 0.0
 Z90 = 1.6449  # two-sided 90% normal quantile: the advice's intervals are 90%
 Z95 = 1.96
 
@@ -135,6 +138,8 @@ def full_size_gain(
     *,
     prior_gain: float = PRIOR_GAIN,
     prior_sd: float = PRIOR_SD,
+    shortened: bool = False,
+    pilot_bias: float = PILOT_BIAS,
 ) -> dict[str, Any]:
     """The gain of fine-tuning over feature extraction expected at the user's full size.
 
@@ -144,7 +149,9 @@ def full_size_gain(
     ``MODEL_ERROR`` x the growth, for the extrapolation), combined with the prior ``N(prior_gain,
     prior_sd^2)`` by precision weighting. Without a measured difference, the curves' own extrapolated
     difference (``extrapolated``: diff, low, high at 90%) is the data's estimate. ``prior_sd=inf``
-    ignores the prior.
+    ignores the prior. ``shortened``: the fine-tuning pilot trained less than the real run (fewer
+    epochs, or part of the pool): ``pilot_bias`` is added to the measured difference, the amount by
+    which such a pilot has understated fine-tuning's gain.
 
     Returns:
         ``{"diff", "sd", "low", "high"}`` (90%) and the parts: ``data_estimate``, ``data_sd``,
@@ -158,7 +165,8 @@ def full_size_gain(
         lo, hi = measured.get("ci_low"), measured.get("ci_high")
         ok = lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi)
         sd_m = (float(hi) - float(lo)) / (2 * Z95) if ok else 0.02
-        x, sd_x = d + growth, math.hypot(max(sd_m, 0.005), MODEL_ERROR * growth)
+        bias = pilot_bias if shortened else 0.0
+        x, sd_x = d + growth + bias, math.hypot(max(sd_m, 0.005), MODEL_ERROR * growth)
     elif extrapolated is not None and np.isfinite(extrapolated.get("diff", float("nan"))):
         x = float(extrapolated["diff"])
         sd_x = max((float(extrapolated["high"]) - float(extrapolated["low"])) / (2 * Z90), 0.005)
@@ -179,15 +187,18 @@ def full_size_gain(
         "data_estimate": float(x),
         "data_sd": float(sd_x),
         "growth": float(growth),
+        "pilot_bias": float(pilot_bias if shortened and np.isfinite(d) else 0.0),
         "measured_at": None if size is None else int(size),
         "prior": {"gain": float(prior_gain), "sd": float(prior_sd)},
     }
 
 
-def _gain_of(m: Measured) -> dict[str, Any]:
+def _gain_of(m: Measured, shortened: bool) -> dict[str, Any]:
     """:func:`full_size_gain` of these measurements at the curves' full size."""
     params = {s: (m.curves[s].params if m.curves[s].fitted else None) for s in STRATEGIES}
-    return full_size_gain(m.paired, params, m.curves[FT].n_full, m.predicted_gain())
+    return full_size_gain(
+        m.paired, params, m.curves[FT].n_full, m.predicted_gain(), shortened=shortened
+    )
 
 
 @dataclass
@@ -349,7 +360,7 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
         'feature_extraction'
     """
     gain = m.predicted_gain()  # the curves' own extrapolation (reported)
-    full = _gain_of(m)  # what the rule weighs: the expected gain at the full size
+    full = _gain_of(m, _pilot_was_shortened(p))  # what the rule weighs: the gain at the full size
     minutes = dict(m.minutes)
     extra_h = max(minutes[FT] - minutes[FE], 0.0) / 60.0
     needed = MIN_GAIN + GAIN_PER_HOUR * extra_h
@@ -381,6 +392,7 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
             "GAIN_PER_HOUR": GAIN_PER_HOUR,
             "PRIOR_GAIN": PRIOR_GAIN,
             "PRIOR_SD": PRIOR_SD,
+            "PILOT_BIAS": PILOT_BIAS,
         },
     }
     if m.findings:  # several findings per image: which findings the compared macro AUROC covers
