@@ -612,7 +612,7 @@ def twice_check(results: dict[str, Any]) -> list[dict[str, Any]]:
             g, (glo, ghi) = cv["gain_2x"], cv["gain_2x_interval"]
             lo, hi = cv["interval"]
             pred = cv["predicted_auroc"] + g
-            iv = [lo + glo, hi + ghi]
+            iv = [max(lo + glo, 0.0), min(hi + ghi, 1.0)]
             out.append(
                 {
                     "cell": f"{name} {n_half} -> {n2}",

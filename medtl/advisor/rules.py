@@ -529,7 +529,7 @@ def _clinician_sentences(
         f"Feature extraction: about {predicted[FE]:.2f} ({expected[FE][0]:.2f}-"
         f"{expected[FE][1]:.2f}), {_fmt_min(mins[FE])} of computing. Fine-tuning: about "
         f"{predicted[FT]:.2f} ({expected[FT][0]:.2f}-{expected[FT][1]:.2f}), "
-        f"{_fmt_min(mins[FT])}.",
+        f"{_fmt_min(mins[FT])} if it runs all its epochs (early stopping often ends it sooner).",
     ]
     pd = m.paired
     if not np.isfinite(pd.get("diff", float("nan"))):
