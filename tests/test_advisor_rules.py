@@ -21,7 +21,13 @@ from medtl.advisor import (
 )
 from medtl.advisor._curve import CurvePrediction, weighted_auroc
 from medtl.advisor._pilot import CostModel, plan_pilot
-from medtl.advisor.rules import GAIN_PER_HOUR, MIN_GAIN, PRIOR_GAIN, full_size_gain
+from medtl.advisor.rules import (
+    GAIN_PER_HOUR,
+    MIN_GAIN,
+    PILOT_BIAS,
+    PRIOR_GAIN,
+    full_size_gain,
+)
 
 
 def make_profile(*, per_class: int = 200, kl: float = 0.15, modality: str = "DX") -> Profile:
@@ -451,7 +457,9 @@ def test_pilot_fine_tunes_with_the_real_schedule_when_the_budget_affords_it():
 def test_low_confidence_from_a_shortened_pilot_suggests_a_longer_one():
     """A budget-limited trial (part of the pool, or a shortened schedule) says how to measure more;
     a trial that already ran the real recipe on the whole pool does not."""
-    m = measured(0.85, 0.858, own_noise=0.03)  # expected gain ~ what its cost needs: low confidence
+    m = measured(
+        0.85, 0.8504, own_noise=0.03
+    )  # expected gain ~ what its cost needs: low confidence
 
     def advice_with_pilot_epochs(epochs: int):
         p = make_profile()  # 400 images; the real run's 8 epochs
@@ -463,3 +471,7 @@ def test_low_confidence_from_a_shortened_pilot_suggests_a_longer_one():
     assert a.confidence == "low" and any("--pilot-minutes" in n for n in a.notes)
     b = advice_with_pilot_epochs(8)
     assert b.confidence == "low" and not any("--pilot-minutes" in n for n in b.notes)
+    # the shortened trial measured a weaker fine-tuning than the real run: its difference is raised
+    assert a.decision["full_size_gain"]["pilot_bias"] == PILOT_BIAS > 0
+    assert b.decision["full_size_gain"]["pilot_bias"] == 0.0
+    assert a.decision["full_size_gain"]["diff"] > b.decision["full_size_gain"]["diff"]
