@@ -210,7 +210,6 @@ def test_micro_batch_size_scales_with_image_area():
 
     cpu = torch.device("cpu")
     assert micro_batch_size(cpu, 224) == 4
-    assert micro_batch_size(cpu, 224, batch_size=32, folded=True) == 16
     assert micro_batch_size(cpu, 112) == 16
     assert micro_batch_size(cpu, 512) == 2  # never a batch of one (BatchNorm, stable kernels)
     assert micro_batch_size(cpu, 64, batch_size=8) == 8  # never more than the logical batch

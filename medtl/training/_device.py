@@ -156,17 +156,12 @@ def _describe_inference(device: torch.device, precision: str) -> str:
 # batch of 4 runs inference 1.5x and a training step 1.6x faster than a batch of 32, because the
 # activations of the wide early layers then stay in the CPU cache; at 128 px batches of 8-64 are level.
 CPU_PIXELS_PER_PASS = 4 * 224 * 224
-# With BatchNorm folded into the convolutions for training (folded_for_training) the memory-bound passes
-# that favoured 4 images are gone, and the per-call cost of depthwise-convolution backward favours larger
-# passes: an LP-FT step of EfficientNet-Lite0 at 224 px ran 33.6 / 39.4 / 40.4 / 31.3 images/s with
-# 4 / 8 / 16 / 32 images per pass on random inputs (4 timed steps each, same 2-core AMD EPYC, 2026-12-06).
-# On real Kermany images the gain is smaller: 28.5 images/s folded at 16 against 26.2 unfolded at 4.
-CPU_PIXELS_PER_FOLDED_PASS = 16 * 224 * 224
+# With BatchNorm folded for training (folded_for_training) passes of 4 stay right: an LP-FT step on 32 real
+# Kermany images ran 23.3 / 22.2 / 19.4 images/s in passes of 4 / 16 / 32 (profile_ft_step.py --fold,
+# idle, 2026-12-07). Random pixels had favoured 16 (40 against 34): the profile uses real images since.
 
 
-def micro_batch_size(
-    device: torch.device, image_size: int, batch_size: int | None = None, *, folded: bool = False
-) -> int:
+def micro_batch_size(device: torch.device, image_size: int, batch_size: int | None = None) -> int:
     """How many images to push through the network at once on ``device`` (cache-sized on a CPU).
 
     Args:
@@ -175,10 +170,8 @@ def micro_batch_size(
         image_size: side of the (square) input in pixels.
         batch_size: the logical batch (an optimiser step or a caller's request); the answer never exceeds
             it.
-        folded: training passes with BatchNorm folded into the convolutions (larger passes pay).
     """
     if device.type != "cpu":
         return int(batch_size or 128)
-    pixels = CPU_PIXELS_PER_FOLDED_PASS if folded else CPU_PIXELS_PER_PASS
-    n = max(2, round(pixels / max(1, int(image_size)) ** 2))
+    n = max(2, round(CPU_PIXELS_PER_PASS / max(1, int(image_size)) ** 2))
     return int(min(n, batch_size)) if batch_size else int(n)

@@ -212,17 +212,16 @@ def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
 
 
 def micro_batch_for(
-    model: nn.Module, s: LoopSettings, device: torch.device, image_size: int, folded: bool = False
+    model: nn.Module, s: LoopSettings, device: torch.device, image_size: int
 ) -> int:
-    """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch);
-    ``folded``: BatchNorm is folded into the convolutions (see :func:`micro_batch_size`)."""
+    """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch)."""
     if s.micro_batch_size == 0:
         return s.batch_size
     if any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         return s.batch_size
     if s.micro_batch_size is not None:
         return min(s.micro_batch_size, s.batch_size)
-    return micro_batch_size(device, image_size, s.batch_size, folded=folded)
+    return micro_batch_size(device, image_size, s.batch_size)
 
 
 def training_step(
@@ -449,7 +448,7 @@ def _train_epoch(
     passes = math.ceil(lp.steps_per_epoch * s.batch_size / max(1, len(train)))
     order = np.concatenate([rng.permutation(len(train)) for _ in range(passes)])
     _set_train_mode(model, frozen_modules)
-    micro = micro_batch_for(model, s, lp.device, int(train.pixels.shape[-1]), folded=lp.folded > 0)
+    micro = micro_batch_for(model, s, lp.device, int(train.pixels.shape[-1]))
     if first and micro < s.batch_size:
         log.info("%s: %d images per pass, %d per optimiser step", desc, micro, s.batch_size)
     total_loss, seen = 0.0, 0
