@@ -558,6 +558,11 @@ def _clinician_sentences(
         if abs(full.get("growth", 0.0)) >= 0.0005 and full.get("measured_at")
         else ""
     )
+    if full.get("pilot_bias"):
+        grow += (
+            f"; a trial shorter than your real run understates fine-tuning, by "
+            f"{full['pilot_bias']:+.3f} on the development grid"
+        )
     g = (
         f"{_signed(full['diff'])} (90% range {full['low']:+.3f} to {full['high']:+.3f}{grow}; "
         f"combined with published evidence that fine-tuning usually gains a little, "

@@ -617,7 +617,7 @@ def train_network(
     _set_train_mode(model, frozen_modules)  # folding looks at which BatchNorms are frozen
     with _folding(model, lp, train, mean, std) as lp.folded:
         if lp.folded:
-            log.info("%s: BatchNorm folded into %d convolutions for training", desc, lp.folded)
+            log.debug("%s: BatchNorm folded into %d convolutions for training", desc, lp.folded)
         stopped_early = _run_epochs(
             model, lp, pg, train, val, mean=mean, std=std, frozen_modules=frozen_modules,
             regularizer=regularizer, progress=progress, desc=desc, history_path=history_path,
