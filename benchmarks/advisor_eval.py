@@ -296,6 +296,7 @@ def advise_cell(name: str, n: int | None, seed: int, args: argparse.Namespace) -
     )
     return {
         "pick": advice.strategy,
+        "epochs": args.epochs,  # the real run's, for re-scoring (rules.pilot_shortened)
         "confidence": advice.confidence,
         "predicted": advice.predicted_auroc,
         "interval": advice.expected_auroc,
@@ -445,21 +446,12 @@ PRIOR_SDS = (0.02, 0.01, 0.04, float("inf"))
 PILOT_BIASES = (0.0, 0.005, 0.01)
 
 
-def _needed(adv: dict[str, Any]) -> float:
-    from medtl.advisor.rules import GAIN_PER_HOUR, MIN_GAIN
-
-    m = adv["minutes"]
-    return MIN_GAIN + GAIN_PER_HOUR * max(m["fine_tuning"] - m["feature_extraction"], 0.0) / 60.0
-
-
 def _shortened(adv: dict[str, Any]) -> bool:
-    """Whether the cell's fine-tuning pilot trained less than the real run (as the rule sees it)."""
-    plan = adv["pilot"].get("plan") or {}
-    epochs = (plan.get("schedule") or {}).get("epochs", 0)
-    top = max(plan.get("ft_sizes") or [0])
-    pool = int(plan.get("n_pool", 0)) - int(plan.get("n_eval", 0))
-    # the rule's own test (rules._pilot_was_shortened) on the stored plan; 8: the recipe's epochs
-    return plan.get("kind") != "cross_validation" and (epochs < 8 or top < pool)
+    """Whether the cell's fine-tuning pilot trained less than the real run (the rule's own test)."""
+    from medtl.advisor.rules import pilot_shortened
+    from medtl.strategies import FineTuning
+
+    return pilot_shortened(adv["pilot"], int(adv.get("epochs") or FineTuning().epochs))
 
 
 def apply_rule(adv: dict[str, Any], rule: str, prior: tuple[float, ...] | None = None) -> dict:
@@ -469,10 +461,10 @@ def apply_rule(adv: dict[str, Any], rule: str, prior: tuple[float, ...] | None =
     previous rule (the pilot's measured difference alone); ``curves``: the curves' extrapolated
     difference alone; ``always_ft`` / ``always_fe``.
     """
-    from medtl.advisor.rules import full_size_gain, predictions_from_gain
+    from medtl.advisor.rules import full_size_gain, needed_gain, predictions_from_gain
 
     dec, curves = adv["decision"], adv["curves"]
-    needed = _needed(adv)
+    needed = needed_gain(adv["minutes"])
     fe_c = curves["feature_extraction"]
     if rule == "full":
         params = {s: (c["params"] if c["fitted"] else None) for s, c in curves.items()}

@@ -331,7 +331,6 @@ def _pilot_record(plan: Any, pilot: dict[str, Any], epochs: int) -> dict[str, An
     """The pilot's plan, schedule and recipe as the profile records them."""
     return {
         "plan": plan.to_dict(),
-        "method": plan.kind,
         "epochs": plan.schedule.epochs,
         "recipe": "LP-FT (FineTuning defaults)"
         + (", its own schedule" if plan.schedule.epochs >= epochs else ", a shortened schedule"),

@@ -117,6 +117,11 @@ class CostModel:
     def decode_s(self) -> float:
         return PER_IMAGE_OVERHEAD_S["decode"]
 
+    @property
+    def embed_s(self) -> float:
+        """Decoding and extracting one image (what the advisor spends per profiled image)."""
+        return self.decode_s + self.extract_s
+
     def ft_fit_seconds(self, n: int, n_eval: int, epochs: int, min_steps: int, batch: int) -> float:
         """One fine-tuning fit on ``n`` images (80/20 train/val inside) plus scoring ``n_eval`` images."""
         n_tr, n_va = n - n // 5, n // 5
@@ -129,7 +134,7 @@ class CostModel:
         self, n_train: int, n_val: int, epochs: int, batch: int = 32
     ) -> dict[str, float]:
         """Reference minutes of each strategy's real run on the full training data."""
-        fe = (n_train + n_val) * (self.extract_s + self.decode_s) + FIT_OVERHEAD_S
+        fe = (n_train + n_val) * self.embed_s + FIT_OVERHEAD_S
         steps = max(math.ceil(n_train / batch), 10)
         ft = epochs * (steps * min(batch, n_train) * self.train_s + 1.5 * n_val * self.extract_s)
         ft += fe
@@ -203,8 +208,7 @@ class PilotPlan:
 
 def pool_size(n_images: int, cost: CostModel, pilot_minutes: float, max_images: int) -> int:
     """How many images the advisor decodes and embeds within its embedding share of the budget."""
-    per = cost.decode_s + cost.extract_s
-    affordable = int(EMBED_SHARE * 60.0 * pilot_minutes / per)
+    affordable = int(EMBED_SHARE * 60.0 * pilot_minutes / cost.embed_s)
     return int(min(n_images, max_images, max(affordable, 200)))
 
 
@@ -256,7 +260,7 @@ def plan_pilot(
     ft_sizes = _sizes(top, least)
     fe_sizes = sorted(set(ft_sizes) | ({n_avail} if n_avail > 1.4 * top else set()))
     planned = {
-        "embed": n_pool * (cost.decode_s + cost.extract_s),
+        "embed": n_pool * cost.embed_s,
         "fine_tuning_pilot": cost_of(top, repeats, sch),
     }
     return PilotPlan(
@@ -279,14 +283,11 @@ def plan_cross_validation(
     Returns the plan, or None when a fold could not hold every class twice over. Its cost is in
     ``planned_seconds`` for :func:`choose_plan` to weigh against the pilot's.
     """
-    from medtl.training import LoopSettings
-
     if min_class < 2 * CV_FOLDS or n_pool < 4 * CV_FOLDS:
         return None
     n_eval = math.ceil(n_pool / CV_FOLDS)
     size = n_pool - math.ceil(CV_SIZE_MARGIN * n_eval)
-    real = LoopSettings()
-    sch = Schedule(int(full_epochs), real.batch_size, real.min_steps_per_epoch)
+    sch = pilot_schedules(full_epochs)[0]  # the default recipe's own schedule
     fit = cost.ft_fit_seconds(size, n_eval, sch.epochs, sch.min_steps, sch.batch)
     return PilotPlan(
         pilot_minutes=pilot_minutes,
@@ -296,7 +297,7 @@ def plan_cross_validation(
         fe_sizes=[size],
         repeats=CV_FOLDS,
         planned_seconds={
-            "embed": n_pool * (cost.decode_s + cost.extract_s),
+            "embed": n_pool * cost.embed_s,
             "fine_tuning_pilot": CV_FOLDS * fit,
         },
         schedule=sch,

@@ -127,9 +127,9 @@ def curve_gain_growth(params: dict[str, list[float] | None], n_from: float, n_to
     pf, pt = params.get(FE), params.get(FT)
     if not pf or not pt or not (n_from > 0 and n_to > 0):
         return 0.0
-    gain = [float(power_law(np.array([n]), *pt)[0] - power_law(np.array([n]), *pf)[0]) for n in
-            (n_from, n_to)]  # fmt: skip
-    return gain[1] - gain[0]
+    n = np.array([n_from, n_to], dtype=np.float64)
+    gain = power_law(n, *pt) - power_law(n, *pf)
+    return float(gain[1] - gain[0])
 
 
 def full_size_gain(
@@ -193,6 +193,11 @@ def full_size_gain(
         "measured_at": None if size is None else int(size),
         "prior": {"gain": float(prior_gain), "sd": float(prior_sd)},
     }
+
+
+def needed_gain(minutes: dict[str, float]) -> float:
+    """What fine-tuning must gain to be worth its extra reference minutes over feature extraction."""
+    return MIN_GAIN + GAIN_PER_HOUR * max(minutes[FT] - minutes[FE], 0.0) / 60.0
 
 
 def _gain_of(m: Measured, shortened: bool) -> dict[str, Any]:
@@ -310,14 +315,20 @@ def domain_gap(p: Profile) -> tuple[int, str]:
 def _pilot_was_shortened(p: Profile) -> bool:
     """True when the fine-tuning pilot trained on part of the pool or with fewer epochs than the real
     run: the budget, not the data, limited the measurement."""
-    plan = p.pilot.get("plan") or {}
+    return pilot_shortened(p.pilot, p.epochs)
+
+
+def pilot_shortened(pilot: dict[str, Any], epochs: int) -> bool:
+    """:func:`_pilot_was_shortened` from the pilot's record (``Profile.pilot``, as ``Advice.to_dict``
+    stores it) and the real run's epochs: the benchmark re-scores stored advice with it."""
+    plan = pilot.get("plan") or {}
     if not plan or plan.get("kind") == "cross_validation":  # the real recipe near the full size
         return False
-    epochs = (plan.get("schedule") or {}).get("epochs", p.pilot.get("epochs"))
+    sch_epochs = (plan.get("schedule") or {}).get("epochs", pilot.get("epochs"))
     top = max(plan.get("ft_sizes") or [0])
     pool = int(plan.get("n_pool", 0)) - int(plan.get("n_eval", 0))
     # (a subsampled profile has its own note saying the same)
-    return bool((epochs is not None and epochs < p.epochs) or top < pool)
+    return bool((sch_epochs is not None and sch_epochs < epochs) or top < pool)
 
 
 def _schedule_words(pilot: dict[str, Any]) -> str:
@@ -365,7 +376,7 @@ def decide(p: Profile, m: Measured, *, budget_minutes: float | None = None) -> A
     full = _gain_of(m, _pilot_was_shortened(p))  # what the rule weighs: the gain at the full size
     minutes = dict(m.minutes)
     extra_h = max(minutes[FT] - minutes[FE], 0.0) / 60.0
-    needed = MIN_GAIN + GAIN_PER_HOUR * extra_h
+    needed = needed_gain(minutes)
     fits = {s: budget_minutes is None or minutes[s] <= budget_minutes for s in STRATEGIES}
     strategy, branch = _pick(fits[FT], full, needed)
     confidence, score = _confidence(strategy, branch, full, needed)
@@ -536,21 +547,19 @@ def _clinician_sentences(
     pd = m.paired
     if not np.isfinite(pd.get("diff", float("nan"))):
         trial = "No paired trial could be measured"
-    elif m.method == "cross_validation":
-        trial = (
+    else:
+        how = (
             f"Your data set is small enough to run both strategies in full: in {m.repeats}-fold "
             f"cross-validation on your training and validation images (each trained on "
-            f"{pd.get('size')} images, {m.n_eval} images scored once), fine-tuning minus feature "
-            f"extraction was {pd['diff']:+.3f} {metric} (95% CI {pd['ci_low']:+.3f} to "
-            f"{pd['ci_high']:+.3f})"
-        )
-    else:
-        trial = (
-            f"In a trial on {pd.get('size')} of your images"
+            f"{pd.get('size')} images, {m.n_eval} images scored once)"
+            if m.method == "cross_validation"
+            else f"In a trial on {pd.get('size')} of your images"
             + (f", repeated {m.repeats} times" if m.repeats > 1 else "")
-            + f", both scored on the same {m.n_eval} held-out images, fine-tuning minus feature "
-            f"extraction was {pd['diff']:+.3f} {metric} (95% CI {pd['ci_low']:+.3f} to "
-            f"{pd['ci_high']:+.3f})"
+            + f", both scored on the same {m.n_eval} held-out images"
+        )
+        trial = (
+            f"{how}, fine-tuning minus feature extraction was {pd['diff']:+.3f} {metric} (95% CI "
+            f"{pd['ci_low']:+.3f} to {pd['ci_high']:+.3f})"
         )
     grow = (
         f"; the learning curves add {full['growth']:+.3f} from {full['measured_at']} to "

@@ -86,7 +86,7 @@ def fold_batchnorm(
     with torch.inference_mode():
         ref = model.eval()(example)
         out = folded(example)
-    err = float((out - ref).abs().max() / (ref.abs().max() + 1e-12))
+    err = _relative_error(out, ref)
     if err > rtol:
         log.warning(
             "BatchNorm folding changed outputs (relative error %.2e); using the unfolded network",
@@ -126,7 +126,20 @@ def _after_affine(bn: nn.BatchNorm2d):
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest reference output."""
     return float((out.float() - ref.float()).abs().max() / (ref.float().abs().max() + 1e-12))
+
+
+def _eval_output(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """``model``'s eval-mode output on ``example``; every module's training flag is left as it was."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return model(example)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
 
 
 @contextlib.contextmanager
@@ -153,25 +166,13 @@ def folded_for_training(
         for _, _, conv, bn in _conv_bn_pairs(model)
         if not bn.training and type(conv).forward is nn.Conv2d.forward
     ]
-    ref = None
-    if pairs and example is not None:
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        with torch.inference_mode():
-            ref = model(example)
-        for m, mode in modes.items():
-            m.train(mode)
+    ref = _eval_output(model, example) if pairs and example is not None else None
     for conv, bn in pairs:
         conv.forward = _folded_conv_forward(conv, bn)
         bn.forward = _after_affine(bn)  # a function: stored in the instance, not as a submodule
     try:
         if ref is not None:
-            modes = {m: m.training for m in model.modules()}
-            model.eval()
-            with torch.inference_mode():
-                err = _relative_error(model(example), ref)
-            for m, mode in modes.items():
-                m.train(mode)
+            err = _relative_error(_eval_output(model, example), ref)
             if err > rtol:
                 log.warning(
                     "BatchNorm folding for training changed outputs (relative error %.2e); "

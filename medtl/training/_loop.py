@@ -335,7 +335,6 @@ class _Loop:
     aug: BatchAugment
     steps_per_epoch: int
     n_ranks: int
-    folded: int = 0  # (convolution, BatchNorm) pairs folded for training
 
 
 @dataclass
@@ -615,9 +614,9 @@ def train_network(
 
     t0 = time.perf_counter()
     _set_train_mode(model, frozen_modules)  # folding looks at which BatchNorms are frozen
-    with _folding(model, lp, train, mean, std) as lp.folded:
-        if lp.folded:
-            log.debug("%s: BatchNorm folded into %d convolutions for training", desc, lp.folded)
+    with _folding(model, lp, train, mean, std) as folded:
+        if folded:
+            log.debug("%s: BatchNorm folded into %d convolutions for training", desc, folded)
         stopped_early = _run_epochs(
             model, lp, pg, train, val, mean=mean, std=std, frozen_modules=frozen_modules,
             regularizer=regularizer, progress=progress, desc=desc, history_path=history_path,
@@ -637,7 +636,7 @@ def train_network(
         seconds=pg.elapsed_before + time.perf_counter() - t0,
         stopped_early=stopped_early,
         resumed_from_epoch=pg.start_epoch,
-        extra={"batchnorm_folded": lp.folded},
+        extra={"batchnorm_folded": folded},
     )
 
 
