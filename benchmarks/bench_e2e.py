@@ -18,12 +18,18 @@ Jobs
 - advise: ``medtl advise`` (no plain counterpart; its time against the 2-minute target).
 - ft: one fine-tuning epoch. plain = fp32 ``model.train()`` AdamW loop over the decoded training images in
   batches of 32; medtl = ``medtl compare --strategies fine_tuning --epochs 1`` (LP-FT: probe + one epoch).
+  Also the epoch alone: plain = images / (decoding + forward/backward/step) of its one epoch; medtl =
+  images / the epoch's training seconds in ``history.json`` (what the issue 27 target compares).
+- ftrun: medtl's default fine-tuning run end to end (``medtl train --config
+  configs/kermany_fine_tuning.yaml`` with its data path set to the cell: LP-FT, 224 px, 5 epochs), its
+  minutes against the 15-minute target. No plain side (a plain 5-epoch run is ~25 minutes here).
 - startup: ``medtl --help`` and ``medtl backbones`` (targets < 1 s and < 2 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -224,6 +230,53 @@ def main() -> None:
             )
             print(f"  plain phases: {fmt(plain.get('phases', {}))}")
             print(f"  medtl phases: {fmt(medtl_phases(cell / 'ft', 'fine_tuning'))}")
+            epoch_rates(plain, cell / "ft", k)
+        if "ftrun" in jobs:
+            ft_run(cell, medtl)
+
+
+def epoch_rates(plain: dict, run_dir: Path, n_plain: int) -> None:
+    """The epoch alone, both sides: images per second of training (decoding included for both)."""
+    ph = plain.get("phases", {})
+    plain_rate = n_plain / max(1e-9, ph.get("decoding", 0.0) + ph.get("forward", 0.0))
+    try:
+        hist = json.loads((run_dir / "fine_tuning" / "history.json").read_text())
+        row = hist[0] if isinstance(hist, list) else hist["epochs"][0]
+        rate = row["images"] / row["train_seconds"]
+    except (OSError, KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
+        print(f"  epoch alone: medtl history not readable ({exc})")
+        return
+    print(
+        f"  epoch alone: plain {plain_rate:.1f} img/s | medtl {rate:.1f} img/s ({row['images']} "
+        f"images, {row['train_seconds']:.1f} s) | ratio {rate / plain_rate:.2f}x (target >= 2x)"
+    )
+
+
+def ft_run(cell: Path, medtl: list[str]) -> None:
+    """The README's Kermany fine-tuning run (its config, data pointed at the cell), whole process; run
+    it with ``--sizes all`` for the README's number."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "kermany_fine_tuning.yaml").read_text())
+    cfg["data"]["path"] = str(cell)  # train/ and test/, the layout of the Kermany folder
+    cfg["output"] = {**cfg.get("output", {}), "out": str(cell / "ftrun")}
+    (cell / "ftrun.yaml").write_text(yaml.safe_dump(cfg))
+    t, _ = run([*medtl, "train", "--config", str(cell / "ftrun.yaml"), "--quiet"], cell)
+    hist = []
+    with contextlib.suppress(OSError, ValueError):
+        hist = json.loads((cell / "ftrun" / "fine_tuning" / "history.json").read_text())
+    epochs = hist if isinstance(hist, list) else []
+    train_s = sum(r.get("train_seconds", 0.0) for r in epochs)
+    images = sum(r.get("images", 0) for r in epochs)
+    auc = None
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        summary = json.loads((cell / "ftrun" / "summary.json").read_text())
+        auc = summary["strategies"]["fine_tuning"]["test_auroc"]
+    print(
+        f"default fine-tuning run (configs/kermany_fine_tuning.yaml): {t / 60:.1f} min end to end "
+        f"(target <= 15), {len(epochs)} epochs, training {train_s / 60:.1f} min at "
+        f"{images / max(train_s, 1e-9):.1f} img/s, test AUROC {auc}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ its seed-mean AUROC with the default recipe's stored in that grid's results (``-
 seconds per fit. Results are written per cell as they finish. Not a test; hours on a 2-core CPU:
 
     python benchmarks/recipe_check.py --epochs 5 --datasets kermany brain --sizes 1000
+    python benchmarks/recipe_check.py --epochs 5 --sizes 0 --datasets kermany --set freeze_stages=0
+
+``--sizes 0`` is the whole pool (the grid's "all" cell, which the grid itself has no default-recipe runs
+for: run the default recipe as a variant of itself to get them).
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ def check_cell(name: str, n: int | None, args: argparse.Namespace) -> dict[str, 
     out: dict[str, Any] = {"seconds": [], "aurocs": {t: [] for t in targets}}
     for ts in args.train_seeds:
         t0 = time.perf_counter()
-        ft = FineTuning(epochs=args.epochs, seed=ts, cache_dir=str(cache), progress=False).fit(
-            tr, va
-        )
+        ft = FineTuning(
+            epochs=args.epochs, seed=ts, cache_dir=str(cache), progress=False, **args.options
+        ).fit(tr, va)
         out["seconds"].append(time.perf_counter() - t0)
         for t, d in targets.items():
             out["aurocs"][t].append(float(task.headline_auroc(d.labels, ft.predict_proba(d))))
@@ -57,12 +61,19 @@ def check_cell(name: str, n: int | None, args: argparse.Namespace) -> dict[str, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, required=True, help="the variant's epochs")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="other FineTuning options of the variant (YAML values), e.g. freeze_stages=0",
+    )  # fmt: skip
     ap.add_argument("--datasets", nargs="*", default=["kermany", "brain"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[1000])
     ap.add_argument("--train-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--work", default="runs/advisor_eval_v3", help="the grid's work folder")
     ap.add_argument("--out", default="benchmarks/results/recipe_check.json")
     args = ap.parse_args()
+    import yaml
+
+    args.options = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("medtl").setLevel(logging.WARNING)
     from medtl._fileio import atomic_write_json
@@ -72,7 +83,9 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in args.datasets:
         for n in args.sizes:
-            key = f"{name}_n{n or 'all'}_epochs{args.epochs}"
+            key = f"{name}_n{n or 'all'}_epochs{args.epochs}" + "".join(
+                f"_{k}{v}" for k, v in sorted(args.options.items())
+            )
             if key not in results:
                 results[key] = check_cell(name, n or None, args)
                 atomic_write_json(out, results)

@@ -259,6 +259,7 @@ _PARAM_CHECKS: dict[str, Any] = {
     "patience": lambda f, v: v is None or _at_least(f, v, 0),
     "min_steps_per_epoch": lambda f, v: _at_least(f, v, 1),
     "trainable_stages": lambda f, v: _at_least(f, v, 0),
+    "freeze_stages": lambda f, v: v is None or _at_least(f, v, 0, "0 trains every layer."),
     "max_minutes": lambda f, v: v is None or _positive(f, v, "Or leave it out (no limit)."),
     "seed": _seed,
     "device": check_device,

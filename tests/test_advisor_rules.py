@@ -323,6 +323,29 @@ def test_pilot_plan_is_deterministic_and_grows_with_the_budget():
     assert m["feature_extraction"] < m["fine_tuning"]
 
 
+def test_cost_model_charges_frozen_stages_at_the_extraction_rate():
+    """Fine-tuning's frozen stages run forward only: the cost model counts their multiply-accumulates
+    (the high-resolution ~30% of EfficientNet-Lite0 at 224 px) at the extraction rate."""
+    from medtl.advisor._pilot import count_macs
+    from medtl.backbones import create_backbone
+    from medtl.strategies import FineTuning
+
+    net, cfg = create_backbone("efficientnet_lite0.in1k", pretrained=False, num_classes=2)
+    frozen = cfg.stages[: FineTuning().frozen_stages(cfg)]
+    total, part = count_macs(net, 224), count_macs(net, 224, frozen)
+    assert 0.25 < part / total < 0.35
+    assert (
+        count_macs(net, 224, cfg.stages) + count_macs(net, 224, ["conv_head", "classifier"])
+        == total
+    )
+    full, lpft = CostModel(macs=total), CostModel(macs=total, frozen_macs=part)
+    assert full.extract_s < lpft.train_s < full.train_s
+    assert (
+        lpft.full_minutes(4000, 700, 8)["fine_tuning"]
+        < full.full_minutes(4000, 700, 8)["fine_tuning"]
+    )
+
+
 def test_pilot_sizes_hold_enough_of_the_rarest_class():
     """50 images with 13 of the rarer class: every pilot size must hold >= 4 of it (a 9-image size held
     one, and the pilot's stratified split raised a traceback: benchmarks/advisor_eval.py, 50 images)."""

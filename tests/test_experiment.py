@@ -105,7 +105,7 @@ def test_failed_strategy_does_not_lose_the_others(tmp_path):
     summary = compare(cfg, progress=False, write_html=False)
     assert summary["strategies"]["feature_extraction"]["status"] == "done"
     bad = summary["strategies"]["partial_fine_tuning"]
-    assert bad["status"] == "failed" and "trainable stages" in bad["error"]
+    assert bad["status"] == "failed" and "'trainable_stages'" in bad["error"]
 
 
 def test_validation_and_test_from_other_sites(tmp_path):

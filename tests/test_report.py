@@ -560,3 +560,16 @@ def test_runs_give_multiclass_metrics_a_ci_and_pairs(tmp_path: Path) -> None:
     (pair,) = runs.paired_comparisons(run, summary, seed=0)
     assert pair["a"] == "fine_tuning" and pair["bootstrap"]["low"] > 0
     assert pair["summary"].startswith("Fine-tuning's macro AUROC is higher than From scratch's")
+
+
+def test_training_details_say_which_stages_stayed_frozen() -> None:
+    from medtl.report._cards import _network_text
+
+    p = dict(PARAMS["fine_tuning"], lr=3e-4, backbone_lr_ratio=0.3)
+    frozen = _network_text("fine_tuning", {**p, "frozen_stages_run": ["conv_stem", "bn1"]}, [], 5)
+    assert "the first 2 backbone stages (conv_stem, bn1) kept at their pretrained weights" in frozen
+    assert "every layer trained" in _network_text(
+        "fine_tuning", {**p, "frozen_stages_run": []}, [], 5
+    )
+    old = _network_text("fine_tuning", p, [], 5)  # a model folder that did not record it
+    assert "stages" not in old and "every layer" not in old

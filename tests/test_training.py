@@ -412,3 +412,93 @@ def test_fine_tuning_with_folded_batchnorm_gives_the_unfolded_result(splits, mon
     assert [r["val_auroc"] for r in folded.history_] == pytest.approx(
         [r["val_auroc"] for r in plain.history_], abs=1e-6
     )
+
+
+def test_frozen_stages_leave_the_trained_layers_the_full_steps_gradients():
+    """Freezing the leading stages (issue 27) changes the computation by design: those stages get no
+    gradient and keep their weights. Every other parameter gets the same gradient as in the step that
+    trains everything (backpropagation only stops earlier), and the loss is the same."""
+    import copy
+
+    from torch import nn
+
+    from medtl.backbones import set_trainable_stages
+    from medtl.backbones._efficientnet_lite import FINE_TUNE_FROZEN, lite_config
+    from medtl.training import training_step
+
+    cfg = lite_config(0)
+    model = _timm_lite(3).train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    twin = copy.deepcopy(model)
+    frozen = set_trainable_stages(model, cfg, len(cfg.stages) - FINE_TUNE_FROZEN)
+    assert [type(m).__name__ for m in frozen][:2] == ["Conv2d", "BatchNormAct2d"]
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 3, 64, 64, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+
+    def step(net):
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.1)
+        loss = training_step(
+            net, opt, nn.CrossEntropyLoss(reduction="sum"), x, y, micro_batch=3, precision="fp32"
+        )
+        return loss, {n: p.grad for n, p in net.named_parameters()}
+
+    start = {n: t.clone() for n, t in model.state_dict().items()}
+    full_loss, full = step(twin)
+    part_loss, part = step(model)
+    assert part_loss == pytest.approx(full_loss, rel=1e-6)
+    prefix = ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2.")
+    assert sum(n.startswith(prefix) for n in part) == 45  # 15 convolutions and 15 BatchNorms
+    for name, grad in part.items():
+        if name.startswith(prefix):
+            assert grad is None, name  # no gradient, no update
+            assert torch.equal(dict(model.named_parameters())[name], start[name]), name
+        else:
+            torch.testing.assert_close(grad, full[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_fine_tuning_keeps_the_frozen_stages_as_pretrained(splits, tmp_path):
+    from medtl.backbones import create_backbone, stage_index
+    from medtl.backbones._efficientnet_lite import FINE_TUNE_FROZEN, lite_config
+
+    train, val, _ = splits
+    start, cfg = create_backbone("tiny_test", num_classes=2)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    body = {k: v for k, v in before.items() if not k.startswith("fc.")}
+    torch.save(body, tmp_path / "start.pt")  # the "pretrained" weights both sides start from
+    est = ft(epochs=2, freeze_stages=1, weights_path=str(tmp_path / "start.pt")).fit(train, val)
+    moved = {}
+    for name, t in est.model_.state_dict().items():
+        if stage_index(name, cfg) is not None and t.is_floating_point():
+            moved.setdefault(stage_index(name, cfg), []).append(not torch.equal(t, before[name]))
+    assert not any(moved[0])  # weights and BatchNorm statistics as pretrained
+    assert any(moved[len(cfg.stages) - 1])
+    assert est._extra_state()["recipe"]["frozen_stages"] == ["features.stem"]
+    # the default: EfficientNet-Lite keeps its stride <= 8 stages; the tiny test backbone none
+    assert get_strategy("fine_tuning").frozen_stages(lite_config(0)) == FINE_TUNE_FROZEN == 5
+    assert get_strategy("fine_tuning").frozen_stages(cfg) == 0
+    assert get_strategy("from_scratch").frozen_stages(lite_config(0)) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "needle"),
+    [
+        (
+            "fine_tuning",
+            {"freeze_stages": 3},
+            "'freeze_stages' parameter must be an integer in [0, 2]",
+        ),
+        ("fine_tuning", {"freeze_stages": -1}, "'freeze_stages'"),
+        ("from_scratch", {"freeze_stages": 1}, "freeze_stages do not apply"),
+        ("partial_fine_tuning", {"freeze_stages": 1}, "leave 'freeze_stages' out"),
+    ],
+)
+def test_freeze_stages_out_of_range_is_refused(splits, name, params, needle):
+    train, val, _ = splits
+    est = get_strategy(name, backbone="tiny_test", epochs=1, progress=False, **params)
+    with pytest.raises(ConfigError) as err:
+        est.fit(train, val)
+    assert needle in str(err.value)

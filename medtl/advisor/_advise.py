@@ -216,8 +216,11 @@ def _pilot_and_decide(
     from medtl.backbones import create_backbone
     from medtl.strategies import FineTuning
 
-    net, _ = create_backbone(backbone, pretrained=False, num_classes=len(dataset.classes))
-    cost = CostModel(macs=count_macs(net, size))
+    net, cfg = create_backbone(backbone, pretrained=False, num_classes=len(dataset.classes))
+    frozen = cfg.stages[: FineTuning().frozen_stages(cfg)]  # what the default recipe keeps frozen
+    cost = CostModel(
+        macs=count_macs(net, size), frozen_macs=count_macs(net, size, frozen) if frozen else 0
+    )
     del net
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     images, measured, patient_ids, n_strata, min_count = _measure_pool(

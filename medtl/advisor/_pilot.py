@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,9 @@ CV_FOLDS = 3
 CV_SIZE_MARGIN = 1.15
 
 
-def count_macs(model: nn.Module, size: int) -> int:
-    """Multiply-accumulates of one forward pass of one ``size`` x ``size`` image (convolutions + linear)."""
+def count_macs(model: nn.Module, size: int, within: Sequence[str] | None = None) -> int:
+    """Multiply-accumulates of one forward pass of one ``size`` x ``size`` image (convolutions + linear);
+    with ``within``, only those of the modules under these names (e.g. the stages fine-tuning freezes)."""
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     total = [0]
 
@@ -83,10 +85,13 @@ def count_macs(model: nn.Module, size: int) -> int:
         else:
             total[0] += m.in_features * m.out_features
 
+    def counted(name: str) -> bool:
+        return within is None or any(name == w or name.startswith(w + ".") for w in within)
+
     handles = [
         m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and counted(name)
     ]
     was_training = model.training
     try:
@@ -101,9 +106,13 @@ def count_macs(model: nn.Module, size: int) -> int:
 
 @dataclass
 class CostModel:
-    """Reference seconds per image for decoding, extraction and a training step (deterministic)."""
+    """Reference seconds per image for decoding, extraction and a training step (deterministic).
+
+    ``frozen_macs`` (of ``macs``) belong to the stages fine-tuning keeps frozen: a training step only runs
+    them forward, without gradients, so they cost what extraction costs."""
 
     macs: int
+    frozen_macs: int = 0
 
     @property
     def extract_s(self) -> float:
@@ -111,7 +120,12 @@ class CostModel:
 
     @property
     def train_s(self) -> float:
-        return self.macs / (REF_TRAIN_GMACS_PER_S * 1e9) + PER_IMAGE_OVERHEAD_S["train"]
+        trained = self.macs - self.frozen_macs
+        return (
+            trained / (REF_TRAIN_GMACS_PER_S * 1e9)
+            + self.frozen_macs / (REF_EXTRACT_GMACS_PER_S * 1e9)
+            + PER_IMAGE_OVERHEAD_S["train"]
+        )
 
     @property
     def decode_s(self) -> float:

@@ -44,6 +44,10 @@ class BackboneConfig:
             outside every stage and outside the classifier form the "neck" after the last stage (e.g.
             EfficientNet's ``conv_head``/``bn2``); :func:`medtl.backbones.stage_index` assigns them to
             the last stage.
+        fine_tune_frozen: leading ``stages`` that fine-tuning keeps at their pretrained weights unless told
+            otherwise (``freeze_stages``). These are the high-resolution layers: on a CPU they take most
+            of a training step's backward time and hold few of the weights. Set where it was measured
+            (EfficientNet-Lite, issue 27); 0 = every layer trains.
         license: license of the weights.
         description: one line for humans.
     """
@@ -62,6 +66,7 @@ class BackboneConfig:
     weights_file: str | None = None
     weights_sha256: str | None = None
     source: str = "random"
+    fine_tune_frozen: int = 0
     license: str = "unknown"
     description: str = ""
 

@@ -155,8 +155,18 @@ def _network_text(name: str, p: dict[str, Any], hist: list[dict] | None, epochs_
         if p.get("head_init") == "probe"
         else "randomly initialised"
     )
+    frozen = p.get("frozen_stages_run")  # None: not recorded (model folders before 2026-12-07)
+    layers = (
+        ""
+        if frozen is None
+        else f"the first {len(frozen)} backbone stages ({', '.join(frozen)}) kept at their "
+        "pretrained weights, the rest trained; "
+        if frozen
+        else "every layer trained; "
+    )
     return (
-        f"{strategy_label(name)}: AdamW (weight decay {p.get('weight_decay')}), {rate}, {sched}; "
+        f"{strategy_label(name)}: {layers}AdamW (weight decay {p.get('weight_decay')}), {rate}, "
+        f"{sched}; "
         f"batch size {p.get('batch_size')}; {aug}; {ran}, {stop}; classes weighted "
         f"{p.get('class_weighting')}; new head {head}."
     )
@@ -200,6 +210,7 @@ def training_text(run: RunData, strat: dict[str, dict]) -> str | None:
             # model.json records the recipe as it ran (default learning rates resolved)
             extra = (read_model_meta(run.run_dir, name) or {}).get("extra") or {}
             recipe = extra.get("recipe") or {}
+            p = {**p, "frozen_stages_run": recipe.get("frozen_stages")}
             if recipe.get("head_lr") is not None and p.get("lr") is None:
                 p = {
                     **p,
