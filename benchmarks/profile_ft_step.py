@@ -13,6 +13,8 @@ Not a test; run on an idle machine:
     python benchmarks/profile_ft_step.py                      # unfolded, passes of 4 and 32
     python benchmarks/profile_ft_step.py --fold               # folded, as medtl trains (passes of 16)
     python benchmarks/profile_ft_step.py --precision bf16     # what bf16 autocast would give
+    python benchmarks/profile_ft_step.py --fold --freeze      # the default recipe since issue 27:
+                                                              # also the stride <= 8 stages frozen
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--fold", action="store_true", help="BatchNorm folded as medtl trains")
+    ap.add_argument(
+        "--freeze",
+        action="store_true",
+        help="the stages FineTuning keeps frozen by default, frozen",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     model, cfg = create_backbone("efficientnet_lite0.in1k", num_classes=2, pretrained=True)
@@ -71,8 +78,17 @@ def main() -> None:
     for m in model.modules():  # LP-FT: BatchNorm statistics frozen, every parameter trainable
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+    if args.freeze:
+        from medtl.backbones import set_trainable_stages
+        from medtl.strategies import FineTuning
+
+        k = FineTuning().frozen_stages(cfg)
+        for m in set_trainable_stages(model, cfg, len(cfg.stages) - k):
+            m.eval()
+        print(f"frozen: {', '.join(cfg.stages[:k])}")
     model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=3e-4, weight_decay=0.01)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     aug = BatchAugment(AugmentSettings())
     px = _images()
@@ -99,7 +115,7 @@ def main() -> None:
             t["backward"] += dt
 
         def update() -> None:
-            nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+            nn.utils.clip_grad_norm_(trained, 2.0)
             opt.step()
 
         _, t["optimiser"] = _timed(update)

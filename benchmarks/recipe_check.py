@@ -45,13 +45,14 @@ def check_cell(name: str, n: int | None, args: argparse.Namespace) -> dict[str, 
 
     tr, va = prep(cell.split("train")), prep(cell.split("val"))
     targets = {"test": prep(test.samples)} | ({"dev": prep(dev.samples)} if dev else {})
-    out: dict[str, Any] = {"seconds": [], "aurocs": {t: [] for t in targets}}
+    out: dict[str, Any] = {"seconds": [], "epochs_run": [], "aurocs": {t: [] for t in targets}}
     for ts in args.train_seeds:
         t0 = time.perf_counter()
         ft = FineTuning(
             epochs=args.epochs, seed=ts, cache_dir=str(cache), progress=False, **args.options
         ).fit(tr, va)
         out["seconds"].append(time.perf_counter() - t0)
+        out["epochs_run"].append(ft.epochs_run_)
         for t, d in targets.items():
             out["aurocs"][t].append(float(task.headline_auroc(d.labels, ft.predict_proba(d))))
         log.info("%s n=%s seed %d: %.0f s", name, n or "all", ts, out["seconds"][-1])
