@@ -477,6 +477,9 @@ def test_fine_tuning_keeps_the_frozen_stages_as_pretrained(splits, tmp_path):
     assert not any(moved[0])  # weights and BatchNorm statistics as pretrained
     assert any(moved[len(cfg.stages) - 1])
     assert est._extra_state()["recipe"]["frozen_stages"] == ["features.stem"]
+    est.save(tmp_path / "model")  # a model folder read back and written again keeps the record
+    again = type(est).load(tmp_path / "model")
+    assert again._extra_state()["recipe"]["frozen_stages"] == ["features.stem"]
     # the default: EfficientNet-Lite keeps its stride <= 8 stages; the tiny test backbone none
     assert get_strategy("fine_tuning").frozen_stages(lite_config(0)) == FINE_TUNE_FROZEN == 5
     assert get_strategy("fine_tuning").frozen_stages(cfg) == 0

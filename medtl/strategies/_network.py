@@ -479,6 +479,7 @@ class _TrainedNetwork(Strategy):
         self.interpolation_ = extra.get("interpolation")
         self.probe_val_auroc_ = extra.get("probe_val_auroc")
         self.batchnorm_folded_ = int(extra.get("batchnorm_folded") or 0)
+        self.frozen_stage_names_ = list((extra.get("recipe") or {}).get("frozen_stages") or [])
 
 
 @register_strategy
