@@ -241,7 +241,7 @@ def epoch_rates(plain: dict, run_dir: Path, n_plain: int) -> None:
     plain_rate = n_plain / max(1e-9, ph.get("decoding", 0.0) + ph.get("forward", 0.0))
     try:
         hist = json.loads((run_dir / "fine_tuning" / "history.json").read_text())
-        row = hist[0] if isinstance(hist, list) else hist["epochs"][0]
+        row = hist[0]  # history.json: one row per epoch
         rate = row["images"] / row["train_seconds"]
     except (OSError, KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
         print(f"  epoch alone: medtl history not readable ({exc})")
@@ -262,10 +262,9 @@ def ft_run(cell: Path, medtl: list[str]) -> None:
     cfg["output"] = {**cfg.get("output", {}), "out": str(cell / "ftrun")}
     (cell / "ftrun.yaml").write_text(yaml.safe_dump(cfg))
     t, _ = run([*medtl, "train", "--config", str(cell / "ftrun.yaml"), "--quiet"], cell)
-    hist = []
+    epochs = []  # history.json: one row per epoch
     with contextlib.suppress(OSError, ValueError):
-        hist = json.loads((cell / "ftrun" / "fine_tuning" / "history.json").read_text())
-    epochs = hist if isinstance(hist, list) else []
+        epochs = json.loads((cell / "ftrun" / "fine_tuning" / "history.json").read_text())
     train_s = sum(r.get("train_seconds", 0.0) for r in epochs)
     images = sum(r.get("images", 0) for r in epochs)
     auc = None

@@ -42,6 +42,7 @@ _LAZY = {
     "FeatureNet": "medtl.backbones._adapter",
     "imagenet_classes": "medtl.backbones._preprocess",
     "preprocess": "medtl.backbones._preprocess",
+    "check_stage_count": "medtl.backbones._stages",
     "set_trainable_stages": "medtl.backbones._stages",
     "stage_index": "medtl.backbones._stages",
 }
@@ -61,6 +62,7 @@ __all__ = [
     "backbone_config",
     "backbone_fingerprint",
     "backbone_names",
+    "check_stage_count",
     "create_backbone",
     "imagenet_classes",
     "list_backbones",

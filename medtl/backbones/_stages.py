@@ -29,6 +29,17 @@ def stage_index(name: str, cfg: BackboneConfig) -> int | None:
     return len(cfg.stages) - 1
 
 
+def check_stage_count(cfg: BackboneConfig, k: object, most: int, what: str, fix: str = "") -> int:
+    """``k`` as a count of ``cfg``'s stages in ``[0, most]``; else a ConfigError naming ``what`` (e.g.
+    "'freeze_stages' parameter"), the backbone's stages and ``fix``. One check for every stage count."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= most:
+        raise ConfigError(
+            f"The {what} must be an integer in [0, {most}] for backbone {cfg.name!r} (its stages: "
+            f"{', '.join(cfg.stages)}). Got {k!r}." + (f" {fix}" if fix else "")
+        )
+    return k
+
+
 def set_trainable_stages(model: nn.Module, cfg: BackboneConfig, k: int) -> list[nn.Module]:
     """Make only the last ``k`` stages (the neck counts with the last one) and the classifier trainable.
 
@@ -42,12 +53,7 @@ def set_trainable_stages(model: nn.Module, cfg: BackboneConfig, k: int) -> list[
         ``model.train()``) so their BatchNorm statistics do not move.
     """
     n = len(cfg.stages)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise ConfigError(
-            f"The 'k' parameter (trainable stages) must be an int in [0, {n}] for backbone "
-            f"{cfg.name!r} (stages {list(cfg.stages)}). Got {k!r}."
-        )
-    first = n - k
+    first = n - check_stage_count(cfg, k, n, "'k' parameter (trainable stages)")
 
     def frozen(name: str) -> bool:
         idx = stage_index(name, cfg)

@@ -155,15 +155,16 @@ def _network_text(name: str, p: dict[str, Any], hist: list[dict] | None, epochs_
         if p.get("head_init") == "probe"
         else "randomly initialised"
     )
-    frozen = p.get("frozen_stages_run")  # None: not recorded (model folders before 2026-12-07)
-    layers = (
-        ""
-        if frozen is None
-        else f"the first {len(frozen)} backbone stages ({', '.join(frozen)}) kept at their "
-        "pretrained weights, the rest trained; "
-        if frozen
-        else "every layer trained; "
-    )
+    frozen = p.get("frozen_stages_run")
+    if frozen is None:  # not recorded (model folders before 2026-12-07)
+        layers = ""
+    elif frozen:
+        layers = (
+            f"the first {len(frozen)} backbone stages ({', '.join(frozen)}) kept at their "
+            "pretrained weights, the rest trained; "
+        )
+    else:
+        layers = "every layer trained; "
     return (
         f"{strategy_label(name)}: {layers}AdamW (weight decay {p.get('weight_decay')}), {rate}, "
         f"{sched}; "

@@ -137,17 +137,13 @@ class _TrainedNetwork(Strategy):
     def frozen_stages(self, cfg: Any) -> int:
         """How many leading stages of backbone ``cfg`` keep their pretrained weights: ``freeze_stages``,
         or when None the backbone's measured default (``cfg.fine_tune_frozen``)."""
-        from medtl.errors import ConfigError
+        from medtl.backbones import check_stage_count
 
-        n = len(cfg.stages)
         k = cfg.fine_tune_frozen if self.freeze_stages is None else self.freeze_stages
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
-            raise ConfigError(
-                f"The 'freeze_stages' parameter must be an integer in [0, {n - 1}] for backbone "
-                f"{cfg.name!r} (its stages: {', '.join(cfg.stages)}). Got {k!r}. Use 0 to train "
-                "every layer."
-            )
-        return int(k)
+        most = len(cfg.stages) - 1
+        return check_stage_count(
+            cfg, k, most, "'freeze_stages' parameter", "Use 0 to train every layer."
+        )
 
     def _param_groups(
         self, model: nn.Module, cfg: Any
@@ -575,6 +571,7 @@ class PartialFineTuning(_TrainedNetwork):
 
     def frozen_stages(self, cfg: Any) -> int:
         """All stages but the last ``trainable_stages`` (``freeze_stages`` does not apply here)."""
+        from medtl.backbones import check_stage_count
         from medtl.errors import ConfigError
 
         if self.freeze_stages is not None:
@@ -582,10 +579,5 @@ class PartialFineTuning(_TrainedNetwork):
                 "partial_fine_tuning says what trains with 'trainable_stages'; leave 'freeze_stages' "
                 f"out (got {self.freeze_stages!r})."
             )
-        n, k = len(cfg.stages), self.trainable_stages
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-            raise ConfigError(
-                f"The 'trainable_stages' parameter must be an integer in [0, {n}] for backbone "
-                f"{cfg.name!r} (its stages: {', '.join(cfg.stages)}). Got {k!r}."
-            )
-        return n - k
+        n = len(cfg.stages)
+        return n - check_stage_count(cfg, self.trainable_stages, n, "'trainable_stages' parameter")
