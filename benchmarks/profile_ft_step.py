@@ -14,9 +14,7 @@ Not a test; run on an idle machine:
     python benchmarks/profile_ft_step.py --fold               # folded, as medtl trains (passes of 16)
     python benchmarks/profile_ft_step.py --precision bf16     # what bf16 autocast would give
     python benchmarks/profile_ft_step.py --fold --freeze      # the default recipe since issue 27:
-                                                              # also the stride <= 8 stages frozen,
-                                                              # computed in bf16 where the CPU has it
-    python benchmarks/profile_ft_step.py --fold --freeze --frozen-fp32   # those stages in fp32
+                                                              # also the stride <= 8 stages frozen
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from medtl.training import (
     folded_for_training,
     training_precision,
 )
-from medtl.training._inference import frozen_at_inference_precision
 
 BATCH = 32
 DEVICE = torch.device("cpu")
@@ -74,11 +71,6 @@ def main() -> None:
         action="store_true",
         help="the stages FineTuning keeps frozen by default, frozen",
     )
-    ap.add_argument(
-        "--frozen-fp32",
-        action="store_true",
-        help="with --freeze: the frozen stages in fp32 too (not at inference precision)",
-    )
     args = ap.parse_args()
     torch.manual_seed(0)
     model, cfg = create_backbone("efficientnet_lite0.in1k", num_classes=2, pretrained=True)
@@ -86,14 +78,12 @@ def main() -> None:
     for m in model.modules():  # LP-FT: BatchNorm statistics frozen, every parameter trainable
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-    frozen: list[nn.Module] = []
     if args.freeze:
         from medtl.backbones import set_trainable_stages
         from medtl.strategies import FineTuning
 
         k = FineTuning().frozen_stages(cfg)
-        frozen = set_trainable_stages(model, cfg, len(cfg.stages) - k)
-        for m in frozen:
+        for m in set_trainable_stages(model, cfg, len(cfg.stages) - k):
             m.eval()
         print(f"frozen: {', '.join(cfg.stages[:k])}")
     model.to(memory_format=torch.channels_last)
@@ -133,13 +123,8 @@ def main() -> None:
 
     example = to_model_input(px[:2].float().div(255), cfg.mean, cfg.std)
     fold = folded_for_training(model, example) if args.fold else contextlib.nullcontext(0)
-    at_inference = frozen_at_inference_precision(
-        [] if args.frozen_fp32 else frozen, DEVICE, args.precision
-    )
-    with fold as n, at_inference as n_bf16:
-        print(
-            f"BatchNorm folded into {n} convolutions; {n_bf16} frozen modules at inference precision"
-        )
+    with fold as n:
+        print(f"BatchNorm folded into {n} convolutions")
         for micro in (4, 16, BATCH):
             step(micro)  # warm-up
             runs = [step(micro) for _ in range(3)]

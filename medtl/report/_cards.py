@@ -159,10 +159,9 @@ def _network_text(name: str, p: dict[str, Any], hist: list[dict] | None, epochs_
     if frozen is None:  # not recorded (model folders before 2026-12-07)
         layers = ""
     elif frozen:
-        how = " (computed in bf16, as inference is)" if p.get("frozen_in_bf16_run") else ""
         layers = (
             f"the first {len(frozen)} backbone stages ({', '.join(frozen)}) kept at their "
-            f"pretrained weights{how}, the rest trained; "
+            "pretrained weights, the rest trained; "
         )
     else:
         layers = "every layer trained; "
@@ -212,11 +211,7 @@ def training_text(run: RunData, strat: dict[str, dict]) -> str | None:
             # model.json records the recipe as it ran (default learning rates resolved)
             extra = (read_model_meta(run.run_dir, name) or {}).get("extra") or {}
             recipe = extra.get("recipe") or {}
-            p = {
-                **p,
-                "frozen_stages_run": recipe.get("frozen_stages"),
-                "frozen_in_bf16_run": extra.get("frozen_in_bf16"),
-            }
+            p = {**p, "frozen_stages_run": recipe.get("frozen_stages")}
             if recipe.get("head_lr") is not None and p.get("lr") is None:
                 p = {
                     **p,

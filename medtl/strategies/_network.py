@@ -15,9 +15,7 @@ Fine-tuning options that hold up under distribution shift (see DESIGN.md and iss
 
 Speed: ``micro_batch_size`` is the number of images per forward/backward pass inside one optimiser step
 (None = cache-sized on a CPU while BatchNorm statistics are frozen, as in LP-FT; 0 = the whole batch).
-It does not change the step, only how fast it runs. On a CPU with native bf16 the frozen stages compute
-in bf16 as inference does, the trained rest in fp32 (``frozen_at_inference_precision``; ``precision:
-fp32`` keeps everything in fp32).
+It does not change the step, only how fast it runs.
 """
 
 from __future__ import annotations
@@ -334,7 +332,6 @@ class _TrainedNetwork(Strategy):
         self.epochs_run_ = len(result.history)
         self.stopped_early_ = result.stopped_early
         self.batchnorm_folded_ = int(result.extra.get("batchnorm_folded", 0))
-        self.frozen_in_bf16_ = int(result.extra.get("frozen_in_bf16", 0))
         return self
 
     def _initial_network(
@@ -454,8 +451,6 @@ class _TrainedNetwork(Strategy):
             "probe_val_auroc": getattr(self, "probe_val_auroc_", None),
             # convolutions that computed their frozen-statistics BatchNorm while training (CPU speed-up)
             "batchnorm_folded": getattr(self, "batchnorm_folded_", 0),
-            # frozen modules that computed in bf16 while training (frozen_at_inference_precision)
-            "frozen_in_bf16": getattr(self, "frozen_in_bf16_", 0),
             # the recipe as it ran (None parameters resolved), for the report's training details
             "recipe": {
                 "optimizer": "AdamW",
@@ -480,7 +475,6 @@ class _TrainedNetwork(Strategy):
         self.interpolation_ = extra.get("interpolation")
         self.probe_val_auroc_ = extra.get("probe_val_auroc")
         self.batchnorm_folded_ = int(extra.get("batchnorm_folded") or 0)
-        self.frozen_in_bf16_ = int(extra.get("frozen_in_bf16") or 0)
         self.frozen_stage_names_ = list((extra.get("recipe") or {}).get("frozen_stages") or [])
 
 

@@ -159,20 +159,9 @@ CPU_PIXELS_PER_PASS = 4 * 224 * 224
 # With BatchNorm folded for training (folded_for_training) passes of 4 stay right: an LP-FT step on 32 real
 # Kermany images ran 23.3 / 22.2 / 19.4 images/s in passes of 4 / 16 / 32 (profile_ft_step.py --fold,
 # idle, 2026-12-07). Random pixels had favoured 16 (40 against 34): the profile uses real images since.
-# With the early stages frozen and computed in bf16 (frozen_at_inference_precision), passes of 16 win: the
-# default fine-tuning step ran 35-37 images/s in passes of 4 (fp32 throughout), 36-41 in passes of 16 and
-# 42-50 in passes of 16 or 32 with the frozen stages in bf16 (profile_ft_step.py --fold --freeze, real
-# Kermany images, alternating runs, 2026-12-07): bf16 convolutions want more images per call.
-CPU_PIXELS_PER_PASS_FROZEN_BF16 = 16 * 224 * 224
 
 
-def micro_batch_size(
-    device: torch.device,
-    image_size: int,
-    batch_size: int | None = None,
-    *,
-    frozen_in_bf16: bool = False,
-) -> int:
+def micro_batch_size(device: torch.device, image_size: int, batch_size: int | None = None) -> int:
     """How many images to push through the network at once on ``device`` (cache-sized on a CPU).
 
     Args:
@@ -181,10 +170,8 @@ def micro_batch_size(
         image_size: side of the (square) input in pixels.
         batch_size: the logical batch (an optimiser step or a caller's request); the answer never exceeds
             it.
-        frozen_in_bf16: a training step whose frozen stages compute in bf16 (larger passes pay off).
     """
     if device.type != "cpu":
         return int(batch_size or 128)
-    pixels = CPU_PIXELS_PER_PASS_FROZEN_BF16 if frozen_in_bf16 else CPU_PIXELS_PER_PASS
-    n = max(2, round(pixels / max(1, int(image_size)) ** 2))
+    n = max(2, round(CPU_PIXELS_PER_PASS / max(1, int(image_size)) ** 2))
     return int(min(n, batch_size)) if batch_size else int(n)

@@ -12,11 +12,8 @@ convolutions are memory-bound.
   pass fewer. Module tree, parameter objects and ``state_dict`` are unchanged (only the two modules'
   ``forward`` is replaced, and restored on exit). PyTorch's fusion utilities fold weights for inference
   only, hence this hand-written context.
-- :func:`frozen_at_inference_precision` (the frozen stages of the default fine-tuning recipe): modules
-  with no trainable parameter compute as inference does, without a graph and in bf16 where the CPU has
-  it, while the trained rest computes in fp32.
 
-The two folds are checked numerically against the original and not used if they disagree, so an architecture whose
+Both are checked numerically against the original and not used if they disagree, so an architecture whose
 module order does not match its forward order can never silently change results.
 """
 
@@ -26,14 +23,11 @@ import contextlib
 import copy
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-from medtl.training._device import autocast_context, inference_precision, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -190,66 +184,6 @@ def folded_for_training(
         yield len(pairs)
     finally:
         _unfold(pairs)
-
-
-@contextlib.contextmanager
-def frozen_at_inference_precision(
-    modules: Sequence[nn.Module], device: torch.device, precision: str = "auto"
-) -> Iterator[int]:
-    """Inside the block, the frozen ``modules`` compute as inference does: no autograd graph, and in the
-    inference precision where it differs from the training precision (bf16 on a CPU with native bf16).
-
-    A frozen module (no trainable parameter, eval mode) whose input carries no gradient is inference:
-    nothing behind it needs its graph. On this project's 2-core CPU bf16 runs inference ~1.5x faster
-    than fp32 but training steps slower (see :func:`training_precision`), so the frozen stem and early
-    stages of the default fine-tuning recipe run in bf16 and the trained rest in fp32; each frozen
-    module's output is handed on in the input's dtype (fp32). This changes the computation by design:
-    the trained layers see bf16-computed features, as they do at prediction time (inference runs in bf16
-    on such a CPU) and as feature extraction's heads do. Measured on pretrained EfficientNet-Lite0 and 32
-    real Kermany images (2026-12-07): the five frozen stages' output differs from fp32 by ~6% in norm
-    (the whole network's bf16 features, which extraction uses, by ~10%), a step's gradient of the trained
-    parameters by 20-25% in norm at cosine 0.97-0.98; the test AUROC over 3 seeds is in the README.
-
-    A module with a trainable parameter, or called on an input that needs a gradient (a frozen module
-    behind a trained one), runs unchanged. Yields how many modules run this way (0: nothing changed,
-    e.g. on CUDA, where training already uses mixed precision, or on a CPU without native bf16).
-    """
-    wrapped: list[nn.Module] = []
-    if (
-        device.type == "cpu"
-        and inference_precision(device, precision) == "bf16"
-        and training_precision(device, precision) == "fp32"
-    ):
-        frozen = [m for m in modules if not any(p.requires_grad for p in m.parameters())]
-        inner = {id(sub) for m in frozen for sub in m.modules() if sub is not m}
-        wrapped = [m for m in frozen if id(m) not in inner]  # outermost only (LP-FT lists every BN)
-    before = [m.__dict__.get("forward") for m in wrapped]  # e.g. a folded convolution's
-    for m in wrapped:
-        m.forward = _as_inference(m, device, precision)
-    try:
-        yield len(wrapped)
-    finally:
-        for m, fwd in zip(wrapped, before, strict=True):
-            if fwd is None:
-                m.__dict__.pop("forward", None)
-            else:
-                m.forward = fwd
-
-
-def _as_inference(module: nn.Module, device: torch.device, precision: str) -> Callable[..., Any]:
-    """``module.forward`` run without a graph in the inference precision, its output in the input's dtype."""
-    forward = module.forward  # the instance's own (a folded convolution's) or its class's
-
-    def run(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(x, torch.Tensor) or (
-            torch.is_grad_enabled() and (x.requires_grad or module.training)
-        ):
-            return forward(x, *args, **kwargs)  # gradients must flow through, or it is not frozen
-        with torch.no_grad(), autocast_context(device, precision):
-            out = forward(x, *args, **kwargs)
-        return out.to(x.dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
-
-    return run
 
 
 def _unfold(pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]]) -> None:

@@ -51,7 +51,7 @@ from medtl.training._device import (
     to_device,
     training_precision,
 )
-from medtl.training._inference import folded_for_training, frozen_at_inference_precision
+from medtl.training._inference import folded_for_training
 
 log = logging.getLogger(__name__)
 
@@ -212,23 +212,16 @@ def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
 
 
 def micro_batch_for(
-    model: nn.Module,
-    s: LoopSettings,
-    device: torch.device,
-    image_size: int,
-    *,
-    frozen_in_bf16: bool = False,
+    model: nn.Module, s: LoopSettings, device: torch.device, image_size: int
 ) -> int:
-    """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch);
-    else ``s.micro_batch_size`` or :func:`micro_batch_size`'s choice (``frozen_in_bf16``: the frozen
-    stages compute in bf16, see :func:`frozen_at_inference_precision`)."""
+    """Images per pass: the whole batch while any BatchNorm trains (its statistics depend on the batch)."""
     if s.micro_batch_size == 0:
         return s.batch_size
     if any(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         return s.batch_size
     if s.micro_batch_size is not None:
         return min(s.micro_batch_size, s.batch_size)
-    return micro_batch_size(device, image_size, s.batch_size, frozen_in_bf16=frozen_in_bf16)
+    return micro_batch_size(device, image_size, s.batch_size)
 
 
 def training_step(
@@ -342,8 +335,6 @@ class _Loop:
     aug: BatchAugment
     steps_per_epoch: int
     n_ranks: int
-    # frozen modules computing at inference precision (set by train_network)
-    frozen_in_bf16: int = 0
 
 
 @dataclass
@@ -456,9 +447,7 @@ def _train_epoch(
     passes = math.ceil(lp.steps_per_epoch * s.batch_size / max(1, len(train)))
     order = np.concatenate([rng.permutation(len(train)) for _ in range(passes)])
     _set_train_mode(model, frozen_modules)
-    micro = micro_batch_for(
-        model, s, lp.device, int(train.pixels.shape[-1]), frozen_in_bf16=lp.frozen_in_bf16 > 0
-    )
+    micro = micro_batch_for(model, s, lp.device, int(train.pixels.shape[-1]))
     if first and micro < s.batch_size:
         log.info("%s: %d images per pass, %d per optimiser step", desc, micro, s.batch_size)
     total_loss, seen = 0.0, 0
@@ -625,14 +614,9 @@ def train_network(
 
     t0 = time.perf_counter()
     _set_train_mode(model, frozen_modules)  # folding looks at which BatchNorms are frozen
-    with (
-        _folding(model, lp, train, mean, std) as folded,
-        frozen_at_inference_precision(frozen_modules, lp.device, s.precision) as lp.frozen_in_bf16,
-    ):
+    with _folding(model, lp, train, mean, std) as folded:
         if folded:
             log.debug("%s: BatchNorm folded into %d convolutions for training", desc, folded)
-        if lp.frozen_in_bf16:
-            log.debug("%s: %d frozen modules compute in bf16", desc, lp.frozen_in_bf16)
         stopped_early = _run_epochs(
             model, lp, pg, train, val, mean=mean, std=std, frozen_modules=frozen_modules,
             regularizer=regularizer, progress=progress, desc=desc, history_path=history_path,
@@ -652,7 +636,7 @@ def train_network(
         seconds=pg.elapsed_before + time.perf_counter() - t0,
         stopped_early=stopped_early,
         resumed_from_epoch=pg.start_epoch,
-        extra={"batchnorm_folded": folded, "frozen_in_bf16": lp.frozen_in_bf16},
+        extra={"batchnorm_folded": folded},
     )
 
 
