@@ -213,6 +213,7 @@ def test_micro_batch_size_scales_with_image_area():
     assert micro_batch_size(cpu, 112) == 16
     assert micro_batch_size(cpu, 512) == 2  # never a batch of one (BatchNorm, stable kernels)
     assert micro_batch_size(cpu, 64, batch_size=8) == 8  # never more than the logical batch
+    assert micro_batch_size(cpu, 224, batch_size=32, training=True) == 16  # retained allocations
     assert micro_batch_size(torch.device("cuda"), 224, batch_size=32) == 32
     with pytest.raises(ConfigError, match="micro_batch_size"):
         LoopSettings(micro_batch_size=-1)
@@ -505,3 +506,32 @@ def test_freeze_stages_out_of_range_is_refused(splits, name, params, needle):
     with pytest.raises(ConfigError) as err:
         est.fit(train, val)
     assert needle in str(err.value)
+
+
+def test_retained_allocations_reuse_freed_memory_and_give_it_back(monkeypatch):
+    """Inside the block a large tensor allocated again after one was freed reuses its memory instead of
+    page-faulting fresh pages (what made passes of 16 slow). In steady state: the first allocations
+    inside may still grow the heap. (Outside, whether glibc maps fresh pages depends on what the heap
+    holds, so it is not asserted.)"""
+    import resource
+    import sys
+
+    from medtl.training import _device, retained_allocations
+
+    def faults_of_two_allocations() -> int:
+        torch.empty(25_000_000).fill_(1.0)  # 100 MB, freed at once
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(25_000_000).fill_(2.0)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    if _device._glibc() is None:
+        with retained_allocations() as changed:
+            assert changed is False
+        pytest.skip(f"not glibc ({sys.platform}): nothing to retain")
+    pages = 100e6 / resource.getpagesize()
+    with retained_allocations() as changed:
+        assert changed is True
+        assert min(faults_of_two_allocations() for _ in range(4)) < 0.1 * pages
+    monkeypatch.setattr(_device, "_glibc", lambda: None)  # musl, macOS, Windows: no change
+    with retained_allocations() as changed:
+        assert changed is False

@@ -10,6 +10,7 @@ from medtl.training._device import (
     inference_precision,
     micro_batch_size,
     resolve_device,
+    retained_allocations,
     to_device,
     training_precision,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "micro_batch_size",
     "predict_logits",
     "resolve_device",
+    "retained_allocations",
     "to_device",
     "to_model_input",
     "train_network",
