@@ -2,19 +2,23 @@
 
 EfficientNet-Lite0 at 224 px, a batch of 32 random images, BatchNorm statistics frozen (as the
 default recipe trains), the training precision medtl picks on this machine: uint8 -> float,
-augmentation, normalisation, forward, backward, optimiser, for passes of 4 images (what medtl uses
-on a CPU when BatchNorm is frozen) and of 32 (one pass per batch); then the inference speed a
+augmentation, normalisation, forward, backward, optimiser, for passes of 4, 16 (what medtl uses on a
+CPU when BatchNorm is frozen, since issue 27) and 32 images (one pass per batch); then the inference speed a
 validation pass gets in fp32 and bf16. The batch is 32 real Kermany chest X-rays when
 ../shared/data has them (random pixels ran the folded step 1.5x faster than real images did: speed
 depends on the content here, so the profile uses real ones), else random pixels. ``--fold`` folds each
 frozen BatchNorm into its convolution as medtl's training does on a CPU (``folded_for_training``).
 Not a test; run on an idle machine:
 
-    python benchmarks/profile_ft_step.py                      # unfolded, passes of 4 and 32
-    python benchmarks/profile_ft_step.py --fold               # folded, as medtl trains (passes of 16)
+    python benchmarks/profile_ft_step.py                      # unfolded
+    python benchmarks/profile_ft_step.py --fold               # folded, as medtl trains
     python benchmarks/profile_ft_step.py --precision bf16     # what bf16 autocast would give
     python benchmarks/profile_ft_step.py --fold --freeze      # the default recipe since issue 27:
                                                               # also the stride <= 8 stages frozen
+    python benchmarks/profile_ft_step.py --fold --freeze --no-retain   # glibc's default allocation
+
+Steps run inside ``retained_allocations`` (freed memory kept for reuse, as medtl trains) unless
+``--no-retain``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from medtl.training import (
     BatchAugment,
     autocast_context,
     folded_for_training,
+    retained_allocations,
     training_precision,
 )
 
@@ -70,6 +75,11 @@ def main() -> None:
         "--freeze",
         action="store_true",
         help="the stages FineTuning keeps frozen by default, frozen",
+    )
+    ap.add_argument(
+        "--no-retain",
+        action="store_true",
+        help="glibc's default allocation (large blocks mapped afresh each time), not medtl's",
     )
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -123,8 +133,9 @@ def main() -> None:
 
     example = to_model_input(px[:2].float().div(255), cfg.mean, cfg.std)
     fold = folded_for_training(model, example) if args.fold else contextlib.nullcontext(0)
-    with fold as n:
-        print(f"BatchNorm folded into {n} convolutions")
+    retain = contextlib.nullcontext(False) if args.no_retain else retained_allocations()
+    with retain as kept, fold as n:
+        print(f"BatchNorm folded into {n} convolutions; freed memory kept for reuse: {kept}")
         for micro in (4, 16, BATCH):
             step(micro)  # warm-up
             runs = [step(micro) for _ in range(3)]

@@ -14,7 +14,8 @@ Fine-tuning options that hold up under distribution shift (see DESIGN.md and iss
   ``(1 - a) * start + a * finetuned``, with ``a`` chosen on the validation split.
 
 Speed: ``micro_batch_size`` is the number of images per forward/backward pass inside one optimiser step
-(None = cache-sized on a CPU while BatchNorm statistics are frozen, as in LP-FT; 0 = the whole batch).
+(None = 16 images at 224 px on a CPU while BatchNorm statistics are frozen, as in LP-FT, with freed
+memory kept for reuse while training; 0 = the whole batch).
 It does not change the step, only how fast it runs.
 """
 

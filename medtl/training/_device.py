@@ -161,8 +161,8 @@ CPU_PIXELS_PER_PASS = 4 * 224 * 224
 # With BatchNorm folded for training (folded_for_training) passes of 4 stay right: an LP-FT step on 32 real
 # Kermany images ran 23.3 / 22.2 / 19.4 images/s in passes of 4 / 16 / 32 (profile_ft_step.py --fold,
 # idle, 2026-12-07). Random pixels had favoured 16 (40 against 34): the profile uses real images since.
-# That was the allocator, not the cache: see retained_allocations. With freed memory kept for reuse,
-# training steps run faster in passes of 16 (next constant).
+# For training steps that was largely the allocator, not the cache (see retained_allocations): with freed
+# memory kept for reuse, they run faster in passes of 16 (next constant). Inference keeps passes of 4.
 # Images per training pass on a CPU while retained_allocations holds: the default LP-FT step (stride <= 8
 # stages frozen) ran 40.0 / 43.3 images/s in passes of 16 against 32.9 / 33.7 with glibc's default
 # allocation (passes of 8: 38.7 / 39.4; 32: 40.4 / 41.0), and with every layer trained 29.5 / 29.4 against

@@ -82,8 +82,9 @@ class LoopSettings:
     min_steps_per_epoch: int = 10
     # Images per forward/backward pass inside one optimiser step. When no BatchNorm layer is in training
     # mode (LP-FT freezes their statistics), the gradients of a step accumulated over micro-batches equal
-    # those of the whole batch, and cache-sized passes are much faster on a CPU. None = automatic
-    # (cache-sized on a CPU, the whole batch on CUDA or while BatchNorm trains); 0 = always whole batch.
+    # those of the whole batch, and smaller passes are faster on a CPU. None = automatic (16 images at
+    # 224 px on a CPU, see micro_batch_size and retained_allocations; the whole batch on CUDA or while
+    # BatchNorm trains); 0 = always whole batch.
     micro_batch_size: int | None = None
     # On a CPU, fold each frozen-statistics BatchNorm into its convolution while training (same function
     # of the same parameters, one memory pass fewer; see folded_for_training). False = train unfolded.
