@@ -531,7 +531,11 @@ def test_retained_allocations_reuse_freed_memory_and_give_it_back(monkeypatch):
     pages = 100e6 / resource.getpagesize()
     with retained_allocations() as changed:
         assert changed is True
+        with retained_allocations():  # a nested fit leaving does not end the outer one's
+            pass
+        assert _device._RETAINING == [1]
         assert min(faults_of_two_allocations() for _ in range(4)) < 0.1 * pages
+    assert _device._RETAINING == [0]
     monkeypatch.setattr(_device, "_glibc", lambda: None)  # musl, macOS, Windows: no change
     with retained_allocations() as changed:
         assert changed is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -172,9 +173,10 @@ CPU_TRAIN_PIXELS_PER_PASS = 16 * 224 * 224
 # glibc's mallopt parameters (malloc.h) and the defaults retained_allocations gives back
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_MMAP_MAX = 65536
-_TRIM_THRESHOLD_AFTER = (
-    64 << 20
-)  # what glibc's dynamic rule reaches (2 x its 32 MiB mmap threshold)
+# what glibc's dynamic rule reaches (2 x its 32 MiB mmap threshold)
+_TRIM_THRESHOLD_AFTER = 64 << 20
+_RETAIN_LOCK = threading.Lock()
+_RETAINING = [0]  # fits inside retained_allocations now
 
 
 @functools.cache
@@ -205,7 +207,9 @@ def retained_allocations() -> Iterator[bool]:
     a caching allocator (jemalloc or tcmalloc via ``LD_PRELOAD``), which a library cannot impose on its
     host process; ``mallopt`` can, for the length of a fit: no mmap'd blocks, no trimming of the heap.
     On exit the defaults come back and ``malloc_trim`` returns the free memory to the system (a
-    long-lived app does not keep a fit's peak). Hand-written: no library does this.
+    long-lived app does not keep a fit's peak; with fits nested or in parallel threads, the last one
+    out). A fit in a thread other than the main one gains less: glibc's per-thread heaps are at most
+    64 MiB, and larger blocks are mapped there regardless. Hand-written: no library does this.
 
     Yields:
         True when the allocator was changed (glibc), False elsewhere (nothing changed).
@@ -214,13 +218,19 @@ def retained_allocations() -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    changed = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    with _RETAIN_LOCK:  # nested or concurrent fits: the last one out gives the defaults back
+        _RETAINING[0] += 1
+        changed = bool(libc.mallopt(_M_MMAP_MAX, 0))
+        changed = bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and changed
     try:
         yield changed
     finally:
-        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_AFTER)
-        libc.malloc_trim(0)
+        with _RETAIN_LOCK:
+            _RETAINING[0] -= 1
+            if not _RETAINING[0]:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_AFTER)
+                libc.malloc_trim(0)
 
 
 def micro_batch_size(
