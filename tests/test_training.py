@@ -508,7 +508,7 @@ def test_freeze_stages_out_of_range_is_refused(splits, name, params, needle):
     assert needle in str(err.value)
 
 
-def test_retained_allocations_reuse_freed_memory_and_give_it_back(monkeypatch):
+def test_retained_allocations_reuse_freed_memory_and_change_nothing_computed(monkeypatch):
     """Inside the block a large tensor allocated again after one was freed reuses its memory instead of
     page-faulting fresh pages (what made passes of 16 slow). In steady state: the first allocations
     inside may still grow the heap. (Outside, whether glibc maps fresh pages depends on what the heap

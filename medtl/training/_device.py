@@ -156,18 +156,16 @@ def _describe_inference(device: torch.device, precision: str) -> str:
 
 # Images per forward pass on a CPU, expressed as pixels so it scales with image size. Measured with
 # benchmarks/bench_speed.py on a 2-core AMD EPYC (EfficientNet-Lite0, channels-last, fp32): at 224 px a
-# batch of 4 runs inference 1.5x and a training step 1.6x faster than a batch of 32, because the
-# activations of the wide early layers then stay in the CPU cache; at 128 px batches of 8-64 are level.
+# batch of 4 runs inference 1.5x faster than a batch of 32; at 128 px batches of 8-64 are level. Inference
+# (extraction, prediction, validation passes) uses this.
 CPU_PIXELS_PER_PASS = 4 * 224 * 224
-# With BatchNorm folded for training (folded_for_training) passes of 4 stay right: an LP-FT step on 32 real
-# Kermany images ran 23.3 / 22.2 / 19.4 images/s in passes of 4 / 16 / 32 (profile_ft_step.py --fold,
-# idle, 2026-12-07). Random pixels had favoured 16 (40 against 34): the profile uses real images since.
-# For training steps that was largely the allocator, not the cache (see retained_allocations): with freed
-# memory kept for reuse, they run faster in passes of 16 (next constant). Inference keeps passes of 4.
-# Images per training pass on a CPU while retained_allocations holds: the default LP-FT step (stride <= 8
-# stages frozen) ran 40.0 / 43.3 images/s in passes of 16 against 32.9 / 33.7 with glibc's default
-# allocation (passes of 8: 38.7 / 39.4; 32: 40.4 / 41.0), and with every layer trained 29.5 / 29.4 against
-# 24.6 / 25.8 in passes of 4 (32 real Kermany images at 224 px, Lite0, folded, idle, 2026-12-07).
+# Images per training pass on a CPU, inside retained_allocations. Passes of 4 had looked fastest for
+# training too (folded LP-FT step on 32 real Kermany images: 23.3 / 22.2 / 19.4 images/s in passes of
+# 4 / 16 / 32), but that was glibc mapping every large activation afresh, not the CPU cache: with freed
+# memory kept, the default step (stride <= 8 stages frozen) ran 40.0 / 43.3 images/s in passes of 16
+# against 32.9 / 33.7 with glibc's default allocation (passes of 8: 38.7 / 39.4; 32: 40.4 / 41.0), and
+# with every layer trained 29.5 / 29.4 against 24.6 / 25.8 in passes of 4 (Lite0, 224 px, folded, idle,
+# profile_ft_step.py and probes, 2026-12-07).
 CPU_TRAIN_PIXELS_PER_PASS = 16 * 224 * 224
 
 # glibc's mallopt parameters (malloc.h) and the defaults retained_allocations gives back
@@ -240,7 +238,8 @@ def micro_batch_size(
     *,
     training: bool = False,
 ) -> int:
-    """How many images to push through the network at once on ``device`` (cache-sized on a CPU).
+    """How many images to push through the network at once on ``device`` (sized for a CPU's cache and
+    allocator: :data:`CPU_PIXELS_PER_PASS`, or :data:`CPU_TRAIN_PIXELS_PER_PASS` for training).
 
     Args:
         device: where the model runs; on CUDA the answer is ``batch_size`` (or 128): GPUs want big
